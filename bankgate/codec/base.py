@@ -1,0 +1,158 @@
+"""The interface a bank codec plugin implements.
+
+A codec is one object per message specification (``ref-fixed``, ...).  The
+framing protocol (``bankgate.framing``) cuts the byte stream into frames and
+hands each to :meth:`Codec.decode` together with the connection's
+:class:`Session`.  ``decode`` answers with one of three *actions*:
+
+- :class:`Close` -- close the connection without answering (the spec's
+  "not answered" cases: truncated headers, bad length prefixes, garbage);
+- :class:`Reply` -- answer these bytes at once without touching the ledger
+  (format errors, MAC errors, not authorised, echo, sign-in);
+- :class:`Dispatch` -- pass ``request`` (a canonical message from
+  :mod:`bankgate.messages`) to the ledger; when its result arrives the
+  engine calls ``encode(result)`` and writes the bytes it returns.
+
+A codec never touches the database and never blocks.  Per-connection state
+(an ISO 8583 MAC key after sign-in, say) lives in ``session.state``.
+
+The bank side of every codec (used by the simulator and the tests) is
+:meth:`Codec.client_encode` / :meth:`Codec.client_decode`: build a request
+frame from plain values and parse a response frame into a dict.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, Protocol
+
+from bankgate.messages import Outcome
+
+# -- actions ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Close:
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    frame: bytes
+    outcome: Outcome = Outcome.OK
+    txname: str = ""  # for the transaction log line
+    log: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    request: Any
+    encode: Callable[[Any], bytes]
+    txname: str = ""
+    log: dict = field(default_factory=dict)  # masked fields for the log line
+
+
+Action = Close | Reply | Dispatch
+
+
+# -- framing declaration ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How a codec's frames travel.
+
+    ``kind``: ``"ascii4"`` (4-digit length), ``"ascii8"`` (8-digit length) or
+    ``"tpdu2"`` (2-byte binary length; the codec handles the TPDU itself).
+    """
+
+    kind: str
+    max_length: int
+    one_per_connection: bool = False  # close after writing the response
+    pipelined: bool = False  # answer as each completes, in any order
+    idle_timeout: float = 60.0
+    keepalive_empty: bool = False  # an empty frame is a keep-alive
+
+
+# -- bank configuration as the codec sees it -------------------------------
+
+
+@dataclass(frozen=True)
+class BankKeys:
+    mac_key: bytes | None = None  # ref-fixed / ref-delim X9.19 key, 16 bytes
+    zmk: bytes | None = None  # ref-iso8583 zone master key, 16 bytes
+
+
+@dataclass(frozen=True)
+class BankProfile:
+    """The parts of a bank's configuration a codec needs."""
+
+    name: str
+    plugin: str
+    bank_code: str
+    keys: BankKeys = BankKeys()
+    mac: bool = False
+    allow: tuple[str, ...] = ()  # CIDR networks; empty means anyone
+    latest_only_reversal: bool = False
+    idle_timeout: float | None = None
+    options: dict = field(default_factory=dict)
+
+    def address_allowed(self, host: str | None) -> bool:
+        if not self.allow:
+            return True
+        if host is None:
+            return False
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(addr in ipaddress.ip_network(n, strict=False) for n in self.allow)
+
+
+@dataclass
+class Session:
+    """One bank connection, as the codec sees it."""
+
+    bank: BankProfile
+    peer_host: str | None = None
+    now: Callable[[], datetime] = datetime.now  # local (Asia/Shanghai) time
+    random_bytes: Callable[[int], bytes] | None = None
+    state: dict = field(default_factory=dict)
+
+    @property
+    def address_allowed(self) -> bool:
+        return self.bank.address_allowed(self.peer_host)
+
+    def today(self) -> date:
+        return self.now().date()
+
+    def trade_date_ok(self, d: date) -> bool:
+        """The specs' rule: at most one day from the calendar date."""
+        return abs(d - self.today()) <= timedelta(days=1)
+
+
+# -- the codec ---------------------------------------------------------------
+
+
+class Codec(Protocol):
+    name: str
+    framing: Framing
+    description: str
+
+    def decode(self, frame: bytes, session: Session) -> Action: ...
+
+    def outcome_code(self, outcome: Outcome) -> str:
+        """The spec's response code for a canonical outcome (total)."""
+        ...
+
+    # bank side, for the simulator and tests
+    def client_encode(self, txn: str, values: dict, session: Session) -> bytes: ...
+
+    def client_decode(self, frame: bytes, session: Session) -> dict: ...
+
+    def layouts(self) -> dict:
+        """name -> construct layout, for ``bankgate plugins check``."""
+        ...

@@ -1,0 +1,73 @@
+"""Finding codec plugins.
+
+A plugin is one Python file; it names its codec in a module-level ``CODEC``
+(an object implementing :class:`bankgate.codec.base.Codec`) and may name a
+statement reader in ``STATEMENT``.  Plugins are found in the shipped
+``plugins/`` folder and in every extra folder the configuration names.
+A file whose name starts with ``_`` is not a plugin.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+
+class PluginError(Exception):
+    pass
+
+
+def shipped_dir() -> Path:
+    """The shipped plugins: the source tree's ``plugins/`` or the installed copy."""
+    here = Path(__file__).resolve().parent.parent.parent / "plugins"
+    if here.is_dir():
+        return here
+    import bankgate_plugins
+
+    return Path(bankgate_plugins.__file__).resolve().parent
+
+
+def load_file(path: Path) -> ModuleType:
+    path = Path(path).resolve()
+    modname = "bankgate_plugin_" + path.stem.replace("-", "_")
+    if modname in sys.modules and getattr(sys.modules[modname], "__file__", None) == str(path):
+        return sys.modules[modname]
+    spec = importlib.util.spec_from_file_location(modname, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"{path}: not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[modname]
+        raise PluginError(f"{path}: failed to load: {e!r}") from e
+    return module
+
+
+def discover(extra_dirs: list[str | Path] = ()) -> dict[str, object]:
+    """name -> codec, for every plugin file found.  Later folders override."""
+    found: dict[str, object] = {}
+    for d in [shipped_dir(), *map(Path, extra_dirs)]:
+        if not d.is_dir():
+            raise PluginError(f"{d}: plugin folder does not exist")
+        for f in sorted(d.glob("*.py")):
+            if f.name.startswith("_"):
+                continue
+            module = load_file(f)
+            codec = getattr(module, "CODEC", None)
+            if codec is not None:
+                found[codec.name] = codec
+    return found
+
+
+def load_codec(name: str, extra_dirs: list[str | Path] = ()):
+    codecs = discover(extra_dirs)
+    try:
+        return codecs[name]
+    except KeyError:
+        raise PluginError(
+            f"no plugin named {name!r} (found: {', '.join(sorted(codecs)) or 'none'})"
+        ) from None

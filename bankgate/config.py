@@ -1,0 +1,381 @@
+"""Configuration: one TOML file, validated at start.
+
+Every error names the file, the key and what was expected.  No file at all
+gives the embedded default: SQLite under ``./var/``, the reference N8 schema
+seeded with demo customers, one demo bank per reference plugin on loopback,
+and the console.  ``docs/configuration.rst`` documents every key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import time
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from bankgate.codec.base import BankKeys, BankProfile
+from bankgate.ledger import POLICIES, BankPolicy
+from bankgate.store.n8 import REFERENCE, N8Mapping
+
+DEFAULT_DATA_DIR = "var"
+DEMO_MAC_KEY = "0123456789ABCDEFFEDCBA9876543210"  # the specs' test key: demo banks only
+
+
+class ConfigError(ValueError):
+    def __init__(self, source: str, key: str, problem: str):
+        self.source, self.key, self.problem = source, key, problem
+        super().__init__(f"{source}: {key}: {problem}")
+
+
+@dataclass
+class BankConfig:
+    name: str
+    plugin: str
+    bank_code: str
+    listen: list[str] = field(default_factory=list)
+    allow: list[str] = field(default_factory=list)
+    policy: str = "exact"
+    mac: bool = False
+    mac_key: bytes | None = None
+    zmk: bytes | None = None
+    latest_only_reversal: bool = False
+    two_phase: bool = False
+    confirm_timeout: float = 300.0
+    idle_timeout: float | None = None
+    cutoff_time: time | None = None
+    exchange_dir: str = ""
+    options: dict = field(default_factory=dict)
+
+    def profile(self) -> BankProfile:
+        return BankProfile(
+            name=self.name, plugin=self.plugin, bank_code=self.bank_code,
+            keys=BankKeys(mac_key=self.mac_key, zmk=self.zmk), mac=self.mac,
+            allow=tuple(self.allow), latest_only_reversal=self.latest_only_reversal,
+            idle_timeout=self.idle_timeout, options=dict(self.options),
+        )
+
+    def policy_(self) -> BankPolicy:
+        return BankPolicy(
+            name=self.name, bank_code=self.bank_code, policy=self.policy,
+            latest_only_reversal=self.latest_only_reversal, two_phase=self.two_phase,
+            confirm_timeout=self.confirm_timeout,
+        )
+
+    def __repr__(self) -> str:  # never show keys
+        return f"BankConfig(name={self.name!r}, plugin={self.plugin!r}, code={self.bank_code!r})"
+
+
+@dataclass
+class Config:
+    source: str = "<embedded default>"
+    data_dir: str = DEFAULT_DATA_DIR
+    timezone: str = "Asia/Shanghai"
+    plugin_dirs: list[str] = field(default_factory=list)
+    db_url: str = ""
+    db_threads: int = 4
+    db_echo: bool = False
+    n8_create: bool = True  # create the reference N8 schema when it is missing
+    demo_customers: int = 0  # seed this many demo customers into a new N8 schema
+    n8: N8Mapping = field(default_factory=N8Mapping)
+    console_listen: str | None = None
+    banks: list[BankConfig] = field(default_factory=list)
+    is_default: bool = False
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def bank(self, name: str) -> BankConfig:
+        for b in self.banks:
+            if b.name == name:
+                return b
+        raise KeyError(f"no bank named {name!r} (configured: {', '.join(self.bank_names())})")
+
+    def bank_names(self) -> list[str]:
+        return [b.name for b in self.banks]
+
+
+# -- the embedded default ------------------------------------------------------
+
+DEFAULT_PORTS = {"demo-fixed": 9101, "demo-delim": 9102, "demo-iso8583": 9103}
+
+
+def default_config(data_dir: str = DEFAULT_DATA_DIR) -> Config:
+    key = bytes.fromhex(DEMO_MAC_KEY)
+    return Config(
+        source="<embedded default>",
+        data_dir=data_dir,
+        db_url=f"sqlite:///{Path(data_dir) / 'bankgate.db'}",
+        demo_customers=1000,
+        console_listen="tcp:8080:interface=127.0.0.1",
+        is_default=True,
+        banks=[
+            BankConfig(
+                name="demo-fixed", plugin="ref-fixed", bank_code="105210",
+                listen=["tcp:9101:interface=127.0.0.1"], allow=["127.0.0.0/8"],
+                policy="exact", mac=True, mac_key=key, cutoff_time=time(23, 30),
+                exchange_dir=str(Path(data_dir) / "exchange" / "demo-fixed"),
+            ),
+            BankConfig(
+                name="demo-delim", plugin="ref-delim", bank_code="103210",
+                listen=["tcp:9102:interface=127.0.0.1"], allow=["127.0.0.0/8"],
+                policy="partial", cutoff_time=time(23, 30),
+                exchange_dir=str(Path(data_dir) / "exchange" / "demo-delim"),
+            ),
+            BankConfig(
+                name="demo-iso8583", plugin="ref-iso8583", bank_code="104210",
+                listen=["tcp:9103:interface=127.0.0.1"], allow=["127.0.0.0/8"],
+                policy="exact", mac=True, zmk=key, cutoff_time=time(23, 30),
+                exchange_dir=str(Path(data_dir) / "exchange" / "demo-iso8583"),
+            ),
+        ],
+    )
+
+
+# -- loading and validation ----------------------------------------------------------
+
+
+class _Section:
+    """A TOML table with typed getters that name the key on error."""
+
+    def __init__(self, source: str, prefix: str, data: dict):
+        self.source, self.prefix, self.data = source, prefix, data
+        self.used: set[str] = set()
+
+    def key(self, k: str) -> str:
+        return f"{self.prefix}{k}"
+
+    def err(self, k: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, self.key(k), problem)
+
+    def get(self, k, types, default=None, required=False, what=None):
+        self.used.add(k)
+        if k not in self.data:
+            if required:
+                raise self.err(k, f"missing; expected {what or _names(types)}")
+            return default
+        v = self.data[k]
+        if isinstance(v, bool) and bool not in _tuple(types):
+            raise self.err(k, f"expected {what or _names(types)}, got {v!r}")
+        if not isinstance(v, types):
+            raise self.err(k, f"expected {what or _names(types)}, got {type(v).__name__} {v!r}")
+        return v
+
+    def section(self, k: str) -> _Section:
+        v = self.get(k, dict, default={}, what="a table")
+        return _Section(self.source, self.key(k) + ".", v)
+
+    def finish(self) -> None:
+        extra = sorted(set(self.data) - self.used)
+        if extra:
+            raise self.err(extra[0], "unknown key (misspelt?)")
+
+
+def _tuple(t):
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _names(types) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a table"}
+    return " or ".join(names.get(t, t.__name__) for t in _tuple(types))
+
+
+def _hex_key(sec: _Section, k: str) -> bytes | None:
+    v = sec.get(k, str)
+    if v is None:
+        return None
+    if not re.fullmatch(r"[0-9A-Fa-f]{32}", v):
+        raise sec.err(k, "expected 32 hex digits (a double-length 3DES key)")
+    return bytes.fromhex(v)
+
+
+def _check_kcv(sec: _Section, k: str, key: bytes | None, n: int) -> None:
+    kcv_key = k + "_kcv"
+    v = sec.get(kcv_key, str)
+    if key is None:
+        if v is not None:
+            raise sec.err(kcv_key, f"given without {k}")
+        return
+    if v is None:
+        raise sec.err(kcv_key, f"missing; expected the check value of {k} ({2 * n} hex digits)")
+    from bankgate.crypto import kcv
+
+    if v.upper() != kcv(key, n).hex().upper():
+        raise sec.err(kcv_key, f"does not match {k}: the key is wrong or mistyped")
+
+
+def _endpoint(sec: _Section, k: str, v: str) -> str:
+    if not re.match(r"^(tcp|ssl|tcp6|unix):", v):
+        raise sec.err(k, f"expected a Twisted endpoint string like 'tcp:9101:interface=127.0.0.1',"
+                         f" got {v!r}")
+    return v
+
+
+def load_config(path: str | Path | None, *, data_dir: str | None = None) -> Config:
+    """Load and validate ``path``; ``None`` gives the embedded default."""
+    if path is None:
+        return default_config(data_dir or DEFAULT_DATA_DIR)
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(source, "(file)", f"cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(source, "(file)", "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, "(syntax)", str(e)) from None
+    return parse_config(data, source, data_dir=data_dir)
+
+
+def parse_config(data: dict, source: str = "<config>", *, data_dir: str | None = None) -> Config:
+    top = _Section(source, "", data)
+    cfg = Config(source=source)
+
+    g = top.section("gateway")
+    cfg.data_dir = data_dir or g.get("data_dir", str, DEFAULT_DATA_DIR)
+    cfg.timezone = g.get("timezone", str, "Asia/Shanghai")
+    try:
+        ZoneInfo(cfg.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise g.err("timezone", f"unknown time zone {cfg.timezone!r}") from None
+    cfg.plugin_dirs = g.get("plugin_dirs", list, [])
+    for i, d in enumerate(cfg.plugin_dirs):
+        if not isinstance(d, str) or not Path(d).is_dir():
+            raise g.err(f"plugin_dirs[{i}]", f"expected an existing folder, got {d!r}")
+    g.finish()
+
+    db = top.section("database")
+    cfg.db_url = db.get("url", str, f"sqlite:///{Path(cfg.data_dir) / 'bankgate.db'}")
+    if "://" not in cfg.db_url:
+        raise db.err("url", "expected an SQLAlchemy URL like 'postgresql+psycopg://user@host/db'")
+    cfg.db_threads = db.get("threads", int, 4)
+    if not 1 <= cfg.db_threads <= 64:
+        raise db.err("threads", "expected 1 to 64")
+    cfg.db_echo = db.get("echo", bool, False)
+    db.finish()
+
+    n8 = top.section("n8")
+    cfg.n8_create = n8.get("create", bool, False)
+    cfg.demo_customers = n8.get("demo_customers", int, 0)
+    if cfg.demo_customers < 0:
+        raise n8.err("demo_customers", "expected 0 or more")
+    schema = n8.get("schema", str)
+    tables = n8.section("tables")
+    for k in tables.data:
+        tables.get(k, str)
+        if k not in REFERENCE:
+            raise tables.err(k, f"unknown N8 table (known: {', '.join(REFERENCE)})")
+    tables.finish()
+    columns = n8.section("columns")
+    colmap: dict[str, dict[str, str]] = {}
+    for t in columns.data:
+        if t not in REFERENCE:
+            raise columns.err(t, f"unknown N8 table (known: {', '.join(REFERENCE)})")
+        sec = columns.section(t)
+        known = [c[0] for c in REFERENCE[t][1]]
+        for c in sec.data:
+            sec.get(c, str)
+            if c not in known:
+                raise sec.err(c, f"unknown column (known: {', '.join(known)})")
+        sec.finish()
+        colmap[t] = dict(sec.data)
+    columns.finish()
+    n8.finish()
+    cfg.n8 = N8Mapping(tables=dict(tables.data), columns=colmap, schema=schema)
+
+    console = top.section("console")
+    listen = console.get("listen", str)
+    cfg.console_listen = _endpoint(console, "listen", listen) if listen else None
+    console.finish()
+
+    banks = top.get("bank", list, [], what="an array of tables ([[bank]])")
+    names: set[str] = set()
+    for i, b in enumerate(banks):
+        if not isinstance(b, dict):
+            raise ConfigError(source, f"bank[{i}]", "expected a table")
+        cfg.banks.append(_parse_bank(_Section(source, f"bank[{i}].", b), names))
+    top.finish()
+    return cfg
+
+
+def _parse_bank(sec: _Section, names: set[str]) -> BankConfig:
+    name = sec.get("name", str, required=True)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", name):
+        raise sec.err("name", "expected 1-32 letters, digits, '-', '_' or '.'")
+    if name in names:
+        raise sec.err("name", f"bank {name!r} is configured twice")
+    names.add(name)
+    sec.prefix = f"bank.{name}."
+    b = BankConfig(
+        name=name,
+        plugin=sec.get("plugin", str, required=True),
+        bank_code=sec.get("bank_code", str, required=True),
+    )
+    if not re.fullmatch(r"[0-9A-Za-z]{1,11}", b.bank_code):
+        raise sec.err("bank_code", "expected 1-11 letters or digits")
+    listen = sec.get("listen", (str, list), [])
+    b.listen = [listen] if isinstance(listen, str) else list(listen)
+    for i, ep in enumerate(b.listen):
+        if not isinstance(ep, str):
+            raise sec.err(f"listen[{i}]", "expected an endpoint string")
+        _endpoint(sec, f"listen[{i}]", ep)
+    b.allow = sec.get("allow", list, [])
+    import ipaddress
+
+    for i, net in enumerate(b.allow):
+        try:
+            ipaddress.ip_network(str(net), strict=False)
+        except ValueError:
+            raise sec.err(f"allow[{i}]", f"expected an address or CIDR network, got {net!r}") \
+                from None
+    b.policy = sec.get("policy", str, "exact")
+    if b.policy not in POLICIES:
+        raise sec.err("policy", f"expected one of {', '.join(POLICIES)}, got {b.policy!r}")
+    b.mac = sec.get("mac", bool, False)
+    b.mac_key = _hex_key(sec, "mac_key")
+    _check_kcv(sec, "mac_key", b.mac_key, 3)
+    b.zmk = _hex_key(sec, "zmk")
+    _check_kcv(sec, "zmk", b.zmk, 3)
+    if b.mac and b.plugin != "ref-iso8583" and b.mac_key is None:
+        raise sec.err("mac_key", "missing; required when mac = true")
+    if b.plugin == "ref-iso8583" and b.zmk is None:
+        raise sec.err("zmk", "missing; ref-iso8583 banks sign in with a zone master key")
+    b.latest_only_reversal = sec.get("latest_only_reversal", bool, False)
+    b.two_phase = sec.get("two_phase", bool, False)
+    b.confirm_timeout = float(sec.get("confirm_timeout", (int, float), 300))
+    idle = sec.get("idle_timeout", (int, float))
+    if idle is not None and not 1 <= idle <= 86400:
+        raise sec.err("idle_timeout", "expected seconds between 1 and 86400")
+    b.idle_timeout = float(idle) if idle is not None else None
+    cut = sec.get("cutoff_time", str)
+    if cut is not None:
+        m = re.fullmatch(r"([01][0-9]|2[0-3]):([0-5][0-9])", cut)
+        if not m:
+            raise sec.err("cutoff_time", f"expected HH:MM (24-hour local time), got {cut!r}")
+        b.cutoff_time = time(int(m.group(1)), int(m.group(2)))
+    b.exchange_dir = sec.get("exchange_dir", str, "")
+    b.options = sec.get("options", dict, {})
+    sec.finish()
+    return b
+
+
+def check_plugins(cfg: Config) -> dict:
+    """Load the plugins the banks name; returns name -> codec.  Errors name the key."""
+    from bankgate.codec.registry import PluginError, discover
+
+    try:
+        codecs = discover(cfg.plugin_dirs)
+    except PluginError as e:
+        raise ConfigError(cfg.source, "gateway.plugin_dirs", str(e)) from None
+    for b in cfg.banks:
+        if b.plugin not in codecs:
+            raise ConfigError(
+                cfg.source, f"bank.{b.name}.plugin",
+                f"no plugin named {b.plugin!r} (found: {', '.join(sorted(codecs))})",
+            )
+    return codecs

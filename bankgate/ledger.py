@@ -1,0 +1,533 @@
+"""The ledger: every business rule of the gateway, in plain Python.
+
+It takes canonical requests (:mod:`bankgate.messages`), applies the rules,
+and asks the store to do the SQL, each money-changing request in exactly one
+transaction: the journal row keyed by (bank, trade date, serial), the
+payment, its allocations, the bill updates and N8's own payment records
+commit together or not at all.  A retry reads the first answer back from the
+journal.  See ``docs/ledger.rst`` for the rules in prose.
+
+:class:`Ledger` is synchronous (it runs on the store's thread pool);
+:class:`LedgerService` is its asynchronous face for the protocol engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from bankgate import messages as m
+from bankgate.messages import Outcome
+from bankgate.money import MAX_FEN
+from bankgate.store.db import Retry, Store, StoreUnavailable
+from bankgate.store.tx import Duplicate, Tx
+
+log = logging.getLogger("bankgate.ledger")
+
+POLICIES = ("exact", "partial", "overpay", "any")
+MAX_CUSTOMER_NO = 32
+MAX_SERIAL = 40
+PPM = 1_000_000
+
+
+@dataclass(frozen=True)
+class BankPolicy:
+    """The business side of one configured bank."""
+
+    name: str
+    bank_code: str
+    policy: str = "exact"  # exact | partial | overpay | any
+    latest_only_reversal: bool = False
+    two_phase: bool = False
+    confirm_timeout: float = 300.0  # seconds a two-phase payment may stay pending
+
+
+def late_fee(outstanding: int, due_date: date, as_of: date, ppm: int, paid: int) -> int:
+    """Late fee still owed on a bill as of ``as_of``.
+
+    Accrues on the outstanding principal, ``ppm`` parts per million per day
+    overdue, rounded half up to the fen; late fees already paid are deducted.
+    """
+    days = (as_of - due_date).days
+    if days <= 0 or outstanding <= 0 or ppm <= 0:
+        return 0
+    accrued = (outstanding * ppm * days + PPM // 2) // PPM
+    return max(0, accrued - paid)
+
+
+@dataclass
+class _Bill:
+    bill_id: str
+    fee_type: str
+    period: str
+    outstanding: int
+    late: int
+
+
+def allocate(bills: list[_Bill], amount: int) -> tuple[list[dict], int]:
+    """Late fees first (oldest bill first), then principal oldest first.
+
+    Returns the allocation rows and the excess left over.
+    """
+    rows: dict[str, dict] = {}
+    left = amount
+    for b in bills:
+        take = min(left, b.late)
+        if take:
+            rows.setdefault(b.bill_id, {"bill_id": b.bill_id, "principal": 0, "late_fee": 0})
+            rows[b.bill_id]["late_fee"] += take
+            left -= take
+    for b in bills:
+        take = min(left, b.outstanding)
+        if take:
+            rows.setdefault(b.bill_id, {"bill_id": b.bill_id, "principal": 0, "late_fee": 0})
+            rows[b.bill_id]["principal"] += take
+            left -= take
+    order = {b.bill_id: i for i, b in enumerate(bills)}
+    return sorted(rows.values(), key=lambda r: order[r["bill_id"]]), left
+
+
+class Ledger:
+    def __init__(
+        self,
+        store: Store,
+        banks: dict[str, BankPolicy],
+        now: Callable[[], datetime] = datetime.now,
+        tariff_ttl: float = 60.0,
+    ):
+        self.store = store
+        self.banks = banks
+        self.now = now
+        self._tariffs: dict | None = None
+        self._tariffs_at = 0.0
+        self.tariff_ttl = tariff_ttl
+        self._closed: set[tuple[str, date]] = set()  # closed dates never reopen
+
+    # -- helpers -----------------------------------------------------------------
+
+    def bank(self, name: str) -> BankPolicy:
+        try:
+            return self.banks[name]
+        except KeyError:
+            raise ValueError(f"unknown bank {name!r}") from None
+
+    def _tariff_map(self, tx: Tx) -> dict:
+        if self._tariffs is None or time.monotonic() - self._tariffs_at > self.tariff_ttl:
+            self._tariffs = tx.tariffs()
+            self._tariffs_at = time.monotonic()
+        return self._tariffs
+
+    def _closed_date(self, tx: Tx, bank: str, d: date) -> bool:
+        if (bank, d) in self._closed:
+            return True
+        if tx.is_closed(bank, d):
+            self._closed.add((bank, d))
+            return True
+        return False
+
+    def _dues(self, tx: Tx, customer: dict, as_of: date, lock: bool) -> list[_Bill]:
+        tariffs = self._tariff_map(tx)
+        out = []
+        for b in tx.open_bills(customer["customer_no"], lock=lock):
+            t = tariffs.get((b["fee_type"], customer["customer_class"]))
+            ppm = t["late_fee_ppm"] if t else 0
+            outstanding = b["amount"] - b["paid_amount"]
+            out.append(
+                _Bill(
+                    b["bill_id"], b["fee_type"], b["period"], outstanding,
+                    late_fee(outstanding, b["due_date"], as_of, ppm, b["late_fee_paid"]),
+                )
+            )
+        return out
+
+    @staticmethod
+    def _bad_identifier(text: str | None, limit: int) -> bool:
+        if text is None:
+            return False
+        if not text or len(text) > limit:
+            return True
+        try:
+            text.encode("gbk")
+        except UnicodeEncodeError:
+            return True
+        return not text.isprintable()
+
+    # -- dispatch ------------------------------------------------------------------
+
+    def handle(self, req):
+        """Run any canonical request synchronously; returns its result."""
+        if isinstance(req, m.QueryRequest):
+            return self.query(req)
+        if isinstance(req, m.PaymentRequest):
+            return self.pay(req)
+        if isinstance(req, m.ReversalRequest):
+            return self.reverse(req)
+        if isinstance(req, m.StatusRequest):
+            return self.status(req)
+        if isinstance(req, m.ConfirmRequest):
+            return self.confirm(req)
+        if isinstance(req, m.CutoffRequest):
+            return self.cutoff(req.origin.bank, req.settle_date, reason="bank")
+        if isinstance(req, m.StatementNotice):
+            return self.statement_notice(req)
+        if isinstance(req, m.EchoRequest):
+            return m.SimpleResult(Outcome.OK)
+        raise TypeError(f"not a canonical request: {type(req).__name__}")
+
+    # -- query -----------------------------------------------------------------------
+
+    def query(self, req: m.QueryRequest) -> m.QueryResult:
+        if self._bad_identifier(req.customer_no, MAX_CUSTOMER_NO):
+            return m.QueryResult(Outcome.FORMAT_ERROR)
+        return self.store.run_sync(self._query_tx, req)
+
+    def _query_tx(self, tx: Tx, req: m.QueryRequest) -> m.QueryResult:
+        cust = tx.customer(req.customer_no)
+        if cust is None:
+            return m.QueryResult(Outcome.NOT_FOUND, customer_no=req.customer_no)
+        base = dict(
+            customer_no=cust["customer_no"], name=cust["name"], address=cust["address"],
+            customer_class=cust["customer_class"],
+        )
+        if cust["status"] != "A":
+            return m.QueryResult(Outcome.ACCOUNT_LOCKED, **base)
+        bills = self._dues(tx, cust, req.origin.trade_date, lock=False)
+        total_due = sum(b.outstanding for b in bills)
+        late = sum(b.late for b in bills)
+        prepaid = tx.prepaid_get(cust["customer_no"])
+        if total_due + late == 0:
+            return m.QueryResult(Outcome.NOTHING_DUE, prepaid_balance=prepaid, **base)
+        return m.QueryResult(
+            Outcome.OK,
+            bills=tuple(m.BillDue(b.bill_id, b.fee_type, b.period, b.outstanding, b.late)
+                        for b in bills),
+            total_due=total_due, late_fee=late, prepaid_balance=prepaid, **base,
+        )
+
+    # -- payment -------------------------------------------------------------------------
+
+    def pay(self, req: m.PaymentRequest, *, source: str = "online", run_id: int | None = None,
+            actor: str = "") -> m.PaymentResult:
+        self.bank(req.origin.bank)
+        if self._bad_identifier(req.customer_no, MAX_CUSTOMER_NO) or self._bad_identifier(
+            req.serial, MAX_SERIAL
+        ) or any(self._bad_identifier(b, MAX_CUSTOMER_NO) for b in req.bill_ids):
+            return m.PaymentResult(Outcome.FORMAT_ERROR, customer_no=req.customer_no)
+        try:
+            return self.store.run_sync(self._pay_tx, req, source, run_id, actor)
+        except Duplicate:
+            return self.store.run_sync(self._repeat_tx, req, "PAY")
+
+    def _repeat_tx(self, tx: Tx, req, kind: str):
+        o = req.origin
+        row = tx.journal_get(o.bank, o.trade_date, req.serial)
+        if row is None:  # the first claim rolled back meanwhile: start again
+            raise Retry()
+        result_type = m.PaymentResult if kind == "PAY" else m.ReversalResult
+        if row["kind"] == "BLOCK":
+            if kind == "PAY":
+                return m.PaymentResult(Outcome.REVERSED_FIRST, customer_no=req.customer_no)
+            return result_type(Outcome.DUPLICATE_MISMATCH)
+        if row["kind"] != kind or row["content"] != req.content:
+            return result_type(Outcome.DUPLICATE_MISMATCH)
+        return result_type(Outcome(row["outcome"]), retry=True, **row["result"])
+
+    def _pay_tx(self, tx: Tx, req: m.PaymentRequest, source: str, run_id, actor: str):
+        o = req.origin
+        policy = self.bank(o.bank)
+        now = self.now()
+        jid = tx.claim(o.bank, o.trade_date, req.serial, "PAY", req.content, now)
+
+        def finish(outcome: Outcome, payment_id=None, **fields) -> m.PaymentResult:
+            fields.setdefault("customer_no", req.customer_no)
+            tx.journal_finish(jid, outcome.value, fields, payment_id)
+            return m.PaymentResult(outcome, **fields)
+
+        if self._closed_date(tx, o.bank, o.trade_date):
+            return finish(Outcome.DATE_CLOSED)
+        if req.amount <= 0 or req.amount > MAX_FEN:
+            return finish(Outcome.AMOUNT_REJECTED)
+        cust = tx.customer(req.customer_no)
+        if cust is None:
+            return finish(Outcome.NOT_FOUND)
+        if cust["status"] != "A":
+            return finish(Outcome.ACCOUNT_LOCKED)
+        bills = self._dues(tx, cust, o.trade_date, lock=True)
+        total = sum(b.outstanding + b.late for b in bills)
+        if total == 0:
+            return finish(Outcome.NOTHING_DUE)
+        if req.bill_ids:
+            by_id = {b.bill_id: b for b in bills}
+            if len(set(req.bill_ids)) != len(req.bill_ids) or not all(
+                i in by_id for i in req.bill_ids
+            ):
+                return finish(Outcome.AMOUNT_REJECTED)
+            named = [b for b in bills if b.bill_id in set(req.bill_ids)]
+            if req.amount != sum(b.outstanding + b.late for b in named):
+                return finish(Outcome.AMOUNT_REJECTED)
+            rows, excess = allocate(named, req.amount)
+        else:
+            p = policy.policy
+            if req.amount == total:
+                pass
+            elif req.amount < total and p in ("partial", "any"):
+                pass
+            elif req.amount > total and p in ("overpay", "any"):
+                pass
+            else:
+                return finish(Outcome.AMOUNT_REJECTED)
+            rows, excess = allocate(bills, req.amount)
+        receipt_no = f"{o.trade_date:%Y%m%d}{jid:012d}"
+        status = "PENDING" if req.two_phase or policy.two_phase else "POSTED"
+        principal = sum(r["principal"] for r in rows)
+        late = sum(r["late_fee"] for r in rows)
+        pid = tx.payment_insert(
+            bank=o.bank, trade_date=o.trade_date, serial=req.serial, trade_time=o.trade_time,
+            customer_no=req.customer_no, amount=req.amount, principal=principal, late_fee=late,
+            prepaid_in=excess, channel=o.channel, branch=o.branch[:20], teller=o.teller[:20],
+            pan_masked=req.pan_masked, receipt_no=receipt_no, status=status, source=source,
+            run_id=run_id, created_at=now,
+            expires_at=now + timedelta(seconds=policy.confirm_timeout)
+            if status == "PENDING" else None,
+        )
+        tx.allocations_insert(pid, rows)
+        tx.apply_allocations(rows, +1)
+        if excess:
+            tx.prepaid_add(req.customer_no, excess, now)
+        tx.n8_payment_insert(
+            receipt_no, req.customer_no, req.amount, o.trade_date, policy.bank_code, req.serial,
+            o.channel, "P" if status == "PENDING" else "N", now, rows,
+        )
+        if source != "online":
+            tx.audit(now, actor or source, "post", receipt_no,
+                     {"bank": o.bank, "serial": req.serial, "amount": req.amount,
+                      "run_id": run_id})
+        return finish(
+            Outcome.OK, pid, amount=req.amount, receipt_no=receipt_no, invoice_no="",
+            remaining_due=total - (req.amount - excess),
+        )
+
+    # -- reversal ---------------------------------------------------------------------------
+
+    def reverse(self, req: m.ReversalRequest) -> m.ReversalResult:
+        self.bank(req.origin.bank)
+        if (
+            self._bad_identifier(req.orig_serial, MAX_SERIAL)
+            or self._bad_identifier(req.serial, MAX_SERIAL)
+            or self._bad_identifier(req.customer_no, MAX_CUSTOMER_NO)
+        ):
+            return m.ReversalResult(Outcome.FORMAT_ERROR, orig_serial=req.orig_serial[:MAX_SERIAL])
+        try:
+            return self.store.run_sync(self._reverse_tx, req)
+        except Duplicate:
+            return self.store.run_sync(self._repeat_tx, req, "REV")
+
+    def _reverse_tx(self, tx: Tx, req: m.ReversalRequest) -> m.ReversalResult:
+        o = req.origin
+        policy = self.bank(o.bank)
+        now = self.now()
+        jid = None
+        if req.serial is not None:
+            jid = tx.claim(o.bank, o.trade_date, req.serial, "REV", req.content, now)
+
+        def finish(outcome: Outcome, **fields) -> m.ReversalResult:
+            fields.setdefault("customer_no", req.customer_no or "")
+            fields.setdefault("orig_serial", req.orig_serial)
+            fields.setdefault("amount", req.amount)
+            if jid is not None:
+                tx.journal_finish(jid, outcome.value, fields)
+            return m.ReversalResult(outcome, **fields)
+
+        if self._closed_date(tx, o.bank, o.trade_date):
+            return finish(Outcome.DATE_CLOSED)
+        p = tx.payment_by_key(o.bank, o.trade_date, req.orig_serial, lock=True)
+        if p is None:
+            if tx.journal_get(o.bank, o.trade_date, req.orig_serial) is None:
+                if not tx.block(o.bank, o.trade_date, req.orig_serial, now):
+                    raise Retry()  # its payment is being posted right now: look again
+            return finish(Outcome.ORIGINAL_NOT_FOUND)
+        if (req.customer_no is not None and p["customer_no"] != req.customer_no) or (
+            p["amount"] != req.amount
+        ):
+            return finish(Outcome.AMOUNT_REJECTED)
+        if p["status"] not in ("POSTED", "PENDING"):
+            return finish(Outcome.ALREADY_REVERSED, customer_no=p["customer_no"])
+        if p["invoice_printed"]:
+            return finish(Outcome.REVERSAL_NOT_ALLOWED)
+        if (req.latest_only or policy.latest_only_reversal) and (
+            tx.latest_standing_payment_id(p["customer_no"]) != p["id"]
+        ):
+            return finish(Outcome.REVERSAL_NOT_ALLOWED)
+        outcome = self._undo(tx, p, "REVERSAL", "REVERSED", now, serial=req.serial)
+        return finish(outcome, customer_no=p["customer_no"])
+
+    def _undo(self, tx: Tx, p: dict, kind: str, status: str, now: datetime, *,
+              serial: str | None = None, actor: str = "", reason: str = "",
+              run_id: int | None = None) -> Outcome:
+        """Take a payment back: bills, late fees and prepaid balance exactly as before."""
+        if p["prepaid_in"]:
+            if tx.prepaid_get(p["customer_no"], lock=True) < p["prepaid_in"]:
+                return Outcome.REVERSAL_NOT_ALLOWED  # the excess was drawn on since
+            tx.prepaid_add(p["customer_no"], -p["prepaid_in"], now)
+        tx.apply_allocations(tx.allocations(p["id"]), -1)
+        tx.payment_set_status(p["id"], status, now)
+        tx.undo_insert(
+            payment_id=p["id"], kind=kind, bank=p["bank"], trade_date=p["trade_date"],
+            serial=serial, actor=actor, reason=reason, run_id=run_id, created_at=now,
+        )
+        tx.n8_payment_set_status(p["receipt_no"], "C")
+        return Outcome.OK
+
+    # -- status, confirmation, expiry ----------------------------------------------------
+
+    def status(self, req: m.StatusRequest) -> m.StatusResult:
+        if self._bad_identifier(req.orig_serial, MAX_SERIAL):
+            return m.StatusResult(Outcome.OK)  # unknown serial: status "not found"
+        return self.store.run_sync(self._status_tx, req)
+
+    def _status_tx(self, tx: Tx, req: m.StatusRequest) -> m.StatusResult:
+        p = tx.payment_by_key(req.origin.bank, req.orig_date, req.orig_serial)
+        if p is None:
+            return m.StatusResult(Outcome.OK, m.PaymentStatus.NOT_FOUND)
+        return m.StatusResult(
+            Outcome.OK, m.PaymentStatus(p["status"]), p["amount"], p["receipt_no"],
+            p["customer_no"],
+        )
+
+    def confirm(self, req: m.ConfirmRequest) -> m.SimpleResult:
+        return self.store.run_sync(self._confirm_tx, req)
+
+    def _confirm_tx(self, tx: Tx, req: m.ConfirmRequest) -> m.SimpleResult:
+        p = tx.payment_by_key(req.origin.bank, req.orig_date, req.orig_serial, lock=True)
+        if p is None:
+            return m.SimpleResult(Outcome.ORIGINAL_NOT_FOUND)
+        if p["status"] == "POSTED":
+            return m.SimpleResult(Outcome.OK, "already confirmed")
+        if p["status"] != "PENDING":
+            return m.SimpleResult(Outcome.ALREADY_REVERSED, p["status"].lower())
+        tx.payment_set_status(p["id"], "POSTED", expires_at=None)
+        tx.n8_payment_set_status(p["receipt_no"], "N")
+        return m.SimpleResult(Outcome.OK)
+
+    def expire_pending(self) -> int:
+        """Undo two-phase payments whose confirmation never came; returns how many."""
+        ids = self.store.run_sync(lambda tx: tx.expired_pending(self.now()))
+        done = 0
+        for pid in ids:
+            done += self.store.run_sync(self._expire_tx, pid)
+        return done
+
+    def _expire_tx(self, tx: Tx, pid: int) -> int:
+        p = tx.payment_by_id(pid, lock=True)
+        if p is None or p["status"] != "PENDING":
+            return 0
+        now = self.now()
+        self._undo(tx, p, "EXPIRY", "EXPIRED", now, actor="system", reason="not confirmed")
+        tx.audit(now, "system", "expire", p["receipt_no"], {"bank": p["bank"]})
+        return 1
+
+    # -- refund (退单), by an operator on a later date ------------------------------------
+
+    def refund(self, receipt_no: str, reason: str, actor: str) -> m.SimpleResult:
+        if not reason.strip():
+            return m.SimpleResult(Outcome.FORMAT_ERROR, "a refund needs a reason")
+        return self.store.run_sync(self._refund_tx, receipt_no, reason, actor)
+
+    def _refund_tx(self, tx: Tx, receipt_no: str, reason: str, actor: str) -> m.SimpleResult:
+        p = tx.payment_by_receipt(receipt_no)
+        if p is None:
+            return m.SimpleResult(Outcome.ORIGINAL_NOT_FOUND, f"no payment {receipt_no}")
+        p = tx.payment_by_id(p["id"], lock=True)
+        if p["status"] != "POSTED":
+            return m.SimpleResult(Outcome.ALREADY_REVERSED, f"payment is {p['status'].lower()}")
+        if p["invoice_printed"]:
+            return m.SimpleResult(Outcome.REVERSAL_NOT_ALLOWED, "invoice printed: void it first")
+        now = self.now()
+        outcome = self._undo(tx, p, "REFUND", "REFUNDED", now, actor=actor, reason=reason)
+        if outcome is Outcome.OK:
+            tx.audit(now, actor, "refund", receipt_no,
+                     {"reason": reason, "amount": p["amount"], "bank": p["bank"]})
+            return m.SimpleResult(Outcome.OK, f"refunded {receipt_no}")
+        return m.SimpleResult(outcome, "the prepaid excess of this payment was drawn on")
+
+    # -- cut-off -------------------------------------------------------------------------
+
+    def cutoff(self, bank: str, d: date, reason: str = "scheduled",
+               actor: str = "system") -> m.CutoffResult:
+        self.bank(bank)
+        return self.store.run_sync(self._cutoff_tx, bank, d, reason, actor)
+
+    def _cutoff_tx(self, tx: Tx, bank: str, d: date, reason: str, actor: str):
+        row = tx.cutoff_get(bank, d)
+        if row is None:
+            count, total = tx.standing_totals(bank, d)
+            now = self.now()
+            if not tx.cutoff_insert(bank, d, reason, now, count, total):
+                raise Retry()  # closed by another node meanwhile
+            tx.audit(now, actor, "cutoff", f"{bank} {d:%Y-%m-%d}",
+                     {"reason": reason, "count": count, "total": total})
+            row = {"count": count, "total": total}
+        self._closed.add((bank, d))
+        return m.CutoffResult(Outcome.OK, d, row["count"], row["total"])
+
+    def statement_notice(self, req: m.StatementNotice) -> m.SimpleResult:
+        self.cutoff(req.origin.bank, req.settle_date, reason="notice")
+        self.store.run_sync(
+            lambda tx: tx.audit(self.now(), req.origin.bank, "statement-notice",
+                                req.file_name[:100],
+                                {"settle_date": req.settle_date.isoformat(),
+                                 "records": req.record_count, "total": req.total_amount})
+        )
+        return m.SimpleResult(Outcome.OK)
+
+
+class LedgerService:
+    """The ledger's asynchronous face: ``handle(request) -> Deferred[result]``.
+
+    Runs the synchronous ledger on the store's thread pool.  A database that
+    is down or keeps failing gives the request's result type with
+    ``Outcome.BUSY``: nothing was recorded, the bank may send it again.
+    """
+
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+        self.store = ledger.store
+        self.listeners: list[Callable] = []  # called with (request, result)
+
+    def handle(self, req):
+        d = self.store.call(self.ledger.handle, req)
+        d.addErrback(self._failed, req)
+        d.addCallback(self._notify, req)
+        return d
+
+    def _notify(self, result, req):
+        for f in self.listeners:
+            try:
+                f(req, result)
+            except Exception:
+                log.exception("listener failed")
+        return result
+
+    @staticmethod
+    def _failed(failure, req):
+        busy = failure.check(StoreUnavailable) is not None
+        if busy:
+            log.warning("database unavailable: %s", failure.getErrorMessage())
+        else:
+            log.error("ledger failed on %s: %s", type(req).__name__, failure.getTraceback())
+        return busy_result(req, Outcome.BUSY if busy else Outcome.ERROR)
+
+
+def busy_result(req, outcome: Outcome = Outcome.BUSY):
+    kind = {
+        m.QueryRequest: m.QueryResult,
+        m.PaymentRequest: m.PaymentResult,
+        m.ReversalRequest: m.ReversalResult,
+        m.StatusRequest: m.StatusResult,
+        m.CutoffRequest: m.CutoffResult,
+    }.get(type(req), m.SimpleResult)
+    return kind(outcome)
+

@@ -1,0 +1,137 @@
+"""The store: one engine, a private thread pool, transactions as functions.
+
+Every database call runs on the store's own thread pool (never the reactor
+thread, never the reactor's shared pool).  Callers hand :meth:`Store.run` a
+plain function ``fn(tx, *args)`` that does its work inside one transaction
+through a :class:`bankgate.store.tx.Tx` and returns plain values; the store
+commits, retries transient failures (deadlocks, lost connections) a few
+times, and returns a Deferred.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from twisted.internet import threads
+from twisted.python.threadpool import ThreadPool
+
+from bankgate.store import model
+from bankgate.store.engine import create_engine, is_transient
+from bankgate.store.n8 import N8Mapping, build_tables
+from bankgate.store.tx import Tx
+
+T = TypeVar("T")
+log = logging.getLogger("bankgate.store")
+
+
+class StoreUnavailable(Exception):
+    """The database could not be reached or kept failing: answer BUSY."""
+
+
+class Retry(Exception):
+    """Raised inside a transaction to run it again from the start."""
+
+
+class Store:
+    def __init__(
+        self,
+        url: str,
+        mapping: N8Mapping | None = None,
+        *,
+        reactor=None,
+        threads: int = 4,
+        echo: bool = False,
+        retries: int = 3,
+    ):
+        self.url = url
+        self.mapping = mapping or N8Mapping()
+        self.engine = create_engine(url, pool_size=threads, echo=echo)
+        self.dialect = self.engine.dialect.name
+        self.n8_metadata = sa.MetaData()
+        self.n8 = build_tables(self.mapping, self.n8_metadata)
+        self.reactor = reactor
+        self.retries = retries
+        self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="bankgate-db")
+        self._started = False
+
+    # -- lifecycle (driven by the service) --------------------------------
+
+    def start(self) -> None:
+        if not self._started:
+            self.pool.start()
+            self._started = True
+
+    def stop(self) -> None:
+        if self._started:
+            self.pool.stop()
+            self._started = False
+        self.engine.dispose()
+
+    # -- running work ------------------------------------------------------
+
+    def run(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        """Run ``fn(tx, *args)`` in one transaction on the pool: a Deferred."""
+        if self.reactor is None:
+            raise RuntimeError("Store.run needs a reactor; use run_sync outside the service")
+        return threads.deferToThreadPool(self.reactor, self.pool, self.run_sync, fn, *args, **kw)
+
+    def call(self, fn: Callable[..., T], *args: Any, **kw: Any):
+        """Run any ``fn(*args)`` on the store's pool (it may use run_sync): a Deferred."""
+        if self.reactor is None:
+            raise RuntimeError("Store.call needs a reactor")
+        return threads.deferToThreadPool(self.reactor, self.pool, fn, *args, **kw)
+
+    def run_sync(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """The same, on the calling thread (CLI, tests, benchmarks)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self.engine.begin() as conn:
+                    return fn(Tx(conn, self), *args, **kw)
+            except Retry:
+                if attempt > self.retries + 5:
+                    raise StoreUnavailable("transaction kept conflicting") from None
+            except sa.exc.SQLAlchemyError as e:
+                if not is_transient(e) or attempt > self.retries:
+                    if isinstance(e, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+                        raise StoreUnavailable(str(e.orig if hasattr(e, "orig") else e)) from e
+                    raise
+                log.warning("transient database error, retrying (%d): %s", attempt, e.orig)
+                time.sleep(min(0.05 * attempt, 0.5))
+
+    def connect(self):
+        """A plain connection for bulk work (demo seeding, reports)."""
+        return self.engine.connect()
+
+    # -- schema ---------------------------------------------------------------
+
+    def create_gateway_tables(self) -> None:
+        """Create the gateway's tables through the migrations (``db upgrade``)."""
+        from bankgate.migrations import upgrade
+
+        upgrade(self.engine)
+
+    def create_n8_tables(self) -> None:
+        """Create the reference N8 schema (the embedded default and tests only)."""
+        self.n8_metadata.create_all(self.engine)
+
+    def drop_all(self) -> None:
+        """Tests only: drop everything the store knows of."""
+        with self.engine.begin() as conn:
+            model.metadata.drop_all(conn)
+            self.n8_metadata.drop_all(conn)
+            conn.execute(sa.text("DROP TABLE IF EXISTS bg_alembic_version"))
+
+    def n8_exists(self) -> bool:
+        insp = sa.inspect(self.engine)
+        return insp.has_table(self.n8["customer"].name, schema=self.mapping.schema)
+
+    def customer_count(self) -> int:
+        with self.engine.connect() as conn:
+            q = sa.select(sa.func.count()).select_from(self.n8["customer"])
+            return conn.execute(q).scalar()

@@ -1,0 +1,77 @@
+"""Creating engines, with every dialect quirk in this one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+
+def create_engine(url: str, *, pool_size: int = 4, echo: bool = False) -> sa.Engine:
+    u = make_url(url)
+    backend = u.get_backend_name()
+    kw: dict = {"echo": echo, "future": True}
+    if backend == "sqlite":
+        db = u.database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        kw["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        if not db or db == ":memory:":
+            kw["poolclass"] = sa.pool.StaticPool
+        engine = sa.create_engine(u, **kw)
+        _sqlite_quirks(engine)
+        return engine
+    kw["pool_size"] = pool_size
+    kw["max_overflow"] = 2
+    kw["pool_pre_ping"] = True
+    if backend == "mysql":
+        kw["isolation_level"] = "READ COMMITTED"
+        kw["pool_recycle"] = 3600
+    elif backend == "postgresql":
+        kw["isolation_level"] = "READ COMMITTED"
+    return sa.create_engine(u, **kw)
+
+
+def _sqlite_quirks(engine: sa.Engine) -> None:
+    """SQLite: WAL, foreign keys, and BEGIN IMMEDIATE so writers queue.
+
+    pysqlite's own transaction handling defers BEGIN and starts transactions
+    as DEFERRED, which makes two writers deadlock on the upgrade from a read
+    lock; every transaction here takes the write lock at BEGIN, and SQLite's
+    busy timeout makes the next writer wait for it.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def supports_for_update(engine_or_dialect) -> bool:
+    dialect = getattr(engine_or_dialect, "dialect", engine_or_dialect)
+    return dialect.name != "sqlite"
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    return isinstance(exc, sa.exc.IntegrityError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure worth retrying the whole transaction for: deadlock, lost
+    connection, serialisation failure, lock timeout."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa.exc.OperationalError):
+        return True
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code in ("40001", "40P01")

@@ -1,0 +1,146 @@
+"""Every table the gateway owns, declared in one place.
+
+The billing tables belong to N8 and are reached only through the mapping in
+:mod:`bankgate.store.n8`.  Money columns are integer fen (BigInteger).
+Migrations (``bankgate/migrations``) create and upgrade these tables; a test
+compares the migrated schema with this module so the two never drift.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+
+def _id() -> sa.Column:
+    return sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        sa.Identity(),
+        primary_key=True,
+    )
+
+
+def _money(name: str, **kw) -> sa.Column:
+    return sa.Column(name, sa.BigInteger, nullable=False, server_default="0", **kw)
+
+
+BANK = 32
+SERIAL = 40
+
+# The transaction journal: one row per money-changing request key.  The
+# unique key (bank, trade_date, serial) is what makes exactly-once hold; a
+# retry reads ``outcome`` and ``result`` back instead of posting again.
+# kind: PAY, REV, or BLOCK (a reversal arrived before this serial's payment).
+journal = sa.Table(
+    "bg_journal",
+    metadata,
+    _id(),
+    sa.Column("bank", sa.String(BANK), nullable=False),
+    sa.Column("trade_date", sa.Date, nullable=False),
+    sa.Column("serial", sa.String(SERIAL), nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("content", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(24), nullable=False),
+    sa.Column("result", sa.Text, nullable=True),
+    sa.Column("payment_id", sa.BigInteger, nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("bank", "trade_date", "serial", name="uq_bg_journal_key"),
+)
+
+payment = sa.Table(
+    "bg_payment",
+    metadata,
+    _id(),
+    sa.Column("bank", sa.String(BANK), nullable=False),
+    sa.Column("trade_date", sa.Date, nullable=False),
+    sa.Column("serial", sa.String(SERIAL), nullable=False),
+    sa.Column("trade_time", sa.String(6), nullable=False, server_default=""),
+    sa.Column("customer_no", sa.String(32), nullable=False),
+    _money("amount"),
+    _money("principal"),
+    _money("late_fee"),
+    _money("prepaid_in"),  # excess kept as prepaid balance
+    sa.Column("channel", sa.String(2), nullable=False, server_default="01"),
+    sa.Column("branch", sa.String(20), nullable=False, server_default=""),
+    sa.Column("teller", sa.String(20), nullable=False, server_default=""),
+    sa.Column("pan_masked", sa.String(19), nullable=False, server_default=""),
+    sa.Column("receipt_no", sa.String(20), nullable=False),
+    sa.Column("invoice_no", sa.String(20), nullable=False, server_default=""),
+    sa.Column("invoice_printed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("status", sa.String(10), nullable=False),
+    sa.Column("source", sa.String(10), nullable=False, server_default="online"),
+    sa.Column("run_id", sa.BigInteger, nullable=True),  # reconciliation run that posted it
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("expires_at", sa.DateTime, nullable=True),  # two-phase: pending until
+    sa.Column("undone_at", sa.DateTime, nullable=True),
+    sa.UniqueConstraint("bank", "trade_date", "serial", name="uq_bg_payment_key"),
+    sa.UniqueConstraint("receipt_no", name="uq_bg_payment_receipt"),
+    sa.Index("ix_bg_payment_customer", "customer_no", "id"),
+    sa.Index("ix_bg_payment_status", "status", "expires_at"),
+)
+
+allocation = sa.Table(
+    "bg_allocation",
+    metadata,
+    _id(),
+    sa.Column("payment_id", sa.BigInteger, nullable=False),
+    sa.Column("bill_id", sa.String(32), nullable=False),
+    _money("principal"),
+    _money("late_fee"),
+    sa.Index("ix_bg_allocation_payment", "payment_id"),
+    sa.Index("ix_bg_allocation_bill", "bill_id"),
+)
+
+# Everything that undid a payment: a bank's reversal, an operator's refund,
+# the expiry of an unconfirmed two-phase payment, a reconciliation 抹账.
+undo = sa.Table(
+    "bg_undo",
+    metadata,
+    _id(),
+    sa.Column("payment_id", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(10), nullable=False),  # REVERSAL REFUND EXPIRY RECON
+    sa.Column("bank", sa.String(BANK), nullable=False),
+    sa.Column("trade_date", sa.Date, nullable=False),
+    sa.Column("serial", sa.String(SERIAL), nullable=True),
+    sa.Column("actor", sa.String(64), nullable=False, server_default=""),
+    sa.Column("reason", sa.String(200), nullable=False, server_default=""),
+    sa.Column("run_id", sa.BigInteger, nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("payment_id", name="uq_bg_undo_payment"),
+)
+
+# Prepaid balances (overpay policy): the excess of a payment, drawn on later.
+prepaid = sa.Table(
+    "bg_prepaid",
+    metadata,
+    sa.Column("customer_no", sa.String(32), primary_key=True),
+    _money("balance"),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+cutoff = sa.Table(
+    "bg_cutoff",
+    metadata,
+    sa.Column("bank", sa.String(BANK), primary_key=True),
+    sa.Column("trade_date", sa.Date, primary_key=True),
+    sa.Column("reason", sa.String(20), nullable=False),  # scheduled bank notice recon operator
+    sa.Column("closed_at", sa.DateTime, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False, server_default="0"),
+    _money("total"),
+)
+
+audit = sa.Table(
+    "bg_audit",
+    metadata,
+    _id(),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("subject", sa.String(100), nullable=False, server_default=""),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Index("ix_bg_audit_at", "at"),
+)
+
+GATEWAY_TABLES = [t.name for t in metadata.sorted_tables]

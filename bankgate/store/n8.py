@@ -1,0 +1,155 @@
+"""The N8 billing schema, reached through a mapping.
+
+The gateway names N8's tables and columns by *logical* names (``bill.amount``);
+the configuration maps each onto the physical names of an existing N8
+installation (``[n8.tables] bill = "HRB_ZD"``, ``[n8.columns.bill] amount =
+"YSJE"``).  Anything not mapped keeps the reference name below, which is also
+the schema the embedded default creates and seeds with demo data.
+
+Every SQLAlchemy column is built with ``key=<logical name>``, so the store's
+code always says ``t.c.amount`` while the SQL says whatever N8 calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+# logical table -> (reference table name, [(logical column, type, options)])
+_Money = sa.BigInteger
+
+REFERENCE: dict[str, tuple[str, list[tuple[str, object, dict]]]] = {
+    "customer": (
+        "n8_customer",
+        [
+            ("customer_no", sa.String(32), {"primary_key": True}),
+            ("name", sa.String(100), {"nullable": False}),
+            ("address", sa.String(200), {"nullable": False, "server_default": ""}),
+            # R residential, I industrial, C commercial
+            ("customer_class", sa.String(1), {"nullable": False}),
+            ("district", sa.String(40), {"nullable": False, "server_default": ""}),
+            ("heated_area", sa.Numeric(12, 2), {"nullable": False, "server_default": "0"}),
+            # A active, S suspended (locked)
+            ("status", sa.String(1), {"nullable": False, "server_default": "A"}),
+            ("large_customer", sa.Integer, {"nullable": False, "server_default": "0"}),
+            ("withholding_bank", sa.String(32), {"nullable": True}),
+            ("withholding_account", sa.String(32), {"nullable": True}),
+        ],
+    ),
+    "tariff": (
+        "n8_tariff",
+        [
+            ("fee_type", sa.String(2), {"primary_key": True}),
+            ("customer_class", sa.String(1), {"primary_key": True}),
+            ("unit_price", _Money, {"nullable": False}),  # fen per unit (m², kWh, t)
+            # late fee per day overdue, in parts per million of the outstanding
+            # principal (万分之五 per day = 500)
+            ("late_fee_ppm", sa.Integer, {"nullable": False, "server_default": "0"}),
+        ],
+    ),
+    "bill": (
+        "n8_bill",
+        [
+            ("bill_id", sa.String(32), {"primary_key": True}),
+            ("customer_no", sa.String(32), {"nullable": False, "index": True}),
+            ("fee_type", sa.String(2), {"nullable": False}),
+            ("period", sa.String(16), {"nullable": False}),
+            ("amount", _Money, {"nullable": False}),
+            ("paid_amount", _Money, {"nullable": False, "server_default": "0"}),
+            ("late_fee_paid", _Money, {"nullable": False, "server_default": "0"}),
+            ("due_date", sa.Date, {"nullable": False}),
+        ],
+    ),
+    # N8's own payment records: the gateway writes them in the same
+    # transaction as its journal so N8 sees the payment at once.
+    "payment": (
+        "n8_payment",
+        [
+            ("pay_id", sa.String(20), {"primary_key": True}),  # = the receipt number
+            ("customer_no", sa.String(32), {"nullable": False, "index": True}),
+            ("amount", _Money, {"nullable": False}),
+            ("pay_date", sa.Date, {"nullable": False}),
+            ("bank_code", sa.String(32), {"nullable": False}),
+            ("bank_serial", sa.String(40), {"nullable": False}),
+            ("channel", sa.String(2), {"nullable": False}),
+            # N normal, C cancelled (reversed / refunded)
+            ("status", sa.String(1), {"nullable": False, "server_default": "N"}),
+            ("created_at", sa.DateTime, {"nullable": False}),
+        ],
+    ),
+    "payment_item": (
+        "n8_payment_item",
+        [
+            ("pay_id", sa.String(20), {"primary_key": True}),
+            ("bill_id", sa.String(32), {"primary_key": True}),
+            ("principal", _Money, {"nullable": False}),
+            ("late_fee", _Money, {"nullable": False}),
+        ],
+    ),
+    "invoice": (
+        "n8_invoice",
+        [
+            ("invoice_no", sa.String(20), {"primary_key": True}),
+            ("pay_id", sa.String(20), {"nullable": True}),
+            ("customer_no", sa.String(32), {"nullable": True}),
+            ("amount", _Money, {"nullable": False, "server_default": "0"}),
+            # U unused, I issued (used), V void
+            ("status", sa.String(1), {"nullable": False, "server_default": "U"}),
+            ("issued_at", sa.DateTime, {"nullable": True}),
+        ],
+    ),
+}
+
+LOGICAL_TABLES = tuple(REFERENCE)
+
+
+class MappingError(ValueError):
+    pass
+
+
+@dataclass
+class N8Mapping:
+    """Logical → physical names for N8's tables and columns."""
+
+    tables: dict[str, str] = field(default_factory=dict)
+    columns: dict[str, dict[str, str]] = field(default_factory=dict)
+    schema: str | None = None  # a database schema / owner, e.g. "N8"
+
+    def validate(self) -> None:
+        for t in self.tables:
+            if t not in REFERENCE:
+                raise MappingError(f"n8.tables.{t}: unknown table (known: {', '.join(REFERENCE)})")
+        for t, cols in self.columns.items():
+            if t not in REFERENCE:
+                raise MappingError(f"n8.columns.{t}: unknown table")
+            known = {c[0] for c in REFERENCE[t][1]}
+            for c in cols:
+                if c not in known:
+                    raise MappingError(
+                        f"n8.columns.{t}.{c}: unknown column (known: {', '.join(sorted(known))})"
+                    )
+
+    def table_name(self, logical: str) -> str:
+        return self.tables.get(logical, REFERENCE[logical][0])
+
+    def column_name(self, table: str, logical: str) -> str:
+        return self.columns.get(table, {}).get(logical, logical)
+
+
+def build_tables(mapping: N8Mapping, metadata: sa.MetaData | None = None) -> dict[str, sa.Table]:
+    """SQLAlchemy tables for N8 under ``mapping``, keyed by logical name."""
+    mapping.validate()
+    md = metadata if metadata is not None else sa.MetaData()
+    out = {}
+    for logical, (_ref, cols) in REFERENCE.items():
+        columns = []
+        for cname, ctype, opts in cols:
+            opts = dict(opts)
+            columns.append(
+                sa.Column(mapping.column_name(logical, cname), ctype, key=cname, **opts)
+            )
+        out[logical] = sa.Table(
+            mapping.table_name(logical), md, *columns, schema=mapping.schema
+        )
+    return out

@@ -1,0 +1,350 @@
+"""The SQL of one transaction, as small functions returning plain values.
+
+A :class:`Tx` wraps one connection inside one transaction.  The ledger calls
+these methods and keeps its rules to itself; nothing here decides anything.
+Rows come back as dicts (or tuples of dicts), never as live result objects.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+
+import sqlalchemy as sa
+
+from bankgate.messages import Outcome
+from bankgate.store import model
+
+
+class Duplicate(Exception):
+    """The journal key is taken: the request is a repeat."""
+
+
+def _select(t: sa.Table) -> sa.Select:
+    """SELECT every column of a mapped N8 table, labelled by its logical name."""
+    return sa.select(*[c.label(c.key) for c in t.c])
+
+
+def _dicts(result) -> list[dict]:
+    return [dict(r) for r in result.mappings()]
+
+
+class Tx:
+    def __init__(self, conn: sa.Connection, store):
+        self.conn = conn
+        self.store = store
+        self.n8 = store.n8
+        self.lock = store.dialect != "sqlite"  # SQLite locks the whole file at BEGIN
+
+    def _x(self, stmt, params=None):
+        return self.conn.execute(stmt, params) if params is not None else self.conn.execute(stmt)
+
+    # -- journal ---------------------------------------------------------------
+
+    def claim(self, bank: str, trade_date: date, serial: str, kind: str, content: str,
+              now: datetime) -> int:
+        """Insert the journal row for this key, or raise :class:`Duplicate`.
+
+        On PostgreSQL and MariaDB a concurrent claim of the same key waits
+        here until the first transaction ends, then fails: so only one of two
+        concurrent identical requests ever posts.
+
+        This must be the transaction's first write: a duplicate aborts the
+        whole transaction (no savepoint, to save two round trips), and the
+        caller reads the first answer in a fresh one.
+        """
+        j = model.journal
+        try:
+            r = self._x(
+                j.insert().values(
+                    bank=bank, trade_date=trade_date, serial=serial, kind=kind,
+                    content=content, outcome="PROCESSING", created_at=now,
+                )
+            )
+        except sa.exc.IntegrityError:
+            raise Duplicate(serial) from None
+        return r.inserted_primary_key[0]
+
+    def journal_get(self, bank: str, trade_date: date, serial: str) -> dict | None:
+        j = model.journal
+        rows = _dicts(
+            self._x(
+                sa.select(j).where(
+                    j.c.bank == bank, j.c.trade_date == trade_date, j.c.serial == serial
+                )
+            )
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        row["result"] = json.loads(row["result"]) if row["result"] else {}
+        return row
+
+    def block(self, bank: str, trade_date: date, serial: str, now: datetime) -> bool:
+        """Remember that a reversal came before the payment ``serial``.
+
+        False when the key was taken meanwhile (its payment is being posted).
+        """
+        try:
+            with self.conn.begin_nested():
+                self._x(
+                    model.journal.insert().values(
+                        bank=bank, trade_date=trade_date, serial=serial, kind="BLOCK",
+                        content="", outcome=Outcome.REVERSED_FIRST.value, created_at=now,
+                    )
+                )
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def journal_finish(self, journal_id: int, outcome: str, result: dict,
+                       payment_id: int | None = None) -> None:
+        j = model.journal
+        self._x(
+            j.update()
+            .where(j.c.id == journal_id)
+            .values(outcome=outcome, result=json.dumps(result, sort_keys=True),
+                    payment_id=payment_id)
+        )
+
+    # -- cut-off ---------------------------------------------------------------
+
+    def is_closed(self, bank: str, trade_date: date) -> bool:
+        c = model.cutoff
+        return (
+            self._x(
+                sa.select(c.c.bank).where(c.c.bank == bank, c.c.trade_date == trade_date)
+            ).first()
+            is not None
+        )
+
+    def cutoff_get(self, bank: str, trade_date: date) -> dict | None:
+        c = model.cutoff
+        rows = _dicts(
+            self._x(sa.select(c).where(c.c.bank == bank, c.c.trade_date == trade_date))
+        )
+        return rows[0] if rows else None
+
+    def cutoff_insert(self, bank: str, trade_date: date, reason: str, now: datetime,
+                      count: int, total: int) -> bool:
+        try:
+            with self.conn.begin_nested():
+                self._x(
+                    model.cutoff.insert().values(
+                        bank=bank, trade_date=trade_date, reason=reason, closed_at=now,
+                        count=count, total=total,
+                    )
+                )
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def closed_dates(self, bank: str) -> list[dict]:
+        c = model.cutoff
+        return _dicts(self._x(sa.select(c).where(c.c.bank == bank).order_by(c.c.trade_date)))
+
+    def standing_totals(self, bank: str, trade_date: date) -> tuple[int, int]:
+        p = model.payment
+        row = self._x(
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(p.c.amount), 0)).where(
+                p.c.bank == bank, p.c.trade_date == trade_date, p.c.status == "POSTED"
+            )
+        ).first()
+        return int(row[0]), int(row[1])
+
+    # -- N8: customers, tariffs, bills -------------------------------------------
+
+    def customer(self, customer_no: str) -> dict | None:
+        c = self.n8["customer"]
+        rows = _dicts(self._x(_select(c).where(c.c.customer_no == customer_no)))
+        return rows[0] if rows else None
+
+    def tariffs(self) -> dict[tuple[str, str], dict]:
+        t = self.n8["tariff"]
+        return {(r["fee_type"], r["customer_class"]): r for r in _dicts(self._x(_select(t)))}
+
+    def open_bills(self, customer_no: str, lock: bool = False) -> list[dict]:
+        """The customer's bills with principal outstanding, oldest first."""
+        b = self.n8["bill"]
+        q = (
+            _select(b)
+            .where(b.c.customer_no == customer_no, b.c.paid_amount < b.c.amount)
+            .order_by(b.c.period, b.c.bill_id)
+        )
+        if lock and self.lock:
+            q = q.with_for_update()
+        return _dicts(self._x(q))
+
+    def bills(self, bill_ids: list[str]) -> list[dict]:
+        b = self.n8["bill"]
+        return _dicts(self._x(_select(b).where(b.c.bill_id.in_(bill_ids))))
+
+    def apply_allocations(self, rows: list[dict], sign: int) -> None:
+        """Add (sign=+1) or take back (sign=-1) allocations on the bills."""
+        if not rows:
+            return
+        b = self.n8["bill"]
+        stmt = (
+            b.update()
+            .where(b.c.bill_id == sa.bindparam("b_id"))
+            .values(
+                paid_amount=b.c.paid_amount + sa.bindparam("b_p", type_=sa.BigInteger),
+                late_fee_paid=b.c.late_fee_paid + sa.bindparam("b_l", type_=sa.BigInteger),
+            )
+        )
+        self._x(
+            stmt,
+            [
+                {"b_id": r["bill_id"], "b_p": sign * r["principal"], "b_l": sign * r["late_fee"]}
+                for r in rows
+            ],
+        )
+
+    # -- gateway payments ----------------------------------------------------------
+
+    def payment_insert(self, **values) -> int:
+        r = self._x(model.payment.insert().values(**values))
+        return r.inserted_primary_key[0]
+
+    def allocations_insert(self, payment_id: int, rows: list[dict]) -> None:
+        if rows:
+            self._x(
+                model.allocation.insert(),
+                [
+                    {"payment_id": payment_id, "bill_id": r["bill_id"],
+                     "principal": r["principal"], "late_fee": r["late_fee"]}
+                    for r in rows
+                ],
+            )
+
+    def allocations(self, payment_id: int) -> list[dict]:
+        a = model.allocation
+        return _dicts(
+            self._x(
+                sa.select(a.c.bill_id, a.c.principal, a.c.late_fee)
+                .where(a.c.payment_id == payment_id)
+                .order_by(a.c.id)
+            )
+        )
+
+    def payment_by_key(self, bank: str, trade_date: date, serial: str,
+                       lock: bool = False) -> dict | None:
+        p = model.payment
+        q = sa.select(p).where(p.c.bank == bank, p.c.trade_date == trade_date, p.c.serial == serial)
+        if lock and self.lock:
+            q = q.with_for_update()
+        rows = _dicts(self._x(q))
+        return rows[0] if rows else None
+
+    def payment_by_id(self, payment_id: int, lock: bool = False) -> dict | None:
+        p = model.payment
+        q = sa.select(p).where(p.c.id == payment_id)
+        if lock and self.lock:
+            q = q.with_for_update()
+        rows = _dicts(self._x(q))
+        return rows[0] if rows else None
+
+    def payment_by_receipt(self, receipt_no: str) -> dict | None:
+        p = model.payment
+        rows = _dicts(self._x(sa.select(p).where(p.c.receipt_no == receipt_no)))
+        return rows[0] if rows else None
+
+    def latest_standing_payment_id(self, customer_no: str) -> int | None:
+        p = model.payment
+        return self._x(
+            sa.select(sa.func.max(p.c.id)).where(
+                p.c.customer_no == customer_no, p.c.status.in_(("POSTED", "PENDING"))
+            )
+        ).scalar()
+
+    def payment_set_status(self, payment_id: int, status: str, now: datetime | None = None,
+                           **extra) -> None:
+        p = model.payment
+        values = {"status": status, **extra}
+        if now is not None:
+            values["undone_at"] = now
+        self._x(p.update().where(p.c.id == payment_id).values(**values))
+
+    def undo_insert(self, **values) -> None:
+        self._x(model.undo.insert().values(**values))
+
+    def expired_pending(self, now: datetime, limit: int = 100) -> list[int]:
+        p = model.payment
+        return [
+            r[0]
+            for r in self._x(
+                sa.select(p.c.id)
+                .where(p.c.status == "PENDING", p.c.expires_at <= now)
+                .order_by(p.c.id)
+                .limit(limit)
+            )
+        ]
+
+    def payments_for_date(self, bank: str, trade_date: date) -> list[dict]:
+        p = model.payment
+        return _dicts(
+            self._x(
+                sa.select(p).where(p.c.bank == bank, p.c.trade_date == trade_date).order_by(p.c.id)
+            )
+        )
+
+    # -- prepaid balances ---------------------------------------------------------
+
+    def prepaid_get(self, customer_no: str, lock: bool = False) -> int:
+        pp = model.prepaid
+        q = sa.select(pp.c.balance).where(pp.c.customer_no == customer_no)
+        if lock and self.lock:
+            q = q.with_for_update()
+        v = self._x(q).scalar()
+        return int(v or 0)
+
+    def prepaid_add(self, customer_no: str, delta: int, now: datetime) -> None:
+        pp = model.prepaid
+        r = self._x(
+            pp.update()
+            .where(pp.c.customer_no == customer_no)
+            .values(balance=pp.c.balance + delta, updated_at=now)
+        )
+        if r.rowcount == 0:
+            self._x(pp.insert().values(customer_no=customer_no, balance=delta, updated_at=now))
+
+    # -- N8's payment records ---------------------------------------------------------
+
+    def n8_payment_insert(self, pay_id: str, customer_no: str, amount: int, pay_date: date,
+                          bank_code: str, bank_serial: str, channel: str, status: str,
+                          now: datetime, items: list[dict]) -> None:
+        self._x(
+            self.n8["payment"].insert().values(
+                pay_id=pay_id, customer_no=customer_no, amount=amount, pay_date=pay_date,
+                bank_code=bank_code, bank_serial=bank_serial, channel=channel, status=status,
+                created_at=now,
+            )
+        )
+        if items:
+            self._x(
+                self.n8["payment_item"].insert(),
+                [
+                    {"pay_id": pay_id, "bill_id": i["bill_id"], "principal": i["principal"],
+                     "late_fee": i["late_fee"]}
+                    for i in items
+                ],
+            )
+
+    def n8_payment_set_status(self, pay_id: str, status: str) -> None:
+        t = self.n8["payment"]
+        self._x(t.update().where(t.c.pay_id == pay_id).values(status=status))
+
+    # -- audit -------------------------------------------------------------------------
+
+    def audit(self, now: datetime, actor: str, action: str, subject: str = "",
+              detail: dict | None = None) -> None:
+        self._x(
+            model.audit.insert().values(
+                at=now, actor=actor, action=action, subject=subject,
+                detail=json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else None,
+            )
+        )
+
+    def audit_list(self, limit: int = 100) -> list[dict]:
+        a = model.audit
+        return _dicts(self._x(sa.select(a).order_by(a.c.id.desc()).limit(limit)))

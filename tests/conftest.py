@@ -1,0 +1,207 @@
+"""Shared fixtures: stores on every database this machine has.
+
+The store and ledger tests run on SQLite (plain and under a renamed N8
+mapping), PostgreSQL and MariaDB.  The server URLs come from
+``BANKGATE_TEST_POSTGRES`` / ``BANKGATE_TEST_MARIADB`` (defaulting to the
+local servers); a server that cannot be reached skips its tests with the
+reason -- unless ``BANKGATE_REQUIRE_SERVERS=1`` (CI), where it fails them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from datetime import date, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from bankgate.ledger import BankPolicy, Ledger
+from bankgate.store.db import Store
+from bankgate.store.n8 import N8Mapping
+
+SERVERS = {
+    "postgres": os.environ.get(
+        "BANKGATE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    ),
+    "mariadb": os.environ.get(
+        "BANKGATE_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test"
+    ),
+}
+
+# A copy of the reference schema under other names, as a real N8 might have.
+RENAMED = N8Mapping(
+    tables={
+        "customer": "HRB_KH", "tariff": "HRB_JG", "bill": "HRB_ZD", "payment": "HRB_JF",
+        "payment_item": "HRB_JFMX", "invoice": "HRB_FP",
+    },
+    columns={
+        "customer": {"customer_no": "KHBH", "name": "KHMC", "address": "DZ",
+                     "customer_class": "KHLB", "status": "ZT"},
+        "bill": {"bill_id": "ZDBH", "customer_no": "KHBH", "amount": "YSJE",
+                 "paid_amount": "SSJE", "late_fee_paid": "ZNJ_SS", "due_date": "JZRQ",
+                 "period": "ZQ", "fee_type": "FYLX"},
+        "tariff": {"late_fee_ppm": "ZNJ_L", "unit_price": "DJ"},
+        "payment": {"pay_id": "JFBH", "amount": "JE", "status": "ZT"},
+        "payment_item": {"pay_id": "JFBH", "bill_id": "ZDBH"},
+    },
+)
+
+BACKENDS = ["sqlite", "sqlite-renamed", "postgres", "mariadb"]
+TODAY = date(2026, 11, 27)
+NOW = datetime(2026, 11, 27, 9, 30, 0)
+
+
+def _reachable(url: str) -> str | None:
+    try:
+        e = sa.create_engine(url)
+        with e.connect() as c:
+            c.execute(sa.text("SELECT 1"))
+        e.dispose()
+        return None
+    except Exception as ex:  # noqa: BLE001 - any failure means "not here"
+        return f"{type(ex).__name__}: {str(ex).splitlines()[0][:120]}"
+
+
+_private: dict[str, str] = {}
+
+
+def _private_database(url: str) -> str:
+    """A database of this test run's own on the server at ``url``.
+
+    Several test runs may share one server (developers, CI); each works in
+    ``bgtest_<pid>``, created here and dropped at exit.
+    """
+    name = f"bgtest_{os.getpid()}"
+    u = sa.engine.make_url(url)
+    admin = sa.create_engine(u, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+        c.execute(sa.text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+
+    def drop():
+        e = sa.create_engine(u, isolation_level="AUTOCOMMIT")
+        try:
+            with e.connect() as c:
+                if u.get_backend_name() == "postgresql":
+                    c.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                else:
+                    c.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+        finally:
+            e.dispose()
+
+    atexit.register(drop)
+    return u.set(database=name).render_as_string(hide_password=False)
+
+
+def server_url(kind: str) -> str:
+    url = SERVERS[kind]
+    if url not in _private:
+        why = _reachable(url)
+        if why:
+            msg = f"{kind} server not reachable at {url}: {why}"
+            if os.environ.get("BANKGATE_REQUIRE_SERVERS") == "1":
+                pytest.fail(msg + " (BANKGATE_REQUIRE_SERVERS=1: servers are required here)")
+            pytest.skip(msg)
+        _private[url] = _private_database(url)
+    return _private[url]
+
+
+def make_store(backend: str, tmp_path) -> Store:
+    mapping = RENAMED if backend.endswith("-renamed") else N8Mapping()
+    kind = backend.removesuffix("-renamed")
+    url = f"sqlite:///{tmp_path / 'bg.db'}" if kind == "sqlite" else server_url(kind)
+    store = Store(url, mapping, threads=4)
+    if kind != "sqlite":
+        store.drop_all()
+    store.create_gateway_tables()
+    store.create_n8_tables()
+    return store
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path):
+    s = make_store(request.param, tmp_path)
+    yield s
+    if s.dialect != "sqlite":
+        s.drop_all()
+    s.stop()
+
+
+BANKS = {
+    "fixed": BankPolicy("fixed", "105210", policy="exact"),
+    "partial": BankPolicy("partial", "103210", policy="partial"),
+    "overpay": BankPolicy("overpay", "104210", policy="overpay"),
+    "any": BankPolicy("any", "106210", policy="any"),
+    "latest": BankPolicy("latest", "107210", policy="any", latest_only_reversal=True),
+    "twophase": BankPolicy("twophase", "108210", policy="exact", two_phase=True,
+                           confirm_timeout=60),
+}
+
+
+class FakeClock:
+    def __init__(self, now: datetime = NOW):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def seed_fixture(store: Store) -> None:
+    """A small hand-built N8: every case the ledger tests need."""
+    n8 = store.n8
+    with store.engine.begin() as c:
+        c.execute(n8["tariff"].insert(), [
+            {"fee_type": "01", "customer_class": "R", "unit_price": 2600, "late_fee_ppm": 500},
+            {"fee_type": "01", "customer_class": "I", "unit_price": 3200, "late_fee_ppm": 1000},
+            {"fee_type": "02", "customer_class": "R", "unit_price": 150, "late_fee_ppm": 0},
+        ])
+        c.execute(n8["customer"].insert(), [
+            {"customer_no": "100000123", "name": "张三", "address": "沈阳市和平区幸福小区1号楼",
+             "customer_class": "R", "status": "A"},
+            {"customer_no": "100000200", "name": "沈阳重型机械厂", "address": "铁西区",
+             "customer_class": "I", "status": "A"},
+            {"customer_no": "100000300", "name": "李四", "address": "皇姑区",
+             "customer_class": "R", "status": "S"},
+            {"customer_no": "100000400", "name": "王五", "address": "大东区",
+             "customer_class": "R", "status": "A"},
+        ])
+        c.execute(n8["bill"].insert(), [
+            # 100000123: an overdue heating bill (100 days late) and a property bill
+            {"bill_id": "B0001", "customer_no": "100000123", "fee_type": "01",
+             "period": "2025-2026", "amount": 260000, "paid_amount": 0, "late_fee_paid": 0,
+             "due_date": date(2026, 8, 19)},
+            {"bill_id": "B0002", "customer_no": "100000123", "fee_type": "02",
+             "period": "2026-11", "amount": 15000, "paid_amount": 0, "late_fee_paid": 0,
+             "due_date": date(2026, 12, 31)},
+            {"bill_id": "B0003", "customer_no": "100000123", "fee_type": "01",
+             "period": "2026-2027", "amount": 260000, "paid_amount": 0, "late_fee_paid": 0,
+             "due_date": date(2026, 12, 31)},
+            # 100000200: industrial, one bill
+            {"bill_id": "B0010", "customer_no": "100000200", "fee_type": "01",
+             "period": "2026-2027", "amount": 1000000, "paid_amount": 0, "late_fee_paid": 0,
+             "due_date": date(2026, 12, 31)},
+            # 100000300: suspended
+            {"bill_id": "B0020", "customer_no": "100000300", "fee_type": "01",
+             "period": "2026-2027", "amount": 50000, "paid_amount": 0, "late_fee_paid": 0,
+             "due_date": date(2026, 12, 31)},
+            # 100000400: everything paid
+            {"bill_id": "B0030", "customer_no": "100000400", "fee_type": "01",
+             "period": "2025-2026", "amount": 50000, "paid_amount": 50000, "late_fee_paid": 0,
+             "due_date": date(2026, 1, 31)},
+        ])
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def ledger(store, clock):
+    seed_fixture(store)
+    from ledger_helpers import bills
+
+    store.initial_paid = bills(store)  # what N8 had paid before the gateway
+    return Ledger(store, dict(BANKS), now=clock)
