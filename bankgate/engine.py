@@ -1,0 +1,335 @@
+"""One bank listener: framing protocol + codec + ledger service.
+
+:class:`BankFactory` builds a :class:`BankProtocol` per connection.  For each
+frame the protocol asks the codec what to do (:class:`~bankgate.codec.base.Close`,
+:class:`~bankgate.codec.base.Reply` or :class:`~bankgate.codec.base.Dispatch`),
+hands dispatched requests to the ledger ``handler`` and writes what the codec
+encodes from the result.  Nothing raised by a codec or the ledger escapes:
+it is logged and the connection is closed.
+
+Order of answers follows the codec's :class:`~bankgate.codec.base.Framing`:
+
+- ``one_per_connection``: the first frame is answered, then the connection is
+  closed (later frames are ignored);
+- ``pipelined``: up to :attr:`BankFactory.max_in_flight` requests at once,
+  each answered as it completes;
+- otherwise sequential: one request at a time, frames that arrive meanwhile
+  wait (in the framing buffer) and are answered in order.
+
+A request whose connection is lost in flight still runs to its end (the
+ledger commits it; the bank's retry reads the same answer) but nothing is
+written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import ILogObserver, Logger, LogLevel
+from twisted.python.failure import Failure
+
+from bankgate.codec.base import BankProfile, Close, Dispatch, Reply, Session
+from bankgate.framing import FrameReceiver, receiver_options
+from bankgate.messages import Outcome
+
+
+def mask_pan(pan: str | None) -> str:
+    """A card number for logs: first 6 and last 4 digits, the rest ``*``.
+
+    Numbers too short to keep 10 digits in clear show only the last 4 (or
+    nothing when 4 or fewer).
+    """
+    if not pan:
+        return ""
+    n = len(pan)
+    if n >= 13:
+        return pan[:6] + "*" * (n - 10) + pan[-4:]
+    if n > 4:
+        return "*" * (n - 4) + pan[-4:]
+    return "*" * n
+
+
+class _MaskedFrame:
+    """A frame for the debug log, rendered only if someone formats it.
+
+    The engine does not know where a codec's MAC, keys or card numbers are:
+    it shows the codec's own ``mask_frame(frame) -> str`` when the codec has
+    one, and otherwise only the length and a digest -- never the content.
+    """
+
+    __slots__ = ("codec", "frame")
+
+    def __init__(self, codec, frame: bytes):
+        self.codec = codec
+        self.frame = frame
+
+    def __str__(self) -> str:
+        masker = getattr(self.codec, "mask_frame", None)
+        if masker is not None:
+            try:
+                return str(masker(self.frame))
+            except Exception:  # noqa: BLE001, S110 -- a masking bug must not leak the frame
+                pass
+        digest = hashlib.sha256(self.frame).hexdigest()[:12]
+        return f"<{len(self.frame)} bytes sha256:{digest}>"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    __repr__ = __str__
+
+
+@dataclass
+class BankStats:
+    """Live figures for one bank listener (read by the console)."""
+
+    connections_open: int = 0
+    connections_total: int = 0
+    in_flight: int = 0
+    transactions: int = 0
+    last_message: datetime | None = None  # wall-clock time of the last frame received
+    outcomes: Counter = field(default_factory=Counter)  # Outcome value -> count
+    rejected: int = 0  # framing errors and codec Close actions
+    errors: int = 0  # codec or ledger exceptions
+    unanswered: int = 0  # results computed after their connection was lost
+
+
+class BankFactory(Factory):
+    """Builds protocols for one configured bank's listener.
+
+    :param codec: the bank's codec plugin object.
+    :param profile: the bank's :class:`BankProfile`.
+    :param handler: ``handler(request) -> Deferred[result]``, the ledger service.
+    :param clock: an ``IReactorTime`` for idle timeouts and timings.
+    :param now: wall-clock time (local) for the codec's sessions.
+    :param log: a :class:`twisted.logger.Logger`, or an ``ILogObserver`` to
+        log to, or ``None`` for the default logger.
+    """
+
+    #: most requests in flight on one pipelined connection before reading stops
+    max_in_flight = 64
+
+    def __init__(
+        self,
+        codec,
+        profile: BankProfile,
+        handler: Callable[[Any], defer.Deferred],
+        clock: IReactorTime,
+        now: Callable[[], datetime] = datetime.now,
+        log: Logger | ILogObserver | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ):
+        self.codec = codec
+        self.profile = profile
+        self.handler = handler
+        self.clock = clock
+        self.now = now
+        self.random_bytes = random_bytes
+        if log is None:
+            log = Logger(namespace="bankgate.engine")
+        elif not isinstance(log, Logger):
+            log = Logger(namespace="bankgate.engine", observer=log)
+        self.log = log
+        self.framing = codec.framing
+        self.stats = BankStats()
+
+    def buildProtocol(self, addr) -> BankProtocol:
+        p = BankProtocol(self)
+        p.factory = self
+        return p
+
+
+class BankProtocol(FrameReceiver):
+    """One bank connection."""
+
+    def __init__(self, factory: BankFactory):
+        framing = factory.framing
+        super().__init__(factory.clock, **receiver_options(framing, factory.profile.idle_timeout))
+        self.factory = factory
+        self.bank = factory.profile.name
+        self.codec = factory.codec
+        self.log = factory.log
+        self.stats = factory.stats
+        self.one_per_connection = framing.one_per_connection
+        self.pipelined = framing.pipelined
+        self.in_flight = 0
+        self.session: Session | None = None
+        self._done = False  # one_per_connection: the one frame has been taken
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.session = Session(
+            bank=self.factory.profile,
+            peer_host=getattr(peer, "host", None),
+            now=self.factory.now,
+            random_bytes=self.factory.random_bytes,
+        )
+        self.stats.connections_open += 1
+        self.stats.connections_total += 1
+        self.log.debug(
+            "{bank}: connection from {peer}", bank=self.bank, peer=self.session.peer_host
+        )
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        self.stats.connections_open -= 1
+        self.log.debug("{bank}: connection closed", bank=self.bank)
+
+    def frameError(self, reason: str) -> None:
+        self._rejected(reason)
+
+    def _rejected(self, reason: str) -> None:
+        self.stats.rejected += 1
+        self.log.emit(
+            LogLevel.warn,
+            "{bank}: closing connection from {peer}: {reason}",
+            bank=self.bank,
+            peer=self.session.peer_host,
+            reason=reason,
+        )
+
+    def idleTimedOut(self) -> None:
+        if self.in_flight:  # we are the slow side: not idle
+            self.resetIdleTimer()
+            return
+        self.log.info(
+            "{bank}: idle timeout, closing connection from {peer}",
+            bank=self.bank,
+            peer=self.session.peer_host,
+        )
+        self.closeConnection()
+
+    # -- frames -------------------------------------------------------------
+
+    def frameReceived(self, frame: bytes) -> None:
+        if self._done:
+            return
+        started = self.clock.seconds()
+        self.stats.last_message = self.factory.now()
+        self.log.debug("{bank} <- {frame}", bank=self.bank, frame=_MaskedFrame(self.codec, frame))
+        try:
+            action = self.codec.decode(frame, self.session)
+        except Exception:  # noqa: BLE001 -- nothing a codec raises may escape
+            self._error(Failure(), "codec failed to decode a frame")
+            return
+
+        if isinstance(action, Close):
+            self._rejected(action.reason or "codec closed")
+            self.closeConnection()
+        elif isinstance(action, Reply):
+            if self.one_per_connection:
+                self._done = True
+            self._write(action.frame)
+            self._log_txn(action.txname, action.log, None, action.outcome, started)
+            if self.one_per_connection:
+                self.closeConnection()
+        elif isinstance(action, Dispatch):
+            self._dispatch(action, started)
+        else:
+            self._error(None, f"codec returned {action!r}, not an action")
+
+    def _dispatch(self, action: Dispatch, started: float) -> None:
+        self.in_flight += 1
+        self.stats.in_flight += 1
+        if self.one_per_connection:
+            self._done = True
+            self.pauseFrames()
+        elif not self.pipelined or self.in_flight >= self.factory.max_in_flight:
+            self.pauseFrames()
+        d = defer.maybeDeferred(self.factory.handler, action.request)
+        d.addBoth(self._completed, action, started)
+        d.addErrback(self._error, "internal error after a request")
+
+    def _completed(self, result: Any, action: Dispatch, started: float) -> None:
+        self.in_flight -= 1
+        self.stats.in_flight -= 1
+        if isinstance(result, Failure):
+            self._error(result, f"ledger failed on {action.txname or 'request'}")
+            return
+        outcome = getattr(result, "outcome", None)
+        if self.closing:
+            self.stats.unanswered += 1
+            self._log_txn(
+                action.txname, action.log, action.request, outcome, started, answered=False
+            )
+            return
+        try:
+            frame = action.encode(result)
+            self._write(frame)
+        except Exception:  # noqa: BLE001 -- nor anything raised by encode()
+            self._error(Failure(), f"codec failed to encode the {action.txname or 'result'}")
+            return
+        self._log_txn(action.txname, action.log, action.request, outcome, started)
+        if self.one_per_connection:
+            self.closeConnection()
+        else:
+            self.resumeFrames()
+
+    def _write(self, frame: bytes) -> None:
+        self.log.debug("{bank} -> {frame}", bank=self.bank, frame=_MaskedFrame(self.codec, frame))
+        self.sendFrame(frame)
+
+    def _error(self, failure: Failure | None, why: str) -> None:
+        self.stats.errors += 1
+        if failure is not None:
+            self.log.failure(
+                "{bank}: {why}; closing connection",
+                failure,
+                level=LogLevel.error,
+                bank=self.bank,
+                why=why,
+            )
+        else:
+            self.log.error("{bank}: {why}; closing connection", bank=self.bank, why=why)
+        self.closeConnection()
+
+    # -- the transaction log line ------------------------------------------
+
+    def _log_txn(
+        self,
+        txname: str,
+        fields: dict,
+        request: Any,
+        outcome: Outcome | None,
+        started: float,
+        answered: bool = True,
+    ) -> None:
+        ms = round((self.clock.seconds() - started) * 1000, 1)
+        outcome_name = outcome.value if isinstance(outcome, Outcome) else str(outcome)
+        self.stats.transactions += 1
+        self.stats.outcomes[outcome_name] += 1
+        fields = dict(fields or {})
+
+        def pick(key: str, attr: str) -> Any:
+            if key in fields:
+                return fields.pop(key)
+            return getattr(request, attr, None) if request is not None else None
+
+        self.log.info(
+            "{bank} {txname} serial={serial} customer={customer} amount={amount} "
+            "outcome={outcome} {ms}ms{unanswered}",
+            bank=self.bank,
+            txname=txname or (type(request).__name__ if request is not None else "?"),
+            serial=pick("serial", "serial"),
+            customer=pick("customer", "customer_no"),
+            amount=pick("amount", "amount"),
+            outcome=outcome_name,
+            ms=ms,
+            answered=answered,
+            peer=self.session.peer_host,
+            unanswered="" if answered else " (connection lost, not answered)",
+            fields=fields,
+            txn=True,
+        )
