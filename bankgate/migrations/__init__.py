@@ -12,10 +12,19 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.ddl.impl import DefaultImpl
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 VERSION_TABLE = "bg_alembic_version"
+
+
+class DB2Impl(DefaultImpl):
+    """Alembic knows no DB2; ibm_db_sa's DDL compiler does the work, this only
+    registers the dialect name with Alembic (defining the class registers it)."""
+
+    __dialect__ = "ibm_db_sa"
+    transactional_ddl = True
 HERE = Path(__file__).resolve().parent
 
 
@@ -30,6 +39,18 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> str | None:
     with engine.begin() as conn:
         command.upgrade(_config(conn), revision)
     return current(engine)
+
+
+def offline_sql(dialect_name: str) -> str:
+    """The migrations as SQL text for a dialect, for a DBA to review and run."""
+    import io
+
+    buf = io.StringIO()
+    cfg = _config()
+    cfg.attributes["dialect_name"] = dialect_name
+    cfg.attributes["buffer"] = buf
+    command.upgrade(cfg, "head", sql=True)
+    return buf.getvalue()
 
 
 def current(engine: sa.Engine) -> str | None:

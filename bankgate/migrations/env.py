@@ -4,8 +4,16 @@ from bankgate.migrations import VERSION_TABLE
 from bankgate.store.model import metadata
 
 conn = context.config.attributes.get("connection")
-if conn is None:
-    raise RuntimeError("bankgate migrations run through bankgate.migrations.upgrade()")
-context.configure(connection=conn, target_metadata=metadata, version_table=VERSION_TABLE)
+if conn is not None:
+    context.configure(connection=conn, target_metadata=metadata, version_table=VERSION_TABLE)
+else:  # offline: write the SQL for a dialect (``bankgate db upgrade --sql DIALECT``)
+    context.configure(
+        dialect_name=context.config.attributes["dialect_name"],
+        target_metadata=metadata,
+        version_table=VERSION_TABLE,
+        literal_binds=True,
+        as_sql=True,
+        output_buffer=context.config.attributes["buffer"],
+    )
 with context.begin_transaction():
     context.run_migrations()

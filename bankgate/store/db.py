@@ -51,6 +51,9 @@ class Store:
         self.mapping = mapping or N8Mapping()
         self.engine = create_engine(url, pool_size=threads, echo=echo)
         self.dialect = self.engine.dialect.name
+        # SELECT ... FOR UPDATE on the rows a payment changes; SQLite locks
+        # the whole file at BEGIN IMMEDIATE instead (and ignores the clause).
+        self.row_locks = self.dialect != "sqlite"
         self.n8_metadata = sa.MetaData()
         self.n8 = build_tables(self.mapping, self.n8_metadata)
         self.reactor = reactor

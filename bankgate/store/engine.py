@@ -56,9 +56,35 @@ def _sqlite_quirks(engine: sa.Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def supports_for_update(engine_or_dialect) -> bool:
-    dialect = getattr(engine_or_dialect, "dialect", engine_or_dialect)
-    return dialect.name != "sqlite"
+def _patch_ibm_db_sa() -> None:
+    """ibm_db_sa 0.4 reads ``select.for_update``, which SQLAlchemy 2 removed,
+    so every locking read fails to compile on DB2.  Render the same clause it
+    meant to from SQLAlchemy 2's ``_for_update_arg``."""
+    try:
+        from ibm_db_sa import base
+    except ImportError:  # the db2 extra is not installed
+        return
+
+    def for_update_clause(self, select, **kw):
+        arg = select._for_update_arg
+        if arg is None:
+            return ""
+        return " WITH RS USE AND KEEP SHARE LOCKS" if arg.read else (
+            " WITH RS USE AND KEEP UPDATE LOCKS")
+
+    base.DB2Compiler.for_update_clause = for_update_clause
+
+
+_patch_ibm_db_sa()
+
+
+def lock_rows(query: sa.Select, table: sa.Table) -> sa.Select:
+    """SELECT ... FOR UPDATE on every dialect.
+
+    SQL Server has no FOR UPDATE on plain selects (SQLAlchemy renders
+    nothing): it takes a table hint instead.
+    """
+    return query.with_for_update().with_hint(table, "WITH (UPDLOCK, ROWLOCK)", "mssql")
 
 
 def is_unique_violation(exc: BaseException) -> bool:

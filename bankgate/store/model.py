@@ -23,7 +23,7 @@ def _id() -> sa.Column:
 
 
 def _money(name: str, **kw) -> sa.Column:
-    return sa.Column(name, sa.BigInteger, nullable=False, server_default="0", **kw)
+    return sa.Column(name, sa.BigInteger, nullable=False, server_default=sa.text("0"), **kw)
 
 
 BANK = 32
@@ -68,7 +68,7 @@ payment = sa.Table(
     sa.Column("pan_masked", sa.String(19), nullable=False, server_default=""),
     sa.Column("receipt_no", sa.String(20), nullable=False),
     sa.Column("invoice_no", sa.String(20), nullable=False, server_default=""),
-    sa.Column("invoice_printed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("invoice_printed", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("status", sa.String(10), nullable=False),
     sa.Column("source", sa.String(10), nullable=False, server_default="online"),
     sa.Column("run_id", sa.BigInteger, nullable=True),  # reconciliation run that posted it
@@ -127,7 +127,7 @@ cutoff = sa.Table(
     sa.Column("trade_date", sa.Date, primary_key=True),
     sa.Column("reason", sa.String(20), nullable=False),  # scheduled bank notice recon operator
     sa.Column("closed_at", sa.DateTime, nullable=False),
-    sa.Column("count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("count", sa.Integer, nullable=False, server_default=sa.text("0")),
     _money("total"),
 )
 

@@ -29,10 +29,10 @@ REFERENCE: dict[str, tuple[str, list[tuple[str, object, dict]]]] = {
             # R residential, I industrial, C commercial
             ("customer_class", sa.String(1), {"nullable": False}),
             ("district", sa.String(40), {"nullable": False, "server_default": ""}),
-            ("heated_area", sa.Numeric(12, 2), {"nullable": False, "server_default": "0"}),
+            ("heated_area", sa.Numeric(12, 2), {"nullable": False, "server_default": sa.text("0")}),
             # A active, S suspended (locked)
             ("status", sa.String(1), {"nullable": False, "server_default": "A"}),
-            ("large_customer", sa.Integer, {"nullable": False, "server_default": "0"}),
+            ("large_customer", sa.Integer, {"nullable": False, "server_default": sa.text("0")}),
             ("withholding_bank", sa.String(32), {"nullable": True}),
             ("withholding_account", sa.String(32), {"nullable": True}),
         ],
@@ -45,7 +45,7 @@ REFERENCE: dict[str, tuple[str, list[tuple[str, object, dict]]]] = {
             ("unit_price", _Money, {"nullable": False}),  # fen per unit (m², kWh, t)
             # late fee per day overdue, in parts per million of the outstanding
             # principal (万分之五 per day = 500)
-            ("late_fee_ppm", sa.Integer, {"nullable": False, "server_default": "0"}),
+            ("late_fee_ppm", sa.Integer, {"nullable": False, "server_default": sa.text("0")}),
         ],
     ),
     "bill": (
@@ -56,8 +56,8 @@ REFERENCE: dict[str, tuple[str, list[tuple[str, object, dict]]]] = {
             ("fee_type", sa.String(2), {"nullable": False}),
             ("period", sa.String(16), {"nullable": False}),
             ("amount", _Money, {"nullable": False}),
-            ("paid_amount", _Money, {"nullable": False, "server_default": "0"}),
-            ("late_fee_paid", _Money, {"nullable": False, "server_default": "0"}),
+            ("paid_amount", _Money, {"nullable": False, "server_default": sa.text("0")}),
+            ("late_fee_paid", _Money, {"nullable": False, "server_default": sa.text("0")}),
             ("due_date", sa.Date, {"nullable": False}),
         ],
     ),
@@ -93,7 +93,7 @@ REFERENCE: dict[str, tuple[str, list[tuple[str, object, dict]]]] = {
             ("invoice_no", sa.String(20), {"primary_key": True}),
             ("pay_id", sa.String(20), {"nullable": True}),
             ("customer_no", sa.String(32), {"nullable": True}),
-            ("amount", _Money, {"nullable": False, "server_default": "0"}),
+            ("amount", _Money, {"nullable": False, "server_default": sa.text("0")}),
             # U unused, I issued (used), V void
             ("status", sa.String(1), {"nullable": False, "server_default": "U"}),
             ("issued_at", sa.DateTime, {"nullable": True}),

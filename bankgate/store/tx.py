@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from bankgate.messages import Outcome
 from bankgate.store import model
+from bankgate.store.engine import lock_rows
 
 
 class Duplicate(Exception):
@@ -34,7 +35,7 @@ class Tx:
         self.conn = conn
         self.store = store
         self.n8 = store.n8
-        self.lock = store.dialect != "sqlite"  # SQLite locks the whole file at BEGIN
+        self.lock = store.row_locks
 
     def _x(self, stmt, params=None):
         return self.conn.execute(stmt, params) if params is not None else self.conn.execute(stmt)
@@ -172,7 +173,7 @@ class Tx:
             .order_by(b.c.period, b.c.bill_id)
         )
         if lock and self.lock:
-            q = q.with_for_update()
+            q = lock_rows(q, b)
         return _dicts(self._x(q))
 
     def bills(self, bill_ids: list[str]) -> list[dict]:
@@ -232,7 +233,7 @@ class Tx:
         p = model.payment
         q = sa.select(p).where(p.c.bank == bank, p.c.trade_date == trade_date, p.c.serial == serial)
         if lock and self.lock:
-            q = q.with_for_update()
+            q = lock_rows(q, p)
         rows = _dicts(self._x(q))
         return rows[0] if rows else None
 
@@ -240,7 +241,7 @@ class Tx:
         p = model.payment
         q = sa.select(p).where(p.c.id == payment_id)
         if lock and self.lock:
-            q = q.with_for_update()
+            q = lock_rows(q, p)
         rows = _dicts(self._x(q))
         return rows[0] if rows else None
 
@@ -294,7 +295,7 @@ class Tx:
         pp = model.prepaid
         q = sa.select(pp.c.balance).where(pp.c.customer_no == customer_no)
         if lock and self.lock:
-            q = q.with_for_update()
+            q = lock_rows(q, pp)
         v = self._x(q).scalar()
         return int(v or 0)
 

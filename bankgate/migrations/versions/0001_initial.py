@@ -22,8 +22,8 @@ def upgrade():
         ),
         sa.Column("payment_id", sa.BigInteger(), nullable=False),
         sa.Column("bill_id", sa.String(length=32), nullable=False),
-        sa.Column("principal", sa.BigInteger(), server_default="0", nullable=False),
-        sa.Column("late_fee", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("principal", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+        sa.Column("late_fee", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_bg_allocation_bill", "bg_allocation", ["bill_id"], unique=False)
@@ -52,8 +52,8 @@ def upgrade():
         sa.Column("trade_date", sa.Date(), nullable=False),
         sa.Column("reason", sa.String(length=20), nullable=False),
         sa.Column("closed_at", sa.DateTime(), nullable=False),
-        sa.Column("count", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("total", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("count", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("total", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
         sa.PrimaryKeyConstraint("bank", "trade_date"),
     )
     op.create_table(
@@ -89,10 +89,10 @@ def upgrade():
         sa.Column("serial", sa.String(length=40), nullable=False),
         sa.Column("trade_time", sa.String(length=6), server_default="", nullable=False),
         sa.Column("customer_no", sa.String(length=32), nullable=False),
-        sa.Column("amount", sa.BigInteger(), server_default="0", nullable=False),
-        sa.Column("principal", sa.BigInteger(), server_default="0", nullable=False),
-        sa.Column("late_fee", sa.BigInteger(), server_default="0", nullable=False),
-        sa.Column("prepaid_in", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("amount", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+        sa.Column("principal", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+        sa.Column("late_fee", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+        sa.Column("prepaid_in", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
         sa.Column("channel", sa.String(length=2), server_default="01", nullable=False),
         sa.Column("branch", sa.String(length=20), server_default="", nullable=False),
         sa.Column("teller", sa.String(length=20), server_default="", nullable=False),
@@ -104,7 +104,7 @@ def upgrade():
             "invoice_no", sa.String(length=20), server_default="", nullable=False
         ),
         sa.Column(
-            "invoice_printed", sa.Integer(), server_default="0", nullable=False
+            "invoice_printed", sa.Integer(), server_default=sa.text("0"), nullable=False
         ),
         sa.Column("status", sa.String(length=10), nullable=False),
         sa.Column(
@@ -127,7 +127,7 @@ def upgrade():
     op.create_table(
         "bg_prepaid",
         sa.Column("customer_no", sa.String(length=32), nullable=False),
-        sa.Column("balance", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("balance", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("customer_no"),
     )
