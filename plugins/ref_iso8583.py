@@ -1,0 +1,1438 @@
+"""The ``ref-iso8583`` codec: ISO 8583:1987, TPDU, sign-in, X9.19 MAC.
+
+Implements ``/work/shared/specs/ref-iso8583.md`` byte for byte.
+
+Frames
+    The framing layer (``Framing(kind="tpdu2")``) strips and adds the 2-byte
+    big-endian length, enforces the 4096-byte limit and swallows empty
+    keep-alive frames.  Every frame this module reads or writes is therefore
+    the TPDU followed by the ISO 8583 message, *without* the length prefix.
+
+Layout
+    The field table (:data:`FIELDS`) is a set of small ``construct``
+    constructs (:class:`Fixed`, :class:`LLVar`), and the whole message,
+    the TPDU and the field 48 / 62 contents are ``construct`` structs declared
+    below and compiled.  The gateway's hot path walks the bitmap itself over
+    a table flattened from those field constructs (``_scan``) and assembles
+    answers with their ``encode`` (``assemble``); field 48 answers are built
+    by :func:`packer` from the declared structs.  Measured here this is about
+    twice as fast as the compiled ``MESSAGE`` struct and faster than
+    pyiso8583, and unlike one ``Struct`` it keeps every field read before a
+    malformed one, which the error rules need (echo what could be read, close
+    when field 11 cannot be read).  The compiled :data:`MESSAGE` struct parses
+    frames on the bank side (:meth:`RefIso8583Codec.client_decode`).
+
+Checks, in the spec's order (§1, §4, §5)
+    TPDU, MTI and bitmap unreadable -> close; field 11 unreadable -> close;
+    address or field 32 not this bank -> ``03``; no sign-in -> ``A7``; bad
+    MAC -> ``A0``; malformed -> ``30``; wrong processing code / network code
+    -> ``12``; then the ledger.
+
+Per-connection state: ``session.state["mak"]`` holds the MAC key from the
+last sign-in (both on the gateway side and on the simulated bank side).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from construct import (
+    Computed,
+    Const,
+    Construct,
+    If,
+    IfThenElse,
+    Int64ub,
+    ListContainer,
+    Renamed,
+    StreamError,
+    Struct,
+    Tell,
+    Terminated,
+    this,
+)
+from construct.core import stream_write
+
+from bankgate.codec.base import Close, Dispatch, Framing, Reply, Session
+from bankgate.crypto import X919, kcv, macs_equal, unwrap_key, wrap_key
+from bankgate.messages import (
+    Channel,
+    Origin,
+    Outcome,
+    PaymentRequest,
+    PaymentResult,
+    QueryRequest,
+    QueryResult,
+    ReversalRequest,
+    ReversalResult,
+    fingerprint,
+)
+
+log = logging.getLogger(__name__)
+
+NAME = "ref-iso8583"
+MAX_FRAME = 4096
+TPDU_ID = 0x60
+CURRENCY = b"156"
+QUERY_CODE = b"310000"
+PAYMENT_CODE = b"500000"
+MAX_BILLS = 14  # 0110 field 48: the 14 oldest bills fill it
+ZERO_MAC = bytes(8)
+
+# =============================================================================
+# construct building blocks
+# =============================================================================
+
+
+class FieldError(StreamError):
+    """A field's bytes cannot be read (truncated, bad length prefix)."""
+
+
+_PATTERN = {
+    "n": rb"[0-9]",
+    # an: letters and digits; spaces are tolerated (banks pad RRNs with them)
+    "an": rb"[0-9A-Za-z ]",
+    "ans": rb"[\x20-\x7e]",
+}
+_CONTENT = {k: re.compile(v + b"+").fullmatch for k, v in _PATTERN.items()}
+
+
+def _gbk_ok(value: bytes) -> bool:
+    try:
+        value.decode("gbk")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class _IsoField(Construct):
+    """Common part of a field construct: content kind, compiled linkage.
+
+    ``scan(buf, pos)`` reads the field from ``buf`` at ``pos`` and returns
+    ``(value, end)`` (raw bytes, no content check); ``encode(value)`` returns
+    the field's wire bytes; ``valid(value)`` checks the content (digits, text,
+    GBK, maximum length).  ``_parse`` / ``_build`` make it a regular construct
+    and the compiled code calls ``read`` / ``write`` directly.
+    """
+
+    kind = "b"
+    maxlen = 0
+    #: ``check(value) -> truthy`` for the content, ``None`` for binary fields
+    check = None
+
+    def valid(self, value: bytes) -> bool:
+        return self.check is None or bool(self.check(value))
+
+    def _parse(self, stream, context, path):
+        return self.read(stream)
+
+    def _build(self, obj, stream, context, path):
+        stream_write(stream, self.encode(obj), None, path)
+        return obj
+
+    def write(self, obj, stream):
+        stream.write(self.encode(obj))
+        return obj
+
+    def _emitparse(self, code):
+        self._compileinstance(code)
+        return f"linkedinstances[{id(self)}].read(io)"
+
+    def _emitbuild(self, code):
+        self._compileinstance(code)
+        return f"linkedinstances[{id(self)}].write(obj, io)"
+
+
+class Fixed(_IsoField):
+    """A fixed-length field: exactly ``length`` bytes (n, an, ans or b)."""
+
+    def __init__(self, length: int, kind: str = "b"):
+        super().__init__()
+        self.length = self.maxlen = length
+        self.kind = kind
+        if kind == "n":
+            self.check = bytes.isdigit
+        elif kind == "gbk":
+            self.check = _gbk_ok
+        elif kind != "b":
+            self.check = _CONTENT[kind]
+
+    def scan(self, buf: bytes, pos: int) -> tuple[bytes, int]:
+        end = pos + self.length
+        if end > len(buf):
+            raise FieldError(f"field needs {self.length} bytes")
+        return buf[pos:end], end
+
+    def read(self, stream) -> bytes:
+        b = stream.read(self.length)
+        if len(b) != self.length:
+            raise FieldError(f"field needs {self.length} bytes")
+        return b
+
+    def encode(self, value: bytes) -> bytes:
+        if not isinstance(value, (bytes, bytearray)) or len(value) != self.length:
+            raise FieldError(f"field must be {self.length} bytes")
+        return bytes(value)
+
+    def _sizeof(self, context, path):
+        return self.length
+
+    def __repr__(self):
+        return f"Fixed({self.length}, {self.kind!r})"
+
+
+class LLVar(_IsoField):
+    """LLVAR / LLLVAR: a ``width``-digit ASCII byte count, then the data."""
+
+    def __init__(self, width: int, maxlen: int, kind: str = "ans"):
+        super().__init__()
+        self.width = width
+        self.maxlen = maxlen
+        self.kind = kind
+        self._cap = 10**width - 1
+        if kind == "b":
+            self.check = self._short_enough
+        elif kind == "gbk":
+            self.check = self._gbk
+        else:
+            self.check = re.compile(_PATTERN[kind] + b"{1,%d}" % maxlen).fullmatch
+
+    def _short_enough(self, value: bytes) -> bool:
+        return len(value) <= self.maxlen
+
+    def _gbk(self, value: bytes) -> bool:
+        return 0 < len(value) <= self.maxlen and _gbk_ok(value)
+
+    def scan(self, buf: bytes, pos: int) -> tuple[bytes, int]:
+        w = self.width
+        head = buf[pos : pos + w]
+        if len(head) != w or not head.isdigit():
+            raise FieldError("bad length prefix")
+        pos += w
+        end = pos + int(head)
+        if end > len(buf):
+            raise FieldError("field shorter than its length prefix")
+        return buf[pos:end], end
+
+    def read(self, stream) -> bytes:
+        head = stream.read(self.width)
+        if len(head) != self.width or not head.isdigit():
+            raise FieldError("bad length prefix")
+        n = int(head)
+        b = stream.read(n)
+        if len(b) != n:
+            raise FieldError("field shorter than its length prefix")
+        return b
+
+    def encode(self, value: bytes) -> bytes:
+        # The capacity of the prefix, not the spec's maximum: an echoed field
+        # is sent back as it came; maxima are checked by ``valid``.
+        if not isinstance(value, (bytes, bytearray)) or len(value) > self._cap:
+            raise FieldError("field too long for its length prefix")
+        return b"%0*d" % (self.width, len(value)) + value
+
+    def _sizeof(self, context, path):
+        raise StreamError("variable length field")
+
+    def __repr__(self):
+        return f"LLVar({self.width}, {self.maxlen}, {self.kind!r})"
+
+
+class Digits(Construct):
+    """``N(n)``: an integer as exactly n ASCII digits, zero padded."""
+
+    def __init__(self, length: int):
+        super().__init__()
+        self.length = length
+
+    def read(self, stream) -> int:
+        b = stream.read(self.length)
+        if len(b) != self.length or not b.isdigit():
+            raise StreamError(f"expected {self.length} digits")
+        return int(b)
+
+    def pack(self, obj) -> bytes:
+        if not isinstance(obj, int) or isinstance(obj, bool) or obj < 0:
+            raise StreamError("expected a non-negative integer")
+        b = b"%0*d" % (self.length, obj)
+        if len(b) != self.length:
+            raise StreamError(f"{obj} does not fit {self.length} digits")
+        return b
+
+    def write(self, obj, stream):
+        stream.write(self.pack(obj))
+        return obj
+
+    def _parse(self, stream, context, path):
+        return self.read(stream)
+
+    def _build(self, obj, stream, context, path):
+        return self.write(obj, stream)
+
+    def _sizeof(self, context, path):
+        return self.length
+
+    _emitparse = _IsoField._emitparse
+    _emitbuild = _IsoField._emitbuild
+
+
+def gbk_fit(text: str, length: int) -> bytes:
+    """``text`` in GBK, cut to at most ``length`` bytes on a character boundary.
+
+    Characters GBK cannot encode become ``?``.
+    """
+    b = text.encode("gbk", "replace")
+    if len(b) <= length:
+        return b
+    out = bytearray()
+    for ch in text:
+        c = ch.encode("gbk", "replace")
+        if len(out) + len(c) > length:
+            break
+        out += c
+    return bytes(out)
+
+
+class GbkText(Construct):
+    """``X(n)``: GBK text, left aligned, padded with spaces to n bytes.
+
+    Parsing strips the padding.  Building refuses text longer than n bytes,
+    unless ``fit`` (names, addresses): then it is cut without splitting a
+    character.
+    """
+
+    def __init__(self, length: int, fit: bool = False):
+        super().__init__()
+        self.length = length
+        self.fit = fit
+
+    def read(self, stream) -> str:
+        b = stream.read(self.length)
+        if len(b) != self.length:
+            raise StreamError(f"expected {self.length} bytes")
+        try:
+            return b.decode("gbk").rstrip(" ")
+        except UnicodeDecodeError:
+            raise StreamError("invalid GBK text") from None
+
+    def pack(self, obj) -> bytes:
+        if not isinstance(obj, str):
+            raise StreamError("expected text")
+        if self.fit:
+            b = gbk_fit(obj, self.length)
+        else:
+            try:
+                b = obj.encode("gbk")
+            except UnicodeEncodeError:
+                raise StreamError("text not representable in GBK") from None
+            if len(b) > self.length:
+                raise StreamError(f"text longer than {self.length} bytes")
+        return b.ljust(self.length, b" ")
+
+    def write(self, obj, stream):
+        stream.write(self.pack(obj))
+        return obj
+
+    _parse = Digits._parse
+    _build = Digits._build
+
+    def _sizeof(self, context, path):
+        return self.length
+
+    _emitparse = _IsoField._emitparse
+    _emitbuild = _IsoField._emitbuild
+
+
+class Counted(Construct):
+    """A list preceded by its element count as ``N(width)`` digits."""
+
+    def __init__(self, count: Digits, subcon: Construct):
+        super().__init__()
+        self.count = count
+        self.subcon = subcon
+
+    def _parse(self, stream, context, path):
+        n = self.count.read(stream)
+        return ListContainer(self.subcon._parsereport(stream, context, path) for _ in range(n))
+
+    def _build(self, obj, stream, context, path):
+        self.count.write(len(obj), stream)
+        for item in obj:
+            self.subcon._build(item, stream, context, path)
+        return obj
+
+
+def packer(con: Construct):
+    """A fast ``obj -> bytes`` builder for a layout of ``Struct``, ``GbkText``,
+    ``Digits``, ``Counted`` and the ISO field constructs (``Terminated`` is
+    allowed and builds nothing).  Equal to ``con.build(obj)``, without
+    construct's per-call context bookkeeping."""
+    if isinstance(con, Renamed):
+        return packer(con.subcon)
+    if isinstance(con, (GbkText, Digits)):
+        return con.pack
+    if isinstance(con, _IsoField):
+        return con.encode
+    if isinstance(con, Counted):
+        count, item = con.count.pack, packer(con.subcon)
+        return lambda obj: count(len(obj)) + b"".join([item(x) for x in obj])
+    if isinstance(con, Struct):
+        members = []
+        for sc in con.subcons:
+            if sc.name:
+                members.append((sc.name, packer(sc)))
+            elif sc is not Terminated:
+                raise TypeError(f"packer: unnamed {sc!r} not supported")
+        return lambda obj: b"".join([p(obj[name]) for name, p in members])
+    raise TypeError(f"packer: {con!r} not supported")
+
+
+# =============================================================================
+# the layout
+# =============================================================================
+
+#: Field number -> construct, spec §2.
+FIELDS: dict[int, _IsoField] = {
+    2: LLVar(2, 19, "n"),  # PAN
+    3: Fixed(6, "n"),  # processing code
+    4: Fixed(12, "n"),  # amount, fen
+    7: Fixed(10, "n"),  # transmission MMDDhhmmss
+    11: Fixed(6, "n"),  # STAN
+    12: Fixed(6, "n"),  # local time hhmmss
+    13: Fixed(4, "n"),  # local date MMDD
+    15: Fixed(4, "n"),  # settlement date MMDD
+    32: LLVar(2, 11, "n"),  # acquiring institution = bank_code
+    37: Fixed(12, "an"),  # RRN
+    38: Fixed(6, "an"),  # authorisation id
+    39: Fixed(2, "an"),  # response code
+    41: Fixed(8, "ans"),  # terminal id
+    42: Fixed(15, "ans"),  # card acceptor id
+    48: LLVar(3, 999, "gbk"),  # private data, GBK
+    49: Fixed(3, "n"),  # currency
+    60: LLVar(3, 999, "ans"),  # network management code
+    62: LLVar(3, 999, "b"),  # working key
+    64: Fixed(8, "b"),  # MAC
+    90: Fixed(42, "n"),  # original data elements
+    128: Fixed(8, "b"),  # MAC
+}
+
+TPDU = Struct("id" / Const(bytes([TPDU_ID])), "dst" / Fixed(2), "src" / Fixed(2))
+
+
+def _bit(n: int) -> int:
+    """The bit of field ``n`` in its 64-bit bitmap word."""
+    return 1 << (64 - ((n - 1) % 64) - 1)
+
+
+_KNOWN1 = _bit(1)
+_KNOWN2 = 0
+for _n in FIELDS:
+    if _n <= 64:
+        _KNOWN1 |= _bit(_n)
+    else:
+        _KNOWN2 |= _bit(_n)
+_UNKNOWN1 = ~_KNOWN1 & 0xFFFFFFFFFFFFFFFF
+_UNKNOWN2 = ~_KNOWN2 & 0xFFFFFFFFFFFFFFFF
+
+
+def _message_struct() -> Struct:
+    members = [
+        "tpdu" / TPDU,
+        "mti" / Fixed(4, "n"),
+        "bitmap" / Int64ub,
+        "bitmap2" / IfThenElse(this.bitmap & _bit(1), Int64ub, Computed(0)),
+        # a field this spec does not define cannot be skipped
+        "known" / Computed(((this.bitmap & _UNKNOWN1) == 0) & ((this.bitmap2 & _UNKNOWN2) == 0)),
+    ]
+    for n, f in FIELDS.items():
+        if n == 64:
+            members.append("mac_at" / Tell)
+        if n == 128:
+            members.append("mac2_at" / Tell)
+        word = this.bitmap if n <= 64 else this.bitmap2
+        members.append(f"f{n}" / If(word & _bit(n), f))
+    members.append(Terminated)
+    return Struct(*members)
+
+
+#: The whole frame (TPDU + message), for the bank side and ``layouts()``.
+MESSAGE = _message_struct()
+MESSAGE_C = MESSAGE.compile()
+
+BILL = Struct(
+    "bill_id" / GbkText(20),
+    "fee_type" / GbkText(2),
+    "period" / GbkText(16),
+    "amount" / Digits(12),
+    "late_fee" / Digits(12),
+)
+#: 0100 / 0200 request field 48.
+REQUEST_48 = Struct("customer_no" / GbkText(20))  # sent unpadded: see _customer_no
+#: 0110 approval field 48.
+QUERY_REPLY_48 = Struct(
+    "customer_no" / GbkText(20),
+    "name" / GbkText(60, fit=True),
+    "bills" / Counted(Digits(2), BILL),
+    Terminated,
+)
+#: 0210 approval field 48.
+PAYMENT_REPLY_48 = Struct(
+    "receipt_no" / GbkText(20),
+    "invoice_no" / GbkText(20),
+    "remaining_due" / Digits(12),
+    Terminated,
+)
+#: 0810 sign-in approval field 62.
+SIGNIN_62 = Struct("mak_under_zmk" / Fixed(16), "check_value" / Fixed(4), Terminated)
+
+QUERY_REPLY_48_C = QUERY_REPLY_48.compile()
+PAYMENT_REPLY_48_C = PAYMENT_REPLY_48.compile()
+_pack_query_48 = packer(QUERY_REPLY_48)
+_pack_payment_48 = packer(PAYMENT_REPLY_48)
+
+
+# =============================================================================
+# messages and codes
+# =============================================================================
+
+
+@dataclass(frozen=True, slots=True)
+class _Msg:
+    mti: bytes
+    resp: bytes
+    txname: str
+    required: int  # 128-bit mask of required fields
+    allowed: int  # 128-bit mask of allowed fields
+    echo: tuple[int, ...]  # request fields the response repeats
+    mac: int | None  # MAC field of the request and response
+    proc: bytes | None  # the processing code this MTI requires
+
+
+def _mask(nums) -> int:
+    m = 0
+    for n in nums:
+        m |= 1 << (128 - n)
+    return m
+
+
+_ECHO = (3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49, 90)
+#: Fields of each response (spec §3); a response echoes the request's fields
+#: among ``_ECHO`` (``60`` too in 0810) that its layout has.
+_RESPONSE_FIELDS = {
+    b"0810": (7, 11, 32, 39, 60, 62),
+    b"0110": (3, 4, 7, 11, 12, 13, 32, 37, 39, 41, 42, 48, 49, 64),
+    b"0210": (3, 4, 7, 11, 12, 13, 15, 32, 37, 38, 39, 41, 42, 48, 49, 64),
+    b"0410": (3, 4, 7, 11, 12, 13, 32, 37, 39, 41, 42, 49, 90, 128),
+    b"0430": (3, 4, 7, 11, 12, 13, 32, 37, 39, 41, 42, 49, 90, 128),
+}
+_ECHO_NO_AMOUNT = tuple(n for n in _ECHO if n != 4)
+_FIN_BASE = (3, 7, 11, 12, 13, 32, 37, 41, 42, 49)
+
+
+def _msg(mti, resp, txname, required, optional=(), mac=None, proc=None, echo=_ECHO):
+    req = tuple(required) + ((mac,) if mac else ())
+    echo = tuple(n for n in echo if n in _RESPONSE_FIELDS[resp])
+    return _Msg(mti, resp, txname, _mask(req), _mask(req + tuple(optional)), echo, mac, proc)
+
+
+_REV = (*_FIN_BASE, 4, 90)
+REQUESTS: dict[bytes, _Msg] = {
+    b"0800": _msg(b"0800", b"0810", "network", (7, 11, 32, 60), echo=(7, 11, 32, 60)),
+    # 0110 field 4 is the approval's total, never an echo
+    b"0100": _msg(b"0100", b"0110", "query", (*_FIN_BASE, 48), (), 64, QUERY_CODE, _ECHO_NO_AMOUNT),
+    b"0200": _msg(b"0200", b"0210", "payment", (*_FIN_BASE, 4, 48), (2,), 64, PAYMENT_CODE),
+    b"0400": _msg(b"0400", b"0410", "reversal", _REV, (), 128, PAYMENT_CODE),
+    b"0420": _msg(b"0420", b"0430", "reversal_advice", _REV, (), 128, PAYMENT_CODE),
+}
+NETWORK_SIGNIN = b"001"
+NETWORK_SIGNOUT = b"002"
+NETWORK_ECHO = b"301"
+_NETWORK_TX = {NETWORK_SIGNIN: "signin", NETWORK_SIGNOUT: "signout", NETWORK_ECHO: "echo"}
+
+#: Canonical outcome -> field 39 (spec §3, §5).  Total over Outcome.
+OUTCOME_CODES: dict[Outcome, str] = {
+    Outcome.OK: "00",
+    Outcome.NOT_FOUND: "14",
+    Outcome.NOTHING_DUE: "21",
+    Outcome.AMOUNT_REJECTED: "13",
+    Outcome.ACCOUNT_LOCKED: "62",
+    Outcome.DUPLICATE_MISMATCH: "94",
+    Outcome.ORIGINAL_NOT_FOUND: "25",
+    Outcome.REVERSAL_NOT_ALLOWED: "40",
+    Outcome.ALREADY_REVERSED: "00",  # reversing is idempotent
+    Outcome.REVERSED_FIRST: "R1",
+    Outcome.DATE_CLOSED: "D1",
+    Outcome.FORMAT_ERROR: "30",
+    Outcome.MAC_ERROR: "A0",
+    Outcome.UNKNOWN_TRANSACTION: "12",
+    Outcome.NOT_AUTHORISED: "03",
+    Outcome.NOT_SIGNED_IN: "A7",
+    Outcome.BUSY: "91",
+    Outcome.ERROR: "96",
+}
+assert set(OUTCOME_CODES) == set(Outcome), "the outcome table must be total"
+_CODE_BYTES = {o: c.encode("ascii") for o, c in OUTCOME_CODES.items()}
+
+
+def outcome_code(outcome: Outcome) -> str:
+    """Field 39 for a canonical outcome."""
+    return OUTCOME_CODES[Outcome(outcome)]
+
+
+# =============================================================================
+# scanning and assembling (the hot path)
+# =============================================================================
+
+_FIELD_ORDER = tuple(sorted(FIELDS.items()))
+_FIELD_BIT = {n: 1 << (128 - n) for n in FIELDS}
+_UNKNOWN = ~(_mask(FIELDS) | (1 << 127)) & ((1 << 128) - 1)
+_LOW64 = (1 << 64) - 1
+
+
+@dataclass(slots=True)
+class _Scan:
+    fields: dict  # number -> raw bytes, every field that could be read
+    present: int  # 128-bit bitmap (bit 1 = secondary bitmap)
+    secondary: bool
+    complete: bool  # every field read, nothing left over
+    broken: bool  # a field could not be read (the MAC's place is unknown)
+    mac_at: dict  # 64 / 128 -> offset of that field in the frame
+
+
+# (number, bitmap bit, fixed length, length-prefix width): the field table
+# flattened for the scanning loop below (same lengths as the constructs').
+_SCAN_TABLE = tuple(
+    (num, 1 << (128 - num), getattr(f, "length", 0), getattr(f, "width", 0))
+    for num, f in _FIELD_ORDER
+)
+
+
+def _scan(frame: bytes) -> _Scan | None:
+    """Read the bitmap and the fields; ``None`` when the bitmap is unreadable.
+
+    Equivalent to ``FIELDS[n].scan`` field after field, inlined: this loop is
+    the decoder's hot path.
+    """
+    n = len(frame)
+    if n < 17:
+        return None
+    bm = int.from_bytes(frame[9:17], "big") << 64
+    pos = 17
+    secondary = bool(bm >> 127)
+    if secondary:
+        if n < 25:
+            return None
+        bm |= int.from_bytes(frame[17:25], "big")
+        pos = 25
+    unknown = bm & _UNKNOWN
+    stop = 129 - unknown.bit_length() if unknown else 129  # first undefined field
+    fields = {}
+    mac_at = {}
+    broken = bool(unknown)
+    for num, bit, length, width in _SCAN_TABLE:
+        if num >= stop:
+            break
+        if bm & bit:
+            if width:
+                head = frame[pos : pos + width]
+                if len(head) != width or not head.isdigit():
+                    broken = True
+                    break
+                pos += width
+                length = int(head)
+            elif num == 64 or num == 128:
+                mac_at[num] = pos
+            end = pos + length
+            if end > n:
+                broken = True
+                break
+            fields[num] = frame[pos:end]
+            pos = end
+    return _Scan(fields, bm, secondary, not broken and pos == n, broken, mac_at)
+
+
+def assemble(
+    tpdu: bytes,
+    mti: bytes,
+    fields: dict,
+    mac_field: int | None = None,
+    mac_key: bytes | None = None,
+    state: dict | None = None,
+) -> bytes:
+    """TPDU + MTI + bitmap(s) + fields, then the MAC field when asked for.
+
+    ``fields`` maps field numbers to raw bytes (without the MAC).  The MAC is
+    X9.19 with ``mac_key`` over MTI..last byte before the MAC, or eight zero
+    bytes when ``mac_key`` is ``None``.  ``state``: the connection's state
+    dict, where the MAC key's ciphers are kept between messages.
+    """
+    nums = sorted(fields)
+    bm = 0
+    for k in nums:
+        bm |= 1 << (128 - k)
+    if mac_field:
+        bm |= 1 << (128 - mac_field)
+    if bm & _LOW64:
+        bitmap = (bm | (1 << 127)).to_bytes(16, "big")
+    else:
+        bitmap = (bm >> 64).to_bytes(8, "big")
+    parts = [mti, bitmap]
+    for k in nums:
+        parts.append(FIELDS[k].encode(fields[k]))
+    body = b"".join(parts)
+    if mac_field:
+        body += ZERO_MAC if mac_key is None else _mac({} if state is None else state, mac_key, body)
+    return tpdu + body
+
+
+# =============================================================================
+# field content
+# =============================================================================
+
+_ONE_DAY = timedelta(days=1)
+_MONTH_DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _mmdd_ok(b: bytes) -> bool:
+    m = int(b[0:2])
+    return 1 <= m <= 12 and 1 <= int(b[2:4]) <= _MONTH_DAYS[m]
+
+
+def _hhmmss_ok(b: bytes) -> bool:
+    return int(b[0:2]) < 24 and int(b[2:4]) < 60 and int(b[4:6]) < 60
+
+
+def nearest_date(mmdd: bytes | str, today: date) -> date | None:
+    """The date with this ``MMDD`` nearest to ``today`` (spec field 13)."""
+    if isinstance(mmdd, str):
+        mmdd = mmdd.encode("ascii")
+    m, d = int(mmdd[0:2]), int(mmdd[2:4])
+    try:  # the usual case: this year's date, within a day of today
+        c = date(today.year, m, d)
+        if abs(c - today) <= _ONE_DAY:
+            return c
+    except ValueError:
+        pass
+    best = None
+    for y in (today.year - 1, today.year, today.year + 1):
+        try:
+            c = date(y, m, d)
+        except ValueError:
+            continue
+        if best is None or abs(c - today) < abs(best - today):
+            best = c
+    return best
+
+
+def mask_pan(pan: str) -> str:
+    """The first 6 and last 4 digits kept, every digit between them ``*``.
+
+    (Spec §6.)  A number of 10 digits or fewer is masked but for its last 4.
+    """
+    if not pan:
+        return ""
+    if len(pan) > 10:
+        return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+    return "*" * max(len(pan) - 4, 0) + pan[-4:]
+
+
+def _customer_no(raw: bytes) -> str | None:
+    """Request field 48: the customer number, up to 20 bytes, GBK."""
+    try:
+        text = raw.decode("gbk").rstrip(" ")
+    except UnicodeDecodeError:
+        return None
+    if not text or len(text.encode("gbk")) > 20:
+        return None
+    return text
+
+
+_CHECKS = tuple((n, f.check) for n, f in _FIELD_ORDER if f.check is not None)
+
+
+@dataclass(slots=True)
+class _Fine:
+    """What validation found out: field 13 as a date, field 48 as text."""
+
+    trade_date: date | None = None
+    customer_no: str | None = None
+
+
+def _content_error(m: _Msg, s: _Scan, session: Session) -> tuple[str | None, _Fine]:
+    """Why the fields of a fully read request are malformed (or ``None``),
+    and the values validation parsed."""
+    fine = _Fine()
+    present = s.present & ~(1 << 127)
+    if present & ~m.allowed:
+        return "unexpected field", fine
+    if m.required & ~present:
+        return "missing field", fine
+    f = s.fields
+    for num, check in _CHECKS:
+        value = f.get(num)
+        if value is not None and not check(value):
+            return f"field {num} malformed", fine
+    t7 = f[7]
+    if not (_mmdd_ok(t7) and _hhmmss_ok(t7[4:])):
+        return "field 7 not a date and time", fine
+    if m.mac is None:  # 0800
+        return None, fine
+    if not _hhmmss_ok(f[12]):
+        return "field 12 not a time", fine
+    if not _mmdd_ok(f[13]):
+        return "field 13 not a date", fine
+    today = session.today()
+    d = nearest_date(f[13], today)
+    if d is None or abs(d - today) > _ONE_DAY:
+        return "field 13 more than one day from today", fine
+    fine.trade_date = d
+    if f[49] != CURRENCY:
+        return "field 49 not 156", fine
+    if not f[37].strip(b" "):
+        return "field 37 blank", fine
+    if 48 in f:
+        fine.customer_no = _customer_no(f[48])
+        if fine.customer_no is None:
+            return "field 48 not a customer number", fine
+    return None, fine
+
+
+# =============================================================================
+# the codec
+# =============================================================================
+
+
+def _text(b: bytes) -> str:
+    return b.decode("latin-1")
+
+
+def _approval_mac_key(session: Session, fallback: bytes | None) -> bytes | None:
+    return session.state.get("mak") or fallback
+
+
+def _mac(state: dict, key: bytes, data: bytes) -> bytes:
+    """X9.19 of ``data`` under ``key``, with the key's ciphers kept in the
+    connection's ``state`` (they end with the connection, like the MAK)."""
+    m = state.get("_x919")
+    if m is None or m.key != key:
+        m = state["_x919"] = X919(key)
+    return m.mac(data)
+
+
+class RefIso8583Codec:
+    name = NAME
+    description = "ISO 8583:1987, TPDU, sign-in with MAK exchange, ANSI X9.19 MAC"
+    framing = Framing(
+        kind="tpdu2",
+        max_length=MAX_FRAME,
+        pipelined=True,
+        keepalive_empty=True,
+        idle_timeout=60.0,
+    )
+
+    # -- gateway side ----------------------------------------------------------
+
+    def decode(self, frame: bytes, session: Session):
+        try:
+            return self._decode(bytes(frame), session)
+        except Exception as e:  # never let a frame take the connection down
+            log.error("%s: internal error decoding a frame: %s", NAME, type(e).__name__)
+            return Close("internal error")
+
+    def _decode(self, frame: bytes, session: Session):
+        if len(frame) > MAX_FRAME:
+            return Close("frame too long")
+        if len(frame) < 5 or frame[0] != TPDU_ID:
+            return Close("bad TPDU")
+        m = REQUESTS.get(frame[5:9])
+        if m is None:
+            return Close("unknown MTI")
+        s = _scan(frame)
+        if s is None:
+            return Close("unreadable bitmap")
+        stan = s.fields.get(11)
+        if stan is None or not stan.isdigit():
+            return Close("field 11 unreadable")
+        tpdu = bytes((TPDU_ID,)) + frame[3:5] + frame[1:3]
+        f = s.fields
+        log_ = {"mti": m.mti.decode(), "stan": stan.decode()}
+
+        def reply(outcome: Outcome, key: bytes | None, extra=None, txname=m.txname):
+            frame_out = _respond(tpdu, m, f, _CODE_BYTES[outcome], extra, key, session.state)
+            return Reply(frame_out, outcome, txname, log_)
+
+        f32 = f.get(32)
+        if not session.address_allowed or (
+            f32 is not None and f32 != session.bank.bank_code.encode("ascii", "replace")
+        ):
+            return reply(Outcome.NOT_AUTHORISED, None)
+        if m.mac is None:
+            return self._network(m, s, session, reply)
+
+        mak = session.state.get("mak")
+        if mak is None:
+            return reply(Outcome.NOT_SIGNED_IN, None)
+        mac_field = 128 if s.secondary else 64
+        mac = f.get(mac_field)
+        if s.broken or mac is None:
+            return reply(Outcome.FORMAT_ERROR, mak)
+        if not macs_equal(_mac(session.state, mak, frame[5 : s.mac_at[mac_field]]), mac):
+            return reply(Outcome.MAC_ERROR, mak)
+        if not s.complete:
+            return reply(Outcome.FORMAT_ERROR, mak)
+        reason, fine = _content_error(m, s, session)
+        if reason is not None:
+            log_["reason"] = reason
+            return reply(Outcome.FORMAT_ERROR, mak)
+        if f[3] != m.proc:
+            return reply(Outcome.UNKNOWN_TRANSACTION, mak)
+        return self._dispatch(m, f, fine, tpdu, mak, session, log_)
+
+    def _network(self, m: _Msg, s: _Scan, session: Session, reply):
+        f = s.fields
+        if not s.complete:
+            return reply(Outcome.FORMAT_ERROR, None)
+        reason, _ = _content_error(m, s, session)
+        if reason is not None:
+            return reply(Outcome.FORMAT_ERROR, None)
+        code = f[60]
+        txname = _NETWORK_TX.get(code)
+        if txname is None:
+            return reply(Outcome.UNKNOWN_TRANSACTION, None)
+        if code == NETWORK_SIGNIN:
+            zmk = session.bank.keys.zmk
+            try:
+                if zmk is None:
+                    raise ValueError("no ZMK configured")
+                rnd = session.random_bytes or os.urandom
+                mak = bytes(rnd(16))
+                if len(mak) != 16:
+                    raise ValueError("random source gave a short key")
+                key62 = wrap_key(zmk, mak) + kcv(mak, 4)
+            except Exception as e:
+                log.error("%s: sign-in cannot be served: %s", NAME, type(e).__name__)
+                return reply(Outcome.ERROR, None, txname=txname)
+            session.state["mak"] = mak
+            return reply(Outcome.OK, None, {62: key62}, txname=txname)
+        if code == NETWORK_SIGNOUT:
+            session.state.pop("mak", None)
+            session.state.pop("_x919", None)
+        return reply(Outcome.OK, None, txname=txname)
+
+    def _dispatch(self, m, f, fine: _Fine, tpdu, mak, session, log_):
+        bank = session.bank
+        customer_no = fine.customer_no
+        origin = Origin(
+            bank=bank.name,
+            trade_date=fine.trade_date,
+            trade_time=_text(f[12]),
+            branch=_text(f[42]).rstrip(" "),
+            teller=_text(f[41]).rstrip(" "),
+            channel=str(bank.options.get("channel", Channel.DEBIT_CARD.value)),
+        )
+        rrn = _text(f[37])
+        log_["rrn"] = rrn
+        if customer_no is not None:
+            log_["customer_no"] = customer_no
+        if m.mti == b"0100":
+            request = QueryRequest(origin=origin, customer_no=customer_no)
+        elif m.mti == b"0200":
+            pan = mask_pan(_text(f[2])) if 2 in f else ""
+            amount = int(f[4])
+            log_["amount"] = amount
+            if pan:
+                log_["pan"] = pan
+            request = PaymentRequest(
+                origin=origin,
+                serial=rrn,
+                customer_no=customer_no,
+                amount=amount,
+                content=fingerprint(f[3], f[4], f[48]),
+                pan_masked=pan,
+            )
+        else:  # 0400 / 0420
+            amount = int(f[4])
+            log_["amount"] = amount
+            request = ReversalRequest(
+                origin=origin,
+                orig_serial=rrn,
+                customer_no=None,
+                amount=amount,
+                serial=None,
+                latest_only=bank.latest_only_reversal,
+            )
+
+        def encode(result) -> bytes:
+            key = _approval_mac_key(session, mak)
+            try:
+                outcome = Outcome(getattr(result, "outcome", Outcome.ERROR))
+                extra = _approval_fields(m, f, outcome, result)
+                if extra is None:  # OK with the wrong result type
+                    outcome = Outcome.ERROR
+                return _respond(tpdu, m, f, _CODE_BYTES[outcome], extra, key, session.state)
+            except Exception as e:
+                log.error("%s: cannot encode a %s response: %s", NAME, m.txname, type(e).__name__)
+                return _respond(tpdu, m, f, _CODE_BYTES[Outcome.ERROR], {}, key, session.state)
+
+        return Dispatch(request, encode, m.txname, log_)
+
+    def outcome_code(self, outcome: Outcome) -> str:
+        return outcome_code(outcome)
+
+    def mask_frame(self, frame: bytes) -> str:
+        return mask_frame(frame)
+
+    def layouts(self) -> dict:
+        return layouts()
+
+    # -- bank side ---------------------------------------------------------------
+
+    def client_encode(self, txn: str, values: dict, session: Session) -> bytes:
+        return client_encode(txn, values, session)
+
+    def client_decode(self, frame: bytes, session: Session) -> dict:
+        return client_decode(frame, session)
+
+    # -- statement file ------------------------------------------------------------
+
+    @staticmethod
+    def read_statement(data: bytes) -> list[dict]:
+        return read_statement(data)
+
+    @staticmethod
+    def write_statement(records) -> bytes:
+        return write_statement(records)
+
+    @staticmethod
+    def statement_name(bank_code: str, settle_date: date) -> str:
+        return statement_name(bank_code, settle_date)
+
+
+_SECRET_FIELDS = (62, 64, 128)
+
+
+def mask_frame(frame: bytes) -> str:
+    """A frame for the debug log: the fields that could be read, with the
+    card number masked and keys and MACs replaced by their length."""
+    frame = bytes(frame)
+    s = _scan(frame) if len(frame) >= 9 else None
+    if s is None:
+        return f"<{len(frame)} bytes, no readable bitmap>"
+    parts = [f"tpdu={frame[:5].hex()}", f"mti={_text(frame[5:9])!r}"]
+    for n, v in s.fields.items():
+        if n in _SECRET_FIELDS:
+            parts.append(f"{n}=<{len(v)} bytes>")
+        elif n == 2:
+            parts.append(f"2={mask_pan(_text(v))!r}")
+        elif n == 48:
+            parts.append(f"48={v.decode('gbk', 'replace')!r}")
+        else:
+            parts.append(f"{n}={_text(v)!r}")
+    if not s.complete:
+        parts.append("(malformed)")
+    return " ".join(parts)
+
+
+def _approval_fields(m: _Msg, f: dict, outcome: Outcome, result) -> dict | None:
+    """The fields an approval adds (§3), ``{}`` for declines, ``None`` when an
+    ``OK`` result is not of the type this transaction expects."""
+    if OUTCOME_CODES[outcome] != "00":
+        return {}
+    if m.mti == b"0100":
+        if outcome is not Outcome.OK or not isinstance(result, QueryResult):
+            return None
+        bills = sorted(result.bills, key=lambda b: (b.period, b.bill_id))[:MAX_BILLS]
+        f48 = _pack_query_48(
+            {
+                "customer_no": result.customer_no or _customer_no(f[48]) or "",
+                "name": result.name,
+                "bills": [
+                    {
+                        "bill_id": b.bill_id,
+                        "fee_type": b.fee_type,
+                        "period": b.period,
+                        "amount": b.amount,
+                        "late_fee": b.late_fee,
+                    }
+                    for b in bills
+                ],
+            }
+        )
+        return {4: b"%012d" % _fen(result.total), 48: f48}
+    if m.mti == b"0200":
+        if outcome is not Outcome.OK or not isinstance(result, PaymentResult):
+            return None
+        f48 = _pack_payment_48(
+            {
+                "receipt_no": result.receipt_no,
+                "invoice_no": result.invoice_no,
+                "remaining_due": result.remaining_due,
+            }
+        )
+        auth = result.receipt_no[-6:].rjust(6, "0").encode("ascii", "replace")
+        return {15: f[13], 38: auth, 48: f48}
+    # 0410 / 0430: an approval must come from the ledger's reversal
+    return {} if isinstance(result, ReversalResult) else None
+
+
+def _fen(amount: int) -> int:
+    if not isinstance(amount, int) or amount < 0 or amount > 999_999_999_999:
+        raise ValueError("amount does not fit n12")
+    return amount
+
+
+_ZERO_MAC_CODES = (_CODE_BYTES[Outcome.NOT_AUTHORISED], _CODE_BYTES[Outcome.NOT_SIGNED_IN])
+
+
+def _respond(tpdu, m: _Msg, f: dict, code: bytes, extra, key: bytes | None, state: dict):
+    """The response to request fields ``f``: the echoed fields, field 39
+    ``code``, the approval's ``extra`` fields and the MAC (``03`` and ``A7``
+    answers carry eight zero bytes, spec §4)."""
+    if code in _ZERO_MAC_CODES:
+        key = None
+    out = {n: f[n] for n in m.echo if n in f}
+    out[39] = code
+    if extra:
+        out.update(extra)
+    return assemble(tpdu, m.resp, out, m.mac, key, state)
+
+
+# =============================================================================
+# bank side: the simulator's encoder and decoder
+# =============================================================================
+
+_CLIENT_TXN = {
+    "signin": (b"0800", NETWORK_SIGNIN),
+    "signout": (b"0800", NETWORK_SIGNOUT),
+    "echo": (b"0800", NETWORK_ECHO),
+    "query": (b"0100", QUERY_CODE),
+    "pay": (b"0200", PAYMENT_CODE),
+    "payment": (b"0200", PAYMENT_CODE),
+    "reverse": (b"0400", PAYMENT_CODE),
+    "reversal": (b"0400", PAYMENT_CODE),
+    "reversal_advice": (b"0420", PAYMENT_CODE),
+}
+DEFAULT_TPDU = bytes.fromhex("6000030000")
+
+
+def _ascii(v, n: int | None = None, what: str = "value") -> bytes:
+    b = v if isinstance(v, bytes) else str(v).encode("ascii")
+    if n is not None and len(b) != n:
+        raise ValueError(f"{what} must be {n} characters")
+    return b
+
+
+def _next_stan(session: Session) -> int:
+    stan = session.state.get("stan", 0) % 999999 + 1
+    session.state["stan"] = stan
+    return stan
+
+
+def client_encode(txn: str, values: dict, session: Session) -> bytes:
+    """Build a bank request frame (TPDU + message, no length prefix).
+
+    ``txn``: ``signin``, ``signout``, ``echo``, ``query``, ``pay``,
+    ``reverse`` or ``reversal_advice``.  ``values`` (all optional unless
+    noted): ``stan`` (default: the session's next), ``transmission`` (field 7,
+    ``MMDDhhmmss``, default now), ``trade_date`` (field 13, a date or
+    ``MMDD``, default today), ``trade_time`` (field 12), ``bank_code``
+    (field 32, default the session bank's), ``rrn`` (field 37), ``terminal_id``
+    (41), ``branch`` (42), ``customer_no`` (48, query/pay), ``amount`` (fen,
+    pay/reverse), ``pan`` (field 2), ``orig_mti`` / ``orig_stan`` /
+    ``orig_transmission`` (field 90), ``processing_code``, ``currency``,
+    ``network_code`` (field 60), ``tpdu`` (5 bytes), ``mac`` (8 bytes, sent
+    instead of the computed MAC) and ``fields`` ({number: bytes or None}: raw
+    overrides, for tests).  The MAC uses ``session.state["mak"]`` (set by
+    :func:`client_decode` of a sign-in answer), eight zero bytes without one.
+    """
+    try:
+        mti, code = _CLIENT_TXN[txn]
+    except KeyError:
+        raise ValueError(f"unknown transaction {txn!r}") from None
+    v = values
+    now = session.now()
+    stan = v.get("stan")
+    stan = _next_stan(session) if stan is None else stan
+    stan_b = b"%06d" % stan if isinstance(stan, int) else _ascii(stan, 6, "stan")
+    transmission = _ascii(v.get("transmission") or now.strftime("%m%d%H%M%S"), 10, "transmission")
+    bank_code = _ascii(v.get("bank_code", session.bank.bank_code))
+    fields = {7: transmission, 11: stan_b, 32: bank_code}
+    m = REQUESTS[mti]
+    if mti == b"0800":
+        fields[60] = _ascii(v.get("network_code", code))
+    else:
+        td = v.get("trade_date", now.date())
+        fields[3] = _ascii(v.get("processing_code", code), 6, "processing_code")
+        fields[12] = _ascii(v.get("trade_time") or now.strftime("%H%M%S"), 6, "trade_time")
+        fields[13] = _ascii(td.strftime("%m%d") if isinstance(td, date) else td, 4, "trade_date")
+        rrn = v.get("rrn") or now.strftime("%m%d%H") + stan_b.decode()
+        fields[37] = _ascii(str(rrn).ljust(12), 12, "rrn")
+        fields[41] = _ascii(str(v.get("terminal_id", "T0000001")).ljust(8), 8, "terminal_id")
+        fields[42] = _ascii(str(v.get("branch", "000000000")).ljust(15), 15, "branch")
+        fields[49] = _ascii(v.get("currency", CURRENCY), 3, "currency")
+        if mti in (b"0100", b"0200"):
+            cno = v["customer_no"]
+            fields[48] = cno if isinstance(cno, bytes) else str(cno).encode("gbk")
+        if mti != b"0100":
+            fields[4] = b"%012d" % _fen(int(v["amount"]))
+        if mti == b"0200" and v.get("pan"):
+            fields[2] = _ascii(v["pan"])
+        if mti in (b"0400", b"0420"):
+            orig_stan = v.get("orig_stan", stan_b)
+            orig_stan = b"%06d" % orig_stan if isinstance(orig_stan, int) else _ascii(orig_stan)
+            fields[90] = (
+                _ascii(v.get("orig_mti", "0200"), 4, "orig_mti")
+                + _ascii(orig_stan, 6, "orig_stan")
+                + _ascii(v.get("orig_transmission") or transmission, 10, "orig_transmission")
+                + bank_code.rjust(11, b"0")
+                + b"0" * 11
+            )
+    for k, val in (v.get("fields") or {}).items():
+        if val is None:
+            fields.pop(k, None)
+        else:
+            fields[k] = val
+    tpdu = v.get("tpdu", DEFAULT_TPDU)
+    tpdu = bytes.fromhex(tpdu) if isinstance(tpdu, str) else bytes(tpdu)
+    if m.mac is None:
+        return assemble(tpdu, mti, fields)
+    mak = session.state.get("mak")
+    out = assemble(tpdu, mti, fields, m.mac, mak, session.state)
+    if v.get("mac") is not None:
+        out = out[:-8] + bytes(v["mac"])
+    return out
+
+
+def client_decode(frame: bytes, session: Session) -> dict:
+    """Parse a gateway response frame (TPDU + message, no length prefix).
+
+    Returns ``{"tpdu", "mti", "fields": {number: str or bytes},
+    "response_code", "stan", "field48": dict or None, "mac_ok": bool or None,
+    "signed_in": bool}``.  Text fields are ``str``; 62, 64 and 128 are bytes.
+    An approved sign-in stores the unwrapped MAK in ``session.state["mak"]``
+    after checking its check value (``session.bank.keys.zmk``); an approved
+    sign-out discards it.  Raises ``ValueError`` for a malformed frame.
+    """
+    try:
+        msg = MESSAGE_C.parse(bytes(frame))
+    except Exception as e:
+        raise ValueError(f"{NAME}: unreadable response frame ({type(e).__name__})") from None
+    if not msg.known:
+        raise ValueError(f"{NAME}: response has a field this spec does not define")
+    mti = _text(msg.mti)
+    fields: dict[int, object] = {}
+    for n in FIELDS:
+        val = msg[f"f{n}"]
+        if val is None:
+            continue
+        if n in (62, 64, 128):
+            fields[n] = val
+        elif n == 48:
+            fields[n] = val.decode("gbk")
+        else:
+            fields[n] = _text(val)
+    code = fields.get(39)
+    out = {
+        "tpdu": msg.tpdu.dst + msg.tpdu.src,
+        "mti": mti,
+        "fields": fields,
+        "response_code": code,
+        "stan": fields.get(11),
+        "field48": None,
+        "mac_ok": None,
+        "signed_in": "mak" in session.state,
+    }
+    if code == "00" and 48 in fields:
+        layout = {"0110": QUERY_REPLY_48_C, "0210": PAYMENT_REPLY_48_C}.get(mti)
+        if layout is not None:
+            parsed = layout.parse(msg.f48)
+            out["field48"] = {k: v for k, v in parsed.items() if not k.startswith("_")}
+            if "bills" in out["field48"]:
+                out["field48"]["bills"] = [
+                    {k: v for k, v in b.items() if not k.startswith("_")}
+                    for b in out["field48"]["bills"]
+                ]
+                out["field48"]["bill_count"] = len(out["field48"]["bills"])
+    if mti == "0810" and code == "00":
+        net = fields.get(60)
+        if net == "001":
+            if 62 not in fields:
+                raise ValueError(f"{NAME}: sign-in approved without field 62")
+            k = SIGNIN_62.parse(fields[62])
+            zmk = session.bank.keys.zmk
+            if zmk is None:
+                raise ValueError(f"{NAME}: no ZMK configured for this bank")
+            mak = unwrap_key(zmk, k.mak_under_zmk)
+            if not macs_equal(kcv(mak, 4), k.check_value):
+                raise ValueError(f"{NAME}: the MAK's check value does not match")
+            session.state["mak"] = mak
+        elif net == "002":
+            session.state.pop("mak", None)
+            session.state.pop("_x919", None)
+        out["signed_in"] = "mak" in session.state
+    mac_field = 128 if msg.f128 is not None else 64 if msg.f64 is not None else None
+    mak = session.state.get("mak")
+    if mac_field and mak is not None:
+        mac = msg[f"f{mac_field}"]
+        at = msg.mac2_at if mac_field == 128 else msg.mac_at
+        if mac == ZERO_MAC and code in ("03", "A7"):
+            out["mac_ok"] = None
+        else:
+            out["mac_ok"] = macs_equal(_mac(session.state, mak, bytes(frame[5:at])), mac)
+    return out
+
+
+# =============================================================================
+# statement file (§6)
+# =============================================================================
+
+STATEMENT_COLUMNS = (
+    "settle_date",
+    "rrn",
+    "stan",
+    "trade_date",
+    "trade_time",
+    "terminal_id",
+    "customer_no",
+    "amount",
+    "pan_masked",
+)
+_STATEMENT_HEADER = ",".join(STATEMENT_COLUMNS)
+
+
+def statement_name(bank_code: str, settle_date: date) -> str:
+    return f"{bank_code}_{settle_date:%Y%m%d}.csv"
+
+
+def _ymd(v) -> str:
+    if isinstance(v, (date, datetime)):
+        return v.strftime("%Y%m%d")
+    s = str(v)
+    datetime.strptime(s, "%Y%m%d")  # raises ValueError
+    return s
+
+
+def write_statement(records) -> bytes:
+    """Records (dicts: settle_date, serial, stan, trade_date, trade_time,
+    terminal_id, customer_no, amount (fen), pan_masked) -> the §6 CSV."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    buf.write(_STATEMENT_HEADER + "\n")
+    for r in records:
+        amount = r["amount"]
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
+            raise ValueError("statement amount must be a non-negative integer (fen)")
+        w.writerow(
+            [
+                _ymd(r["settle_date"]),
+                r.get("serial", r.get("rrn", "")),
+                r.get("stan", ""),
+                _ymd(r["trade_date"]),
+                r.get("trade_time", ""),
+                r.get("terminal_id", ""),
+                r["customer_no"],
+                str(amount),
+                r.get("pan_masked", "") or "",
+            ]
+        )
+    return buf.getvalue().encode("utf-8")
+
+
+def _date(s: str, what: str, line: int) -> date:
+    try:
+        if len(s) != 8 or not s.isdigit():
+            raise ValueError
+        return datetime.strptime(s, "%Y%m%d").date()
+    except ValueError:
+        raise ValueError(f"statement line {line}: {what} is not YYYYMMDD") from None
+
+
+def read_statement(data: bytes) -> list[dict]:
+    """The §6 CSV -> records (dicts as :func:`write_statement` takes, dates as
+    ``datetime.date``, ``amount`` int fen).  ``ValueError`` names the line."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError("statement is not UTF-8") from None
+    rows = csv.reader(io.StringIO(text, newline=""))
+    out = []
+    header = next(rows, None)
+    if header is None or tuple(h.strip() for h in header) != STATEMENT_COLUMNS:
+        raise ValueError("statement line 1: header row is not " + _STATEMENT_HEADER)
+    for i, row in enumerate(rows, start=2):
+        if not row or row == [""]:
+            continue
+        if len(row) != len(STATEMENT_COLUMNS):
+            raise ValueError(f"statement line {i}: {len(row)} columns, expected 9")
+        settle, rrn, stan, trade, ttime, term, cno, amount, pan = row
+        if not amount.isdigit() or not amount.isascii():
+            raise ValueError(f"statement line {i}: amount is not fen digits")
+        if len(ttime) != 6 or not ttime.isdigit() or not _hhmmss_ok(ttime.encode()):
+            raise ValueError(f"statement line {i}: trade_time is not hhmmss")
+        if not rrn:
+            raise ValueError(f"statement line {i}: rrn is empty")
+        if not cno:
+            raise ValueError(f"statement line {i}: customer_no is empty")
+        out.append(
+            {
+                "settle_date": _date(settle, "settle_date", i),
+                "serial": rrn,
+                "stan": stan,
+                "trade_date": _date(trade, "trade_date", i),
+                "trade_time": ttime,
+                "terminal_id": term,
+                "customer_no": cno,
+                "amount": int(amount),
+                "pan_masked": pan,
+            }
+        )
+    return out
+
+
+# =============================================================================
+
+
+def layouts() -> dict:
+    """name -> construct layout, for ``bankgate plugins check``."""
+    out = {
+        "tpdu": TPDU,
+        "message": MESSAGE,
+        "field48.request": REQUEST_48,
+        "field48.0110": QUERY_REPLY_48,
+        "field48.0210": PAYMENT_REPLY_48,
+        "field48.bill": BILL,
+        "field62.signin": SIGNIN_62,
+    }
+    for n, f in FIELDS.items():
+        out[f"field{n}"] = f
+    return out
+
+
+CODEC = RefIso8583Codec()
+
+__all__ = [
+    "CODEC",
+    "FIELDS",
+    "MESSAGE",
+    "TPDU",
+    "QUERY_REPLY_48",
+    "PAYMENT_REPLY_48",
+    "SIGNIN_62",
+    "assemble",
+    "client_decode",
+    "client_encode",
+    "layouts",
+    "mask_frame",
+    "mask_pan",
+    "nearest_date",
+    "outcome_code",
+    "read_statement",
+    "statement_name",
+    "write_statement",
+]
