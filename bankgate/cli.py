@@ -102,9 +102,7 @@ def cmd_plugins_check(args) -> int:
     problems = check_plugin_file(args.file)
     for p in problems:
         print(p)
-    if problems and any(not p.startswith("ok") for p in problems):
-        return 1
-    return 0
+    return 1 if any(p.startswith("FAIL") for p in problems) else 0
 
 
 def cmd_simulate(args) -> int:

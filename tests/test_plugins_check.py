@@ -1,0 +1,80 @@
+"""``bankgate plugins check`` and ``plugins list`` for bank IT."""
+
+from __future__ import annotations
+
+import pytest
+
+from bankgate.cli import main as cli
+from bankgate.codec.check import check_plugin_file
+from bankgate.codec.registry import PluginError, discover, load_codec, shipped_dir
+
+
+@pytest.mark.parametrize("name", ["ref_fixed", "ref_delim", "ref_iso8583"])
+def test_shipped_plugins_pass(name):
+    report = check_plugin_file(shipped_dir() / f"{name}.py")
+    assert not [r for r in report if r.startswith("FAIL")], report
+    assert any(r.startswith("ok    outcome codes total") for r in report)
+
+
+def test_ref_fixed_layouts_round_trip():
+    report = check_plugin_file(shipped_dir() / "ref_fixed.py")
+    assert "ok    layout header: 123 bytes round-trip" in report
+    assert "ok    layout statement.detail: 69 bytes round-trip" in report
+
+
+BROKEN = '''
+from bankgate.codec.base import Framing
+from bankgate.messages import Outcome
+import construct as c
+
+class Codec:
+    name = "broken"
+    framing = Framing(kind="ascii5", max_length=10)
+    def decode(self, frame, session): ...
+    def outcome_code(self, o):
+        return {Outcome.OK: "00"}[o]
+    def client_encode(self, *a): ...
+    def client_decode(self, *a): ...
+    def layouts(self):
+        return {"bad": c.Struct("x" / c.ExprAdapter(c.Byte, lambda o, ctx: o + 1,
+                                                     lambda o, ctx: o))}
+
+CODEC = Codec()
+'''
+
+
+def test_a_broken_plugin_fails_with_reasons(tmp_path):
+    f = tmp_path / "broken.py"
+    f.write_text(BROKEN)
+    report = check_plugin_file(f)
+    fails = [r for r in report if r.startswith("FAIL")]
+    assert any("framing" in r for r in fails)
+    assert any("outcome codes not total" in r and "NOT_FOUND raises KeyError" in r
+               for r in fails)
+    assert any("layout bad" in r for r in fails)
+    assert cli(["plugins", "check", str(f)]) == 1
+
+
+def test_unloadable_files(tmp_path):
+    f = tmp_path / "syntax.py"
+    f.write_text("def (:\n")
+    assert check_plugin_file(f)[0].startswith("FAIL")
+    g = tmp_path / "nocodec.py"
+    g.write_text("x = 1\n")
+    assert check_plugin_file(g) == [f"FAIL  {g}: no module-level CODEC"]
+
+
+def test_discovery_and_extra_folders(tmp_path, capsys):
+    assert {"ref-fixed", "ref-delim", "ref-iso8583"} <= set(discover())
+    extra = tmp_path / "plugins"
+    extra.mkdir()
+    (extra / "mybank.py").write_text(BROKEN.replace('"broken"', '"my-bank"'))
+    (extra / "_helper.py").write_text("raise RuntimeError('not a plugin')\n")
+    assert load_codec("my-bank", [extra]).name == "my-bank"
+    with pytest.raises(PluginError, match="no plugin named 'nope'"):
+        load_codec("nope")
+    with pytest.raises(PluginError, match="does not exist"):
+        discover([tmp_path / "missing"])
+    assert cli(["plugins", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "ref-iso8583" in out and "ref-fixed" in out
