@@ -189,7 +189,7 @@ class Ledger:
         if cust is None:
             return m.QueryResult(Outcome.NOT_FOUND, customer_no=req.customer_no)
         base = dict(
-            customer_no=cust["customer_no"], name=cust["name"], address=cust["address"],
+            customer_no=cust["customer_no"], name=cust["name"], address=cust["address"] or "",
             customer_class=cust["customer_class"],
         )
         if cust["status"] != "A":
@@ -210,14 +210,20 @@ class Ledger:
     # -- payment -------------------------------------------------------------------------
 
     def pay(self, req: m.PaymentRequest, *, source: str = "online", run_id: int | None = None,
-            actor: str = "") -> m.PaymentResult:
+            actor: str = "", after_close: bool = False,
+            policy: str | None = None) -> m.PaymentResult:
+        """Post a payment.  ``source``/``run_id``/``actor`` mark payments not made
+        by a bank online (reconciliation 补销, withholding, an operator);
+        ``after_close`` lets those post on a closed date and ``policy``
+        overrides the bank's (reconciliation posts what the bank collected)."""
         self.bank(req.origin.bank)
         if self._bad_identifier(req.customer_no, MAX_CUSTOMER_NO) or self._bad_identifier(
             req.serial, MAX_SERIAL
         ) or any(self._bad_identifier(b, MAX_CUSTOMER_NO) for b in req.bill_ids):
             return m.PaymentResult(Outcome.FORMAT_ERROR, customer_no=req.customer_no)
         try:
-            return self.store.run_sync(self._pay_tx, req, source, run_id, actor)
+            return self.store.run_sync(self._pay_tx, req, source, run_id, actor, after_close,
+                                       policy)
         except Duplicate:
             return self.store.run_sync(self._repeat_tx, req, "PAY")
 
@@ -231,11 +237,12 @@ class Ledger:
             if kind == "PAY":
                 return m.PaymentResult(Outcome.REVERSED_FIRST, customer_no=req.customer_no)
             return result_type(Outcome.DUPLICATE_MISMATCH)
-        if row["kind"] != kind or row["content"] != req.content:
+        if row["kind"] != kind or (row["content"] or "") != req.content:
             return result_type(Outcome.DUPLICATE_MISMATCH)
         return result_type(Outcome(row["outcome"]), retry=True, **row["result"])
 
-    def _pay_tx(self, tx: Tx, req: m.PaymentRequest, source: str, run_id, actor: str):
+    def _pay_tx(self, tx: Tx, req: m.PaymentRequest, source: str = "online", run_id=None,
+                actor: str = "", after_close: bool = False, policy_name: str | None = None):
         o = req.origin
         policy = self.bank(o.bank)
         now = self.now()
@@ -246,7 +253,7 @@ class Ledger:
             tx.journal_finish(jid, outcome.value, fields, payment_id)
             return m.PaymentResult(outcome, **fields)
 
-        if self._closed_date(tx, o.bank, o.trade_date):
+        if not after_close and self._closed_date(tx, o.bank, o.trade_date):
             return finish(Outcome.DATE_CLOSED)
         if req.amount <= 0 or req.amount > MAX_FEN:
             return finish(Outcome.AMOUNT_REJECTED)
@@ -270,7 +277,7 @@ class Ledger:
                 return finish(Outcome.AMOUNT_REJECTED)
             rows, excess = allocate(named, req.amount)
         else:
-            p = policy.policy
+            p = policy_name or policy.policy
             if req.amount == total:
                 pass
             elif req.amount < total and p in ("partial", "any"):
@@ -380,6 +387,28 @@ class Ledger:
         )
         tx.n8_payment_set_status(p["receipt_no"], "C")
         return Outcome.OK
+
+    def reverse_local(self, bank: str, trade_date: date, serial: str, *, run_id: int | None,
+                      actor: str, reason: str) -> m.SimpleResult:
+        """Reverse a payment at the utility (抹账), also on a closed date:
+        reconciliation found it missing from the bank's statement."""
+        return self.store.run_sync(self._reverse_local_tx, bank, trade_date, serial, run_id,
+                                   actor, reason)
+
+    def _reverse_local_tx(self, tx: Tx, bank, trade_date, serial, run_id, actor, reason):
+        p = tx.payment_by_key(bank, trade_date, serial, lock=True)
+        if p is None:
+            return m.SimpleResult(Outcome.ORIGINAL_NOT_FOUND, f"no payment {serial}")
+        if p["status"] not in ("POSTED", "PENDING"):
+            return m.SimpleResult(Outcome.ALREADY_REVERSED, f"payment is {p['status'].lower()}")
+        now = self.now()
+        outcome = self._undo(tx, p, "RECON", "REVERSED", now, actor=actor, reason=reason,
+                             run_id=run_id)
+        if outcome is not Outcome.OK:
+            return m.SimpleResult(outcome, "the prepaid excess of this payment was drawn on")
+        tx.audit(now, actor, "reverse-local", p["receipt_no"],
+                 {"bank": bank, "serial": serial, "run_id": run_id, "reason": reason})
+        return m.SimpleResult(Outcome.OK, p["receipt_no"], {"payment_id": p["id"]})
 
     # -- status, confirmation, expiry ----------------------------------------------------
 

@@ -41,7 +41,7 @@ journal = sa.Table(
     sa.Column("trade_date", sa.Date, nullable=False),
     sa.Column("serial", sa.String(SERIAL), nullable=False),
     sa.Column("kind", sa.String(8), nullable=False),
-    sa.Column("content", sa.String(64), nullable=False),
+    sa.Column("content", sa.String(64), nullable=True),  # empty for BLOCK
     sa.Column("outcome", sa.String(24), nullable=False),
     sa.Column("result", sa.Text, nullable=True),
     sa.Column("payment_id", sa.BigInteger, nullable=True),
@@ -56,18 +56,18 @@ payment = sa.Table(
     sa.Column("bank", sa.String(BANK), nullable=False),
     sa.Column("trade_date", sa.Date, nullable=False),
     sa.Column("serial", sa.String(SERIAL), nullable=False),
-    sa.Column("trade_time", sa.String(6), nullable=False, server_default=""),
+    sa.Column("trade_time", sa.String(6), nullable=True),
     sa.Column("customer_no", sa.String(32), nullable=False),
     _money("amount"),
     _money("principal"),
     _money("late_fee"),
     _money("prepaid_in"),  # excess kept as prepaid balance
     sa.Column("channel", sa.String(2), nullable=False, server_default="01"),
-    sa.Column("branch", sa.String(20), nullable=False, server_default=""),
-    sa.Column("teller", sa.String(20), nullable=False, server_default=""),
-    sa.Column("pan_masked", sa.String(19), nullable=False, server_default=""),
+    sa.Column("branch", sa.String(20), nullable=True),
+    sa.Column("teller", sa.String(20), nullable=True),
+    sa.Column("pan_masked", sa.String(19), nullable=True),
     sa.Column("receipt_no", sa.String(20), nullable=False),
-    sa.Column("invoice_no", sa.String(20), nullable=False, server_default=""),
+    sa.Column("invoice_no", sa.String(20), nullable=True),
     sa.Column("invoice_printed", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("status", sa.String(10), nullable=False),
     sa.Column("source", sa.String(10), nullable=False, server_default="online"),
@@ -93,6 +93,8 @@ allocation = sa.Table(
     sa.Index("ix_bg_allocation_bill", "bill_id"),
 )
 
+# Oracle stores an empty string as NULL: every text column that may be empty
+# is nullable and the code reads NULL as "".
 # Everything that undid a payment: a bank's reversal, an operator's refund,
 # the expiry of an unconfirmed two-phase payment, a reconciliation 抹账.
 undo = sa.Table(
@@ -104,8 +106,8 @@ undo = sa.Table(
     sa.Column("bank", sa.String(BANK), nullable=False),
     sa.Column("trade_date", sa.Date, nullable=False),
     sa.Column("serial", sa.String(SERIAL), nullable=True),
-    sa.Column("actor", sa.String(64), nullable=False, server_default=""),
-    sa.Column("reason", sa.String(200), nullable=False, server_default=""),
+    sa.Column("actor", sa.String(64), nullable=True),
+    sa.Column("reason", sa.String(200), nullable=True),
     sa.Column("run_id", sa.BigInteger, nullable=True),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("payment_id", name="uq_bg_undo_payment"),
@@ -138,9 +140,76 @@ audit = sa.Table(
     sa.Column("at", sa.DateTime, nullable=False),
     sa.Column("actor", sa.String(64), nullable=False),
     sa.Column("action", sa.String(32), nullable=False),
-    sa.Column("subject", sa.String(100), nullable=False, server_default=""),
+    sa.Column("subject", sa.String(100), nullable=True),
     sa.Column("detail", sa.Text, nullable=True),
     sa.Index("ix_bg_audit_at", "at"),
+)
+
+# -- reconciliation (对账) ----------------------------------------------------
+
+# One row per statement file fetched: what was read, and its checksum.
+statement = sa.Table(
+    "bg_statement",
+    metadata,
+    _id(),
+    sa.Column("bank", sa.String(BANK), nullable=False),
+    sa.Column("settle_date", sa.Date, nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),  # path or URL, no password
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("record_count", sa.Integer, nullable=False),
+    _money("total_amount"),
+    sa.Column("fetched_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("bank", "settle_date", "sha256", name="uq_bg_statement_file"),
+)
+
+# One row per reconciliation run of a bank and settle date.  The lock row
+# (bank, settle_date) in bg_recon_lock keeps two gateway processes from
+# reconciling the same bank and date at once.
+recon_run = sa.Table(
+    "bg_recon_run",
+    metadata,
+    _id(),
+    sa.Column("bank", sa.String(BANK), nullable=False),
+    sa.Column("settle_date", sa.Date, nullable=False),
+    sa.Column("statement_id", sa.BigInteger, nullable=True),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime, nullable=True),
+    sa.Column("status", sa.String(12), nullable=False),  # RUNNING BALANCED EXCEPTIONS FAILED
+    sa.Column("dry_run", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("bank_count", sa.Integer, nullable=False, server_default=sa.text("0")),
+    _money("bank_total"),
+    sa.Column("ours_count", sa.Integer, nullable=False, server_default=sa.text("0")),
+    _money("ours_total"),
+    sa.Column("summary", sa.Text, nullable=True),  # JSON: counts per category
+    sa.Index("ix_bg_recon_run_bank_date", "bank", "settle_date"),
+)
+
+recon_item = sa.Table(
+    "bg_recon_item",
+    metadata,
+    _id(),
+    sa.Column("run_id", sa.BigInteger, nullable=False),
+    # MATCHED BANK_ONLY UTILITY_ONLY AMOUNT_DIFFERS DATE_DIFFERS TOTALS_DIFFER
+    sa.Column("category", sa.String(16), nullable=False),
+    sa.Column("serial", sa.String(SERIAL), nullable=True),
+    sa.Column("customer_no", sa.String(32), nullable=True),
+    _money("bank_amount"),
+    _money("our_amount"),
+    # POSTED (补销) REVERSED (抹账) EXCEPTION (for an operator) NONE RESOLVED
+    sa.Column("action", sa.String(10), nullable=False),
+    sa.Column("payment_id", sa.BigInteger, nullable=True),
+    sa.Column("detail", sa.String(200), nullable=True),
+    sa.Index("ix_bg_recon_item_run", "run_id", "category"),
+)
+
+recon_lock = sa.Table(
+    "bg_recon_lock",
+    metadata,
+    sa.Column("bank", sa.String(BANK), primary_key=True),
+    sa.Column("settle_date", sa.Date, primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("since", sa.DateTime, nullable=False),
 )
 
 GATEWAY_TABLES = [t.name for t in metadata.sorted_tables]

@@ -25,10 +25,10 @@ REFERENCE: dict[str, tuple[str, list[tuple[str, object, dict]]]] = {
         [
             ("customer_no", sa.String(32), {"primary_key": True}),
             ("name", sa.String(100), {"nullable": False}),
-            ("address", sa.String(200), {"nullable": False, "server_default": ""}),
+            ("address", sa.String(200), {"nullable": True}),
             # R residential, I industrial, C commercial
             ("customer_class", sa.String(1), {"nullable": False}),
-            ("district", sa.String(40), {"nullable": False, "server_default": ""}),
+            ("district", sa.String(40), {"nullable": True}),
             ("heated_area", sa.Numeric(12, 2), {"nullable": False, "server_default": sa.text("0")}),
             # A active, S suspended (locked)
             ("status", sa.String(1), {"nullable": False, "server_default": "A"}),

@@ -41,7 +41,7 @@ def upgrade():
         sa.Column("at", sa.DateTime(), nullable=False),
         sa.Column("actor", sa.String(length=64), nullable=False),
         sa.Column("action", sa.String(length=32), nullable=False),
-        sa.Column("subject", sa.String(length=100), server_default="", nullable=False),
+        sa.Column("subject", sa.String(length=100), nullable=True),
         sa.Column("detail", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
@@ -68,7 +68,7 @@ def upgrade():
         sa.Column("trade_date", sa.Date(), nullable=False),
         sa.Column("serial", sa.String(length=40), nullable=False),
         sa.Column("kind", sa.String(length=8), nullable=False),
-        sa.Column("content", sa.String(length=64), nullable=False),
+        sa.Column("content", sa.String(length=64), nullable=True),
         sa.Column("outcome", sa.String(length=24), nullable=False),
         sa.Column("result", sa.Text(), nullable=True),
         sa.Column("payment_id", sa.BigInteger(), nullable=True),
@@ -87,21 +87,21 @@ def upgrade():
         sa.Column("bank", sa.String(length=32), nullable=False),
         sa.Column("trade_date", sa.Date(), nullable=False),
         sa.Column("serial", sa.String(length=40), nullable=False),
-        sa.Column("trade_time", sa.String(length=6), server_default="", nullable=False),
+        sa.Column("trade_time", sa.String(length=6), nullable=True),
         sa.Column("customer_no", sa.String(length=32), nullable=False),
         sa.Column("amount", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
         sa.Column("principal", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
         sa.Column("late_fee", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
         sa.Column("prepaid_in", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
         sa.Column("channel", sa.String(length=2), server_default="01", nullable=False),
-        sa.Column("branch", sa.String(length=20), server_default="", nullable=False),
-        sa.Column("teller", sa.String(length=20), server_default="", nullable=False),
+        sa.Column("branch", sa.String(length=20), nullable=True),
+        sa.Column("teller", sa.String(length=20), nullable=True),
         sa.Column(
-            "pan_masked", sa.String(length=19), server_default="", nullable=False
+            "pan_masked", sa.String(length=19), nullable=True
         ),
         sa.Column("receipt_no", sa.String(length=20), nullable=False),
         sa.Column(
-            "invoice_no", sa.String(length=20), server_default="", nullable=False
+            "invoice_no", sa.String(length=20), nullable=True
         ),
         sa.Column(
             "invoice_printed", sa.Integer(), server_default=sa.text("0"), nullable=False
@@ -144,8 +144,8 @@ def upgrade():
         sa.Column("bank", sa.String(length=32), nullable=False),
         sa.Column("trade_date", sa.Date(), nullable=False),
         sa.Column("serial", sa.String(length=40), nullable=True),
-        sa.Column("actor", sa.String(length=64), server_default="", nullable=False),
-        sa.Column("reason", sa.String(length=200), server_default="", nullable=False),
+        sa.Column("actor", sa.String(length=64), nullable=True),
+        sa.Column("reason", sa.String(length=200), nullable=True),
         sa.Column("run_id", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
