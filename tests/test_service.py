@@ -1,0 +1,125 @@
+"""The service tree: database first, then listeners; the scheduler's cut-offs.
+
+The reactor is a MemoryReactorClock that also accepts callFromThread (the
+store's pool reports through it); the test pumps those calls as they arrive,
+waiting on a queue -- an event, not a sleep.
+"""
+
+from __future__ import annotations
+
+import queue
+from datetime import date, datetime, time
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+
+from bankgate.config import default_config
+from bankgate.service import GatewayService
+from bankgate.tap import Options, makeService
+
+
+class ThreadedMemoryReactor(MemoryReactorClock):
+    def __init__(self):
+        super().__init__()
+        self.thread_calls: queue.Queue = queue.Queue()
+
+    def callFromThread(self, f, *args, **kw):
+        self.thread_calls.put((f, args, kw))
+
+    def pump_until(self, d, timeout=60):
+        results = []
+        d.addBoth(results.append)
+        while not results:
+            f, args, kw = self.thread_calls.get(timeout=timeout)
+            f(*args, **kw)
+        return results[0]
+
+
+def tz_now(reactor, when: datetime):
+    """Set the memory clock to ``when`` in Asia/Shanghai."""
+    from zoneinfo import ZoneInfo
+
+    reactor.advance(when.replace(tzinfo=ZoneInfo("Asia/Shanghai")).timestamp() - reactor.seconds())
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    cfg = default_config(str(tmp_path / "var"))
+    cfg.demo_customers = 150
+    reactor = ThreadedMemoryReactor()
+    tz_now(reactor, datetime(2026, 11, 27, 9, 30))
+    gw = GatewayService(cfg, reactor)
+    yield gw, reactor
+    if gw.running:
+        reactor.pump_until(gw.stopService())
+
+
+def test_starts_database_first_then_listens_on_every_bank(gateway):
+    gw, reactor = gateway
+    gw.startService()
+    assert reactor.tcpServers == []  # nothing listens before the database is ready
+    result = reactor.pump_until(gw.ready)
+    assert result is gw
+    ports = sorted(s[0] for s in reactor.tcpServers)
+    assert ports == [9101, 9102, 9103]
+    assert {s[3] for s in reactor.tcpServers} == {"127.0.0.1"}
+    assert gw.store.customer_count() == 150
+    # the factory of a listener is the bank's own
+    by_port = {s[0]: s[1] for s in reactor.tcpServers}
+    assert by_port[9101].profile.name == "demo-fixed"
+    assert by_port[9103].codec.name == "ref-iso8583"
+
+
+def test_restart_keeps_data_and_does_not_reseed(gateway, tmp_path):
+    gw, reactor = gateway
+    gw.startService()
+    reactor.pump_until(gw.ready)
+    reactor.pump_until(gw.stopService())
+    again = GatewayService(gw.cfg, reactor)
+    again.startService()
+    reactor.pump_until(again.ready)
+    assert again.store.customer_count() == 150
+    reactor.pump_until(again.stopService())
+
+
+def test_scheduler_closes_due_dates_and_catches_up(gateway):
+    gw, reactor = gateway
+    gw.startService()
+    reactor.pump_until(gw.ready)
+    # 09:30: today's 23:30 cut-off is not due; yesterday's and older are (catch-up)
+    due = gw.scheduler.due_cutoffs(datetime(2026, 11, 27, 9, 30))
+    assert ("demo-fixed", date(2026, 11, 26)) in due
+    assert ("demo-fixed", date(2026, 11, 27)) not in due
+    assert due.index(("demo-fixed", date(2026, 11, 20))) < due.index(
+        ("demo-fixed", date(2026, 11, 26)))
+    # the first tick ran at start (09:30) and caught up the six days before today
+    if gw.scheduler._running is not None:
+        reactor.pump_until(gw.scheduler._running)
+    closed = gw.ledger.store.run_sync(lambda tx: tx.closed_dates("demo-fixed"))
+    assert [c["trade_date"] for c in closed] == [date(2026, 11, d) for d in range(20, 27)]
+    assert gw.scheduler.run_due(datetime(2026, 11, 27, 23, 31)) == 3  # today, three banks
+    assert gw.scheduler.run_due(datetime(2026, 11, 27, 23, 32)) == 0  # nothing twice
+    assert gw.ledger.store.run_sync(lambda tx: tx.is_closed("demo-delim", date(2026, 11, 27)))
+    assert gw.cfg.bank("demo-fixed").cutoff_time == time(23, 30)
+
+
+def test_makeService_reports_config_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[database]\nthreads = 0\n")
+    opts = Options()
+    opts.parseOptions(["--config", str(bad)])
+    with pytest.raises(SystemExit) as e:
+        makeService(opts)
+    assert e.value.code == 2
+    assert "database.threads: expected 1 to 64" in capsys.readouterr().err
+
+
+def test_twistd_finds_the_plugin():
+    from twisted.application.service import IServiceMaker
+    from twisted.plugin import IPlugin, getPlugins
+
+    import twisted.plugins
+
+    names = [p.tapname for p in getPlugins(IServiceMaker, twisted.plugins)]
+    assert "bankgate" in names
+    assert IPlugin
