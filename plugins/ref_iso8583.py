@@ -1171,7 +1171,8 @@ def client_encode(txn: str, values: dict, session: Session) -> bytes:
         fields[3] = _ascii(v.get("processing_code", code), 6, "processing_code")
         fields[12] = _ascii(v.get("trade_time") or now.strftime("%H%M%S"), 6, "trade_time")
         fields[13] = _ascii(td.strftime("%m%d") if isinstance(td, date) else td, 4, "trade_date")
-        rrn = v.get("rrn") or now.strftime("%m%d%H") + stan_b.decode()
+        # default RRN: unique across connections (a STAN restarts per session)
+        rrn = v.get("rrn") or f"{int.from_bytes(os.urandom(5), 'big') % 10**12:012d}"
         fields[37] = _ascii(str(rrn).ljust(12), 12, "rrn")
         fields[41] = _ascii(str(v.get("terminal_id", "T0000001")).ljust(8), 8, "terminal_id")
         fields[42] = _ascii(str(v.get("branch", "000000000")).ljust(15), 15, "branch")
