@@ -127,8 +127,12 @@ class BankFactory(Factory):
         now: Callable[[], datetime] = datetime.now,
         log: Logger | ILogObserver | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        log_frames: bool = False,
     ):
         self.codec = codec
+        # raw (masked) frames in the log: off unless an operator asks for them,
+        # since twistd's default log shows debug events
+        self.log_frames = log_frames
         self.profile = profile
         self.handler = handler
         self.clock = clock
@@ -218,7 +222,9 @@ class BankProtocol(FrameReceiver):
             return
         started = self.clock.seconds()
         self.stats.last_message = self.factory.now()
-        self.log.debug("{bank} <- {frame}", bank=self.bank, frame=_MaskedFrame(self.codec, frame))
+        if self.factory.log_frames:
+            self.log.debug("{bank} <- {frame}", bank=self.bank,
+                           frame=_MaskedFrame(self.codec, frame))
         try:
             action = self.codec.decode(frame, self.session)
         except Exception:  # noqa: BLE001 -- nothing a codec raises may escape
@@ -278,7 +284,9 @@ class BankProtocol(FrameReceiver):
             self.resumeFrames()
 
     def _write(self, frame: bytes) -> None:
-        self.log.debug("{bank} -> {frame}", bank=self.bank, frame=_MaskedFrame(self.codec, frame))
+        if self.factory.log_frames:
+            self.log.debug("{bank} -> {frame}", bank=self.bank,
+                           frame=_MaskedFrame(self.codec, frame))
         self.sendFrame(frame)
 
     def _error(self, failure: Failure | None, why: str) -> None:

@@ -182,7 +182,7 @@ class Ledger:
     def query(self, req: m.QueryRequest) -> m.QueryResult:
         if self._bad_identifier(req.customer_no, MAX_CUSTOMER_NO):
             return m.QueryResult(Outcome.FORMAT_ERROR)
-        return self.store.run_sync(self._query_tx, req)
+        return self.store.run_sync(self._query_tx, req, readonly=True)
 
     def _query_tx(self, tx: Tx, req: m.QueryRequest) -> m.QueryResult:
         cust = tx.customer(req.customer_no)
@@ -221,17 +221,21 @@ class Ledger:
             req.serial, MAX_SERIAL
         ) or any(self._bad_identifier(b, MAX_CUSTOMER_NO) for b in req.bill_ids):
             return m.PaymentResult(Outcome.FORMAT_ERROR, customer_no=req.customer_no)
-        try:
-            return self.store.run_sync(self._pay_tx, req, source, run_id, actor, after_close,
-                                       policy)
-        except Duplicate:
-            return self.store.run_sync(self._repeat_tx, req, "PAY")
+        for _ in range(3):
+            try:
+                return self.store.run_sync(self._pay_tx, req, source, run_id, actor,
+                                           after_close, policy)
+            except Duplicate:
+                result = self.store.run_sync(self._repeat_tx, req, "PAY", readonly=True)
+                if result is not None:
+                    return result
+        raise StoreUnavailable("journal key kept changing under a repeat")
 
     def _repeat_tx(self, tx: Tx, req, kind: str):
         o = req.origin
         row = tx.journal_get(o.bank, o.trade_date, req.serial)
-        if row is None:  # the first claim rolled back meanwhile: start again
-            raise Retry()
+        if row is None:  # the claim that beat ours rolled back: post afresh
+            return None
         result_type = m.PaymentResult if kind == "PAY" else m.ReversalResult
         if row["kind"] == "BLOCK":
             if kind == "PAY":
@@ -327,10 +331,14 @@ class Ledger:
             or self._bad_identifier(req.customer_no, MAX_CUSTOMER_NO)
         ):
             return m.ReversalResult(Outcome.FORMAT_ERROR, orig_serial=req.orig_serial[:MAX_SERIAL])
-        try:
-            return self.store.run_sync(self._reverse_tx, req)
-        except Duplicate:
-            return self.store.run_sync(self._repeat_tx, req, "REV")
+        for _ in range(3):
+            try:
+                return self.store.run_sync(self._reverse_tx, req)
+            except Duplicate:
+                result = self.store.run_sync(self._repeat_tx, req, "REV", readonly=True)
+                if result is not None:
+                    return result
+        raise StoreUnavailable("journal key kept changing under a repeat")
 
     def _reverse_tx(self, tx: Tx, req: m.ReversalRequest) -> m.ReversalResult:
         o = req.origin
@@ -349,6 +357,12 @@ class Ledger:
             return m.ReversalResult(outcome, **fields)
 
         if self._closed_date(tx, o.bank, o.trade_date):
+            if jid is None:
+                # reversals without a key of their own (ISO 8583) repeat by the
+                # original's state: a repeat of one that was done answers as it did
+                p = tx.payment_by_key(o.bank, o.trade_date, req.orig_serial)
+                if p is not None and p["status"] == "REVERSED" and p["amount"] == req.amount:
+                    return finish(Outcome.ALREADY_REVERSED, customer_no=p["customer_no"])
             return finish(Outcome.DATE_CLOSED)
         p = tx.payment_by_key(o.bank, o.trade_date, req.orig_serial, lock=True)
         if p is None:
@@ -415,7 +429,7 @@ class Ledger:
     def status(self, req: m.StatusRequest) -> m.StatusResult:
         if self._bad_identifier(req.orig_serial, MAX_SERIAL):
             return m.StatusResult(Outcome.OK)  # unknown serial: status "not found"
-        return self.store.run_sync(self._status_tx, req)
+        return self.store.run_sync(self._status_tx, req, readonly=True)
 
     def _status_tx(self, tx: Tx, req: m.StatusRequest) -> m.StatusResult:
         p = tx.payment_by_key(req.origin.bank, req.orig_date, req.orig_serial)

@@ -304,3 +304,41 @@ def test_concurrent_payments_for_one_customer_never_overpay(ledger, store):
     assert outcomes.count("OK") == 1
     assert outcomes.count("NOTHING_DUE") == n - 1
     check_books(store)
+
+
+def test_iso_reversal_repeated_after_cutoff_answers_as_before(ledger, store):
+    """A 0420 repeating an approved 0400 after the date closed is a repeat,
+    answered like the first (the repeat check comes before the closed date)."""
+    ledger.pay(pay("RRN2"))
+    assert ledger.reverse(rev(None, "RRN2", customer=None)).outcome is Outcome.OK
+    ledger.cutoff("fixed", TODAY)
+    assert ledger.reverse(rev(None, "RRN2", customer=None)).outcome is Outcome.ALREADY_REVERSED
+    ledger.pay(pay("RRN3", customer="100000200", amount=1000000))
+    assert ledger.reverse(rev(None, "RRN3", customer=None, amount=1000000)).outcome is \
+        Outcome.DATE_CLOSED
+    check_books(store)
+
+
+def clock_now():
+    from conftest import NOW
+
+    return NOW
+
+
+def test_queries_do_not_wait_for_a_writer_on_sqlite(tmp_path):
+    import time
+
+    from conftest import BANKS, make_store, seed_fixture
+
+    from bankgate.ledger import Ledger
+
+    store = make_store("sqlite", tmp_path)
+    seed_fixture(store)
+    ledger = Ledger(store, dict(BANKS))
+
+    with store.engine.connect() as writer, writer.begin() as t:  # BEGIN IMMEDIATE
+        writer.execute(model.audit.insert().values(at=clock_now(), actor="x", action="y"))
+        started = time.monotonic()
+        assert ledger.query(query()).outcome is Outcome.OK  # would wait 30 s for the lock
+        assert time.monotonic() - started < 5
+        t.rollback()

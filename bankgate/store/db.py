@@ -88,14 +88,21 @@ class Store:
             raise RuntimeError("Store.call needs a reactor")
         return threads.deferToThreadPool(self.reactor, self.pool, fn, *args, **kw)
 
-    def run_sync(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        """The same, on the calling thread (CLI, tests, benchmarks)."""
+    def run_sync(self, fn: Callable[..., T], *args: Any, readonly: bool = False,
+                 **kw: Any) -> T:
+        """The same, on the calling thread (CLI, tests, benchmarks).
+
+        ``readonly`` transactions (queries) do not take SQLite's write lock.
+        """
         attempt = 0
         while True:
             attempt += 1
             try:
-                with self.engine.begin() as conn:
-                    return fn(Tx(conn, self), *args, **kw)
+                with self.engine.connect() as conn:
+                    if readonly:
+                        conn = conn.execution_options(bankgate_readonly=True)
+                    with conn.begin():
+                        return fn(Tx(conn, self), *args, **kw)
             except Retry:
                 if attempt > self.retries + 5:
                     raise StoreUnavailable("transaction kept conflicting") from None

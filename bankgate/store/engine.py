@@ -25,7 +25,7 @@ def create_engine(url: str, *, pool_size: int = 4, echo: bool = False) -> sa.Eng
     kw["pool_size"] = pool_size
     kw["max_overflow"] = 2
     kw["pool_pre_ping"] = True
-    if backend == "mysql":
+    if backend in ("mysql", "mariadb"):
         kw["isolation_level"] = "READ COMMITTED"
         kw["pool_recycle"] = 3600
     elif backend == "postgresql":
@@ -53,7 +53,10 @@ def _sqlite_quirks(engine: sa.Engine) -> None:
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if conn.get_execution_options().get("bankgate_readonly"):
+            conn.exec_driver_sql("BEGIN")  # readers never wait for the writer (WAL)
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _patch_ibm_db_sa() -> None:

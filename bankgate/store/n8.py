@@ -73,7 +73,8 @@ REFERENCE: dict[str, tuple[str, list[tuple[str, object, dict]]]] = {
             ("bank_code", sa.String(32), {"nullable": False}),
             ("bank_serial", sa.String(40), {"nullable": False}),
             ("channel", sa.String(2), {"nullable": False}),
-            # N normal, C cancelled (reversed / refunded)
+            # N normal, P pending (two-phase, not confirmed yet), C cancelled
+            # (reversed, refunded, expired)
             ("status", sa.String(1), {"nullable": False, "server_default": "N"}),
             ("created_at", sa.DateTime, {"nullable": False}),
         ],

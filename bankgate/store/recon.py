@@ -1,0 +1,412 @@
+"""The SQL of reconciliation (对账): runs, items, statements, the run lock,
+and bulk reads of a bank's day.
+
+Every function takes a :class:`~bankgate.store.tx.Tx` as its first argument
+(``store.run_sync(fn, ...)`` runs it in one transaction) and returns plain
+values: tuples for the bulk reads (a million rows must not become a million
+dicts), dicts elsewhere.  Nothing here decides anything; the reconciler
+(``plugins/reconciler.py``) does.
+
+The lock on (bank, settle date) is a row in ``bg_recon_lock``: inserting it
+takes the lock (the primary key makes a second insert fail, in this process
+or another one on the same database), deleting it releases it, and a holder
+that has not touched it for ``stale`` seconds (a crashed process) may be
+replaced by a compare-and-swap update.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from datetime import date, datetime, timedelta
+
+import sqlalchemy as sa
+
+from bankgate.store import model
+from bankgate.store.tx import Tx
+
+STANDING = ("POSTED", "PENDING")
+IN_CHUNK = 500  # bound parameters per IN (...) list
+FINISHED = ("BALANCED", "EXCEPTIONS")
+
+# Positions in the tuples :func:`payments_sorted` yields.
+P_SERIAL, P_CUSTOMER, P_AMOUNT, P_STATUS, P_ID, P_SOURCE, P_RUN, P_UNDO, P_UNDO_RUN = range(9)
+
+
+def _chunks(seq: list, n: int = IN_CHUNK) -> Iterator[list]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def binary_order(col: sa.ColumnElement, dialect: str) -> sa.ColumnElement:
+    """``col`` sorted by code point, as Python sorts ``str`` (the merge needs
+    both sides in one order).  SQLite's default collation already is."""
+    if dialect == "postgresql":
+        return col.collate("C")
+    if dialect in ("mysql", "mariadb"):
+        return col.collate("utf8mb4_bin")
+    if dialect == "mssql":
+        return col.collate("Latin1_General_BIN2")
+    if dialect == "oracle":
+        return sa.func.nlssort(col, "NLS_SORT=BINARY")
+    return col
+
+
+# -- the run lock ------------------------------------------------------------------
+
+
+def lock_acquire(tx: Tx, bank: str, d: date, holder: str, now: datetime,
+                 stale: float) -> str | None:
+    """Take the lock on (bank, d).  Returns ``None`` when taken, else the
+    current holder (and since when) as text.  A holder silent for ``stale``
+    seconds is replaced."""
+    lk = model.recon_lock
+    try:
+        with tx.conn.begin_nested():
+            tx.conn.execute(lk.insert().values(bank=bank, settle_date=d, holder=holder,
+                                               since=now))
+        return None
+    except sa.exc.IntegrityError:
+        pass
+    row = tx.conn.execute(
+        sa.select(lk.c.holder, lk.c.since).where(lk.c.bank == bank, lk.c.settle_date == d)
+    ).first()
+    if row is None:  # released meanwhile: try once more
+        return lock_acquire(tx, bank, d, holder, now, stale)
+    if row.since < now - timedelta(seconds=stale):
+        r = tx.conn.execute(
+            lk.update()
+            .where(lk.c.bank == bank, lk.c.settle_date == d, lk.c.holder == row.holder,
+                   lk.c.since == row.since)
+            .values(holder=holder, since=now)
+        )
+        if r.rowcount == 1:
+            tx.audit(now, holder[:64], "recon-lock-takeover", f"{bank} {d:%Y-%m-%d}",
+                     {"stale_holder": row.holder, "since": row.since.isoformat()})
+            return None
+    return f"{row.holder} since {row.since:%Y-%m-%d %H:%M:%S}"
+
+
+def lock_touch(tx: Tx, bank: str, d: date, holder: str, now: datetime) -> bool:
+    """Refresh the lock (a long run stays visibly alive); False if it was lost."""
+    lk = model.recon_lock
+    r = tx.conn.execute(
+        lk.update().where(lk.c.bank == bank, lk.c.settle_date == d, lk.c.holder == holder)
+        .values(since=now)
+    )
+    return r.rowcount == 1
+
+
+def lock_release(tx: Tx, bank: str, d: date, holder: str) -> None:
+    lk = model.recon_lock
+    tx.conn.execute(
+        lk.delete().where(lk.c.bank == bank, lk.c.settle_date == d, lk.c.holder == holder)
+    )
+
+
+def lock_get(tx: Tx, bank: str, d: date) -> dict | None:
+    lk = model.recon_lock
+    rows = tx.conn.execute(
+        sa.select(lk).where(lk.c.bank == bank, lk.c.settle_date == d)
+    ).mappings().all()
+    return dict(rows[0]) if rows else None
+
+
+# -- statements and runs -----------------------------------------------------------
+
+
+def statement_record(tx: Tx, bank: str, d: date, source: str, sha256: str, size: int,
+                     count: int, total: int, now: datetime) -> int:
+    """The ``bg_statement`` row of this file (the same bytes again: the same row)."""
+    st = model.statement
+    q = sa.select(st.c.id).where(st.c.bank == bank, st.c.settle_date == d,
+                                 st.c.sha256 == sha256)
+    found = tx.conn.execute(q).scalar()
+    if found is not None:
+        return int(found)
+    try:
+        with tx.conn.begin_nested():
+            r = tx.conn.execute(st.insert().values(
+                bank=bank, settle_date=d, source=source[:200], sha256=sha256, size=size,
+                record_count=count, total_amount=total, fetched_at=now,
+            ))
+            return int(r.inserted_primary_key[0])
+    except sa.exc.IntegrityError:
+        return int(tx.conn.execute(q).scalar())
+
+
+def statement_get(tx: Tx, statement_id: int) -> dict | None:
+    st = model.statement
+    rows = tx.conn.execute(sa.select(st).where(st.c.id == statement_id)).mappings().all()
+    return dict(rows[0]) if rows else None
+
+
+def run_insert(tx: Tx, bank: str, d: date, statement_id: int | None, now: datetime, *,
+               dry_run: bool, bank_count: int = 0, bank_total: int = 0,
+               status: str = "RUNNING") -> int:
+    r = tx.conn.execute(model.recon_run.insert().values(
+        bank=bank, settle_date=d, statement_id=statement_id, started_at=now, status=status,
+        dry_run=1 if dry_run else 0, bank_count=bank_count, bank_total=bank_total,
+    ))
+    return int(r.inserted_primary_key[0])
+
+
+def run_finish(tx: Tx, run_id: int, status: str, now: datetime, *, ours_count: int = 0,
+               ours_total: int = 0, summary: dict | None = None) -> None:
+    rr = model.recon_run
+    tx.conn.execute(rr.update().where(rr.c.id == run_id).values(
+        status=status, finished_at=now, ours_count=ours_count, ours_total=ours_total,
+        summary=json.dumps(summary, ensure_ascii=False, sort_keys=True, default=str)
+        if summary is not None else None,
+    ))
+
+
+def run_get(tx: Tx, run_id: int) -> dict | None:
+    rr = model.recon_run
+    rows = tx.conn.execute(sa.select(rr).where(rr.c.id == run_id)).mappings().all()
+    if not rows:
+        return None
+    row = dict(rows[0])
+    row["summary"] = json.loads(row["summary"]) if row["summary"] else {}
+    return row
+
+
+def runs(tx: Tx, bank: str | None = None, d: date | None = None, limit: int = 100) -> list[dict]:
+    rr = model.recon_run
+    q = sa.select(rr).order_by(rr.c.id.desc()).limit(limit)
+    if bank is not None:
+        q = q.where(rr.c.bank == bank)
+    if d is not None:
+        q = q.where(rr.c.settle_date == d)
+    out = []
+    for r in tx.conn.execute(q).mappings():
+        row = dict(r)
+        row["summary"] = json.loads(row["summary"]) if row["summary"] else {}
+        out.append(row)
+    return out
+
+
+def reconciled_dates(tx: Tx, bank: str, since: date) -> set[date]:
+    """Dates on/after ``since`` with a finished (not dry) run: nothing to catch up."""
+    rr = model.recon_run
+    q = sa.select(rr.c.settle_date).distinct().where(
+        rr.c.bank == bank, rr.c.settle_date >= since, rr.c.dry_run == 0,
+        rr.c.status.in_(FINISHED),
+    )
+    return {r[0] for r in tx.conn.execute(q)}
+
+
+def first_activity(tx: Tx, bank: str) -> date | None:
+    """The first trade date this bank sent a money-changing request for."""
+    j = model.journal
+    return tx.conn.execute(sa.select(sa.func.min(j.c.trade_date)).where(j.c.bank == bank)).scalar()
+
+
+# -- items ---------------------------------------------------------------------------
+
+ITEM_COLUMNS = ("category", "serial", "customer_no", "bank_amount", "our_amount", "action",
+                "payment_id", "detail")
+
+
+def items_insert(tx: Tx, run_id: int, rows: Iterable[tuple], batch: int = 5000) -> int:
+    """Insert items (tuples in :data:`ITEM_COLUMNS` order) with executemany in
+    batches; returns how many."""
+    stmt = model.recon_item.insert()
+    n = 0
+    buf: list[dict] = []
+    for r in rows:
+        buf.append({"run_id": run_id, "category": r[0], "serial": r[1], "customer_no": r[2],
+                    "bank_amount": r[3], "our_amount": r[4], "action": r[5],
+                    "payment_id": r[6], "detail": (r[7] or None) and r[7][:200]})
+        if len(buf) >= batch:
+            tx.conn.execute(stmt, buf)
+            n += len(buf)
+            buf = []
+    if buf:
+        tx.conn.execute(stmt, buf)
+        n += len(buf)
+    return n
+
+
+def items(tx: Tx, run_id: int, *, matched: bool = False, limit: int | None = None) -> list[dict]:
+    """A run's items in serial order (``matched`` includes the MATCHED ones)."""
+    it = model.recon_item
+    q = sa.select(it).where(it.c.run_id == run_id).order_by(it.c.serial, it.c.id)
+    if not matched:
+        q = q.where(it.c.category != "MATCHED")
+    if limit is not None:
+        q = q.limit(limit)
+    return [dict(r) for r in tx.conn.execute(q).mappings()]
+
+
+def item_counts(tx: Tx, run_id: int) -> dict[tuple[str, str], tuple[int, int, int]]:
+    """(category, action) -> (items, bank amount, our amount)."""
+    it = model.recon_item
+    q = sa.select(it.c.category, it.c.action, sa.func.count(),
+                  sa.func.coalesce(sa.func.sum(it.c.bank_amount), 0),
+                  sa.func.coalesce(sa.func.sum(it.c.our_amount), 0)).where(
+        it.c.run_id == run_id).group_by(it.c.category, it.c.action)
+    return {(r[0], r[1]): (int(r[2]), int(r[3]), int(r[4])) for r in tx.conn.execute(q)}
+
+
+def resolve_superseded(tx: Tx, bank: str, d: date, run_id: int, note: str) -> int:
+    """Exceptions of earlier (not dry) runs of this bank and date that the run
+    ``run_id`` no longer has: marked RESOLVED.  Returns how many."""
+    it, rr = model.recon_item, model.recon_run
+    earlier = sa.select(rr.c.id).where(rr.c.bank == bank, rr.c.settle_date == d,
+                                       rr.c.id < run_id, rr.c.dry_run == 0)
+    still = sa.select(it.c.serial).where(it.c.run_id == run_id, it.c.action == "EXCEPTION",
+                                         it.c.serial.is_not(None))
+    q = it.update().where(
+        it.c.run_id.in_(earlier), it.c.action == "EXCEPTION",
+        sa.or_(it.c.serial.is_(None), it.c.serial.not_in(still)),
+    ).values(action="RESOLVED", detail=sa.func.substr(
+        sa.func.coalesce(it.c.detail, "") + sa.literal(f" | {note}"), 1, 200))
+    if tx.store.dialect in ("mysql", "mariadb"):  # no + on strings, no self-subquery
+        ids = [r[0] for r in tx.conn.execute(sa.select(it.c.id).where(
+            it.c.run_id.in_(earlier), it.c.action == "EXCEPTION",
+            sa.or_(it.c.serial.is_(None), it.c.serial.not_in(still))))]
+        for chunk in _chunks(ids):
+            tx.conn.execute(it.update().where(it.c.id.in_(chunk)).values(
+                action="RESOLVED",
+                detail=sa.func.substr(sa.func.concat(sa.func.coalesce(it.c.detail, ""),
+                                                     f" | {note}"), 1, 200)))
+        return len(ids)
+    return tx.conn.execute(q).rowcount
+
+
+def item_resolve(tx: Tx, item_id: int, actor: str, note: str, now: datetime) -> dict | None:
+    """An operator closes one exception (after fixing it by hand): RESOLVED, audited."""
+    it = model.recon_item
+    rows = tx.conn.execute(sa.select(it).where(it.c.id == item_id)).mappings().all()
+    if not rows:
+        return None
+    row = dict(rows[0])
+    if row["action"] != "EXCEPTION":
+        return row
+    detail = f"{row['detail'] or ''} | resolved by {actor}: {note}"[:200]
+    tx.conn.execute(it.update().where(it.c.id == item_id).values(action="RESOLVED",
+                                                                 detail=detail))
+    tx.audit(now, actor, "recon-resolve", f"item {item_id}",
+             {"run_id": row["run_id"], "serial": row["serial"], "category": row["category"],
+              "note": note})
+    row.update(action="RESOLVED", detail=detail)
+    return row
+
+
+def open_exceptions(tx: Tx, bank: str | None = None, d: date | None = None) -> list[dict]:
+    """EXCEPTION items of each (bank, date)'s latest finished, not dry, run."""
+    it, rr = model.recon_item, model.recon_run
+    latest = (
+        sa.select(sa.func.max(rr.c.id).label("id"))
+        .where(rr.c.dry_run == 0, rr.c.status.in_(FINISHED))
+        .group_by(rr.c.bank, rr.c.settle_date)
+    )
+    if bank is not None:
+        latest = latest.where(rr.c.bank == bank)
+    if d is not None:
+        latest = latest.where(rr.c.settle_date == d)
+    q = (
+        sa.select(it, rr.c.bank, rr.c.settle_date)
+        .join(rr, rr.c.id == it.c.run_id)
+        .where(it.c.run_id.in_(latest), it.c.action == "EXCEPTION")
+        .order_by(rr.c.bank, rr.c.settle_date, it.c.serial)
+    )
+    return [dict(r) for r in tx.conn.execute(q).mappings()]
+
+
+# -- the gateway's side of the day ------------------------------------------------------
+
+
+def _payments_query(tx: Tx, bank: str, d: date) -> sa.Select:
+    p, u = model.payment, model.undo
+    return (
+        sa.select(p.c.serial, p.c.customer_no, p.c.amount, p.c.status, p.c.id, p.c.source,
+                  p.c.run_id, u.c.kind, u.c.run_id)
+        .select_from(p.outerjoin(u, u.c.payment_id == p.c.id))
+        .where(p.c.bank == bank, p.c.trade_date == d)
+    )
+
+
+def payments_sorted(tx: Tx, bank: str, d: date, batch: int = 20000) -> Iterator[tuple]:
+    """Every payment of (bank, d), any status, as tuples (see ``P_*``), in
+    binary serial order, streamed (a server-side cursor where there is one)."""
+    q = _payments_query(tx, bank, d).order_by(
+        binary_order(model.payment.c.serial, tx.store.dialect))
+    if tx.store.dialect == "postgresql":
+        q = q.execution_options(stream_results=True, yield_per=batch)
+        result = tx.conn.execute(q)
+        for part in result.partitions():
+            yield from (tuple(r) for r in part)
+        return
+    result = tx.conn.execute(q)
+    while True:
+        rows = result.fetchmany(batch)
+        if not rows:
+            return
+        yield from (tuple(r) for r in rows)
+
+
+def payments_unsorted(tx: Tx, bank: str, d: date) -> list[tuple]:
+    return [tuple(r) for r in tx.conn.execute(_payments_query(tx, bank, d))]
+
+
+def payments_by_serials(tx: Tx, bank: str, d: date, serials: list[str]) -> dict[str, tuple]:
+    """serial -> payment tuple (see ``P_*``) for those of ``serials`` on (bank, d)."""
+    p = model.payment
+    out = {}
+    for chunk in _chunks(sorted(set(serials))):
+        for r in tx.conn.execute(_payments_query(tx, bank, d).where(p.c.serial.in_(chunk))):
+            out[r[0]] = tuple(r)
+    return out
+
+
+def journal_by_serials(tx: Tx, bank: str, d: date, serials: list[str]) -> dict[str, tuple]:
+    """serial -> (kind, outcome) of the journal rows of those keys."""
+    j = model.journal
+    out = {}
+    for chunk in _chunks(sorted(set(serials))):
+        q = sa.select(j.c.serial, j.c.kind, j.c.outcome).where(
+            j.c.bank == bank, j.c.trade_date == d, j.c.serial.in_(chunk))
+        for r in tx.conn.execute(q):
+            out[r[0]] = (r[1], r[2])
+    return out
+
+
+def standing_totals(tx: Tx, bank: str, d: date) -> tuple[int, int]:
+    """Count and sum of (bank, d)'s standing payments (posted or pending)."""
+    p = model.payment
+    row = tx.conn.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(p.c.amount), 0)).where(
+            p.c.bank == bank, p.c.trade_date == d, p.c.status.in_(STANDING))
+    ).first()
+    return int(row[0]), int(row[1])
+
+
+def standing_for_statement(tx: Tx, bank: str, d: date) -> list[dict]:
+    """The standing payments of (bank, d) as a statement lists them (with the
+    bills each one settled), in serial order: for writing a statement from the
+    gateway's own journal."""
+    p, a = model.payment, model.allocation
+    rows = [dict(r) for r in tx.conn.execute(
+        sa.select(p.c.id, p.c.serial, p.c.trade_date, p.c.trade_time, p.c.customer_no,
+                  p.c.amount, p.c.channel, p.c.pan_masked, p.c.teller, p.c.branch)
+        .where(p.c.bank == bank, p.c.trade_date == d, p.c.status.in_(STANDING))
+        .order_by(p.c.serial)
+    ).mappings()]
+    bills: dict[int, list[str]] = {}
+    for chunk in _chunks([r["id"] for r in rows]):
+        for r in tx.conn.execute(sa.select(a.c.payment_id, a.c.bill_id)
+                                 .where(a.c.payment_id.in_(chunk)).order_by(a.c.id)):
+            bills.setdefault(r[0], []).append(r[1])
+    for r in rows:
+        r["bill_ids"] = tuple(bills.get(r["id"], ()))
+    return rows
+
+
+def customers_with_open_bills(tx: Tx, exclude: Iterable[str] = (), limit: int = 20) -> list[str]:
+    b = tx.n8["bill"]
+    q = (sa.select(b.c.customer_no).distinct()
+         .where(b.c.paid_amount < b.c.amount).order_by(b.c.customer_no).limit(limit + 50))
+    skip = set(exclude)
+    return [r[0] for r in tx.conn.execute(q) if r[0] not in skip][:limit]
