@@ -99,7 +99,7 @@ class Ledger:
         d.callback(self.result(request))
 
 
-def make(framing=None, ledger=None, profile=None, codec=None):
+def make(framing=None, ledger=None, profile=None, codec=None, log_frames=False):
     framing = framing or Framing("ascii4", 9999, idle_timeout=60.0)
     codec = codec or FakeCodec(framing)
     ledger = ledger if ledger is not None else Ledger(immediate=True)
@@ -112,6 +112,7 @@ def make(framing=None, ledger=None, profile=None, codec=None):
         clock,
         now=lambda: NOW,
         log=events.append,
+        log_frames=log_frames,
     )
     proto = factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", 40000))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 40000))
@@ -373,8 +374,15 @@ def test_transaction_log_line():
     assert "bank-a pay serial=42" in text and "250.0ms" in text
 
 
-def test_raw_frames_only_at_debug_and_masked():
+def test_raw_frames_not_logged_unless_asked():
     p, _t, _f, _, events, _ = make()
+    p.dataReceived(frame("PAY 9 " + PAN))
+    assert not [e for e in events if "frame" in e]
+    assert txn_events(events)
+
+
+def test_raw_frames_only_at_debug_and_masked():
+    p, _t, _f, _, events, _ = make(log_frames=True)
     p.dataReceived(frame("PAY 9 " + PAN))
     debug = [e for e in events if e["log_level"] == LogLevel.debug and "frame" in e]
     assert len(debug) == 2  # in and out
@@ -391,7 +399,7 @@ def test_codec_mask_frame_is_used():
         def mask_frame(self, frame):
             return frame.decode().replace(PAN, mask_pan(PAN))
 
-    p, _t, _f, _, events, _ = make(codec=Masking(framing))
+    p, _t, _f, _, events, _ = make(codec=Masking(framing), log_frames=True)
     p.dataReceived(frame("PAY 9 " + PAN))
     texts = [formatEvent(e) for e in events if e["log_level"] == LogLevel.debug]
     assert any("PAY 9 622202*********0123" in x for x in texts)
