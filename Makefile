@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(VENV)/bin/twistd --nodaemon --pidfile= bankgate $(ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check bankgate plugins tests bench twisted
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
