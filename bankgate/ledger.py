@@ -97,8 +97,13 @@ class Ledger:
         banks: dict[str, BankPolicy],
         now: Callable[[], datetime] = datetime.now,
         tariff_ttl: float = 60.0,
+        hooks: list | None = None,
     ):
         self.store = store
+        # Objects with after_post(tx, payment, allocations, now) -> dict | None
+        # and after_undo(tx, payment, kind, now), run inside the payment's own
+        # transaction (invoices: a number per payment, voided on a reversal).
+        self.hooks = list(hooks or ())
         self.banks = banks
         self.now = now
         self._tariffs: dict | None = None
@@ -312,12 +317,20 @@ class Ledger:
             receipt_no, req.customer_no, req.amount, o.trade_date, policy.bank_code, req.serial,
             o.channel, "P" if status == "PENDING" else "N", now, rows,
         )
+        invoice_no = ""
+        if self.hooks:
+            posted = {"id": pid, "bank": o.bank, "trade_date": o.trade_date, "serial": req.serial,
+                      "customer_no": req.customer_no, "amount": req.amount,
+                      "receipt_no": receipt_no, "source": source, "status": status}
+            for hook in self.hooks:
+                extra = hook.after_post(tx, posted, rows, now) or {}
+                invoice_no = extra.get("invoice_no", invoice_no)
         if source != "online":
             tx.audit(now, actor or source, "post", receipt_no,
                      {"bank": o.bank, "serial": req.serial, "amount": req.amount,
                       "run_id": run_id})
         return finish(
-            Outcome.OK, pid, amount=req.amount, receipt_no=receipt_no, invoice_no="",
+            Outcome.OK, pid, amount=req.amount, receipt_no=receipt_no, invoice_no=invoice_no,
             remaining_due=total - (req.amount - excess),
         )
 
@@ -400,6 +413,8 @@ class Ledger:
             serial=serial, actor=actor, reason=reason, run_id=run_id, created_at=now,
         )
         tx.n8_payment_set_status(p["receipt_no"], "C")
+        for hook in self.hooks:
+            hook.after_undo(tx, p, kind, now)
         return Outcome.OK
 
     def reverse_local(self, bank: str, trade_date: date, serial: str, *, run_id: int | None,

@@ -212,4 +212,109 @@ recon_lock = sa.Table(
     sa.Column("since", sa.DateTime, nullable=False),
 )
 
+# -- invoices (发票) --------------------------------------------------------------
+
+# A range of invoice numbers issued to a bank (领用): numbers are
+# prefix + the number zero-padded to ``width`` digits, ``next_no`` the next to use.
+invoice_stock = sa.Table(
+    "bg_invoice_stock",
+    metadata,
+    _id(),
+    sa.Column("bank", sa.String(BANK), nullable=False),
+    sa.Column("prefix", sa.String(8), nullable=True),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("first_no", sa.BigInteger, nullable=False),
+    sa.Column("last_no", sa.BigInteger, nullable=False),
+    sa.Column("next_no", sa.BigInteger, nullable=False),
+    sa.Column("low_water", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("issued_at", sa.DateTime, nullable=False),
+    sa.Column("issued_by", sa.String(64), nullable=False),
+    sa.Index("ix_bg_invoice_stock_bank", "bank", "id"),
+)
+
+# Every invoice number used (开出): ISSUED with a payment, PRINTED (打印, with a
+# count of reprints 补打), VOID (作废, with the reason).
+invoice = sa.Table(
+    "bg_invoice",
+    metadata,
+    sa.Column("invoice_no", sa.String(20), primary_key=True),
+    sa.Column("stock_id", sa.BigInteger, nullable=False),
+    sa.Column("bank", sa.String(BANK), nullable=False),
+    sa.Column("payment_id", sa.BigInteger, nullable=True),
+    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("print_count", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("printed_at", sa.DateTime, nullable=True),
+    sa.Column("voided_at", sa.DateTime, nullable=True),
+    sa.Column("void_reason", sa.String(200), nullable=True),
+    sa.Column("actor", sa.String(64), nullable=True),
+    sa.Index("ix_bg_invoice_payment", "payment_id"),
+)
+
+# -- withholding (代扣 / 卡扣) ---------------------------------------------------------
+
+# A batch file of bills to debit (.PK) and what came back for it (.PKJG).
+wh_batch = sa.Table(
+    "bg_wh_batch",
+    metadata,
+    _id(),
+    sa.Column("bank", sa.String(BANK), nullable=False),
+    sa.Column("deduct_date", sa.Date, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("file_name", sa.String(80), nullable=False),
+    sa.Column("status", sa.String(12), nullable=False),  # GENERATED PROCESSED
+    sa.Column("record_count", sa.Integer, nullable=False),
+    _money("total"),
+    sa.Column("generated_at", sa.DateTime, nullable=False),
+    sa.Column("result_at", sa.DateTime, nullable=True),
+    sa.Column("success_count", sa.Integer, nullable=False, server_default=sa.text("0")),
+    _money("success_total"),
+    sa.UniqueConstraint("bank", "deduct_date", "seq", name="uq_bg_wh_batch_seq"),
+)
+
+wh_line = sa.Table(
+    "bg_wh_line",
+    metadata,
+    _id(),
+    sa.Column("batch_id", sa.BigInteger, nullable=False),
+    sa.Column("line_no", sa.Integer, nullable=False),
+    sa.Column("bill_id", sa.String(32), nullable=False),
+    sa.Column("customer_no", sa.String(32), nullable=False),
+    sa.Column("account_no", sa.String(32), nullable=False),
+    _money("amount"),
+    _money("late_fee"),
+    _money("total"),
+    sa.Column("result", sa.String(2), nullable=True),  # 0 debited, 1-4 failures
+    sa.Column("bank_serial", sa.String(SERIAL), nullable=True),
+    sa.Column("payment_id", sa.BigInteger, nullable=True),
+    sa.UniqueConstraint("batch_id", "line_no", name="uq_bg_wh_line"),
+)
+
+# Real-time card debits (卡扣, the gateway as the client) and their
+# store-and-forward reversals: a debit with no answer is REVERSING until the
+# bank answers its 561, across restarts.
+debit = sa.Table(
+    "bg_debit",
+    metadata,
+    _id(),
+    sa.Column("bank", sa.String(BANK), nullable=False),
+    sa.Column("utility_serial", sa.String(SERIAL), nullable=False),
+    sa.Column("trade_date", sa.Date, nullable=False),
+    sa.Column("customer_no", sa.String(32), nullable=False),
+    sa.Column("account_no", sa.String(32), nullable=False),
+    sa.Column("bill_ids", sa.String(400), nullable=False),
+    _money("amount"),
+    # SENT DEBITED FAILED REVERSING REVERSED NOT_DEBITED
+    sa.Column("status", sa.String(12), nullable=False),
+    sa.Column("response_code", sa.String(4), nullable=True),
+    sa.Column("bank_serial", sa.String(SERIAL), nullable=True),
+    sa.Column("payment_id", sa.BigInteger, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("next_attempt_at", sa.DateTime, nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("bank", "utility_serial", name="uq_bg_debit_serial"),
+    sa.Index("ix_bg_debit_status", "status", "next_attempt_at"),
+)
+
 GATEWAY_TABLES = [t.name for t in metadata.sorted_tables]
