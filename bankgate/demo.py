@@ -8,7 +8,7 @@ of ``today``), some due later.  The same seed, count and ``today`` always give
 the same rows.
 
 It is built for volume (a million customers in well under two minutes): rows
-are generated column-cheaply from precomputed word lists and written in big
+are generated cheaply from precomputed word lists and written in big
 batches inside one transaction -- psycopg's ``COPY`` on PostgreSQL, the raw
 ``sqlite3`` ``executemany`` on SQLite, and SQLAlchemy Core ``executemany``
 (insertmanyvalues where the dialect has it) everywhere else.
@@ -397,8 +397,12 @@ def _writer(conn: sa.Connection, n8, method: str):
         else:
             method = "core"
     if method == "copy":
+        if (d.name, d.driver) != ("postgresql", "psycopg"):
+            raise ValueError(f"method 'copy' needs postgresql+psycopg, not {d.name}+{d.driver}")
         return _CopyWriter(conn, n8)
     if method == "executemany":
+        if (d.name, d.driver) != ("sqlite", "pysqlite"):
+            raise ValueError(f"method 'executemany' needs sqlite+pysqlite, not {d.name}+{d.driver}")
         return _SqliteWriter(conn, n8)
     if method == "core":
         return _CoreWriter(conn, n8)
@@ -495,7 +499,7 @@ def seed(
             done += n
             if progress is not None:
                 progress(done, customers)
-    if conn.dialect.name == "postgresql" and customers:
+    if store.engine.dialect.name == "postgresql" and customers:
         # fresh statistics, or the first queries plan against empty tables
         with store.engine.connect() as aconn:
             aconn = aconn.execution_options(isolation_level="AUTOCOMMIT")

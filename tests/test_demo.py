@@ -158,8 +158,13 @@ def test_core_path_writes_the_same_rows(tmp_path):
     assert (s1["method"], s2["method"]) == ("sqlite-executemany", "core")
     for t in ("customer", "bill", "tariff"):
         assert rows(fast, t) == rows(core, t)
+    other = make(tmp_path, "other.db")
     with pytest.raises(ValueError, match="unknown method"):
-        demo.seed(make(tmp_path, "other.db"), 1, method="bogus")
+        demo.seed(other, 1, method="bogus")
+    with pytest.raises(ValueError, match="needs postgresql"):
+        demo.seed(other, 1, method="copy")
+    assert rows(other, "customer") == []
+    other.stop()
     fast.stop()
     core.stop()
 

@@ -1,0 +1,762 @@
+"""Ledger throughput: payments/s and queries/s, against a bare-driver baseline.
+
+Measures :class:`bankgate.ledger.Ledger` (``pay`` and ``query``, bank ``bench``
+under the ``any`` policy) from N Python threads on distinct customers, then
+the *same* SQL -- statement for statement what the ledger issues -- written by
+hand on the raw DBAPI driver (psycopg or sqlite3, no SQLAlchemy) with the same
+thread count, and prints ledger/baseline ratios.  ``--profile`` adds a
+single-threaded cProfile of a short ledger run (top 25 by cumulative time, and
+own time summed by layer); ``--lean`` (PostgreSQL) also times the same work in
+the fewest round trips the database allows -- the headroom left.
+
+    .venv/bin/python bench/ledger.py                       # SQLite file under /tmp
+    .venv/bin/python bench/ledger.py --threads 4 --seconds 10 \\
+        --url postgresql+psycopg://postgres@127.0.0.1:5432/bankgate_bench --profile
+
+A PostgreSQL database named in ``--url`` is created when missing; the demo
+data is seeded (``bankgate.demo``) when it holds fewer than ``--customers``.
+Targets, for the record (not asserted): >= 1,500 payments/s and >= 4,000
+queries/s on PostgreSQL, ledger/baseline >= 0.6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import itertools
+import json
+import os
+import pstats
+import random
+import sqlite3
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import date, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+import sqlalchemy as sa  # noqa: E402
+
+from bankgate import demo  # noqa: E402
+from bankgate.ledger import BankPolicy, Ledger, _Bill, allocate, late_fee  # noqa: E402
+from bankgate.messages import (  # noqa: E402
+    Origin,
+    Outcome,
+    PaymentRequest,
+    QueryRequest,
+    fingerprint,
+)
+from bankgate.store.db import Store  # noqa: E402
+from bankgate.store.n8 import N8Mapping  # noqa: E402
+
+DEFAULT_URL = "sqlite:////tmp/bankgate-bench.db"
+BANK = BankPolicy("bench", "999999", policy="any")
+TARGETS = {"payments": 1500, "queries": 4000, "ratio": 0.6}
+
+
+# -- setup ------------------------------------------------------------------------------
+
+
+def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database of ``url`` when it does not exist."""
+    u = sa.engine.make_url(url)
+    if u.get_backend_name() != "postgresql" or not u.database:
+        return
+    admin = sa.create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            there = c.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"),
+                              {"d": u.database}).first()
+            if there is None:
+                c.exec_driver_sql(f'CREATE DATABASE "{u.database}"')
+                print(f"created database {u.database}")
+    finally:
+        admin.dispose()
+
+
+def prepare(url: str, customers: int, threads: int, reseed: bool = False) -> tuple[Store, int]:
+    ensure_database(url)
+    store = Store(url, N8Mapping(), threads=threads)
+    store.create_gateway_tables()
+    if not store.n8_exists():
+        store.create_n8_tables()
+    have = store.customer_count()
+    if have < customers or reseed:
+        print(f"seeding {customers:,} demo customers (the database holds {have:,}) ...",
+              flush=True)
+        last = [0.0]
+
+        def progress(done, total):
+            if time.monotonic() - last[0] > 5 or done == total:
+                last[0] = time.monotonic()
+                print(f"  {done:,}/{total:,}", flush=True)
+
+        stats = demo.seed(store, customers, replace=True, progress=progress)
+        print(f"  seeded in {stats['seconds']} s ({stats['method']}): "
+              f"{stats['customers']:,} customers, {stats['bills']:,} bills", flush=True)
+        have = customers
+    return store, have
+
+
+def sample(store: Store, population: int, k: int, rng: random.Random,
+           taken: set[str]) -> list[tuple[str, int]]:
+    """Up to ``k`` random active demo customers with principal outstanding, none of
+    ``taken`` (which grows by them): [(customer_no, outstanding principal)]."""
+    c, b = store.n8["customer"], store.n8["bill"]
+    order = rng.sample(range(population), population)
+    out: list[tuple[str, int]] = []
+    with store.engine.connect() as conn:
+        for at in range(0, population, 2000):
+            if len(out) >= k:
+                break
+            picks = [str(demo.FIRST_CUSTOMER + i) for i in order[at:at + 2000]]
+            picks = [p for p in picks if p not in taken]
+            if not picks:
+                continue
+            q = (
+                sa.select(b.c.customer_no, sa.func.sum(b.c.amount - b.c.paid_amount))
+                .join(c, c.c.customer_no == b.c.customer_no)
+                .where(b.c.customer_no.in_(picks), b.c.paid_amount < b.c.amount,
+                       c.c.status == "A")
+                .group_by(b.c.customer_no)
+            )
+            got = [(r[0], int(r[1])) for r in conn.execute(q)]
+            for no, due in got:
+                if len(out) < k:
+                    taken.add(no)
+                    out.append((no, due))
+    rng.shuffle(out)
+    return out
+
+
+# -- the baseline: the ledger's statements, by hand, on the raw driver ------------------
+
+_SQL = {
+    "claim": "INSERT INTO bg_journal (bank, trade_date, serial, kind, content, outcome, "
+             "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+    "closed": "SELECT bg_cutoff.bank FROM bg_cutoff WHERE bg_cutoff.bank = %s "
+              "AND bg_cutoff.trade_date = %s",
+    "customer": "SELECT customer_no, name, address, customer_class, district, heated_area, "
+                "status, large_customer, withholding_bank, withholding_account "
+                "FROM n8_customer WHERE customer_no = %s",
+    "bills": "SELECT bill_id, customer_no, fee_type, period, amount, paid_amount, "
+             "late_fee_paid, due_date FROM n8_bill WHERE customer_no = %s "
+             "AND paid_amount < amount ORDER BY period, bill_id",
+    "tariffs": "SELECT fee_type, customer_class, unit_price, late_fee_ppm FROM n8_tariff",
+    "payment": "INSERT INTO bg_payment (bank, trade_date, serial, trade_time, customer_no, "
+               "amount, principal, late_fee, prepaid_in, channel, branch, teller, "
+               "pan_masked, receipt_no, status, source, run_id, created_at, expires_at) "
+               "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+               "%s, %s, %s)",
+    "alloc": "INSERT INTO bg_allocation (payment_id, bill_id, principal, late_fee) "
+             "VALUES (%s, %s, %s, %s)",
+    "apply": "UPDATE n8_bill SET paid_amount = paid_amount + %s, "
+             "late_fee_paid = late_fee_paid + %s WHERE bill_id = %s",
+    "n8pay": "INSERT INTO n8_payment (pay_id, customer_no, amount, pay_date, bank_code, "
+             "bank_serial, channel, status, created_at) "
+             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+    "n8item": "INSERT INTO n8_payment_item (pay_id, bill_id, principal, late_fee) "
+              "VALUES (%s, %s, %s, %s)",
+    "finish": "UPDATE bg_journal SET outcome = %s, result = %s, payment_id = %s "
+              "WHERE bg_journal.id = %s",
+    "prepaid": "SELECT bg_prepaid.balance FROM bg_prepaid WHERE bg_prepaid.customer_no = %s",
+}
+
+
+# --lean (PostgreSQL): the same work in the fewest round trips.  A payment's reads
+# (claim, cut-off, customer, bills FOR UPDATE) go in one pipelined batch, its writes
+# and the COMMIT in a second (the payment id is found by its unique key, so nothing
+# waits for a RETURNING); a query is one statement in autocommit.
+_PAYMENT_ID = "(SELECT id FROM bg_payment WHERE bank = %s AND trade_date = %s AND serial = %s)"
+_LEAN = {
+    "alloc": "INSERT INTO bg_allocation (payment_id, bill_id, principal, late_fee) "
+             f"VALUES ({_PAYMENT_ID}, %s, %s, %s)",
+    "finish": f"UPDATE bg_journal SET outcome = %s, result = %s, payment_id = {_PAYMENT_ID} "
+              "WHERE id = %s",
+    "query": "SELECT c.customer_no, c.name, c.address, c.customer_class, c.status, "
+             "(SELECT p.balance FROM bg_prepaid p WHERE p.customer_no = c.customer_no), "
+             "b.bill_id, b.fee_type, b.period, b.amount, b.paid_amount, b.late_fee_paid, "
+             "b.due_date FROM n8_customer c LEFT JOIN n8_bill b "
+             "ON b.customer_no = c.customer_no AND b.paid_amount < b.amount "
+             "WHERE c.customer_no = %s ORDER BY b.period, b.bill_id",
+}
+
+
+class Raw:
+    """One thread's bare DBAPI connection doing the ledger's transactions by hand."""
+
+    def __init__(self, url: str):
+        u = sa.engine.make_url(url)
+        self.pg = u.get_backend_name() == "postgresql"
+        if self.pg:
+            import psycopg
+
+            self.conn = psycopg.connect(
+                u.set(drivername="postgresql").render_as_string(hide_password=False))
+            self.conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION "
+                              "ISOLATION LEVEL READ COMMITTED")
+            self.conn.commit()
+            self.sql = dict(_SQL)
+            self.sql["claim"] += " RETURNING bg_journal.id"
+            self.sql["payment"] += " RETURNING bg_payment.id"
+            self.sql["bills_lock"] = self.sql["bills"] + " FOR UPDATE"
+            self.unique = psycopg.errors.UniqueViolation
+        else:
+            self.conn = sqlite3.connect(u.database, isolation_level=None,
+                                        check_same_thread=False, timeout=30)
+            for p in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+                self.conn.execute("PRAGMA " + p)
+            self.sql = {k: v.replace("%s", "?") for k, v in _SQL.items()}
+            self.sql["bills_lock"] = self.sql["bills"]  # SQLite locks the file at BEGIN
+            self.unique = sqlite3.IntegrityError
+        self.cur = self.conn.cursor()
+        self.begin()
+        self.cur.execute(self.sql["tariffs"])
+        self.tariffs = {(r[0], r[1]): r[3] for r in self.cur.fetchall()}
+        self.commit()
+
+    # SQLite takes the write lock at BEGIN, as the store's engine does (BEGIN IMMEDIATE);
+    # psycopg opens its transaction itself before the first statement.
+    def begin(self):
+        if not self.pg:
+            self.cur.execute("BEGIN IMMEDIATE")
+
+    def commit(self):
+        if self.pg:
+            self.conn.commit()
+        else:
+            self.cur.execute("COMMIT")
+
+    def rollback(self):
+        if self.pg:
+            self.conn.rollback()
+        else:
+            self.cur.execute("ROLLBACK")
+
+    def _d(self, v):  # dates and times as SQLAlchemy's SQLite types store them
+        if self.pg:
+            return v
+        if isinstance(v, datetime):
+            return v.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return v.isoformat()
+
+    def _dues(self, cust: tuple, as_of: date, lock: bool) -> list[_Bill]:
+        cur = self.cur
+        cur.execute(self.sql["bills_lock" if lock else "bills"], (cust[0],))
+        out = []
+        cls = cust[3]
+        for bill_id, _no, fee, period, amount, paid, late_paid, due in cur.fetchall():
+            if not self.pg:
+                due = date.fromisoformat(due)
+            outstanding = amount - paid
+            out.append(_Bill(bill_id, fee, period, outstanding,
+                             late_fee(outstanding, due, as_of, self.tariffs.get((fee, cls), 0),
+                                      late_paid)))
+        return out
+
+    def query(self, no: str, trade_date: date) -> Outcome:
+        cur, sql = self.cur, self.sql
+        self.begin()
+        try:
+            cur.execute(sql["customer"], (no,))
+            cust = cur.fetchone()
+            if cust is None:
+                return Outcome.NOT_FOUND
+            if cust[6] != "A":
+                return Outcome.ACCOUNT_LOCKED
+            bills = self._dues(cust, trade_date, lock=False)
+            total = sum(b.outstanding for b in bills) + sum(b.late for b in bills)
+            cur.execute(sql["prepaid"], (no,))
+            r = cur.fetchone()
+            _prepaid = int(r[0]) if r else 0
+            return Outcome.OK if total else Outcome.NOTHING_DUE
+        finally:
+            self.commit()
+
+    def pay(self, *args) -> Outcome:
+        try:
+            return self._pay(*args)
+        except BaseException:
+            self.rollback()
+            raise
+
+    def _pay(self, bank: str, code: str, trade_date: date, trade_time: str, serial: str,
+             no: str, amount: int, content: str) -> Outcome:
+        cur, sql, d = self.cur, self.sql, self._d
+        now = datetime.now()
+        self.begin()
+        try:
+            cur.execute(sql["claim"], (bank, d(trade_date), serial, "PAY", content,
+                                       "PROCESSING", d(now)))
+        except self.unique:
+            self.rollback()
+            return Outcome.DUPLICATE_MISMATCH
+        jid = cur.fetchone()[0] if self.pg else cur.lastrowid
+
+        def finish(outcome: Outcome, pid=None, **fields):
+            fields.setdefault("customer_no", no)
+            cur.execute(sql["finish"], (outcome.value, json.dumps(fields, sort_keys=True),
+                                        pid, jid))
+            self.commit()
+            return outcome
+
+        cur.execute(sql["closed"], (bank, d(trade_date)))
+        if cur.fetchone() is not None:
+            return finish(Outcome.DATE_CLOSED)
+        cur.execute(sql["customer"], (no,))
+        cust = cur.fetchone()
+        if cust is None:
+            return finish(Outcome.NOT_FOUND)
+        if cust[6] != "A":
+            return finish(Outcome.ACCOUNT_LOCKED)
+        bills = self._dues(cust, trade_date, lock=True)
+        total = sum(b.outstanding + b.late for b in bills)
+        if total == 0:
+            return finish(Outcome.NOTHING_DUE)
+        rows, excess = allocate(bills, amount)
+        receipt = f"{trade_date:%Y%m%d}{jid:012d}"
+        principal = sum(r["principal"] for r in rows)
+        late = sum(r["late_fee"] for r in rows)
+        cur.execute(sql["payment"], (bank, d(trade_date), serial, trade_time, no, amount,
+                                     principal, late, excess, "01", "", "", "", receipt,
+                                     "POSTED", "online", None, d(now), None))
+        pid = cur.fetchone()[0] if self.pg else cur.lastrowid
+        if rows:
+            cur.executemany(sql["alloc"], [(pid, r["bill_id"], r["principal"], r["late_fee"])
+                                           for r in rows])
+            cur.executemany(sql["apply"], [(r["principal"], r["late_fee"], r["bill_id"])
+                                           for r in rows])
+        if excess:  # never in this benchmark: amounts never exceed the principal due
+            raise RuntimeError("the baseline does not keep prepaid balances")
+        cur.execute(sql["n8pay"], (receipt, no, amount, d(trade_date), code, serial, "01",
+                                   "N", d(now)))
+        if rows:
+            cur.executemany(sql["n8item"], [(receipt, r["bill_id"], r["principal"],
+                                             r["late_fee"]) for r in rows])
+        return finish(Outcome.OK, pid, amount=amount, receipt_no=receipt, invoice_no="",
+                      remaining_due=total - (amount - excess))
+
+    # -- the lean variants (PostgreSQL only) --------------------------------------------
+
+    def query_lean(self, no: str, trade_date: date) -> Outcome:
+        conn = self.conn
+        if not conn.autocommit:
+            conn.autocommit = True
+        rows = conn.execute(_LEAN["query"], (no,)).fetchall()
+        if not rows:
+            return Outcome.NOT_FOUND
+        cust = rows[0]
+        if cust[4] != "A":
+            return Outcome.ACCOUNT_LOCKED
+        total = 0
+        for r in rows:
+            if r[6] is not None:
+                o = r[9] - r[10]
+                total += o + late_fee(o, r[12], trade_date,
+                                      self.tariffs.get((r[7], cust[3]), 0), r[11])
+        return Outcome.OK if total else Outcome.NOTHING_DUE
+
+    def pay_lean(self, bank: str, code: str, trade_date: date, trade_time: str, serial: str,
+                 no: str, amount: int, content: str) -> Outcome:
+        conn, sql = self.conn, self.sql
+        now = datetime.now()
+        try:
+            with conn.pipeline():
+                c1, c2, c3, c4 = (conn.cursor() for _ in range(4))
+                c1.execute(sql["claim"], (bank, trade_date, serial, "PAY", content,
+                                          "PROCESSING", now))
+                c2.execute(sql["closed"], (bank, trade_date))
+                c3.execute(sql["customer"], (no,))
+                c4.execute(sql["bills_lock"], (no,))
+            jid, closed, cust, bill_rows = (c1.fetchone()[0], c2.fetchone(), c3.fetchone(),
+                                            c4.fetchall())
+        except self.unique:
+            conn.rollback()
+            return Outcome.DUPLICATE_MISMATCH
+        if closed is not None or cust is None or cust[6] != "A":
+            conn.rollback()  # never in this benchmark
+            return Outcome.ERROR
+        bills = []
+        for bill_id, _no, fee, period, am, paid, late_paid, due in bill_rows:
+            o = am - paid
+            bills.append(_Bill(bill_id, fee, period, o,
+                               late_fee(o, due, trade_date, self.tariffs.get((fee, cust[3]), 0),
+                                        late_paid)))
+        total = sum(b.outstanding + b.late for b in bills)
+        rows, excess = allocate(bills, amount)
+        receipt = f"{trade_date:%Y%m%d}{jid:012d}"
+        key = (bank, trade_date, serial)
+        fields = {"customer_no": no, "amount": amount, "receipt_no": receipt, "invoice_no": "",
+                  "remaining_due": total - (amount - excess)}
+        with conn.pipeline():
+            cur = conn.cursor()
+            cur.execute(sql["payment"], (bank, trade_date, serial, trade_time, no, amount,
+                                         sum(r["principal"] for r in rows),
+                                         sum(r["late_fee"] for r in rows), excess, "01", "",
+                                         "", "", receipt, "POSTED", "online", None, now, None))
+            if rows:
+                cur.executemany(_LEAN["alloc"], [(*key, r["bill_id"], r["principal"],
+                                                  r["late_fee"]) for r in rows])
+                cur.executemany(sql["apply"], [(r["principal"], r["late_fee"], r["bill_id"])
+                                               for r in rows])
+            cur.execute(sql["n8pay"], (receipt, no, amount, trade_date, code, serial, "01", "N",
+                                       now))
+            if rows:
+                cur.executemany(sql["n8item"], [(receipt, r["bill_id"], r["principal"],
+                                                 r["late_fee"]) for r in rows])
+            cur.execute(_LEAN["finish"], (Outcome.OK.value, json.dumps(fields, sort_keys=True),
+                                          *key, jid))
+            conn.commit()
+        return Outcome.OK
+
+    def close(self):
+        self.conn.close()
+
+
+# -- running a phase -------------------------------------------------------------------
+
+
+class Phase:
+    """N threads, each working through its own list of items until the time is up."""
+
+    def __init__(self, label: str, threads: int, seconds: float, warmup: float):
+        self.label, self.threads, self.seconds, self.warmup = label, threads, seconds, warmup
+        self.ops = 0
+        self.outcomes: Counter = Counter()
+        self.lat: list[float] = []
+        self.elapsed = 0.0
+        self.cpu = 0.0  # this process's CPU seconds (every thread) over the measured window
+        self.ran_out = False
+        self.errors: list[str] = []
+
+    def run(self, make_worker, items: list, cycle: bool = False) -> Phase:
+        """``make_worker(tid)`` returns ``(work(item) -> Outcome, close())``; ``cycle``
+        goes round the items again when they run out (queries change nothing)."""
+        parts = [items[i::self.threads] for i in range(self.threads)]
+        if cycle:
+            parts = [itertools.cycle(p) if p else p for p in parts]
+        ready = threading.Barrier(self.threads + 1)
+        clock = {}
+        results = []
+        lock = threading.Lock()
+
+        def body(tid):
+            try:
+                work, close = make_worker(tid)
+            except BaseException as e:  # noqa: BLE001
+                self.errors.append(f"setup: {type(e).__name__}: {e}")
+                ready.wait()
+                return
+            ops, lat, outcomes = 0, [], Counter()
+            ran_out = True
+            last = 0.0
+            ready.wait()
+            start, end = clock["start"], clock["end"]
+            pc = time.perf_counter
+            try:
+                for item in parts[tid]:
+                    t = pc()
+                    if t >= end:
+                        ran_out = False
+                        break
+                    o = work(item)
+                    last = pc()
+                    if t >= start:
+                        ops += 1
+                        lat.append(last - t)
+                        outcomes[o.value if isinstance(o, Outcome) else str(o)] += 1
+            except BaseException as e:  # noqa: BLE001
+                self.errors.append(f"{type(e).__name__}: {e}")
+            finally:
+                close()
+            with lock:
+                results.append((ops, lat, outcomes, ran_out, last))
+
+        ts = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(self.threads)]
+        for t in ts:
+            t.start()
+        now = time.perf_counter()
+        clock["start"] = now + self.warmup + 0.05
+        clock["end"] = clock["start"] + self.seconds
+        ready.wait()
+        time.sleep(max(0.0, clock["start"] - time.perf_counter()))
+        cpu0 = time.process_time()
+        for t in ts:
+            t.join()
+        self.cpu = time.process_time() - cpu0
+        finish = max((r[4] for r in results), default=clock["end"])
+        self.elapsed = max(1e-9, min(finish, clock["end"] + 5) - clock["start"])
+        for ops, lat, outcomes, ran_out, _ in results:
+            self.ops += ops
+            self.lat.extend(lat)
+            self.outcomes.update(outcomes)
+            self.ran_out |= ran_out
+        return self
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.elapsed
+
+    def pct(self, p: float) -> float:
+        if not self.lat:
+            return 0.0
+        s = sorted(self.lat)
+        return 1000 * s[min(len(s) - 1, int(p * len(s)))]
+
+    def line(self) -> str:
+        oc = ", ".join(f"{k} {v}" for k, v in self.outcomes.most_common())
+        flags = " (ran out of customers: raise --pool)" if self.ran_out else ""
+        errs = f"  ERRORS: {self.errors[:3]}" if self.errors else ""
+        cpu = 1000 * self.cpu / self.ops if self.ops else 0.0
+        return (f"{self.label:<20} {self.ops:>8,} {self.rate:>9,.0f} {self.pct(0.5):>8.2f} "
+                f"{self.pct(0.99):>8.2f} {cpu:>8.3f}  {oc}{flags}{errs}")
+
+
+# -- the benchmark ------------------------------------------------------------------------
+
+
+def pay_items(sampled: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    """(customer, amount, n): every other payment settles half of the principal due."""
+    return [(no, due if i % 2 == 0 else max(1, due // 2), i) for i, (no, due) in
+            enumerate(sampled)]
+
+
+def checkpoint(store: Store) -> None:
+    """Start each write phase from a clean checkpoint, so no phase pays for another's."""
+    raw = store.engine.raw_connection()  # outside any transaction
+    try:
+        cur = raw.cursor()
+        if store.dialect == "postgresql":
+            raw.driver_connection.autocommit = True
+            cur.execute("CHECKPOINT")
+            raw.driver_connection.autocommit = False
+        elif store.dialect == "sqlite":
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        cur.close()
+    except Exception as e:  # noqa: BLE001 - a missing checkpoint only adds noise
+        print(f"(no checkpoint: {e})")
+    finally:
+        raw.close()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--url", default=DEFAULT_URL,
+                    help=f"database URL (default {DEFAULT_URL}; e.g. "
+                         "postgresql+psycopg://postgres@127.0.0.1:5432/bankgate_bench)")
+    ap.add_argument("--customers", type=int, default=1_000_000,
+                    help="demo customers wanted (seeded when the database has fewer)")
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per phase")
+    ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per phase")
+    ap.add_argument("--pool", type=int, default=0,
+                    help="customers sampled per payment phase (default: enough for "
+                         "6,000 payments/s, 10,000 on SQLite)")
+    ap.add_argument("--only", choices=("all", "pay", "query"), default="all")
+    ap.add_argument("--reseed", action="store_true",
+                    help="seed the demo data afresh (replace) even when enough customers exist")
+    ap.add_argument("--lean", action="store_true",
+                    help="PostgreSQL: also time the same work in the fewest round trips "
+                         "(payment: 2 pipelined batches; query: 1 statement)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also cProfile a short single-threaded ledger run")
+    ap.add_argument("--profile-seconds", type=float, default=5.0)
+    ap.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    a = ap.parse_args(argv)
+
+    store, population = prepare(a.url, a.customers, a.threads, a.reseed)
+    ledger = Ledger(store, {"bench": BANK})
+    trade_date = date.today()
+    rng = random.Random(a.seed)
+    tag = f"{rng.randrange(36**6):06x}{int(time.time()) % 100000:05d}"
+    origin = Origin("bench", trade_date, datetime.now().strftime("%H%M%S"))
+    # enough customers for the fastest phase (SQLite's baseline passes 4,000/s)
+    per_phase = a.pool or int((a.seconds + a.warmup) * (10000 if store.dialect == "sqlite"
+                                                         else 6000))
+    taken: set[str] = set()
+
+    print(f"\nbankgate ledger benchmark: {store.engine.url.render_as_string()}")
+    print(f"  {population:,} customers, {a.threads} threads, {a.seconds:g} s per phase "
+          f"(+{a.warmup:g} s warm-up), trade date {trade_date}, python "
+          f"{sys.version.split()[0]}, sqlalchemy {sa.__version__}, {os.cpu_count()} CPUs")
+
+    def ledger_pay_worker(_tid):
+        def work(item):
+            no, amount, n = item
+            serial = f"L{tag}{n:08d}"
+            req = PaymentRequest(origin, serial, no, amount,
+                                 content=fingerprint("pay", no, amount))
+            return ledger.pay(req).outcome
+        return work, lambda: None
+
+    def ledger_query_worker(_tid):
+        def work(item):
+            return ledger.query(QueryRequest(origin, item[0])).outcome
+        return work, lambda: None
+
+    def raw_pay_worker(_tid):
+        raw = Raw(a.url)
+
+        def work(item):
+            no, amount, n = item
+            return raw.pay("bench", BANK.bank_code, trade_date, origin.trade_time,
+                           f"R{tag}{n:08d}", no, amount, fingerprint("pay", no, amount))
+        return work, raw.close
+
+    def raw_query_worker(_tid):
+        raw = Raw(a.url)
+        return (lambda item: raw.query(item[0], trade_date)), raw.close
+
+    def lean_pay_worker(_tid):
+        raw = Raw(a.url)
+
+        def work(item):
+            no, amount, n = item
+            return raw.pay_lean("bench", BANK.bank_code, trade_date, origin.trade_time,
+                                f"N{tag}{n:08d}", no, amount, fingerprint("pay", no, amount))
+        return work, raw.close
+
+    def lean_query_worker(_tid):
+        raw = Raw(a.url)
+        return (lambda item: raw.query_lean(item[0], trade_date)), raw.close
+
+    lean = a.lean and store.dialect == "postgresql"
+    if a.lean and not lean:
+        print("(--lean is for PostgreSQL only: skipped)")
+
+    phases: dict[str, Phase] = {}
+    header = (f"\n{'phase':<20} {'ops':>8} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'CPU ms':>8}  outcomes    (CPU ms: this process's CPU per operation)")
+
+    print(header.lstrip("\n"))
+    if a.only in ("all", "pay"):
+        print(f"sampling {(3 if lean else 2) * per_phase:,} customers with dues ...", flush=True)
+        lp = pay_items(sample(store, population, per_phase, rng, taken))
+        bp = pay_items(sample(store, population, per_phase, rng, taken))
+        np_ = pay_items(sample(store, population, per_phase, rng, taken)) if lean else []
+        checkpoint(store)
+        phases["ledger payments"] = Phase("ledger payments", a.threads, a.seconds,
+                                          a.warmup).run(ledger_pay_worker, lp)
+        print(phases["ledger payments"].line(), flush=True)
+        checkpoint(store)
+        phases["baseline payments"] = Phase("baseline payments", a.threads, a.seconds,
+                                            a.warmup).run(raw_pay_worker, bp)
+        print(phases["baseline payments"].line(), flush=True)
+        if lean:
+            checkpoint(store)
+            phases["lean payments"] = Phase("lean payments", a.threads, a.seconds,
+                                            a.warmup).run(lean_pay_worker, np_)
+            print(phases["lean payments"].line(), flush=True)
+    if a.only in ("all", "query"):
+        n = min(50_000, int((a.seconds + a.warmup) * 5000))
+        print(f"sampling {2 * n:,} customers to query ...", flush=True)
+        seen: set[str] = set()
+        lq, bq = sample(store, population, n, rng, seen), sample(store, population, n, rng, seen)
+        phases["ledger queries"] = Phase("ledger queries", a.threads, a.seconds,
+                                         a.warmup).run(ledger_query_worker, lq, cycle=True)
+        print(phases["ledger queries"].line(), flush=True)
+        phases["baseline queries"] = Phase("baseline queries", a.threads, a.seconds,
+                                           a.warmup).run(raw_query_worker, bq, cycle=True)
+        print(phases["baseline queries"].line(), flush=True)
+        if lean:
+            phases["lean queries"] = Phase("lean queries", a.threads, a.seconds,
+                                           a.warmup).run(lean_query_worker, bq, cycle=True)
+            print(phases["lean queries"].line(), flush=True)
+
+    print(header)
+    for p in phases.values():
+        print(p.line())
+    print()
+    for kind in ("payments", "queries"):
+        lp_, bp_ = phases.get(f"ledger {kind}"), phases.get(f"baseline {kind}")
+        if lp_ and bp_:
+            ratio = lp_.rate / bp_.rate if bp_.rate else 0.0
+            print(f"{kind:<9} ledger {lp_.rate:>8,.0f}/s   baseline {bp_.rate:>8,.0f}/s   "
+                  f"ledger/baseline {ratio:.2f}   (targets: ledger >= {TARGETS[kind]:,}/s "
+                  f"on PostgreSQL, ratio >= {TARGETS['ratio']})")
+            ln = phases.get(f"lean {kind}")
+            if ln and ln.rate:
+                print(f"{'':<9} lean   {ln.rate:>8,.0f}/s   ledger/lean {lp_.rate / ln.rate:.2f}   "
+                      f"baseline/lean {bp_.rate / ln.rate:.2f}")
+
+    if a.profile:
+        profile(ledger, store, population, rng, taken, origin, tag, a.profile_seconds)
+    store.stop()
+    return 0
+
+
+def profile(ledger, store, population, rng, taken, origin, tag, seconds) -> None:
+    """cProfile a single-threaded ledger run: payments, then queries."""
+    items = pay_items(sample(store, population, int(seconds * 3000), rng, taken))
+    queries = sample(store, population, int(seconds * 6000), rng, set())
+    for label, unit, run in (
+        ("payments", "payment", lambda: [
+            ledger.pay(PaymentRequest(origin, f"P{tag}{n:08d}", no, amount,
+                                      content=fingerprint("pay", no, amount)))
+            for no, amount, n in _until(items, seconds)]),
+        ("queries", "query", lambda: [ledger.query(QueryRequest(origin, no))
+                             for no, _ in _until(queries, seconds)]),
+    ):
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        done = run()
+        prof.disable()
+        dt = time.perf_counter() - t0
+        print(f"\n-- cProfile, ledger {label}, 1 thread: {len(done):,} in {dt:.1f} s "
+              f"({len(done) / dt:,.0f}/s, {1000 * dt / max(1, len(done)):.2f} ms each; "
+              "profiler overhead included) --")
+        out = io.StringIO()
+        stats = pstats.Stats(prof, stream=out)
+        stats.sort_stats("cumulative").print_stats(25)
+        print("\n".join(line for line in out.getvalue().splitlines()
+                        if line.strip() and "Ordered by" not in line))
+        print(f"   own time by layer, ms per {unit} (profiled):")
+        for layer, t in by_layer(stats):
+            print(f"   {1000 * t / max(1, len(done)):7.3f}  {layer}")
+
+
+_LAYERS = (
+    ("psycopg/connection.py", "wait", "waiting for the server (psycopg Connection.wait)"),
+    ("psycopg", "", "psycopg (sending, adapting, results)"),
+    ("sqlite3", "", "sqlite3 driver"),
+    ("sqlalchemy/sql/", "", "sqlalchemy.sql: building statements, coercion, cache keys"),
+    ("sqlalchemy/engine/", "", "sqlalchemy.engine: execute, contexts, results"),
+    ("sqlalchemy/pool/", "", "sqlalchemy.pool: checkout, pre-ping, return"),
+    ("sqlalchemy/", "", "sqlalchemy: other (util, events, dialects)"),
+    ("bankgate/store/", "", "bankgate.store (Tx, Store.run_sync)"),
+    ("bankgate/ledger", "", "bankgate.ledger (rules)"),
+)
+
+
+def by_layer(stats: pstats.Stats) -> list[tuple[str, float]]:
+    """Each function's own time, summed by the layer it lives in."""
+    acc: Counter = Counter()
+    for (fn, _line, name), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():
+        acc[_layer(fn, name)] += tt
+    return acc.most_common()
+
+
+def _layer(fn: str, name: str) -> str:
+    for path, func, layer in _LAYERS:
+        if path in fn and (not func or func == name):
+            return layer
+    if fn == "~" and ("sqlite3.Cursor" in name or "sqlite3.Connection" in name):
+        return "sqlite3 driver"
+    return "other (builtins, stdlib, the benchmark)"
+
+
+def _until(items, seconds):
+    end = time.perf_counter() + seconds
+    for it in items:
+        if time.perf_counter() >= end:
+            return
+        yield it
+
+
+if __name__ == "__main__":
+    sys.exit(main())
