@@ -24,7 +24,8 @@ def create_engine(url: str, *, pool_size: int = 4, echo: bool = False) -> sa.Eng
         return engine
     kw["pool_size"] = pool_size
     kw["max_overflow"] = 2
-    kw["pool_pre_ping"] = True
+    # no pre-ping (a round trip per transaction): a connection found dead
+    # fails its transaction, which Store.run_sync retries on a fresh one
     if backend in ("mysql", "mariadb"):
         kw["isolation_level"] = "READ COMMITTED"
         kw["pool_recycle"] = 3600

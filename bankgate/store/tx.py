@@ -30,12 +30,80 @@ def _dicts(result) -> list[dict]:
     return [dict(r) for r in result.mappings()]
 
 
+def _p(name: str, type_=None) -> sa.BindParameter:
+    return sa.bindparam(name, type_=type_)
+
+
+class Statements:
+    """The hot path's statements, built once per store (per N8 mapping).
+
+    Building a SQLAlchemy statement and its cache key costs more Python time
+    than the database takes to run it; these are built once with bind
+    parameters and executed with plain dicts.
+    """
+
+    def __init__(self, store):
+        j, c, p, a, pp = model.journal, model.cutoff, model.payment, model.allocation, model.prepaid
+        n8 = store.n8
+        b = n8["bill"]
+        key = (j.c.bank == _p("k_bank"), j.c.trade_date == _p("k_date"),
+               j.c.serial == _p("k_serial"))
+        self.claim = j.insert()
+        self.journal_get = sa.select(j).where(*key)
+        self.journal_finish = j.update().where(j.c.id == _p("k_id")).values(
+            outcome=_p("k_outcome"), result=_p("k_result"), payment_id=_p("k_pid"))
+        self.is_closed = sa.select(c.c.bank).where(
+            c.c.bank == _p("k_bank"), c.c.trade_date == _p("k_date"))
+        cust = n8["customer"]
+        self.customer = _select(cust).where(cust.c.customer_no == _p("k_cust"))
+        open_bills = (
+            _select(b)
+            .where(b.c.customer_no == _p("k_cust"), b.c.paid_amount < b.c.amount)
+            .order_by(b.c.period, b.c.bill_id)
+        )
+        self.open_bills = open_bills
+        self.open_bills_locked = lock_rows(open_bills, b)
+        self.apply_allocations = (
+            b.update()
+            .where(b.c.bill_id == _p("b_id"))
+            .values(
+                paid_amount=b.c.paid_amount + _p("b_p", sa.BigInteger),
+                late_fee_paid=b.c.late_fee_paid + _p("b_l", sa.BigInteger),
+            )
+        )
+        self.payment_insert = p.insert()
+        self.allocations_insert = a.insert()
+        self.allocations = (
+            sa.select(a.c.bill_id, a.c.principal, a.c.late_fee)
+            .where(a.c.payment_id == _p("k_pid"))
+            .order_by(a.c.id)
+        )
+        by_key = sa.select(p).where(p.c.bank == _p("k_bank"), p.c.trade_date == _p("k_date"),
+                                    p.c.serial == _p("k_serial"))
+        self.payment_by_key = by_key
+        self.payment_by_key_locked = lock_rows(by_key, p)
+        prepaid = sa.select(pp.c.balance).where(pp.c.customer_no == _p("k_cust"))
+        self.prepaid_get = prepaid
+        self.prepaid_get_locked = lock_rows(prepaid, pp)
+        self.prepaid_add = pp.update().where(pp.c.customer_no == _p("k_cust")).values(
+            balance=pp.c.balance + _p("k_delta", sa.BigInteger), updated_at=_p("k_now"))
+        self.prepaid_insert = pp.insert()
+        self.n8_payment_insert = n8["payment"].insert()
+        self.n8_items_insert = n8["payment_item"].insert()
+        n8p = n8["payment"]
+        self.n8_payment_set_status = n8p.update().where(n8p.c.pay_id == _p("k_pay")).values(
+            status=_p("k_status"))
+        self.undo_insert = model.undo.insert()
+        self.audit = model.audit.insert()
+
+
 class Tx:
     def __init__(self, conn: sa.Connection, store):
         self.conn = conn
         self.store = store
         self.n8 = store.n8
         self.lock = store.row_locks
+        self.sql: Statements = store.statements
 
     def _x(self, stmt, params=None):
         return self.conn.execute(stmt, params) if params is not None else self.conn.execute(stmt)
@@ -54,27 +122,18 @@ class Tx:
         whole transaction (no savepoint, to save two round trips), and the
         caller reads the first answer in a fresh one.
         """
-        j = model.journal
         try:
-            r = self._x(
-                j.insert().values(
-                    bank=bank, trade_date=trade_date, serial=serial, kind=kind,
-                    content=content, outcome="PROCESSING", created_at=now,
-                )
-            )
+            r = self._x(self.sql.claim, {
+                "bank": bank, "trade_date": trade_date, "serial": serial, "kind": kind,
+                "content": content, "outcome": "PROCESSING", "created_at": now,
+            })
         except sa.exc.IntegrityError:
             raise Duplicate(serial) from None
         return r.inserted_primary_key[0]
 
     def journal_get(self, bank: str, trade_date: date, serial: str) -> dict | None:
-        j = model.journal
-        rows = _dicts(
-            self._x(
-                sa.select(j).where(
-                    j.c.bank == bank, j.c.trade_date == trade_date, j.c.serial == serial
-                )
-            )
-        )
+        rows = _dicts(self._x(self.sql.journal_get,
+                              {"k_bank": bank, "k_date": trade_date, "k_serial": serial}))
         if not rows:
             return None
         row = rows[0]
@@ -100,24 +159,16 @@ class Tx:
 
     def journal_finish(self, journal_id: int, outcome: str, result: dict,
                        payment_id: int | None = None) -> None:
-        j = model.journal
-        self._x(
-            j.update()
-            .where(j.c.id == journal_id)
-            .values(outcome=outcome, result=json.dumps(result, sort_keys=True),
-                    payment_id=payment_id)
-        )
+        self._x(self.sql.journal_finish, {
+            "k_id": journal_id, "k_outcome": outcome,
+            "k_result": json.dumps(result, sort_keys=True), "k_pid": payment_id,
+        })
 
     # -- cut-off ---------------------------------------------------------------
 
     def is_closed(self, bank: str, trade_date: date) -> bool:
-        c = model.cutoff
-        return (
-            self._x(
-                sa.select(c.c.bank).where(c.c.bank == bank, c.c.trade_date == trade_date)
-            ).first()
-            is not None
-        )
+        r = self._x(self.sql.is_closed, {"k_bank": bank, "k_date": trade_date})
+        return r.first() is not None
 
     def cutoff_get(self, bank: str, trade_date: date) -> dict | None:
         c = model.cutoff
@@ -156,8 +207,7 @@ class Tx:
     # -- N8: customers, tariffs, bills -------------------------------------------
 
     def customer(self, customer_no: str) -> dict | None:
-        c = self.n8["customer"]
-        rows = _dicts(self._x(_select(c).where(c.c.customer_no == customer_no)))
+        rows = _dicts(self._x(self.sql.customer, {"k_cust": customer_no}))
         return rows[0] if rows else None
 
     def tariffs(self) -> dict[tuple[str, str], dict]:
@@ -166,15 +216,8 @@ class Tx:
 
     def open_bills(self, customer_no: str, lock: bool = False) -> list[dict]:
         """The customer's bills with principal outstanding, oldest first."""
-        b = self.n8["bill"]
-        q = (
-            _select(b)
-            .where(b.c.customer_no == customer_no, b.c.paid_amount < b.c.amount)
-            .order_by(b.c.period, b.c.bill_id)
-        )
-        if lock and self.lock:
-            q = lock_rows(q, b)
-        return _dicts(self._x(q))
+        q = self.sql.open_bills_locked if lock and self.lock else self.sql.open_bills
+        return _dicts(self._x(q, {"k_cust": customer_no}))
 
     def bills(self, bill_ids: list[str]) -> list[dict]:
         b = self.n8["bill"]
@@ -184,17 +227,8 @@ class Tx:
         """Add (sign=+1) or take back (sign=-1) allocations on the bills."""
         if not rows:
             return
-        b = self.n8["bill"]
-        stmt = (
-            b.update()
-            .where(b.c.bill_id == sa.bindparam("b_id"))
-            .values(
-                paid_amount=b.c.paid_amount + sa.bindparam("b_p", type_=sa.BigInteger),
-                late_fee_paid=b.c.late_fee_paid + sa.bindparam("b_l", type_=sa.BigInteger),
-            )
-        )
         self._x(
-            stmt,
+            self.sql.apply_allocations,
             [
                 {"b_id": r["bill_id"], "b_p": sign * r["principal"], "b_l": sign * r["late_fee"]}
                 for r in rows
@@ -204,13 +238,13 @@ class Tx:
     # -- gateway payments ----------------------------------------------------------
 
     def payment_insert(self, **values) -> int:
-        r = self._x(model.payment.insert().values(**values))
+        r = self._x(self.sql.payment_insert, values)
         return r.inserted_primary_key[0]
 
     def allocations_insert(self, payment_id: int, rows: list[dict]) -> None:
         if rows:
             self._x(
-                model.allocation.insert(),
+                self.sql.allocations_insert,
                 [
                     {"payment_id": payment_id, "bill_id": r["bill_id"],
                      "principal": r["principal"], "late_fee": r["late_fee"]}
@@ -219,22 +253,12 @@ class Tx:
             )
 
     def allocations(self, payment_id: int) -> list[dict]:
-        a = model.allocation
-        return _dicts(
-            self._x(
-                sa.select(a.c.bill_id, a.c.principal, a.c.late_fee)
-                .where(a.c.payment_id == payment_id)
-                .order_by(a.c.id)
-            )
-        )
+        return _dicts(self._x(self.sql.allocations, {"k_pid": payment_id}))
 
     def payment_by_key(self, bank: str, trade_date: date, serial: str,
                        lock: bool = False) -> dict | None:
-        p = model.payment
-        q = sa.select(p).where(p.c.bank == bank, p.c.trade_date == trade_date, p.c.serial == serial)
-        if lock and self.lock:
-            q = lock_rows(q, p)
-        rows = _dicts(self._x(q))
+        q = self.sql.payment_by_key_locked if lock and self.lock else self.sql.payment_by_key
+        rows = _dicts(self._x(q, {"k_bank": bank, "k_date": trade_date, "k_serial": serial}))
         return rows[0] if rows else None
 
     def payment_by_id(self, payment_id: int, lock: bool = False) -> dict | None:
@@ -267,7 +291,7 @@ class Tx:
         self._x(p.update().where(p.c.id == payment_id).values(**values))
 
     def undo_insert(self, **values) -> None:
-        self._x(model.undo.insert().values(**values))
+        self._x(self.sql.undo_insert, values)
 
     def expired_pending(self, now: datetime, limit: int = 100) -> list[int]:
         p = model.payment
@@ -292,38 +316,29 @@ class Tx:
     # -- prepaid balances ---------------------------------------------------------
 
     def prepaid_get(self, customer_no: str, lock: bool = False) -> int:
-        pp = model.prepaid
-        q = sa.select(pp.c.balance).where(pp.c.customer_no == customer_no)
-        if lock and self.lock:
-            q = lock_rows(q, pp)
-        v = self._x(q).scalar()
+        q = self.sql.prepaid_get_locked if lock and self.lock else self.sql.prepaid_get
+        v = self._x(q, {"k_cust": customer_no}).scalar()
         return int(v or 0)
 
     def prepaid_add(self, customer_no: str, delta: int, now: datetime) -> None:
-        pp = model.prepaid
-        r = self._x(
-            pp.update()
-            .where(pp.c.customer_no == customer_no)
-            .values(balance=pp.c.balance + delta, updated_at=now)
-        )
+        r = self._x(self.sql.prepaid_add, {"k_cust": customer_no, "k_delta": delta, "k_now": now})
         if r.rowcount == 0:
-            self._x(pp.insert().values(customer_no=customer_no, balance=delta, updated_at=now))
+            self._x(self.sql.prepaid_insert,
+                    {"customer_no": customer_no, "balance": delta, "updated_at": now})
 
     # -- N8's payment records ---------------------------------------------------------
 
     def n8_payment_insert(self, pay_id: str, customer_no: str, amount: int, pay_date: date,
                           bank_code: str, bank_serial: str, channel: str, status: str,
                           now: datetime, items: list[dict]) -> None:
-        self._x(
-            self.n8["payment"].insert().values(
-                pay_id=pay_id, customer_no=customer_no, amount=amount, pay_date=pay_date,
-                bank_code=bank_code, bank_serial=bank_serial, channel=channel, status=status,
-                created_at=now,
-            )
-        )
+        self._x(self.sql.n8_payment_insert, {
+            "pay_id": pay_id, "customer_no": customer_no, "amount": amount,
+            "pay_date": pay_date, "bank_code": bank_code, "bank_serial": bank_serial,
+            "channel": channel, "status": status, "created_at": now,
+        })
         if items:
             self._x(
-                self.n8["payment_item"].insert(),
+                self.sql.n8_items_insert,
                 [
                     {"pay_id": pay_id, "bill_id": i["bill_id"], "principal": i["principal"],
                      "late_fee": i["late_fee"]}
@@ -332,19 +347,16 @@ class Tx:
             )
 
     def n8_payment_set_status(self, pay_id: str, status: str) -> None:
-        t = self.n8["payment"]
-        self._x(t.update().where(t.c.pay_id == pay_id).values(status=status))
+        self._x(self.sql.n8_payment_set_status, {"k_pay": pay_id, "k_status": status})
 
     # -- audit -------------------------------------------------------------------------
 
     def audit(self, now: datetime, actor: str, action: str, subject: str = "",
               detail: dict | None = None) -> None:
-        self._x(
-            model.audit.insert().values(
-                at=now, actor=actor, action=action, subject=subject,
-                detail=json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else None,
-            )
-        )
+        self._x(self.sql.audit, {
+            "at": now, "actor": actor, "action": action, "subject": subject,
+            "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else None,
+        })
 
     def audit_list(self, limit: int = 100) -> list[dict]:
         a = model.audit
