@@ -190,7 +190,8 @@ class Ledger:
         return self.store.run_sync(self._query_tx, req, readonly=True)
 
     def _query_tx(self, tx: Tx, req: m.QueryRequest) -> m.QueryResult:
-        cust = tx.customer(req.customer_no)
+        o = req.origin
+        cust = tx.customer_context(req.customer_no, o.bank, o.trade_date)
         if cust is None:
             return m.QueryResult(Outcome.NOT_FOUND, customer_no=req.customer_no)
         base = dict(
@@ -202,7 +203,7 @@ class Ledger:
         bills = self._dues(tx, cust, req.origin.trade_date, lock=False)
         total_due = sum(b.outstanding for b in bills)
         late = sum(b.late for b in bills)
-        prepaid = tx.prepaid_get(cust["customer_no"])
+        prepaid = cust["bg_prepaid"]
         if total_due + late == 0:
             return m.QueryResult(Outcome.NOTHING_DUE, prepaid_balance=prepaid, **base)
         return m.QueryResult(
@@ -262,11 +263,15 @@ class Ledger:
             tx.journal_finish(jid, outcome.value, fields, payment_id)
             return m.PaymentResult(outcome, **fields)
 
-        if not after_close and self._closed_date(tx, o.bank, o.trade_date):
-            return finish(Outcome.DATE_CLOSED)
+        cust = tx.customer_context(req.customer_no, o.bank, o.trade_date)
+        closed = (o.bank, o.trade_date) in self._closed or (
+            cust["bg_closed"] if cust is not None else tx.is_closed(o.bank, o.trade_date))
+        if closed:
+            self._closed.add((o.bank, o.trade_date))
+            if not after_close:
+                return finish(Outcome.DATE_CLOSED)
         if req.amount <= 0 or req.amount > MAX_FEN:
             return finish(Outcome.AMOUNT_REJECTED)
-        cust = tx.customer(req.customer_no)
         if cust is None:
             return finish(Outcome.NOT_FOUND)
         if cust["status"] != "A":

@@ -140,8 +140,14 @@ _SQL = {
              "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
     "closed": "SELECT bg_cutoff.bank FROM bg_cutoff WHERE bg_cutoff.bank = %s "
               "AND bg_cutoff.trade_date = %s",
+    # the customer with the bank's closed flag and the prepaid balance, as the
+    # store's customer_context issues it
     "customer": "SELECT customer_no, name, address, customer_class, district, heated_area, "
-                "status, large_customer, withholding_bank, withholding_account "
+                "status, large_customer, withholding_bank, withholding_account, "
+                "(SELECT bg_cutoff.bank FROM bg_cutoff WHERE bg_cutoff.bank = %s "
+                "AND bg_cutoff.trade_date = %s), "
+                "(SELECT bg_prepaid.balance FROM bg_prepaid "
+                "WHERE bg_prepaid.customer_no = n8_customer.customer_no) "
                 "FROM n8_customer WHERE customer_no = %s",
     "bills": "SELECT bill_id, customer_no, fee_type, period, amount, paid_amount, "
              "late_fee_paid, due_date FROM n8_bill WHERE customer_no = %s "
@@ -259,10 +265,15 @@ class Raw:
         return out
 
     def query(self, no: str, trade_date: date) -> Outcome:
+        """As the ledger reads: two statements, in autocommit on PostgreSQL
+        (no BEGIN/COMMIT), in a deferred transaction on SQLite."""
         cur, sql = self.cur, self.sql
-        self.begin()
+        if self.pg:
+            self.conn.autocommit = True
+        else:
+            cur.execute("BEGIN")
         try:
-            cur.execute(sql["customer"], (no,))
+            cur.execute(sql["customer"], (BANK.name, self._d(trade_date), no))
             cust = cur.fetchone()
             if cust is None:
                 return Outcome.NOT_FOUND
@@ -270,12 +281,13 @@ class Raw:
                 return Outcome.ACCOUNT_LOCKED
             bills = self._dues(cust, trade_date, lock=False)
             total = sum(b.outstanding for b in bills) + sum(b.late for b in bills)
-            cur.execute(sql["prepaid"], (no,))
-            r = cur.fetchone()
-            _prepaid = int(r[0]) if r else 0
+            _prepaid = int(cust[11] or 0)
             return Outcome.OK if total else Outcome.NOTHING_DUE
         finally:
-            self.commit()
+            if self.pg:
+                self.conn.autocommit = False
+            else:
+                cur.execute("COMMIT")
 
     def pay(self, *args) -> Outcome:
         try:
@@ -304,13 +316,12 @@ class Raw:
             self.commit()
             return outcome
 
-        cur.execute(sql["closed"], (bank, d(trade_date)))
-        if cur.fetchone() is not None:
-            return finish(Outcome.DATE_CLOSED)
-        cur.execute(sql["customer"], (no,))
+        cur.execute(sql["customer"], (bank, d(trade_date), no))
         cust = cur.fetchone()
         if cust is None:
             return finish(Outcome.NOT_FOUND)
+        if cust[10] is not None:
+            return finish(Outcome.DATE_CLOSED)
         if cust[6] != "A":
             return finish(Outcome.ACCOUNT_LOCKED)
         bills = self._dues(cust, trade_date, lock=True)

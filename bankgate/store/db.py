@@ -100,6 +100,10 @@ class Store:
             attempt += 1
             try:
                 with self.engine.connect() as conn:
+                    if readonly and self.dialect != "sqlite":
+                        # each read is its own statement: no BEGIN/COMMIT round trips
+                        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                        return fn(Tx(conn, self), *args, **kw)
                     if readonly:
                         conn = conn.execution_options(bankgate_readonly=True)
                     with conn.begin():

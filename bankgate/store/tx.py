@@ -56,6 +56,18 @@ class Statements:
             c.c.bank == _p("k_bank"), c.c.trade_date == _p("k_date"))
         cust = n8["customer"]
         self.customer = _select(cust).where(cust.c.customer_no == _p("k_cust"))
+        # the customer with what a transaction needs to know beside it, in one
+        # round trip: is the bank's date closed, and the prepaid balance
+        closed = (
+            sa.select(c.c.bank).where(c.c.bank == _p("k_bank"), c.c.trade_date == _p("k_date"))
+            .scalar_subquery()
+        )
+        balance = sa.select(pp.c.balance).where(pp.c.customer_no == cust.c.customer_no)
+        self.customer_context = sa.select(
+            *[col.label(col.key) for col in cust.c],
+            closed.label("bg_closed"),
+            balance.scalar_subquery().label("bg_prepaid"),
+        ).where(cust.c.customer_no == _p("k_cust"))
         open_bills = (
             _select(b)
             .where(b.c.customer_no == _p("k_cust"), b.c.paid_amount < b.c.amount)
@@ -209,6 +221,18 @@ class Tx:
     def customer(self, customer_no: str) -> dict | None:
         rows = _dicts(self._x(self.sql.customer, {"k_cust": customer_no}))
         return rows[0] if rows else None
+
+    def customer_context(self, customer_no: str, bank: str, trade_date: date) -> dict | None:
+        """The customer, plus ``bg_closed`` (is the bank's trade date closed)
+        and ``bg_prepaid`` (the prepaid balance): one round trip."""
+        rows = _dicts(self._x(self.sql.customer_context,
+                              {"k_cust": customer_no, "k_bank": bank, "k_date": trade_date}))
+        if not rows:
+            return None
+        row = rows[0]
+        row["bg_closed"] = row["bg_closed"] is not None
+        row["bg_prepaid"] = int(row["bg_prepaid"] or 0)
+        return row
 
     def tariffs(self) -> dict[tuple[str, str], dict]:
         t = self.n8["tariff"]
