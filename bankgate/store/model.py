@@ -70,7 +70,7 @@ payment = sa.Table(
     sa.Column("invoice_no", sa.String(20), nullable=True),
     sa.Column("invoice_printed", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("status", sa.String(10), nullable=False),
-    sa.Column("source", sa.String(10), nullable=False, server_default="online"),
+    sa.Column("source", sa.String(16), nullable=False, server_default="online"),
     sa.Column("run_id", sa.BigInteger, nullable=True),  # reconciliation run that posted it
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("expires_at", sa.DateTime, nullable=True),  # two-phase: pending until

@@ -108,7 +108,7 @@ def upgrade():
         ),
         sa.Column("status", sa.String(length=10), nullable=False),
         sa.Column(
-            "source", sa.String(length=10), server_default="online", nullable=False
+            "source", sa.String(length=16), server_default="online", nullable=False
         ),
         sa.Column("run_id", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),

@@ -1,0 +1,951 @@
+"""Real-time card debit (卡扣, ref-delim §7): the gateway as the bank's client.
+
+Per bank with ``options.debit_host`` a :class:`DebitLink` keeps a connection
+to the bank's debit host through a Twisted ``ClientService`` (reconnecting
+with back-off) and runs one exchange at a time on it.  :class:`CardDebits`
+holds the rules:
+
+- A ``560`` is only sent for open bills of an active customer signed up with
+  that bank, none of them busy (in a batch file waiting for its result, or in
+  another card debit whose outcome is open).  The debit is recorded
+  (``bg_debit``, status SENT) *before* a byte goes out.
+- Only a ``000`` answer (or ``104`` carrying the original ``bank_serial``)
+  with our serial and amount posts the payment: :meth:`Ledger.pay` under
+  ``(bank, trade_date, bank_serial)``, against exactly the named bills.
+  Other answers (``101``-``103``, ``021`` ...) leave the bills open (FAILED).
+- No answer within ``debit_timeout``, a connection lost while waiting, an
+  answer that cannot be read, a ``104`` without a serial, a different amount,
+  or a debit the ledger refuses to post (the bill was paid meanwhile): the
+  outcome is unknown or unusable, so the row becomes REVERSING and a ``561``
+  is sent for it, repeated with back-off (``debit_retry`` doubling up to
+  ``debit_retry_max``) until the bank answers ``000``/``008`` (REVERSED) or
+  ``006`` (NOT_DEBITED).  Never a second ``560`` with a new serial: the bills
+  stay busy until the reversal is done.
+- Everything is in the database: at start (and every ``interval`` seconds)
+  pending reversals are sent again, SENT rows whose answer can no longer
+  come are turned into reversals, and debited rows not yet posted (the
+  database was away) are posted -- so a restart loses nothing.
+
+After a timeout the connection is closed, after a short answer too (it names
+no serial), and answers naming another serial are ignored: a late or
+duplicated answer can never be taken for the answer to another request.
+Unless ``debit_persistent`` says the host takes several requests on one
+connection, the connection is also closed after every answer (one request
+per connection, the spec's default).
+
+Everything runs on an injected reactor/clock; database work goes through
+``run_db`` (the store's thread pool in the service).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import sys
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from twisted.application import service
+from twisted.application.internet import ClientService
+from twisted.internet import defer, protocol, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from bankgate import messages as m
+from bankgate.framing import FrameReceiver, receiver_options
+from bankgate.ledger import Ledger
+from bankgate.money import fen_to_yuan
+from bankgate.store import withholding as sql
+from bankgate.store.db import StoreUnavailable
+from bankgate.store.tx import Tx
+from bankgate.withholding import (
+    CHANNEL,
+    SOURCE,
+    WithholdingError,
+    WithholdingOptions,
+    check_config,
+    dues,
+    mask_account,
+)
+
+log = Logger(namespace="bankgate.carddebit")
+
+MAX_SERIAL = 32
+STALE_GRACE = 30.0  # seconds past two timeouts before a SENT row counts as unanswered
+
+
+def utility_serial(trade_date: date, debit_id: int) -> str:
+    """Our 560 serial: unique because the row id is (22 characters)."""
+    return f"WH{trade_date:%Y%m%d}{debit_id:012d}"
+
+
+def reversal_serial(orig: str) -> str:
+    """The 561's own serial: the same for every resend of one reversal."""
+    return ("R" + orig)[:MAX_SERIAL]
+
+
+# -- one bank host: the link --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    """How an exchange ended: ``answer`` (``decoded`` holds it), ``timeout``,
+    ``lost`` (connection closed while waiting), ``malformed`` (an answer that
+    could not be read), or ``unsent`` (never written: no connection in time)."""
+
+    status: str
+    decoded: dict | None = None
+    error: str = ""
+
+
+@dataclass(eq=False)
+class _Exchange:
+    kind: str  # "560" | "561"
+    frame: bytes
+    match: str  # our serial the answer must carry
+    timeout: float
+    deferred: defer.Deferred = field(default_factory=defer.Deferred)
+    sent: bool = False
+    timer: object = None
+    proto: object = None
+
+
+class DebitConnection(FrameReceiver):
+    """One connection to a bank's debit host: frames in and out."""
+
+    def __init__(self, link: DebitLink, **options):
+        super().__init__(link.clock, **options)
+        self.link = link
+
+    def connectionMade(self) -> None:  # noqa: N802
+        super().connectionMade()
+        self.link._made(self)
+
+    def frameReceived(self, frame: bytes) -> None:  # noqa: N802
+        self.link._frame(self, frame)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802
+        super().connectionLost(reason)
+        self.link._lost(self)
+
+    def frameError(self, reason: str) -> None:  # noqa: N802
+        self.link._framing_error(self, reason)
+
+    def idleTimedOut(self) -> None:  # noqa: N802
+        if self.link.waiting_on(self):
+            self.resetIdleTimer()  # an answer is awaited: the exchange's timer rules
+        else:
+            self.closeConnection()
+
+
+class _LinkFactory(protocol.Factory):
+    def __init__(self, link: DebitLink):
+        self.link = link
+
+    def buildProtocol(self, addr):  # noqa: N802
+        opts = receiver_options(self.link.codec.framing, idle_timeout=self.link.opts.debit_idle)
+        p = DebitConnection(self.link, **opts)
+        p.factory = self
+        return p
+
+
+class DebitLink:
+    """The connection to one bank's debit host and its queue of exchanges.
+
+    ``service`` is the ``ClientService`` (start and stop it, or give it a
+    parent).  :meth:`exchange` queues a request; one is on the wire at a time.
+    """
+
+    def __init__(self, name: str, endpoint, clock, codec, opts: WithholdingOptions,
+                 jitter: Callable[[], float] = random.random):
+        self.name = name
+        self.clock = clock
+        self.codec = codec
+        self.opts = opts
+        self.jitter = jitter
+        self.proto: DebitConnection | None = None
+        self.queue: deque[_Exchange] = deque()
+        self.current: _Exchange | None = None
+        self.connects = 0
+        self.last_answer_at: float | None = None
+        self.stray = 0  # answers that belonged to no request (late, duplicated)
+        self.service = ClientService(endpoint, _LinkFactory(self), retryPolicy=self.retry_delay,
+                                     clock=clock)
+        self.service.setName(f"{name}-debit-link")
+
+    def retry_delay(self, attempt: int) -> float:
+        base = min(self.opts.debit_reconnect * 2 ** max(0, attempt - 1),
+                   self.opts.debit_reconnect_max)
+        return base * (1 + 0.1 * self.jitter())
+
+    @property
+    def connected(self) -> bool:
+        return self.proto is not None
+
+    def waiting_on(self, proto) -> bool:
+        return self.current is not None and self.current.proto is proto
+
+    def status(self) -> dict:
+        return {"bank": self.name, "connected": self.connected, "connects": self.connects,
+                "queued": len(self.queue) + (self.current is not None), "stray": self.stray,
+                "last_answer_at": self.last_answer_at}
+
+    # -- exchanges -------------------------------------------------------------
+
+    def exchange(self, kind: str, frame: bytes, match: str, timeout: float) -> defer.Deferred:
+        """Send ``frame`` and wait for the answer carrying ``match``: a
+        Deferred of :class:`Reply` (never an error)."""
+        ex = _Exchange(kind, frame, match, timeout)
+        ex.timer = self.clock.callLater(timeout, self._unsent, ex)
+        self.queue.append(ex)
+        self._pump()
+        return ex.deferred
+
+    def _pump(self) -> None:
+        if self.proto is not None and self.proto.closing:
+            self.proto = None  # going away (idle, bad frame): wait for the next one
+        while self.current is None and self.queue and self.proto is not None:
+            ex = self.queue.popleft()
+            if ex.timer is not None and ex.timer.active():
+                ex.timer.cancel()
+            proto = self.proto
+            self.current = ex
+            ex.proto = proto
+            ex.sent = True  # from here on, the bank may have it
+            ex.timer = self.clock.callLater(ex.timeout, self._timeout, ex)
+            proto.sendFrame(ex.frame)
+
+    def _finish(self, ex: _Exchange, reply: Reply) -> None:
+        if ex.timer is not None and ex.timer.active():
+            ex.timer.cancel()
+        if self.current is ex:
+            self.current = None
+        ex.deferred.callback(reply)
+        self._pump()
+
+    def _close(self, proto) -> None:
+        if proto is self.proto:
+            self.proto = None
+        if proto is not None:
+            proto.closeConnection()
+
+    def _unsent(self, ex: _Exchange) -> None:
+        if ex in self.queue:
+            self.queue.remove(ex)
+            ex.timer = None
+            self._finish(ex, Reply("unsent", error="no connection to the debit host in time"))
+
+    def _timeout(self, ex: _Exchange) -> None:
+        ex.timer = None
+        if self.current is ex:
+            # a late answer must never meet the next request: drop the connection
+            self._close(ex.proto)
+            self._finish(ex, Reply("timeout", error=f"no answer in {ex.timeout:g} s"))
+
+    # -- connection events -------------------------------------------------------
+
+    def _made(self, proto: DebitConnection) -> None:
+        self.connects += 1
+        self.proto = proto
+        self._pump()
+
+    def _lost(self, proto: DebitConnection) -> None:
+        if proto is self.proto:
+            self.proto = None
+        ex = self.current
+        if ex is not None and ex.proto is proto:
+            self._finish(ex, Reply("lost", error="the host closed the connection"))
+
+    def _framing_error(self, proto: DebitConnection, reason: str) -> None:
+        if proto is self.proto:
+            self.proto = None  # the connection is closed next
+        ex = self.current
+        if ex is not None and ex.proto is proto:
+            self._finish(ex, Reply("malformed", error=f"bad frame: {reason}"))
+
+    def _frame(self, proto: DebitConnection, frame: bytes) -> None:
+        ex = self.current
+        if ex is None or ex.proto is not proto:
+            self.stray += 1
+            log.info("debit host {bank}: an answer no request waits for (late or duplicated):"
+                     " ignored", bank=self.name)
+            return
+        self.last_answer_at = self.clock.seconds()
+        decode = (self.codec.decode_debit_response if ex.kind == "560"
+                  else self.codec.decode_debit_reversal_response)
+        try:
+            decoded = decode(frame)
+        except Exception as e:  # noqa: BLE001 - no answer may stop the link
+            self._close(proto)
+            self._finish(ex, Reply("malformed", error=str(e)[:200]))
+            return
+        serial = decoded.get("utility_serial" if ex.kind == "560" else "orig_utility_serial")
+        if serial and serial != ex.match:
+            self.stray += 1
+            log.info("debit host {bank}: an answer for serial {other} while {mine} waits:"
+                     " ignored", bank=self.name, other=serial, mine=ex.match)
+            return
+        if not serial or not self.opts.debit_persistent:
+            self._close(proto)  # a short answer names nobody: start afresh
+        self._finish(ex, Reply("answer", decoded))
+
+
+# -- the rules ---------------------------------------------------------------------
+
+
+@dataclass
+class DebitBank:
+    name: str
+    bank_code: str
+    opts: WithholdingOptions
+    codec: object
+    link: DebitLink
+
+
+@dataclass
+class DebitResult:
+    """What a card debit came to.
+
+    ``status``: DEBITED (posted: ``receipt_no``), FAILED (the bank said no:
+    ``code``; or never sent: ``code`` empty), REVERSING (outcome unknown or
+    not postable: a 561 is pending), REFUSED (the gateway did not send it:
+    ``message``), or the stored status of an earlier debit with that serial
+    (REVERSED, NOT_DEBITED, ABANDONED, SENT)."""
+
+    status: str
+    bank: str
+    utility_serial: str = ""
+    customer_no: str = ""
+    amount: int = 0
+    bill_ids: tuple[str, ...] = ()
+    code: str = ""
+    message: str = ""
+    bank_serial: str = ""
+    receipt_no: str = ""
+
+    @classmethod
+    def from_row(cls, row: dict, message: str = "", receipt_no: str = "") -> DebitResult:
+        return cls(row["status"], row["bank"], row["utility_serial"], row["customer_no"],
+                   row["amount"], tuple(b for b in (row["bill_ids"] or "").split(",") if b),
+                   row["response_code"] or "", message, row["bank_serial"] or "", receipt_no)
+
+
+class CardDebits:
+    """Card debits and the store-and-forward reversal queue over all banks
+    with a debit host."""
+
+    interval = 5.0  # seconds between sweeps of the reversal queue
+    sweep_limit = 50  # reversals taken per sweep
+
+    def __init__(self, ledger: Ledger, banks: dict[str, DebitBank], clock,
+                 now: Callable[[], datetime], run_db: Callable | None = None):
+        self.ledger = ledger
+        self.store = ledger.store
+        self.banks = banks
+        self.clock = clock
+        self.now = now
+        self.run_db = run_db or self.store.call
+        self.in_flight: set[int] = set()  # debit ids with an exchange on the wire here
+        self.loop = task.LoopingCall(self.tick)
+        self.loop.clock = clock
+        self._running = False
+        self._again = False
+        self._resume_all = True  # the first sweep resends every pending reversal
+        self._waiters: list[defer.Deferred] = []
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self.loop.running:
+            self._resume_all = True
+            self.loop.start(self.interval, now=True).addErrback(
+                lambda f: log.failure("card debit: reversal queue stopped", f))
+
+    def stop(self) -> None:
+        if self.loop.running:
+            self.loop.stop()
+
+    def link(self, bank: str) -> DebitLink:
+        return self._bank(bank).link
+
+    def _bank(self, bank: str) -> DebitBank:
+        try:
+            return self.banks[bank]
+        except KeyError:
+            raise WithholdingError(f"bank {bank!r} has no debit host"
+                                   f" (set bank.{bank}.options.debit_host)") from None
+
+    # -- a debit ------------------------------------------------------------------
+
+    def debit(self, bank: str, customer_no: str, bill_ids: tuple[str, ...] | None = None, *,
+              serial: str | None = None, actor: str = "operator") -> defer.Deferred:
+        """Debit ``bill_ids`` (default: the customer's oldest open bill) from the
+        customer's account at ``bank``: a Deferred of :class:`DebitResult`."""
+        try:
+            b = self._bank(bank)
+        except WithholdingError as e:
+            return defer.succeed(DebitResult("REFUSED", bank, customer_no=customer_no,
+                                             message=str(e)))
+        if serial is not None and not (0 < len(serial) < MAX_SERIAL and serial.isalnum()):
+            return defer.succeed(DebitResult(
+                "REFUSED", bank, customer_no=customer_no,
+                message=f"a serial is 1-{MAX_SERIAL - 1} letters or digits"))
+        d = defer.maybeDeferred(self.run_db, self._prepare_sync, b, customer_no,
+                                tuple(bill_ids or ()), serial, actor, self.now())
+        d.addCallback(self._send_debit, b)
+        d.addErrback(self._db_failed, bank, customer_no)
+        return d
+
+    def _db_failed(self, failure: Failure, bank: str, customer_no: str) -> DebitResult:
+        if not failure.check(StoreUnavailable):
+            log.failure("card debit {bank} {customer} failed", failure, bank=bank,
+                        customer=customer_no)
+        # nothing was written to the bank (a row recorded as SENT is reversed
+        # by the queue once its answer can no longer come)
+        what = "database unavailable" if failure.check(StoreUnavailable) else "failed"
+        return DebitResult("REFUSED", bank, customer_no=customer_no,
+                           message=f"not sent: {what}: {failure.getErrorMessage()[:100]}")
+
+    def _prepare_sync(self, b: DebitBank, customer_no: str, bill_ids: tuple, serial: str | None,
+                      actor: str, now: datetime):
+        return self.store.run_sync(self._prepare_tx, b, customer_no, bill_ids, serial, actor, now)
+
+    def _prepare_tx(self, tx: Tx, b: DebitBank, customer_no: str, bill_ids: tuple,
+                    serial: str | None, actor: str, now: datetime):
+        def refused(msg: str) -> DebitResult:
+            return DebitResult("REFUSED", b.name, customer_no=customer_no, message=msg)
+
+        if serial is not None:
+            old = sql.debit_get(tx, b.name, serial)
+            if old is not None:  # an earlier debit: its state, never a second 560
+                if old["customer_no"] != customer_no:
+                    return refused(f"serial {serial} belongs to another debit")
+                return DebitResult.from_row(old, "an earlier debit with this serial")
+        cust = tx.customer(customer_no)
+        if cust is None:
+            return refused(f"no customer {customer_no!r}")
+        if cust["status"] != "A":
+            return refused("the customer's account is locked")
+        account = (cust["withholding_account"] or "").strip()
+        if (cust["withholding_bank"] or "").strip() != b.bank_code or not account:
+            return refused(f"customer {customer_no} has no withholding agreement with {b.name}")
+        bills = tx.open_bills(customer_no, lock=True)
+        if not bills:
+            return refused("nothing to pay")
+        by_id = {x["bill_id"]: x for x in bills}
+        chosen = bill_ids or (bills[0]["bill_id"],)
+        if len(set(chosen)) != len(chosen):
+            return refused("a bill is named twice")
+        for i in chosen:
+            if i not in by_id:
+                return refused(f"bill {i} is not an open bill of customer {customer_no}")
+        busy = sql.busy_bills(tx, chosen)
+        if busy:
+            i = sorted(busy)[0]
+            return refused(f"bill {i}: {busy[i]}")
+        amount = sum(o + late for _b, o, late in
+                     dues(tx, [by_id[i] for i in chosen], cust["customer_class"], now.date()))
+        if amount <= 0:
+            return refused("nothing to pay")
+        try:
+            row = sql.debit_insert(tx, bank=b.name, utility_serial=serial, trade_date=now.date(),
+                                   customer_no=customer_no, account_no=account, bill_ids=chosen,
+                                   amount=amount, now=now, actor=actor,
+                                   serial_for=utility_serial)
+        except KeyError as e:
+            return refused(str(e.args[0]))
+        return {"row": row, "name": cust["name"], "time": now}
+
+    def _send_debit(self, plan, b: DebitBank):
+        if isinstance(plan, DebitResult):
+            return plan
+        row = plan["row"]
+        frame = b.codec.encode_debit(
+            utility_code=b.opts.utility_code, trade_date=row["trade_date"],
+            trade_time=plan["time"], utility_serial=row["utility_serial"],
+            customer_no=row["customer_no"], account_no=row["account_no"], name=plan["name"],
+            amount=row["amount"], bill_ids=row["bill_ids"].split(","))
+        self.in_flight.add(row["id"])
+        log.info("card debit {bank} {serial}: 560 for customer {customer} {amount}, account"
+                 " {account}", bank=b.name, serial=row["utility_serial"],
+                 customer=row["customer_no"], amount=fen_to_yuan(row["amount"]),
+                 account=mask_account(row["account_no"]))
+        d = b.link.exchange("560", frame, row["utility_serial"], b.opts.debit_timeout)
+        d.addCallback(lambda reply: self.run_db(self._debit_answered_sync, b, row, reply,
+                                                self.now()))
+        d.addErrback(self._settle_failed, row)
+
+        def done(result):
+            self.in_flight.discard(row["id"])
+            if isinstance(result, DebitResult) and result.status == "REVERSING":
+                self.kick()
+            return result
+
+        d.addBoth(done)
+        return d
+
+    def _settle_failed(self, failure: Failure, row: dict) -> DebitResult:
+        # the database went away while recording the answer: the row stays as it
+        # was (SENT or DEBITED unposted) and the sweep settles it (reversal or post)
+        log.failure("card debit {serial}: recording the answer failed; the queue will settle it",
+                    failure, serial=row["utility_serial"])
+        return DebitResult("REVERSING", row["bank"], row["utility_serial"], row["customer_no"],
+                           row["amount"], message="the answer could not be recorded; the"
+                           " reversal queue settles it")
+
+    def _debit_answered_sync(self, b: DebitBank, row: dict, reply: Reply,
+                             now: datetime) -> DebitResult:
+        """On the store's thread: record what the 560 came to."""
+        run = self.store.run_sync
+        if reply.status == "unsent":
+            new = run(sql.debit_transition, row["id"], ("SENT",), now,
+                      ("card-debit", "card-debit-not-sent", {"why": reply.error}), status="FAILED")
+            return DebitResult.from_row(new or row, f"not sent: {reply.error}")
+        if reply.status != "answer":
+            return self._to_reversing(row, ("SENT",), now, reply.error or reply.status)
+        a = reply.decoded
+        code = a["code"]
+        if not a["debited"]:
+            if code == "104":  # "already debited" without the serial: cannot post it
+                return self._to_reversing(row, ("SENT",), now, "104 without bank_serial",
+                                          response_code=code)
+            new = run(sql.debit_transition, row["id"], ("SENT",), now, None, status="FAILED",
+                      response_code=code)
+            return DebitResult.from_row(new or row, a["msg"])
+        if a["amount"] is not None and a["amount"] != row["amount"]:
+            return self._to_reversing(
+                row, ("SENT",), now, f"the bank debited {fen_to_yuan(a['amount'])}, we asked"
+                f" for {fen_to_yuan(row['amount'])}", response_code=code,
+                bank_serial=a["bank_serial"])
+        new = run(sql.debit_transition, row["id"], ("SENT",), now,
+                  ("card-debit", "card-debit-debited", {"bank_serial": a["bank_serial"]}),
+                  status="DEBITED", response_code=code, bank_serial=a["bank_serial"])
+        if new is None:  # taken over meanwhile (the queue found it stale): follow its state
+            cur = run(sql.debit_by_id, row["id"])
+            return DebitResult.from_row(cur, "the answer came too late")
+        return self._post_sync(b.name, new, now)
+
+    def _to_reversing(self, row: dict, expect: tuple, now: datetime, why: str,
+                      **values) -> DebitResult:
+        new = self.store.run_sync(
+            sql.debit_transition, row["id"], expect, now,
+            ("card-debit", "card-debit-unknown", {"why": why[:200]}),
+            status="REVERSING", next_attempt_at=now, attempts=0, **values)
+        log.warn("card debit {serial}: {why}: reversing (561)", serial=row["utility_serial"],
+                 why=why)
+        cur = new or self.store.run_sync(sql.debit_by_id, row["id"])
+        return DebitResult.from_row(cur, f"{why}: a reversal (561) is pending")
+
+    def _post_sync(self, bank: str, row: dict, now: datetime) -> DebitResult:
+        """Post a DEBITED row (again after a failure: the journal keeps it once)."""
+        req = m.PaymentRequest(
+            m.Origin(bank=bank, trade_date=row["trade_date"],
+                     trade_time=f"{row['created_at']:%H%M%S}", branch="", teller="card-debit",
+                     channel=CHANNEL),
+            row["bank_serial"], row["customer_no"], row["amount"],
+            content=m.fingerprint("560", row["utility_serial"], row["customer_no"], row["amount"],
+                                  row["bill_ids"]),
+            bill_ids=tuple(row["bill_ids"].split(",")),
+        )
+        try:
+            res = self.ledger.pay(req, source=SOURCE, actor="card-debit", after_close=True)
+        except StoreUnavailable as e:
+            return DebitResult.from_row(row, f"debited; posting waits for the database: {e}")
+        p = self.store.run_sync(sql.standing_payment, bank, row["trade_date"], row["bank_serial"],
+                                row["customer_no"], row["amount"])
+        if p is not None:
+            new = self.store.run_sync(sql.debit_transition, row["id"], ("DEBITED",), now, None,
+                                      payment_id=p["id"])
+            return DebitResult.from_row(new or row, receipt_no=p["receipt_no"])
+        why = f"debited but the ledger refused to post it ({res.outcome.value})"
+        return self._to_reversing(row, ("DEBITED",), now, why)
+
+    # -- the reversal queue ----------------------------------------------------------
+
+    def kick(self) -> defer.Deferred:
+        """Sweep the queue now (also while a sweep runs: it runs again after)."""
+        return self.tick()
+
+    def tick(self) -> defer.Deferred:
+        """One sweep: stale SENT rows become reversals, debited rows are posted,
+        due reversals are sent.  Fires when all of it is done."""
+        waiter: defer.Deferred = defer.Deferred()
+        self._waiters.append(waiter)
+        if self._running:
+            self._again = True
+        else:
+            self._sweep()
+        return waiter
+
+    def _sweep(self) -> None:
+        self._running = True
+        self._again = False
+        resume_all, self._resume_all = self._resume_all, False
+        d = defer.maybeDeferred(self.run_db, self._sweep_sync, self.now(),
+                                frozenset(self.in_flight), resume_all)
+        d.addCallback(self._send_reversals)
+        d.addErrback(lambda f: log.failure("card debit: sweep failed", f)
+                     if not f.check(StoreUnavailable) else
+                     log.warn("card debit: sweep skipped, database unavailable"))
+        d.addBoth(self._swept)
+
+    def _swept(self, _):
+        self._running = False
+        if self._again:
+            self._sweep()
+            return
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            w.callback(None)
+
+    def _sweep_sync(self, now: datetime, in_flight: frozenset, resume_all: bool) -> list[dict]:
+        run = self.store.run_sync
+        names = list(self.banks)
+        if not names:
+            return []
+        for name, b in self.banks.items():
+            # a debit may wait a timeout for a connection, then a timeout for its answer
+            before = now - timedelta(seconds=2 * b.opts.debit_timeout + STALE_GRACE)
+            for row in run(sql.debits_stale_sent, before, [name], readonly=True):
+                if row["id"] not in in_flight:
+                    self._to_reversing(row, ("SENT",), now, "no answer recorded (restart?)")
+        for row in run(sql.debits_unposted, names, readonly=True):
+            if row["id"] not in in_flight:
+                self._post_sync(row["bank"], row, now)
+        claimed = []
+        for row in run(sql.debits_due, None if resume_all else now, names, self.sweep_limit,
+                       readonly=True):
+            if row["id"] in in_flight:
+                continue
+            hold = now + timedelta(seconds=self.banks[row["bank"]].opts.debit_timeout * 2 + 60)
+            got = run(sql.debit_claim, row["id"], row["attempts"], now, hold)
+            if got is not None:
+                claimed.append(got)
+        return claimed
+
+    def _send_reversals(self, rows: list[dict]) -> defer.Deferred:
+        return defer.DeferredList([self._send_reversal(r) for r in rows], consumeErrors=True)
+
+    def _send_reversal(self, row: dict) -> defer.Deferred:
+        b = self.banks[row["bank"]]
+        now = self.now()
+        frame = b.codec.encode_debit_reversal(
+            utility_code=b.opts.utility_code, trade_date=now.date(), trade_time=now,
+            utility_serial=reversal_serial(row["utility_serial"]),
+            orig_utility_serial=row["utility_serial"], amount=row["amount"])
+        self.in_flight.add(row["id"])
+        log.info("card debit {bank} {serial}: 561 reversal, attempt {n}", bank=b.name,
+                 serial=row["utility_serial"], n=row["attempts"])
+        d = b.link.exchange("561", frame, row["utility_serial"], b.opts.debit_timeout)
+        d.addCallback(lambda reply: self.run_db(self._reversal_answered_sync, b, row, reply,
+                                                self.now()))
+
+        def done(result):
+            self.in_flight.discard(row["id"])
+            return result
+
+        d.addBoth(done)
+        return d
+
+    def _reversal_answered_sync(self, b: DebitBank, row: dict, reply: Reply,
+                                now: datetime) -> dict | None:
+        run = self.store.run_sync
+        a = reply.decoded if reply.status == "answer" else None
+        if a is not None and a["done"]:
+            status = "NOT_DEBITED" if a["code"] == "006" else "REVERSED"
+            log.info("card debit {serial}: 561 answered {code}: {status}",
+                     serial=row["utility_serial"], code=a["code"], status=status)
+            return run(sql.debit_transition, row["id"], ("REVERSING",), now,
+                       ("card-debit", "card-debit-reversed",
+                        {"code": a["code"], "status": status, "attempts": row["attempts"]}),
+                       status=status, next_attempt_at=None)
+        why = f"561 answered {a['code']}" if a is not None else reply.error or reply.status
+        delay = min(b.opts.debit_retry * 2 ** max(0, row["attempts"] - 1), b.opts.debit_retry_max)
+        log.warn("card debit {serial}: reversal not done ({why}); again in {delay:.0f} s",
+                 serial=row["utility_serial"], why=why, delay=delay)
+        return run(sql.debit_transition, row["id"], ("REVERSING",), now, None,
+                   next_attempt_at=now + timedelta(seconds=delay))
+
+    # -- operators --------------------------------------------------------------------
+
+    def pending(self, bank: str | None = None) -> list[dict]:
+        """On the store's thread: pending reversals, SENT and unposted debits."""
+        return self.store.run_sync(sql.debits, bank, ("SENT", "REVERSING"), 1000, True,
+                                   readonly=True)
+
+
+def abandon(store, debit_id: int, actor: str, note: str, now: datetime) -> dict | None:
+    """An operator closes a pending reversal by hand (the bank confirmed the
+    outcome some other way).  Audited; the bills become free again."""
+    return store.run_sync(sql.debit_transition, debit_id, ("REVERSING", "SENT"), now,
+                          (actor, "card-debit-abandon", {"note": note[:200]}),
+                          status="ABANDONED", next_attempt_at=None)
+
+
+# -- building it for the service ------------------------------------------------------
+
+
+def build(ledger: Ledger, cfg, codecs: dict, clock, now: Callable[[], datetime],
+          run_db: Callable | None = None, endpoint_for: Callable | None = None,
+          banks: list[str] | None = None) -> CardDebits:
+    """CardDebits for every bank with ``options.debit_host`` (or those named)."""
+    from twisted.internet.endpoints import clientFromString
+
+    options = check_config(cfg, codecs)
+    out = {}
+    for b in cfg.banks:
+        opts = options[b.name]
+        if not opts.card_debit or (banks is not None and b.name not in banks):
+            continue
+        ep = endpoint_for(b.name, opts) if endpoint_for else clientFromString(clock,
+                                                                              opts.debit_host)
+        link = DebitLink(b.name, ep, clock, codecs[b.plugin], opts)
+        out[b.name] = DebitBank(b.name, b.bank_code, opts, codecs[b.plugin], link)
+    return CardDebits(ledger, out, clock, now, run_db)
+
+
+class ReversalQueueService(service.Service):
+    """Runs the sweep of :class:`CardDebits` on its clock while started."""
+
+    def __init__(self, debits: CardDebits):
+        self.debits = debits
+        self.setName("card-debit-queue")
+
+    def startService(self):  # noqa: N802
+        super().startService()
+        self.debits.start()
+
+    def stopService(self):  # noqa: N802
+        self.debits.stop()
+        return super().stopService()
+
+
+def make_services(gateway_service) -> list[service.IService]:
+    """The card debit services of a running gateway: a ClientService per bank
+    with ``options.debit_host``, then the reversal queue's LoopingCall (and
+    the simulated bank host for banks with ``debit_host_simulate``, demo only).
+
+    Add them after the database is ready; the debits object is on the last
+    service's ``.debits`` (and on ``gateway_service.card_debits``)."""
+    gw = gateway_service
+    debits = build(gw.ledger, gw.cfg, gw.codecs, gw.reactor, gw.now, run_db=gw.store.call)
+    if not debits.banks:
+        return []
+    out: list[service.IService] = []
+    for name, b in debits.banks.items():
+        if b.opts.debit_host_simulate:
+            from twisted.application import strports
+
+            from bankgate.debithost import DebitHost
+            from bankgate.withholding import simulated_listen
+
+            host = DebitHost(gw.reactor, codec=b.codec)
+            svc = strports.service(simulated_listen(b.opts), host.factory(), reactor=gw.reactor)
+            svc.setName(f"{name}-simulated-debit-host")
+            out.append(svc)
+        out.append(b.link.service)
+    queue = ReversalQueueService(debits)
+    out.append(queue)
+    gw.card_debits = debits
+    return out
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+def _run(ctx, args, work) -> int:
+    """Run ``work(debits, reactor) -> Deferred[int]`` on a reactor of this
+    command's own, with the store's pool reporting through it."""
+    cfg, codecs, ledger, _wh = ctx.context(args)
+    reactor = ctx.reactor()
+    store = ledger.store
+    store.reactor = reactor
+    store.start()
+    try:
+        debits = build(ledger, cfg, codecs, reactor,
+                       lambda: datetime.fromtimestamp(reactor.seconds(), cfg.tz).replace(
+                           tzinfo=None),
+                       banks=[args.bank] if getattr(args, "bank", None) else None)
+    except Exception:
+        store.stop()
+        raise
+    out: dict = {}
+
+    def go():
+        for b in debits.banks.values():
+            b.link.service.startService()
+        d = defer.maybeDeferred(work, debits, reactor)
+
+        def stop(result):
+            out["r"] = result
+            ds = [defer.maybeDeferred(b.link.service.stopService) for b in debits.banks.values()]
+            return defer.DeferredList(ds)
+
+        d.addBoth(stop)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(go)
+    reactor.run(installSignalHandlers=False)
+    store.stop()
+    r = out.get("r")
+    if isinstance(r, Failure):
+        r.raiseException()
+    return r
+
+
+def _print_result(r: DebitResult) -> int:
+    what = {
+        "DEBITED": "debited and posted",
+        "FAILED": "not debited",
+        "REVERSING": "OUTCOME UNKNOWN: a reversal (561) is pending in the queue",
+        "REFUSED": "not sent",
+        "REVERSED": "reversed",
+        "NOT_DEBITED": "never debited",
+    }.get(r.status, r.status.lower())
+    if r.utility_serial:
+        print(f"{r.bank} {r.utility_serial} customer {r.customer_no} bills {','.join(r.bill_ids)}"
+              f" {fen_to_yuan(r.amount)}: {r.status} -- {what}")
+    else:
+        print(f"{r.bank} customer {r.customer_no}: {r.status} -- {what}")
+    if r.code:
+        print(f"  bank answer {r.code}" + (f", bank serial {r.bank_serial}" if r.bank_serial
+                                           else ""))
+    if r.receipt_no:
+        print(f"  receipt {r.receipt_no}")
+    if r.message:
+        print(f"  {r.message}")
+    return {"DEBITED": 0, "REVERSING": 3, "SENT": 3}.get(r.status, 1)
+
+
+def cmd_debit(ctx, args) -> int:
+    bills = tuple(x.strip() for x in args.bills.split(",")) if args.bills else None
+
+    def work(debits: CardDebits, reactor):
+        if args.bank not in debits.banks:
+            print(f"bankgate: bank {args.bank!r} has no debit host"
+                  f" (bank.{args.bank}.options.debit_host)", file=sys.stderr)
+            return 2
+        d = debits.debit(args.bank, args.customer, bills, serial=args.serial, actor=args.actor)
+
+        def answered(r: DebitResult):
+            if r.status != "REVERSING":
+                return r
+            # try the reversal once now; the gateway's queue repeats it if needed
+            return debits.tick().addCallback(lambda _: debits.run_db(
+                debits.store.run_sync, sql.debit_get, args.bank, r.utility_serial)).addCallback(
+                lambda row: DebitResult.from_row(row, r.message) if row else r)
+
+        return d.addCallback(answered).addCallback(_print_result)
+
+    return _run(ctx, args, work)
+
+
+def cmd_queue(ctx, args) -> int:
+    cfg, _codecs, ledger, _wh = ctx.context(args)
+    store = ledger.store
+    if args.abandon is not None:
+        if not args.note.strip() or not args.actor.strip():
+            print("bankgate: --abandon needs --note and --actor", file=sys.stderr)
+            return 2
+        row = abandon(store, args.abandon, args.actor, args.note,
+                      datetime.now(cfg.tz).replace(tzinfo=None))
+        if row is None:
+            print(f"bankgate: debit {args.abandon} is not pending", file=sys.stderr)
+            return 2
+        print(f"debit {row['id']} {row['utility_serial']}: abandoned")
+        return 0
+    if args.resend:
+        def work(debits: CardDebits, reactor):
+            debits._resume_all = True
+            return debits.tick().addCallback(lambda _: 0)
+
+        _run(ctx, args, work)
+    if args.all:
+        rows = store.run_sync(sql.debits, args.bank, None, args.limit, readonly=True)
+    else:
+        rows = store.run_sync(sql.debits, args.bank, ("SENT", "REVERSING"), args.limit, True,
+                              readonly=True)
+    for r in rows:
+        nxt = f" next {r['next_attempt_at']:%Y-%m-%d %H:%M:%S}" if r["next_attempt_at"] else ""
+        posted = "" if r["status"] != "DEBITED" else (
+            " posted" if r["payment_id"] else " NOT POSTED")
+        print(f"{r['id']:>8} {r['bank']:<14} {r['utility_serial']:<24} {r['status']:<11}{posted}"
+              f" customer {r['customer_no']} {fen_to_yuan(r['amount']):>12} code"
+              f" {r['response_code'] or '-'} attempts {r['attempts']}{nxt}")
+    pending = [r for r in rows if r["status"] in ("SENT", "REVERSING")
+               or (r["status"] == "DEBITED" and r["payment_id"] is None)]
+    print(f"{len(pending)} pending")
+    return 1 if pending else 0
+
+
+def cmd_simulate_host(ctx, args) -> int:
+    from twisted.application import strports
+
+    from bankgate.config import check_plugins
+    from bankgate.debithost import MODES, DebitHost
+    from bankgate.withholding import parse_options, simulated_listen
+
+    cfg = ctx.load_config(args.config)
+    codecs = check_plugins(cfg)
+    b = cfg.bank(args.bank)
+    listen = args.listen
+    if listen is None:
+        opts = parse_options(b, cfg.source)
+        if opts.debit_host is None:
+            print(f"bankgate: bank {b.name} has no debit_host; give --listen", file=sys.stderr)
+            return 2
+        listen = simulated_listen(opts)
+    if args.mode not in MODES:
+        print(f"bankgate: --mode: one of {', '.join(MODES)}", file=sys.stderr)
+        return 2
+    reactor = ctx.reactor()
+    host = DebitHost(reactor, codec=codecs[b.plugin], mode=args.mode, delay=args.delay,
+                     refuse=args.refuse or {}, close_after_answer=args.one_per_connection)
+    svc = strports.service(listen, host.factory(), reactor=reactor)
+    reactor.callWhenRunning(svc.startService)
+    print(f"simulated debit host of {b.name} on {listen}, mode {args.mode} (Ctrl-C stops)")
+    sys.stdout.flush()
+    reactor.run()
+    return 0
+
+
+def add_cli_commands(ws, ctx) -> None:
+    """``debit``, ``queue`` and ``simulate-host`` under ``bankgate withholding``."""
+    from bankgate.withholding import _pairs
+
+    c = ws.add_parser("debit", help="real-time card debit (卡扣) of a customer's bill(s)")
+    c.add_argument("--bank", required=True)
+    c.add_argument("--customer", required=True)
+    c.add_argument("--bills", default=None,
+                   help="comma-separated bill ids (default: the oldest open bill)")
+    c.add_argument("--serial", default=None,
+                   help="our serial (default: a fresh one); an existing one shows its state")
+    c.add_argument("--actor", default="operator")
+    c.set_defaults(func=functools.partial(cmd_debit, ctx))
+
+    c = ws.add_parser("queue", help="pending card debit reversals (561) and unposted debits")
+    c.add_argument("--bank", default=None)
+    c.add_argument("--all", action="store_true", help="recent debits of every status")
+    c.add_argument("--limit", type=int, default=100)
+    c.add_argument("--resend", action="store_true", help="send the pending reversals now")
+    c.add_argument("--abandon", type=int, metavar="ID", default=None,
+                   help="close a pending reversal by hand (needs --note and --actor)")
+    c.add_argument("--note", default="")
+    c.add_argument("--actor", default="")
+    c.set_defaults(func=functools.partial(cmd_queue, ctx))
+
+    c = ws.add_parser("simulate-host", help="play a bank's debit host (560/561) for demos")
+    c.add_argument("--bank", required=True)
+    c.add_argument("--listen", default=None,
+                   help="server endpoint (default: from the bank's debit_host)")
+    c.add_argument("--mode", default="normal", help="normal, slow, silent, ignore, drop,"
+                   " drop-after, duplicate, busy, garbage")
+    c.add_argument("--delay", type=float, default=5.0, help="seconds, for --mode slow")
+    c.add_argument("--refuse", type=_pairs, default=None,
+                   help="ACCOUNT=CODE,... answer 101/102/103 for these accounts")
+    c.add_argument("--one-per-connection", action="store_true",
+                   help="close the connection after each answer")
+    c.set_defaults(func=functools.partial(cmd_simulate_host, ctx))
+
