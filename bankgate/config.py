@@ -29,6 +29,36 @@ class ConfigError(ValueError):
         super().__init__(f"{source}: {key}: {problem}")
 
 
+RECON_BANK_ONLY = ("post", "exception")
+RECON_UTILITY_ONLY = ("reverse", "exception")
+RECON_TOTALS_DIFFER = ("hold", "balance")
+STATEMENT_SCHEMES = ("file", "ftp", "sftp")
+
+
+@dataclass
+class ReconPolicy:
+    """How a bank's nightly reconciliation balances (``[bank.reconcile]``).
+
+    ``bank_only``: ``post`` a record only the bank has, after the fact (补销), or
+    leave it as an ``exception``.  ``utility_only``: ``reverse`` a payment the
+    statement lacks at the utility (抹账), or leave it as an ``exception``.
+    ``totals_differ``: when the statement's header disagrees with its details,
+    ``hold`` every automatic change (all become exceptions) or ``balance``
+    anyway.  ``post_policy``: the payment policy for posts after the fact.
+    """
+
+    bank_only: str = "post"
+    utility_only: str = "reverse"
+    totals_differ: str = "hold"
+    post_policy: str = "any"
+    workers: int = 1  # ledger calls in parallel while balancing (by customer)
+    store_matched: bool = True  # keep one bg_recon_item row per matched record
+    error_file: bool = True  # write the .DZCW error file where the plugin has one
+    report_dir: str = ""  # default: {data_dir}/reports/{bank}
+    pdf: bool = True
+    lock_stale: float = 1800.0  # seconds after which a silent run's lock may be taken
+
+
 @dataclass
 class BankConfig:
     name: str
@@ -47,6 +77,23 @@ class BankConfig:
     cutoff_time: time | None = None
     exchange_dir: str = ""
     options: dict = field(default_factory=dict)
+    # reconciliation (对账): where the statement comes from, and when
+    statement_source: str = ""  # "" = the exchange folder; file:// ftp:// sftp:// URL
+    statement_password: str | None = None  # FTP / SFTP password (never logged)
+    statement_key_file: str | None = None  # SFTP private key file
+    statement_host_key: str | None = None  # SFTP host key fingerprint, "SHA256:..."
+    statement_retry: float = 300.0  # first wait when the file is not there yet
+    statement_retry_max: float = 3600.0  # the wait doubles up to this
+    statement_wait: float = 43200.0  # give up (run FAILED) after this long
+    reconcile_time: time | None = None  # local time the nightly run starts
+    reconcile_days_back: int = 1  # at reconcile_time on day T, reconcile T - this
+    reconcile: ReconPolicy = field(default_factory=ReconPolicy)
+
+    def statement_dir(self, data_dir: str = DEFAULT_DATA_DIR) -> str:
+        """The local drop folder: the exchange folder (or ``{data_dir}/exchange/{name}``)."""
+        if self.statement_source.startswith("file://"):
+            return self.statement_source[len("file://"):]
+        return self.exchange_dir or str(Path(data_dir) / "exchange" / self.name)
 
     def profile(self) -> BankProfile:
         return BankProfile(
@@ -117,18 +164,21 @@ def default_config(data_dir: str = DEFAULT_DATA_DIR) -> Config:
                 listen=["tcp:9101:interface=127.0.0.1"], allow=["127.0.0.0/8"],
                 policy="exact", mac=True, mac_key=key, cutoff_time=time(23, 30),
                 exchange_dir=str(Path(data_dir) / "exchange" / "demo-fixed"),
+                reconcile_time=time(2, 0),
             ),
             BankConfig(
                 name="demo-delim", plugin="ref-delim", bank_code="103210",
                 listen=["tcp:9102:interface=127.0.0.1"], allow=["127.0.0.0/8"],
                 policy="partial", cutoff_time=time(23, 30),
                 exchange_dir=str(Path(data_dir) / "exchange" / "demo-delim"),
+                reconcile_time=time(2, 0),
             ),
             BankConfig(
                 name="demo-iso8583", plugin="ref-iso8583", bank_code="104210",
                 listen=["tcp:9103:interface=127.0.0.1"], allow=["127.0.0.0/8"],
                 policy="exact", mac=True, zmk=key, cutoff_time=time(23, 30),
                 exchange_dir=str(Path(data_dir) / "exchange" / "demo-iso8583"),
+                reconcile_time=time(2, 0),
             ),
         ],
     )
@@ -360,8 +410,113 @@ def _parse_bank(sec: _Section, names: set[str]) -> BankConfig:
         b.cutoff_time = time(int(m.group(1)), int(m.group(2)))
     b.exchange_dir = sec.get("exchange_dir", str, "")
     b.options = sec.get("options", dict, {})
+    _parse_reconcile(sec, b)
     sec.finish()
     return b
+
+
+def _hhmm(sec: _Section, k: str) -> time | None:
+    v = sec.get(k, str)
+    if v is None:
+        return None
+    m = re.fullmatch(r"([01][0-9]|2[0-3]):([0-5][0-9])", v)
+    if not m:
+        raise sec.err(k, f"expected HH:MM (24-hour local time), got {v!r}")
+    return time(int(m.group(1)), int(m.group(2)))
+
+
+def _seconds(sec: _Section, k: str, default: float, low: float, high: float) -> float:
+    v = sec.get(k, (int, float), default)
+    if not low <= v <= high:
+        raise sec.err(k, f"expected seconds between {low:g} and {high:g}, got {v!r}")
+    return float(v)
+
+
+def _choice(sec: _Section, k: str, choices: tuple, default: str) -> str:
+    v = sec.get(k, str, default)
+    if v not in choices:
+        raise sec.err(k, f"expected one of {', '.join(choices)}, got {v!r}")
+    return v
+
+
+def _parse_reconcile(sec: _Section, b: BankConfig) -> None:
+    """The reconciliation keys of one bank: statement source, schedule, policy."""
+    from urllib.parse import urlsplit
+
+    src = sec.get("statement_source", str, "")
+    if src:
+        u = urlsplit(src)
+        if u.scheme not in STATEMENT_SCHEMES:
+            raise sec.err("statement_source",
+                          f"expected a file://, ftp:// or sftp:// URL, got {src!r}")
+        if u.scheme == "file":
+            if not u.path:
+                raise sec.err("statement_source", "expected file:///a/folder")
+        else:
+            if not u.hostname:
+                raise sec.err("statement_source", f"expected {u.scheme}://user@host[:port]/folder")
+            try:
+                u.port  # noqa: B018 - validates the port
+            except ValueError:
+                raise sec.err("statement_source", "the port is not a number 1-65535") from None
+            if u.password:
+                raise sec.err("statement_source",
+                              "put the password in statement_password, not in the URL")
+    b.statement_source = src
+    b.statement_password = sec.get("statement_password", str)
+    b.statement_key_file = sec.get("statement_key_file", str)
+    if b.statement_key_file is not None and not Path(b.statement_key_file).is_file():
+        raise sec.err("statement_key_file", f"no such file {b.statement_key_file!r}")
+    b.statement_host_key = sec.get("statement_host_key", str)
+    if b.statement_host_key is not None and not re.fullmatch(
+        r"SHA256:[A-Za-z0-9+/]{43}=?|([0-9a-fA-F]{2}:){15}[0-9a-fA-F]{2}", b.statement_host_key
+    ):
+        raise sec.err("statement_host_key",
+                      "expected a host key fingerprint like 'SHA256:...' (ssh-keygen -l -f)"
+                      " or 16 hex pairs 'aa:bb:...'")
+    if src.startswith("sftp://"):
+        if b.statement_host_key is None:
+            raise sec.err("statement_host_key",
+                          "missing; required with an sftp:// statement_source (the server's"
+                          " host key fingerprint, so a man in the middle is refused)")
+        if b.statement_password is None and b.statement_key_file is None:
+            raise sec.err("statement_password",
+                          "missing; an sftp:// source needs statement_password or"
+                          " statement_key_file")
+    elif src.startswith("ftp://"):
+        if b.statement_key_file is not None or b.statement_host_key is not None:
+            key = "statement_key_file" if b.statement_key_file else "statement_host_key"
+            raise sec.err(key, "only for sftp:// sources")
+    elif b.statement_password or b.statement_key_file or b.statement_host_key:
+        key = next(k for k in ("statement_password", "statement_key_file",
+                               "statement_host_key") if getattr(b, k))
+        raise sec.err(key, "only for ftp:// or sftp:// statement sources")
+    b.statement_retry = _seconds(sec, "statement_retry", 300, 1, 86400)
+    b.statement_retry_max = _seconds(sec, "statement_retry_max", 3600, 1, 86400)
+    if b.statement_retry_max < b.statement_retry:
+        raise sec.err("statement_retry_max", "expected at least statement_retry")
+    b.statement_wait = _seconds(sec, "statement_wait", 43200, 0, 7 * 86400)
+    b.reconcile_time = _hhmm(sec, "reconcile_time")
+    days = sec.get("reconcile_days_back", int, 1)
+    if not 0 <= days <= 7:
+        raise sec.err("reconcile_days_back", f"expected 0 to 7, got {days!r}")
+    b.reconcile_days_back = days
+    r = sec.section("reconcile")
+    p = ReconPolicy()
+    p.bank_only = _choice(r, "bank_only", RECON_BANK_ONLY, p.bank_only)
+    p.utility_only = _choice(r, "utility_only", RECON_UTILITY_ONLY, p.utility_only)
+    p.totals_differ = _choice(r, "totals_differ", RECON_TOTALS_DIFFER, p.totals_differ)
+    p.post_policy = _choice(r, "post_policy", POLICIES, p.post_policy)
+    p.workers = r.get("workers", int, p.workers)
+    if not 1 <= p.workers <= 32:
+        raise r.err("workers", f"expected 1 to 32, got {p.workers!r}")
+    p.store_matched = r.get("store_matched", bool, p.store_matched)
+    p.error_file = r.get("error_file", bool, p.error_file)
+    p.report_dir = r.get("report_dir", str, p.report_dir)
+    p.pdf = r.get("pdf", bool, p.pdf)
+    p.lock_stale = _seconds(r, "lock_stale", p.lock_stale, 60, 86400)
+    r.finish()
+    b.reconcile = p
 
 
 def check_plugins(cfg: Config) -> dict:

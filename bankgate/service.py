@@ -6,7 +6,10 @@ starts the database first -- migrations, the reference N8 schema and demo
 data when configured -- and only then opens the banks' listeners; it stops
 them first and the database last.  A :class:`Scheduler` closes trade dates at
 each bank's cut-off time (catching up dates missed while the service was
-down) and expires unconfirmed two-phase payments.
+down) and expires unconfirmed two-phase payments.  A :class:`ReconScheduler`
+runs each bank's nightly reconciliation at its ``reconcile_time`` (catching
+up missed nights in date order at start) and whenever a bank's statement
+notice (ref-fixed 1005, ref-delim 510) arrives.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from datetime import date, datetime, timedelta
 from twisted.application import service, strports
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from bankgate import messages as m
 from bankgate.config import Config, check_plugins
 from bankgate.engine import BankFactory
 from bankgate.ledger import Ledger, LedgerService
@@ -50,6 +55,8 @@ class GatewayService(service.MultiService):
                 svc.setName(f"{b.name}@{ep}")
                 self.listeners.append((b.name, ep, svc))
         self.scheduler = Scheduler(self)
+        self.recon = ReconScheduler(self)
+        self.ledger_service.listeners.append(self.recon.on_request)
         self.ready = defer.Deferred()
 
     def now(self) -> datetime:
@@ -74,6 +81,7 @@ class GatewayService(service.MultiService):
                      bank=name, plugin=self.cfg.bank(name).plugin,
                      code=self.cfg.bank(name).bank_code, ep=ep)
         self.scheduler.start()
+        self.recon.start()
         log.info("bankgate: ready, {n} bank(s)", n=len(self.cfg.banks))
         self.ready.callback(self)
 
@@ -87,6 +95,7 @@ class GatewayService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         self.scheduler.stop()
+        self.recon.stop()
         yield defer.maybeDeferred(service.MultiService.stopService, self)
         self.store.stop()
         log.info("bankgate: stopped")
@@ -182,3 +191,214 @@ class Scheduler:
                 ledger._closed.add((bank, d))
         ledger.expire_pending()
         return closed
+
+
+# -- nightly reconciliation (对账) ----------------------------------------------------
+
+
+def load_reconciler(cfg: Config):
+    """The reconciliation plugin module: ``reconciler.py`` from the configured
+    plugin folders (the last one that has it) or the shipped ``plugins/``."""
+    from pathlib import Path
+
+    from bankgate.codec.registry import load_file, shipped_dir
+
+    path = shipped_dir() / "reconciler.py"
+    for d in cfg.plugin_dirs:
+        if (Path(d) / "reconciler.py").is_file():
+            path = Path(d) / "reconciler.py"
+    return load_file(path)
+
+
+class ReconScheduler:
+    """Runs reconciliations inside the service, one bank's runs after another.
+
+    - At each bank's ``reconcile_time`` it reconciles the dates due: the
+      settle date ``reconcile_days_back`` days before today and every earlier
+      date of the last :data:`CATCH_UP_DAYS` (on or after the bank's first
+      transaction) without a finished run -- oldest first.  At start, the same
+      check runs at once: nights missed while the service was down catch up.
+    - A statement notice (ref-fixed 1005, ref-delim 510) queues that date.
+    - Each run waits for the statement file with back-off on the reactor's
+      clock (``statement_retry`` doubling up to ``statement_retry_max``, for at
+      most ``statement_wait``); a file that never comes is a FAILED run.
+    - The file is read and reconciled on the store's thread pool (``store.call``);
+      nothing blocks the reactor.
+    """
+
+    interval = 60.0
+    history_size = 100
+
+    def __init__(self, gw: GatewayService):
+        self.gw = gw
+        self.loop = task.LoopingCall(self.tick)
+        self.loop.clock = gw.reactor
+        self._last: datetime | None = None
+        self.queues: dict[str, list[tuple[date, str | None, str]]] = {}
+        self.running: dict[str, tuple[date, defer.Deferred]] = {}
+        self._waiters: dict[tuple[str, date], list[defer.Deferred]] = {}
+        self._fetches: dict[str, object] = {}
+        self.reports: list = []  # the last runs' RunReports, newest last
+        self._stopped = False
+        self.module = None
+        self.reconcilers: dict = {}
+        banks = [b for b in gw.cfg.banks if hasattr(gw.codecs[b.plugin], "read_statement")]
+        if banks:
+            self.module = load_reconciler(gw.cfg)
+            for b in banks:
+                self.reconcilers[b.name] = self.module.Reconciler(
+                    gw.ledger, b, gw.codecs[b.plugin], data_dir=gw.cfg.data_dir, now=gw.now)
+
+    def start(self) -> None:
+        self._stopped = False
+        if any(b.reconcile_time for b in self.gw.cfg.banks if b.name in self.reconcilers):
+            self.loop.start(self.interval, now=True).addErrback(
+                lambda f: log.failure("reconciliation scheduler stopped", f))
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self.loop.running:
+            self.loop.stop()
+        for f in list(self._fetches.values()):
+            f.cancel()
+        self._fetches.clear()
+        self.queues.clear()
+
+    # -- when --------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = self.gw.now()
+        for b in self.gw.cfg.banks:
+            if b.reconcile_time is None or b.name not in self.reconcilers:
+                continue
+            fire = datetime.combine(now.date(), b.reconcile_time)
+            if self._last is None or self._last < fire <= now:
+                d = self.gw.store.call(self.due_dates, b.name, now)
+                d.addCallback(self._enqueue_due, b.name,
+                              "catch-up" if self._last is None else "scheduled")
+                d.addErrback(lambda f, n=b.name: log.failure(
+                    "reconciliation: cannot find the dates due for {bank}", f, bank=n))
+        self._last = now
+
+    def due_dates(self, bank: str, now: datetime) -> list[date]:
+        """Runs on the store's thread: the dates of ``bank`` to reconcile now."""
+        from bankgate.store import recon as sql
+
+        b = self.gw.cfg.bank(bank)
+        today = now.date() if now.time() >= b.reconcile_time else now.date() - timedelta(days=1)
+        target = today - timedelta(days=b.reconcile_days_back)
+        start = target - timedelta(days=CATCH_UP_DAYS - 1)
+        first = self.gw.store.run_sync(sql.first_activity, bank)
+        if first is None:
+            return []
+        done = self.gw.store.run_sync(sql.reconciled_dates, bank, start)
+        out = []
+        d = max(start, first)
+        while d <= target:
+            if d not in done:
+                out.append(d)
+            d += timedelta(days=1)
+        return out
+
+    def _enqueue_due(self, dates: list[date], bank: str, why: str) -> None:
+        for d in dates:
+            self.enqueue(bank, d, why=why).addErrback(lambda f: None)
+
+    def on_request(self, req, result) -> None:
+        """A LedgerService listener: a statement notice the ledger accepted
+        queues its date."""
+        if isinstance(req, m.StatementNotice) and result.outcome is m.Outcome.OK:
+            bank = req.origin.bank
+            if bank in self.reconcilers:
+                self.enqueue(bank, req.settle_date, file_name=req.file_name or None,
+                             why="notice").addErrback(lambda f: None)
+
+    # -- what --------------------------------------------------------------------
+
+    def enqueue(self, bank: str, d: date, file_name: str | None = None,
+                why: str = "operator") -> defer.Deferred:
+        """Queue a run of ``bank`` for ``d``: a Deferred of its RunReport
+        (``None`` when it could not run).  A date already queued or running
+        is not queued twice."""
+        if bank not in self.reconcilers:
+            return defer.fail(KeyError(f"bank {bank!r} cannot be reconciled"))
+        waiter: defer.Deferred = defer.Deferred()
+        waiting = self._waiters.setdefault((bank, d), [])
+        waiting.append(waiter)
+        run = self.running.get(bank)
+        queue = self.queues.setdefault(bank, [])
+        if len(waiting) == 1 and not (run and run[0] == d):
+            queue.append((d, file_name, why))
+            queue.sort(key=lambda q: q[0])
+            log.info("reconciliation: {bank} {date} queued ({why})", bank=bank, date=d, why=why)
+        self._pump(bank)
+        return waiter
+
+    def _pump(self, bank: str) -> None:
+        if self._stopped or bank in self.running or not self.queues.get(bank):
+            return
+        d, file_name, why = self.queues[bank].pop(0)
+        run = self._run(bank, d, file_name)
+        self.running[bank] = (d, run)
+
+        def finished(result):
+            self.running.pop(bank, None)
+            self._fetches.pop(bank, None)
+            rep = result if not isinstance(result, Failure) else None
+            if rep is not None:
+                self.reports.append(rep)
+                del self.reports[:-self.history_size]
+            for w in self._waiters.pop((bank, d), []):
+                w.callback(rep) if not isinstance(result, Failure) else w.errback(result)
+            self._pump(bank)
+            return None
+
+        run.addBoth(finished)
+
+    def _run(self, bank: str, d: date, file_name: str | None) -> defer.Deferred:
+        from bankgate.statements import Fetch, StatementGaveUp, source_for
+
+        b = self.gw.cfg.bank(bank)
+        rec = self.reconcilers[bank]
+        mod = self.module
+        name = file_name or rec.file_name(d)
+        src = source_for(b, self.gw.reactor, data_dir=self.gw.cfg.data_dir,
+                         run_blocking=self.gw.store.call)
+
+        def retrying(error: str, delay: float, attempt: int) -> None:
+            log.info("reconciliation: {bank} {date}: statement {name} not read ({error});"
+                     " trying again in {delay:.0f} s", bank=bank, date=d, name=name,
+                     error=error, delay=delay)
+
+        try:
+            fetch = Fetch(src, name, self.gw.reactor, first=b.statement_retry,
+                          most=b.statement_retry_max, give_up=b.statement_wait,
+                          on_retry=retrying)
+        except ValueError as e:  # a notice naming no usable file
+            log.error("reconciliation: {bank} {date}: {error}", bank=bank, date=d, error=e)
+            return self.gw.store.call(rec.record_failure, d, str(e))
+        self._fetches[bank] = fetch
+
+        def got(fetched):
+            log.info("reconciliation: {bank} {date}: read {source} ({size} bytes,"
+                     " sha256 {sha})", bank=bank, date=d, source=fetched.source,
+                     size=fetched.size, sha=fetched.sha256[:12])
+            return self.gw.store.call(rec.reconcile, fetched.data, d, source=fetched.source,
+                                      file_name=fetched.name)
+
+        def failed(f):
+            if f.check(StatementGaveUp):
+                return self.gw.store.call(rec.record_failure, d, f.getErrorMessage(),
+                                          source=src.where(name), file_name=name)
+            if f.check(mod.StatementError):
+                return None  # recorded as a FAILED run by the reconciler, and logged
+            if f.check(mod.ReconBusy):
+                log.info("reconciliation: {bank} {date}: {why}", bank=bank, date=d,
+                         why=f.getErrorMessage())
+                return None
+            if f.check(defer.CancelledError):
+                return None
+            log.failure("reconciliation: {bank} {date} failed", f, bank=bank, date=d)
+            return None
+
+        return fetch.result.addCallback(got).addErrback(failed)

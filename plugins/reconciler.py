@@ -1,0 +1,1277 @@
+"""The reconciliation plugin (对账/平帐): a bank's statement against the ledger.
+
+For one bank and settle date it
+
+1. reads the statement with the bank plugin's own reader (``ref-fixed``
+   ``.txt``, ``ref-delim`` ``.DZ``, ``ref-iso8583`` ``.csv``, or any plugin whose
+   ``read_statement`` returns records), in chunks, into compact columns;
+2. takes the database lock on (bank, date) and closes the date (cut-off,
+   reason ``recon``);
+3. merges the statement, sorted by serial, with the gateway's payments of
+   that bank and date streamed from the database in the same order
+   (sort-merge: one pass, nothing per row but a comparison) and classifies
+   every serial: ``MATCHED``, ``BANK_ONLY`` (单边账, missing at the utility),
+   ``UTILITY_ONLY`` (missing at the bank), ``AMOUNT_DIFFERS`` (amount or
+   customer), ``DATE_DIFFERS`` (the record's trade date is not the settle
+   date) and ``TOTALS_DIFFER`` (the header's count/total disagree with the
+   details);
+4. balances (平帐) what the bank's policy allows -- the statement is the
+   authority: a bank-only record is posted after the fact (补销,
+   ``Ledger.pay(source="recon", run_id=...)``), a utility-only payment is
+   reversed locally (抹账, ``Ledger.reverse_local``); everything else is an
+   exception for an operator;
+5. stores the run and its items, checks that the gateway's totals now equal
+   the statement's or that the open exceptions explain the difference to the
+   fen, and writes the report (text, CSV, PDF) and the ``ref-delim`` ``.DZCW``
+   error file.
+
+A payment this reconciliation posted or reversed on an earlier run is
+reported again in its category with action ``NONE`` ("balanced by run N"):
+the same statement run twice gives the same items and the same error file,
+and changes nothing the second time.
+
+Everything here is synchronous (it runs on the store's thread pool or in the
+``bankgate reconcile`` command); SQL lives in :mod:`bankgate.store.recon`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import logging
+import os
+import re
+import socket
+import sys
+import threading
+import time
+import uuid
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from bankgate import messages as m
+from bankgate.messages import Outcome
+from bankgate.money import fen_to_yuan
+from bankgate.store import recon as sql
+from bankgate.store.recon import (
+    P_AMOUNT,
+    P_CUSTOMER,
+    P_ID,
+    P_RUN,
+    P_SOURCE,
+    P_STATUS,
+    P_UNDO,
+    P_UNDO_RUN,
+)
+
+log = logging.getLogger("bankgate.recon")
+
+MATCHED = "MATCHED"
+BANK_ONLY = "BANK_ONLY"
+UTILITY_ONLY = "UTILITY_ONLY"
+AMOUNT_DIFFERS = "AMOUNT_DIFFERS"
+DATE_DIFFERS = "DATE_DIFFERS"
+TOTALS_DIFFER = "TOTALS_DIFFER"
+CATEGORIES = (MATCHED, BANK_ONLY, UTILITY_ONLY, AMOUNT_DIFFERS, DATE_DIFFERS, TOTALS_DIFFER)
+
+POSTED = "POSTED"  # posted after the fact (补销)
+REVERSED = "REVERSED"  # reversed locally (抹账)
+EXCEPTION = "EXCEPTION"  # for an operator
+NONE = "NONE"  # nothing to do (matched, or balanced by an earlier run)
+RESOLVED = "RESOLVED"  # an exception an operator (or a later run) closed
+
+# ref-delim §5 error numbers
+ERRNO = {DATE_DIFFERS: "01", BANK_ONLY: "02", UTILITY_ONLY: "03", AMOUNT_DIFFERS: "04"}
+
+STANDING = ("POSTED", "PENDING")
+RECON_CHANNEL = m.Channel.RECONCILIATION.value
+CHUNK = 50_000  # statement lines handed to the plugin's reader at once
+ITEM_BATCH = 5_000
+KEEPALIVE = 60.0  # seconds between refreshes of the run lock
+
+
+class StatementError(ValueError):
+    """The statement file cannot be used (malformed, wrong bank or date)."""
+
+
+class ReconBusy(RuntimeError):
+    """Another run (this process or another) holds the lock on this bank and date."""
+
+
+class ReconLockLost(RuntimeError):
+    """The lock was taken over (this run was silent too long): the run stops."""
+
+
+class _OrderError(Exception):
+    """The database did not return serials in code point order."""
+
+
+# -- the statement, normalised --------------------------------------------------------
+
+
+class StatementRecord(NamedTuple):
+    serial: str
+    trade_date: date
+    customer_no: str
+    amount: int
+    channel: str = "01"
+    trade_time: str = "000000"
+    bill_ids: tuple[str, ...] = ()
+
+
+class Records:
+    """Statement records in columns: a million of them fit in ~200 MB."""
+
+    __slots__ = ("serials", "customers", "amounts", "dates", "times", "channels", "bill_ids",
+                 "_intern")
+
+    def __init__(self):
+        self.serials: list[str] = []
+        self.customers: list[str] = []
+        self.amounts = array("q")
+        self.dates = array("l")  # proleptic ordinals
+        self.times: list[str] = []
+        self.channels: list[str] = []
+        self.bill_ids: list[tuple] = []
+        self._intern: dict = {}
+
+    def _i(self, v):
+        return self._intern.setdefault(v, v)
+
+    def add(self, serial: str, trade_date: date, customer_no: str, amount: int,
+            channel: str = "01", trade_time: str = "000000", bill_ids: tuple = ()) -> None:
+        self.serials.append(serial)
+        self.customers.append(customer_no)
+        self.amounts.append(amount)
+        self.dates.append(trade_date.toordinal())
+        self.times.append(self._i(trade_time or "000000"))
+        self.channels.append(self._i(channel or "01"))
+        self.bill_ids.append(self._i(tuple(bill_ids)) if bill_ids else ())
+
+    def extend(self, recs: list[dict], time_of=None) -> None:
+        """Append the plugin reader's record dicts (``serial``, ``trade_date``,
+        ``customer_no``, ``amount``, ``channel``, ``trade_time``/``time_of(r)``,
+        ``bill_ids``)."""
+        intern = self._intern.setdefault
+        sa, ca, aa, da = (self.serials.append, self.customers.append, self.amounts.append,
+                          self.dates.append)
+        ta, cha, ba = self.times.append, self.channels.append, self.bill_ids.append
+        for r in recs:
+            sa(r["serial"])
+            ca(r["customer_no"])
+            aa(r["amount"])
+            da(r["trade_date"].toordinal())
+            t = time_of(r) if time_of is not None else r["trade_time"]
+            ta(intern(t, t))
+            ch = r.get("channel") or "01"
+            cha(intern(ch, ch))
+            b = r.get("bill_ids")
+            ba(intern(b, b) if b else ())
+
+    def __len__(self) -> int:
+        return len(self.serials)
+
+    def record(self, i: int) -> StatementRecord:
+        return StatementRecord(self.serials[i], date.fromordinal(self.dates[i]),
+                               self.customers[i], self.amounts[i], self.channels[i],
+                               self.times[i], self.bill_ids[i])
+
+    def __iter__(self) -> Iterator[StatementRecord]:
+        return (self.record(i) for i in range(len(self)))
+
+    def total(self) -> int:
+        return sum(self.amounts)
+
+
+@dataclass
+class Statement:
+    settle_date: date
+    records: Records
+    bank_code: str | None = None
+    declared_count: int | None = None  # the header's / trailer's, where the format has one
+    declared_total: int | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.records)
+
+    @property
+    def total(self) -> int:
+        return self.records.total()
+
+    @property
+    def totals_differ(self) -> bool:
+        return self.declared_count is not None and (
+            self.declared_count != self.count or self.declared_total != self.total)
+
+
+def _first_line(data: bytes) -> tuple[bytes, int]:
+    """The first line (without CR LF) and where the rest begins."""
+    end = data.find(b"\n")
+    if end < 0:
+        end = len(data)
+    line = data[:end]
+    return (line[:-1] if line.endswith(b"\r") else line), end + 1
+
+
+def _blocks(data: bytes, start: int, end: int, size: int) -> Iterator[tuple[int, bytes]]:
+    """``(lines before it, block)``: ``data[start:end]`` cut after every
+    ``size``-th line end (searching in C, copying each block once)."""
+    find = data.find
+    pos, done = start, 0
+    while pos < end:
+        p = pos
+        n = 0
+        while n < size:
+            nl = find(b"\n", p, end)
+            if nl < 0:
+                p = end
+                n += 1
+                break
+            p = nl + 1
+            n += 1
+        yield done, data[pos:p]
+        done += n
+        pos = p
+
+
+_LINE = re.compile(r"line (\d+)")
+
+
+def _renumber(e: Exception, shift: int) -> str:
+    """The reader's error with its line number moved from the chunk to the file."""
+    return _LINE.sub(lambda mt: f"line {int(mt.group(1)) + shift}", str(e), count=1)
+
+
+def _module_of(codec) -> Any:
+    return sys.modules.get(type(codec).__module__)
+
+
+class StatementFormat:
+    """A plugin's statement file, read and written through the plugin."""
+
+    has_header = False
+
+    def __init__(self, codec):
+        self.codec = codec
+
+    def file_name(self, bank_code: str, d: date) -> str:
+        return self.codec.statement_name(bank_code, d)
+
+    def read(self, data: bytes, bank_code: str, d: date, chunk: int = CHUNK) -> Statement:
+        """Generic: the plugin's reader on the whole file, any of its shapes."""
+        try:
+            out = self.codec.read_statement(data)
+        except ValueError as e:
+            raise StatementError(str(e)) from None
+        head: dict = {}
+        if isinstance(out, tuple) and len(out) == 2:
+            a, b = out
+            head, recs = (a, b) if isinstance(a, dict) else (b, a)
+        else:
+            recs = out
+        st = Statement(d, Records(), head.get("bank_code"), head.get("record_count"),
+                       head.get("total_amount"))
+        _check_head(head.get("settle_date"), d, head.get("bank_code"), bank_code, 1)
+        for r in recs:
+            _add(st.records, r, d)
+        return st
+
+    def write(self, bank_code: str, d: date, records: list[dict],
+              declared: tuple[int, int] | None = None) -> bytes:
+        raise NotImplementedError(f"{self.codec.name}: writing statements is not supported")
+
+
+def _add(recs: Records, r: dict, d: date) -> None:
+    serial = r.get("serial") or r.get("bank_serial") or r.get("rrn")
+    td = r.get("trade_date")
+    when = r.get("trade_datetime")
+    if td is None and isinstance(when, datetime):
+        td = when.date()
+    if isinstance(td, datetime):
+        td = td.date()
+    ttime = r.get("trade_time")
+    if not ttime and isinstance(when, datetime):
+        ttime = f"{when:%H%M%S}"
+    if "settle_date" in r and r["settle_date"] not in (None, d):
+        raise StatementError(f"record {serial}: settle_date {r['settle_date']} is not {d}:"
+                             " not this date's statement")
+    recs.add(str(serial), td or d, str(r["customer_no"]), int(r["amount"]),
+             str(r.get("channel") or "01"), str(ttime or "000000"),
+             tuple(r.get("bill_ids") or ()))
+
+
+def _check_head(settle: date | None, d: date, code: str | None, bank_code: str,
+                line: int) -> None:
+    if settle is not None and settle != d:
+        raise StatementError(f"line {line}: the statement is for settle date {settle:%Y-%m-%d},"
+                             f" not {d:%Y-%m-%d}")
+    if code is not None and code.strip() != bank_code:
+        raise StatementError(f"line {line}: the statement is bank {code.strip()!r}'s,"
+                             f" not {bank_code!r}'s")
+
+
+def _field_slice(layout, name: str) -> slice:
+    pos = 0
+    for sc in layout.subcons:
+        size = sc.sizeof()
+        if getattr(sc, "name", None) == name:
+            return slice(pos, pos + size)
+        pos += size
+    raise KeyError(name)
+
+
+class FixedFormat(StatementFormat):
+    """``ref-fixed`` §8: ``H`` header line (count, total), ``D`` detail lines."""
+
+    has_header = True
+
+    def __init__(self, codec):
+        super().__init__(codec)
+        lay = codec.layouts()
+        self.header = lay["statement.header"]
+        self.detail = lay["statement.detail"]
+        self.amount_at = _field_slice(self.detail, "amount")
+        self.detail_size = self.detail.sizeof()
+
+    def read(self, data: bytes, bank_code: str, d: date, chunk: int = CHUNK) -> Statement:
+        if not data:
+            raise StatementError("line 1: empty file, the header line is missing")
+        first, rest = _first_line(data)
+        try:
+            h = self.header.parse(first)
+        except Exception:  # noqa: BLE001 - let the plugin's reader name the problem
+            try:
+                self.codec.read_statement(first)
+            except ValueError as e:
+                raise StatementError(str(e)) from None
+            raise StatementError("line 1: not a statement header") from None
+        _check_head(h.settle_date, d, h.bank_code, bank_code, 1)
+        st = Statement(d, Records(), h.bank_code.strip(), h.record_count, h.total_amount)
+        a, size = self.amount_at, self.detail_size
+        build = self.header.build
+        for before, block in _blocks(data, rest, len(data), chunk):
+            total = 0
+            n = 0
+            for ln in block.split(b"\n"):
+                if ln.endswith(b"\r"):
+                    ln = ln[:-1]
+                if not ln:
+                    continue
+                n += 1
+                v = ln[a]
+                if len(ln) == size and v.isdigit():
+                    total += int(v)
+            head = build(dict(settle_date=d, bank_code=h.bank_code, record_count=n,
+                              total_amount=total))
+            try:
+                _, recs = self.codec.read_statement(head + b"\r\n" + block)
+            except ValueError as e:
+                raise StatementError(_renumber(e, before)) from None
+            st.records.extend(recs)
+        return st
+
+    def write(self, bank_code: str, d: date, records: list[dict],
+              declared: tuple[int, int] | None = None) -> bytes:
+        data = self.codec.write_statement(bank_code, d, records)
+        if declared is None:
+            return data
+        head = self.header.build(dict(settle_date=d, bank_code=bank_code,
+                                      record_count=declared[0], total_amount=declared[1]))
+        return head + data[data.index(b"\r\n"):]
+
+
+class DelimFormat(StatementFormat):
+    """``ref-delim`` §5 ``.DZ``: detail lines, then ``0|settle_date|count|total|``."""
+
+    has_header = True
+
+    def __init__(self, codec):
+        super().__init__(codec)
+        self.mod = _module_of(codec)
+
+    def read(self, data: bytes, bank_code: str, d: date, chunk: int = CHUNK) -> Statement:
+        mod = self.mod
+        # the trailer is the last line that is not blank
+        end = len(data)
+        while end > 0 and data[end - 1:end] in (b"\n", b"\r", b" "):
+            end -= 1
+        start = data.rfind(b"\n", 0, end) + 1
+        trailer_no = data.count(b"\n", 0, start) + 1
+        try:
+            t = mod.split_fields(data[start:end].decode(mod.ENCODING))
+            if t is None or len(t) != 4 or t[0] != "0":
+                raise ValueError("the last line is not the trailer 0|settle_date|count|total|")
+            settle = mod.parse_date(t[1], "settle_date")
+            count = mod.parse_count(t[2], "record_count")
+            total = mod.parse_amount(t[3], "total_amount")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise StatementError(f".DZ line {trailer_no}: {e}") from None
+        _check_head(settle, d, None, bank_code, trailer_no)
+        st = Statement(d, Records(), None, count, total)
+        split, amount, enc, join = mod.split_fields, mod.parse_amount, mod.ENCODING, mod.join_fields
+        for before, block in _blocks(data, 0, start, chunk):
+            total = n = 0
+            lines = block.split(b"\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            for ln in lines:
+                if not ln.strip(b" \r"):
+                    continue
+                n += 1
+                try:
+                    f = split(ln.decode(enc).removesuffix("\r"))
+                    total += amount(f[3]) if f and len(f) == 6 else 0
+                except (ValueError, UnicodeDecodeError):
+                    pass  # the reader names this line
+            tail = join(("0", f"{d:%Y%m%d}", str(n), fen_to_yuan(total)))
+            if not block.endswith(b"\n"):
+                block += b"\n"
+            try:
+                recs, _ = self.codec.read_statement(block + tail + b"\n")
+            except ValueError as e:
+                if f"line {len(lines) + 1}:" in str(e):  # the synthetic trailer: a bad detail
+                    raise StatementError(
+                        f".DZ line {trailer_no}: {str(e).split(': ', 1)[-1]}") from None
+                raise StatementError(_renumber(e, before)) from None
+            st.records.extend(recs, lambda r: f"{r['trade_datetime']:%H%M%S}")
+        return st
+
+    def write(self, bank_code: str, d: date, records: list[dict],
+              declared: tuple[int, int] | None = None) -> bytes:
+        recs = [dict(r, trade_datetime=r.get("trade_datetime") or datetime.combine(
+            r.get("trade_date") or d,
+            datetime.strptime(r.get("trade_time") or "000000", "%H%M%S").time()))
+            for r in records]
+        data = self.codec.write_statement(d, recs)
+        if declared is None:
+            return data
+        body = data[:data.rstrip(b"\n").rfind(b"\n") + 1]
+        return body + self.mod.join_fields(
+            ("0", f"{d:%Y%m%d}", str(declared[0]), fen_to_yuan(declared[1]))) + b"\n"
+
+    def error_file(self, bank_code: str, d: date, items: Iterable) -> tuple[str, bytes]:
+        lines = [(ERRNO[i.category], i.serial) for i in items
+                 if i.category in ERRNO and i.serial]
+        return (self.codec.error_file_name(bank_code, d),
+                self.codec.write_error_file(d, lines))
+
+
+class IsoFormat(StatementFormat):
+    """``ref-iso8583`` §6: a CSV with a header row, no totals line."""
+
+    def read(self, data: bytes, bank_code: str, d: date, chunk: int = CHUNK) -> Statement:
+        if not data:
+            raise StatementError("statement line 1: empty file, the header row is missing")
+        head, rest = _first_line(data)
+        st = Statement(d, Records())
+        try:
+            self.codec.read_statement(head + b"\n")
+        except ValueError as e:
+            raise StatementError(str(e)) from None
+        for before, block in _blocks(data, rest, len(data), chunk):
+            try:
+                recs = self.codec.read_statement(head + b"\n" + block)
+            except ValueError as e:
+                raise StatementError(_renumber(e, before)) from None
+            for r in recs:
+                if r["settle_date"] != d:
+                    raise StatementError(
+                        f"rrn {r['serial']}: settle_date {r['settle_date']:%Y%m%d} is not"
+                        f" {d:%Y%m%d}: not this date's statement")
+            st.records.extend(recs)
+        return st
+
+    def write(self, bank_code: str, d: date, records: list[dict],
+              declared: tuple[int, int] | None = None) -> bytes:
+        if declared is not None:
+            raise ValueError("ref-iso8583 statements have no totals line")
+        return self.codec.write_statement([
+            dict(r, settle_date=d, trade_date=r.get("trade_date") or d,
+                 trade_time=r.get("trade_time") or "000000",
+                 stan=r.get("stan") or f"{i + 1:06d}", terminal_id=r.get("terminal_id") or "")
+            for i, r in enumerate(records)])
+
+
+def statement_format(codec) -> StatementFormat:
+    """The statement format of a bank plugin."""
+    if not hasattr(codec, "read_statement"):
+        raise StatementError(f"plugin {codec.name!r} has no statement reader:"
+                             " its banks cannot be reconciled")
+    kind = {"ref-fixed": FixedFormat, "ref-delim": DelimFormat,
+            "ref-iso8583": IsoFormat}.get(codec.name, StatementFormat)
+    return kind(codec)
+
+
+def read_statement(codec, data: bytes, bank_code: str, d: date,
+                   chunk: int = CHUNK) -> Statement:
+    """Read and check a statement: right bank, right date, no serial twice on
+    one trade date.  Raises :class:`StatementError` naming the line."""
+    return statement_format(codec).read(data, bank_code, d, chunk)
+
+
+def sort_order(recs: Records) -> array:
+    """Record indexes by serial (code point order; file order among equals)."""
+    order = array("l", sorted(range(len(recs)), key=recs.serials.__getitem__))
+    s, dt = recs.serials, recs.dates
+    for a, b in zip(order, order[1:], strict=False):
+        if s[a] == s[b] and dt[a] == dt[b]:
+            raise StatementError(f"serial {s[a]!r} appears twice for trade date"
+                                 f" {date.fromordinal(dt[a]):%Y-%m-%d}")
+    return order
+
+
+# -- matching --------------------------------------------------------------------------
+
+
+class Item:
+    """One discrepancy (or a matched record needing an action) of a run."""
+
+    __slots__ = ("category", "serial", "customer_no", "bank_amount", "our_amount", "action",
+                 "payment_id", "detail", "rec", "ours", "bank_side", "ours_side")
+
+    def __init__(self, category, serial, customer_no, bank_amount, our_amount, action,
+                 payment_id=None, detail="", rec=None, ours=None, bank_side=False,
+                 ours_side=False):
+        self.category = category
+        self.serial = serial
+        self.customer_no = customer_no
+        self.bank_amount = bank_amount
+        self.our_amount = our_amount
+        self.action = action  # planned: POST / REVERSE / CONFIRM, then the outcome
+        self.payment_id = payment_id
+        self.detail = detail
+        self.rec = rec  # StatementRecord (bank side)
+        self.ours = ours  # payment tuple (see bankgate.store.recon.P_*)
+        self.bank_side = bank_side  # the record counts in the statement's totals
+        self.ours_side = ours_side  # the paired payment is standing on the settle date
+
+    def row(self) -> tuple:
+        return (self.category, self.serial, self.customer_no, self.bank_amount,
+                self.our_amount, self.action, self.payment_id, self.detail)
+
+    def as_dict(self) -> dict:
+        return dict(zip(sql.ITEM_COLUMNS, self.row(), strict=True))
+
+    def __repr__(self) -> str:
+        return (f"Item({self.category} {self.serial} {self.action} bank={self.bank_amount}"
+                f" ours={self.our_amount} {self.detail!r})")
+
+
+def merge(recs: Records, order: array, ours: Iterator[tuple]
+          ) -> Iterator[tuple[str, list[int], tuple | None]]:
+    """Sort-merge: ``(serial, statement indexes, our payment or None)`` for
+    every serial on either side, in serial order.  Raises :class:`_OrderError`
+    when ``ours`` is not strictly ascending."""
+    serials = recs.serials
+    n = len(order)
+    i = 0
+    o = next(ours, None)
+    last = None
+    while i < n or o is not None:
+        if o is not None:
+            if last is not None and o[0] <= last:
+                raise _OrderError(f"{o[0]!r} after {last!r}")
+        s = serials[order[i]] if i < n else None
+        if o is None or (s is not None and s < o[0]):
+            j = i + 1
+            while j < n and serials[order[j]] == s:
+                j += 1
+            yield s, list(order[i:j]), None
+            i = j
+        elif s is None or o[0] < s:
+            yield o[0], [], o
+            last = o[0]
+            o = next(ours, None)
+        else:
+            j = i + 1
+            while j < n and serials[order[j]] == s:
+                j += 1
+            yield s, list(order[i:j]), o
+            i = j
+            last = o[0]
+            o = next(ours, None)
+
+
+def _undone_by_recon(o: tuple) -> bool:
+    return o[P_UNDO] == "RECON"
+
+
+def classify(serial: str, idxs: list[int], o: tuple | None, recs: Records, d_ord: int,
+             d: date) -> list[Item]:
+    """The items of one serial (the common plain match is handled by the
+    caller without an :class:`Item`, for speed)."""
+    out: list[Item] = []
+    on_day = [i for i in idxs if recs.dates[i] == d_ord]
+    other = [i for i in idxs if recs.dates[i] != d_ord]
+    standing = o is not None and o[P_STATUS] in STANDING
+    paired = False
+    if on_day:
+        i = on_day[0]
+        r = recs.record(i)
+        if o is None:
+            out.append(Item(BANK_ONLY, serial, r.customer_no, r.amount, 0, "POST", rec=r,
+                            bank_side=True))
+        elif standing:
+            paired = True
+            if r.amount != o[P_AMOUNT] or r.customer_no != o[P_CUSTOMER]:
+                what = []
+                if r.amount != o[P_AMOUNT]:
+                    what.append(f"amount: bank {fen_to_yuan(r.amount)},"
+                                f" utility {fen_to_yuan(o[P_AMOUNT])}")
+                if r.customer_no != o[P_CUSTOMER]:
+                    what.append(f"customer: bank {r.customer_no}, utility {o[P_CUSTOMER]}")
+                out.append(Item(AMOUNT_DIFFERS, serial, r.customer_no, r.amount, o[P_AMOUNT],
+                                EXCEPTION, o[P_ID], "; ".join(what), rec=r, ours=o,
+                                bank_side=True, ours_side=True))
+            elif o[P_SOURCE] == "recon":
+                out.append(Item(BANK_ONLY, serial, r.customer_no, r.amount, o[P_AMOUNT], NONE,
+                                o[P_ID], f"posted after the fact by run {o[P_RUN]}", rec=r,
+                                ours=o, bank_side=True, ours_side=True))
+            else:  # matched; a pending two-phase payment the bank settled is confirmed
+                out.append(Item(MATCHED, serial, r.customer_no, r.amount, o[P_AMOUNT],
+                                "CONFIRM" if o[P_STATUS] == "PENDING" else NONE, o[P_ID], "",
+                                rec=r, ours=o, bank_side=True, ours_side=True))
+        else:
+            if _undone_by_recon(o):
+                why = (f"reversed locally by run {o[P_UNDO_RUN]}, but this statement lists it:"
+                       " re-post it by hand if the bank collected it")
+            else:
+                why = (f"{o[P_STATUS].lower()} at the utility"
+                       f" ({(o[P_UNDO] or 'undone').lower()}), but the bank lists it as standing")
+            out.append(Item(BANK_ONLY, serial, r.customer_no, r.amount, o[P_AMOUNT], EXCEPTION,
+                            o[P_ID], why, rec=r, ours=o, bank_side=True))
+        for i in on_day[1:]:  # cannot happen: the reader refuses a serial twice a day
+            r = recs.record(i)
+            out.append(Item(BANK_ONLY, serial, r.customer_no, r.amount, 0, EXCEPTION,
+                            detail="serial repeated", rec=r, bank_side=True))
+    for i in other:
+        r = recs.record(i)
+        pair = standing and not paired
+        out.append(Item(
+            DATE_DIFFERS, serial, r.customer_no, r.amount, o[P_AMOUNT] if pair else 0, EXCEPTION,
+            o[P_ID] if pair else None,
+            f"trade date {r.trade_date:%Y-%m-%d} in the statement of {d:%Y-%m-%d}",
+            rec=r, ours=o if pair else None, bank_side=True, ours_side=pair))
+        paired = paired or pair
+    if not idxs and o is not None:
+        if standing:
+            out.append(Item(UTILITY_ONLY, serial, o[P_CUSTOMER], 0, o[P_AMOUNT], "REVERSE",
+                            o[P_ID], ours=o, ours_side=True))
+        elif _undone_by_recon(o):
+            out.append(Item(UTILITY_ONLY, serial, o[P_CUSTOMER], 0, o[P_AMOUNT], NONE, o[P_ID],
+                            f"reversed locally by run {o[P_UNDO_RUN]}", ours=o))
+    return out
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunReport:
+    run_id: int | None
+    bank: str
+    bank_code: str
+    settle_date: date
+    status: str = "RUNNING"  # BALANCED EXCEPTIONS FAILED
+    dry_run: bool = False
+    file_name: str = ""
+    source: str = ""
+    sha256: str = ""
+    size: int = 0
+    statement_id: int | None = None
+    declared_count: int | None = None
+    declared_total: int | None = None
+    bank_count: int = 0  # the statement's details
+    bank_total: int = 0
+    ours_before: tuple[int, int] = (0, 0)
+    ours_count: int = 0  # the gateway's standing payments after balancing
+    ours_total: int = 0
+    counts: dict = field(default_factory=dict)  # category -> items
+    actions: dict = field(default_factory=dict)  # "CATEGORY/ACTION" -> [items, bank, ours]
+    gap: tuple[int, int] = (0, 0)  # statement minus gateway: (count, amount)
+    explained: tuple[int, int] = (0, 0)  # what the open exceptions account for
+    items: list = field(default_factory=list)  # every Item but the plain MATCHED ones
+    error: str = ""
+    timings: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)  # kind -> path
+    resolved: int = 0  # earlier exceptions this run closed
+
+    @property
+    def exceptions(self) -> list:
+        return [i for i in self.items if i.action == EXCEPTION]
+
+    @property
+    def changes(self) -> list:
+        return [i for i in self.items if i.action in (POSTED, REVERSED)]
+
+    @property
+    def balanced(self) -> bool:
+        return self.gap == (0, 0) and not self.exceptions
+
+    @property
+    def gap_explained(self) -> bool:
+        return self.gap == self.explained
+
+    def summary(self) -> dict:
+        return {
+            "file": self.file_name, "source": self.source, "sha256": self.sha256,
+            "declared": [self.declared_count, self.declared_total],
+            "counts": self.counts, "actions": self.actions,
+            "ours_before": list(self.ours_before), "gap": list(self.gap),
+            "explained": list(self.explained), "error": self.error,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "resolved": self.resolved,
+        }
+
+
+def default_holder() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Reconciler:
+    """Reconciles one configured bank (a :class:`bankgate.config.BankConfig`)."""
+
+    def __init__(self, ledger, bank, codec, *, data_dir: str = "var",
+                 now: Callable[[], datetime] | None = None, holder: str | None = None):
+        self.ledger = ledger
+        self.store = ledger.store
+        self.bank = bank
+        self.policy = bank.reconcile
+        self.codec = codec
+        self.format = statement_format(codec)
+        self.data_dir = data_dir
+        self.now = now or ledger.now
+        self.holder = holder or default_holder()
+        self._touched = 0.0
+        self._touch_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.bank.name
+
+    def file_name(self, d: date) -> str:
+        return self.format.file_name(self.bank.bank_code, d)
+
+    def report_dir(self) -> Path:
+        return Path(self.policy.report_dir or Path(self.data_dir) / "reports" / self.name)
+
+    def exchange_dir(self) -> Path:
+        return Path(self.bank.statement_dir(self.data_dir))
+
+    # -- entry points ------------------------------------------------------------------
+
+    def reconcile(self, data: bytes, settle_date: date, *, source: str = "",
+                  file_name: str = "", dry_run: bool = False,
+                  progress: Callable[[str, int, int | None], None] | None = None,
+                  outputs: bool = True) -> RunReport:
+        """Reconcile ``data`` (the statement's bytes) for ``settle_date``.
+
+        Raises :class:`StatementError` for an unusable file (a FAILED run is
+        recorded) and :class:`ReconBusy` when another run holds the date.
+        """
+        progress = progress or (lambda phase, done, total: None)
+        t0 = time.perf_counter()
+        rep = RunReport(None, self.name, self.bank.bank_code, settle_date, dry_run=dry_run,
+                        file_name=file_name or self.file_name(settle_date), source=source,
+                        sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        progress("read", 0, None)
+        try:
+            st = self.format.read(data, self.bank.bank_code, settle_date)
+            order = sort_order(st.records)
+        except StatementError as e:
+            rep.error = f"{rep.file_name}: {e}"
+            self._record_failure(rep)
+            raise StatementError(rep.error) from None
+        del data
+        rep.declared_count, rep.declared_total = st.declared_count, st.declared_total
+        rep.bank_count, rep.bank_total = st.count, st.total
+        rep.timings["read"] = time.perf_counter() - t0
+        progress("read", st.count, st.count)
+        if not dry_run:
+            self._lock(settle_date)
+        try:
+            return self._run(st, order, rep, progress, outputs)
+        finally:
+            if not dry_run:
+                self.store.run_sync(sql.lock_release, self.name, settle_date, self.holder)
+
+    def record_failure(self, settle_date: date, error: str, *, source: str = "",
+                       file_name: str = "") -> RunReport:
+        """Record a run that could not start (statement never appeared)."""
+        rep = RunReport(None, self.name, self.bank.bank_code, settle_date, source=source,
+                        file_name=file_name or self.file_name(settle_date), error=error)
+        self._record_failure(rep)
+        return rep
+
+    def _record_failure(self, rep: RunReport) -> None:
+        rep.status = "FAILED"
+        now = self.now()
+
+        def tx_fn(tx):
+            rid = sql.run_insert(tx, self.name, rep.settle_date, None, now, dry_run=rep.dry_run,
+                                 status="FAILED")
+            sql.run_finish(tx, rid, "FAILED", now, summary=rep.summary())
+            tx.audit(now, "recon", "reconcile-failed", f"{self.name} {rep.settle_date}",
+                     {"run_id": rid, "error": rep.error[:300]})
+            return rid
+
+        rep.run_id = self.store.run_sync(tx_fn)
+        log.error("reconciliation %s %s failed (run %s): %s", self.name, rep.settle_date,
+                  rep.run_id, rep.error)
+
+    # -- the lock ---------------------------------------------------------------------
+
+    def _lock(self, d: date) -> None:
+        held = self.store.run_sync(sql.lock_acquire, self.name, d, self.holder, self.now(),
+                                   self.policy.lock_stale)
+        if held is not None:
+            raise ReconBusy(f"{self.name} {d:%Y-%m-%d} is being reconciled by {held}")
+        self._touched = time.monotonic()
+
+    def _keepalive(self, d: date) -> None:
+        if time.monotonic() - self._touched < KEEPALIVE:
+            return
+        with self._touch_lock:
+            if time.monotonic() - self._touched < KEEPALIVE:
+                return
+            if not self.store.run_sync(sql.lock_touch, self.name, d, self.holder, self.now()):
+                raise ReconLockLost(f"{self.name} {d}: the run lock was taken over")
+            self._touched = time.monotonic()
+
+    # -- the phases ------------------------------------------------------------------------
+
+    def _run(self, st: Statement, order: array, rep: RunReport, progress, outputs) -> RunReport:
+        d = rep.settle_date
+        dry = rep.dry_run
+        now = self.now()
+        rep.statement_id = self.store.run_sync(
+            sql.statement_record, self.name, d, rep.source or rep.file_name, rep.sha256, rep.size,
+            st.count, st.total, now)
+        if not dry:
+            self.ledger.cutoff(self.name, d, reason="recon", actor="recon")
+        rep.ours_before = self.store.run_sync(sql.standing_totals, self.name, d)
+        rep.run_id = self.store.run_sync(sql.run_insert, self.name, d, rep.statement_id, now,
+                                         dry_run=dry, bank_count=st.count, bank_total=st.total)
+        try:
+            t = time.perf_counter()
+            items, matched = self._match(st, order, rep, progress)
+            rep.timings["match"] = time.perf_counter() - t
+            self._annotate(items, d)
+            if st.totals_differ:
+                items.insert(0, Item(
+                    TOTALS_DIFFER, None, None, st.declared_total, st.total, EXCEPTION,
+                    detail=f"header: {st.declared_count} records, {fen_to_yuan(st.declared_total)}"
+                           f"; details: {st.count} records, {fen_to_yuan(st.total)}"))
+            self._apply_policy(items, st)
+            t = time.perf_counter()
+            self._balance(items, rep, progress)
+            rep.timings["balance"] = time.perf_counter() - t
+            t = time.perf_counter()
+            self._finish(items, matched, rep, progress)
+            rep.timings["store"] = time.perf_counter() - t
+        except BaseException as e:
+            rep.status = "FAILED"
+            rep.error = f"{type(e).__name__}: {e}"
+            try:
+                self.store.run_sync(sql.run_finish, rep.run_id, "FAILED", self.now(),
+                                    summary=rep.summary())
+            except Exception:  # noqa: BLE001 - the database may be what failed
+                log.exception("cannot record the failure of run %s", rep.run_id)
+            raise
+        if outputs:
+            t = time.perf_counter()
+            self.write_outputs(rep)
+            rep.timings["outputs"] = time.perf_counter() - t
+        rep.timings["total"] = sum(v for k, v in rep.timings.items() if k != "total")
+        from bankgate.recon_report import summary_text
+
+        log.info("%s", summary_text(rep))
+        return rep
+
+    def _match(self, st: Statement, order: array, rep: RunReport, progress
+               ) -> tuple[list[Item], tuple[int, int]]:
+        """Merge the statement with the day's payments; MATCHED rows are written
+        in batches as they come, everything else is returned."""
+        d = rep.settle_date
+        recs = st.records
+        total = len(recs)
+        store_matched = self.policy.store_matched
+        run_id = rep.run_id
+
+        def match(sort_in_python: bool):
+            items: list[Item] = []
+            batch: list[tuple] = []
+            matched = matched_total = 0
+            seen = 0
+            d_ord = d.toordinal()
+            amounts, customers, dates = recs.amounts, recs.customers, recs.dates
+            with sql.payments_stream(self.store, self.name, d,
+                                     sort=not sort_in_python) as stream:
+                ours = iter(sorted(stream)) if sort_in_python else stream
+                for serial, idxs, o in merge(recs, order, ours):
+                    if len(idxs) == 1 and o is not None:
+                        i = idxs[0]
+                        if (dates[i] == d_ord and o[P_STATUS] == "POSTED"
+                                and o[P_SOURCE] != "recon" and amounts[i] == o[P_AMOUNT]
+                                and customers[i] == o[P_CUSTOMER]):
+                            matched += 1
+                            matched_total += amounts[i]
+                            seen += 1
+                            if store_matched:
+                                batch.append((MATCHED, serial, customers[i], amounts[i],
+                                              amounts[i], NONE, o[P_ID], None))
+                                if len(batch) >= ITEM_BATCH:
+                                    self.store.run_sync(sql.items_insert, run_id, batch,
+                                                        ITEM_BATCH)
+                                    batch.clear()
+                                    self._keepalive_or_dry(rep)
+                                    progress("match", seen, total)
+                            continue
+                    seen += len(idxs)
+                    items.extend(classify(serial, idxs, o, recs, d_ord, d))
+            if batch:
+                self.store.run_sync(sql.items_insert, run_id, batch, ITEM_BATCH)
+            progress("match", total, total)
+            return items, (matched, matched_total)
+
+        try:
+            return match(False)
+        except _OrderError as e:
+            log.warning("%s: the database does not sort serials by code point (%s);"
+                        " sorting in Python", self.store.dialect, e)
+            self.store.run_sync(sql.items_delete, run_id)
+            return match(True)
+
+    def _keepalive_or_dry(self, rep: RunReport) -> None:
+        if not rep.dry_run:
+            self._keepalive(rep.settle_date)
+
+    def _annotate(self, items: list[Item], d: date) -> None:
+        """Explain date-differs records (the gateway may hold them on their own
+        date) and bank-only records the journal knows (refused online, or
+        reversed before they arrived): those cannot be posted."""
+        by_date: dict[date, list[Item]] = {}
+        for it in items:
+            if it.category == DATE_DIFFERS:
+                by_date.setdefault(it.rec.trade_date, []).append(it)
+        for day, its in by_date.items():
+            found = self.store.run_sync(sql.payments_by_serials, self.name, day,
+                                        [i.serial for i in its])
+            for it in its:
+                o = found.get(it.serial)
+                if o is not None:
+                    it.detail += (f"; the utility has it on {day:%Y-%m-%d}"
+                                  f" ({o[P_STATUS].lower()}, {fen_to_yuan(o[P_AMOUNT])})")
+                else:
+                    it.detail += f"; the utility has no payment {it.serial} on {day:%Y-%m-%d}"
+        posts = [it for it in items if it.action == "POST"]
+        if posts:
+            known = self.store.run_sync(sql.journal_by_serials, self.name, d,
+                                        [i.serial for i in posts])
+            for it in posts:
+                j = known.get(it.serial)
+                if j is None:
+                    continue
+                kind, outcome = j
+                it.action = EXCEPTION
+                if kind == "BLOCK":
+                    it.detail = ("the bank reversed this serial before its payment arrived;"
+                                 " the gateway refused the payment (reversal first)")
+                elif kind == "PAY":
+                    it.detail = f"the gateway refused this payment online ({outcome})"
+                else:
+                    it.detail = f"the serial is a {kind} in the gateway's journal ({outcome})"
+
+    def _apply_policy(self, items: list[Item], st: Statement) -> None:
+        hold = st.totals_differ and self.policy.totals_differ == "hold"
+        for it in items:
+            if it.action == "POST":
+                if hold:
+                    it.action, it.detail = EXCEPTION, "held: the header totals differ"
+                elif self.policy.bank_only == "exception":
+                    it.action, it.detail = EXCEPTION, "policy: bank-only records go to an operator"
+            elif it.action == "REVERSE":
+                if hold:
+                    it.action, it.detail = EXCEPTION, "held: the header totals differ"
+                elif self.policy.utility_only == "exception":
+                    it.action = EXCEPTION
+                    it.detail = "policy: utility-only payments go to an operator"
+
+    # -- balancing (平帐) -----------------------------------------------------------------
+
+    def _balance(self, items: list[Item], rep: RunReport, progress) -> None:
+        todo = [it for it in items if it.action in ("POST", "REVERSE", "CONFIRM")]
+        if rep.dry_run:
+            would = {"POST": (POSTED, "dry run: would post after the fact"),
+                     "REVERSE": (REVERSED, "dry run: would reverse locally"),
+                     "CONFIRM": (NONE, "dry run: would confirm")}
+            for it in todo:
+                it.action, it.detail = would[it.action]
+            return
+        total = len(todo)
+        progress("balance", 0, total)
+        if not total:
+            return
+        workers = max(1, min(self.policy.workers, total))
+        done = [0]
+        lock = threading.Lock()
+
+        def work(part: list[Item]) -> None:
+            for it in part:
+                self._balance_one(it, rep)
+                self._keepalive(rep.settle_date)
+                with lock:
+                    done[0] += 1
+                    n = done[0]
+                if n % 100 == 0 or n == total:
+                    progress("balance", n, total)
+
+        if workers == 1:
+            work(todo)
+            return
+        # one customer's records stay in one worker, in serial order: the same
+        # allocations whatever the number of workers
+        parts: list[list[Item]] = [[] for _ in range(workers)]
+        for it in todo:
+            key = hashlib.blake2b((it.customer_no or "").encode(), digest_size=4).digest()
+            parts[int.from_bytes(key, "big") % workers].append(it)
+        with concurrent.futures.ThreadPoolExecutor(workers, "bankgate-recon") as ex:
+            for f in [ex.submit(work, p) for p in parts if p]:
+                f.result()
+
+    def _balance_one(self, it: Item, rep: RunReport) -> None:
+        d = rep.settle_date
+        if it.action == "POST":
+            r = it.rec
+            origin = m.Origin(bank=self.name, trade_date=d, trade_time=r.trade_time,
+                              branch="", teller="recon", channel=RECON_CHANNEL)
+            req = m.PaymentRequest(
+                origin, r.serial, r.customer_no, r.amount,
+                content=m.fingerprint("RECON", r.customer_no, r.amount, ",".join(r.bill_ids)),
+                bill_ids=r.bill_ids)
+            res = self.ledger.pay(req, source="recon", run_id=rep.run_id, actor="recon",
+                                  after_close=True, policy=self.policy.post_policy)
+            if res.outcome is Outcome.OK and not res.retry:
+                it.action = POSTED
+                it.ours_side = True
+                it.our_amount = r.amount
+                it.detail = (f"posted after the fact, receipt {res.receipt_no}"
+                             f" (bank channel {r.channel})")
+            else:
+                it.action = EXCEPTION
+                it.detail = self._post_refused(res, r)
+        elif it.action == "REVERSE":
+            res = self.ledger.reverse_local(
+                self.name, d, it.serial, run_id=rep.run_id, actor="recon",
+                reason=f"not in the bank's statement (run {rep.run_id})")
+            if res.outcome is Outcome.OK:
+                it.action = REVERSED
+                it.ours_side = False
+                it.detail = f"reversed locally, receipt {res.message}"
+            elif res.outcome is Outcome.ALREADY_REVERSED:
+                it.action = NONE
+                it.ours_side = False
+                it.detail = "already reversed"
+            else:
+                it.action = EXCEPTION
+                it.detail = f"cannot reverse locally: {res.message or res.outcome.value}"
+        elif it.action == "CONFIRM":
+            req = m.ConfirmRequest(m.Origin(bank=self.name, trade_date=d, teller="recon"),
+                                   it.serial, d)
+            res = self.ledger.confirm(req)
+            if res.outcome is Outcome.OK:
+                it.action, it.detail = NONE, "two-phase payment confirmed by the statement"
+                self.store.run_sync(lambda tx: tx.audit(
+                    self.now(), "recon", "confirm", it.serial,
+                    {"bank": self.name, "serial": it.serial, "run_id": rep.run_id}))
+            else:
+                it.action = EXCEPTION
+                it.detail = f"cannot confirm the pending payment: {res.outcome.value}"
+
+    def _post_refused(self, res, r: StatementRecord) -> str:
+        o = res.outcome
+        if res.retry or o in (Outcome.DUPLICATE_MISMATCH, Outcome.REVERSED_FIRST):
+            return f"the serial is already in the gateway's journal ({o.value})"
+        return {
+            Outcome.NOT_FOUND: f"customer {r.customer_no} not found at the utility",
+            Outcome.ACCOUNT_LOCKED: f"customer {r.customer_no} is locked or suspended",
+            Outcome.NOTHING_DUE: f"customer {r.customer_no} has nothing open to pay",
+            Outcome.AMOUNT_REJECTED: (
+                "a named bill is no longer open, or the amount is not what they owe"
+                if r.bill_ids else
+                f"amount not accepted under policy {self.policy.post_policy!r}"),
+            Outcome.FORMAT_ERROR: "the record's customer or serial cannot be posted",
+        }.get(o, f"refused: {o.value}")
+
+    # -- storing and checking --------------------------------------------------------------
+
+    def _finish(self, items: list[Item], matched_sum: tuple[int, int], rep: RunReport,
+                progress) -> None:
+        matched, matched_total = matched_sum
+        d = rep.settle_date
+        items.sort(key=lambda i: (i.category != TOTALS_DIFFER, i.serial or "", i.category))
+        if any(it.action == POSTED for it in items):
+            ids = self.store.run_sync(sql.payments_by_serials, self.name, d,
+                                      [i.serial for i in items if i.action == POSTED])
+            for it in items:
+                if it.action == POSTED and it.serial in ids:
+                    it.payment_id = ids[it.serial][P_ID]
+        counts = {c: 0 for c in CATEGORIES}
+        counts[MATCHED] = matched
+        actions: dict[str, list[int]] = {}
+        if matched:
+            actions[f"{MATCHED}/{NONE}"] = [matched, matched_total, matched_total]
+        gap_c = gap_a = 0
+        for it in items:
+            counts[it.category] += 1
+            a = actions.setdefault(f"{it.category}/{it.action}", [0, 0, 0])
+            a[0] += 1
+            a[1] += it.bank_amount or 0
+            a[2] += it.our_amount or 0
+            if it.action == EXCEPTION and it.category != TOTALS_DIFFER:
+                gap_c += int(it.bank_side) - int(it.ours_side)
+                gap_a += (it.bank_amount if it.bank_side else 0) - (
+                    it.our_amount if it.ours_side else 0)
+        rep.counts = {k: v for k, v in counts.items() if v}
+        rep.actions = actions
+        rep.explained = (gap_c, gap_a)
+        rep.items = items
+        note = f"no longer an exception in run {rep.run_id}"
+
+        def tx_fn(tx):
+            sql.items_insert(tx, rep.run_id, (it.row() for it in items), ITEM_BATCH)
+            count, total = sql.standing_totals(tx, self.name, d)
+            resolved = 0 if rep.dry_run else sql.resolve_superseded(tx, self.name, d,
+                                                                    rep.run_id, note)
+            return count, total, resolved
+
+        progress("store", 0, len(items))
+        rep.ours_count, rep.ours_total, rep.resolved = self.store.run_sync(tx_fn)
+        rep.gap = (rep.bank_count - rep.ours_count, rep.bank_total - rep.ours_total)
+        if rep.dry_run:
+            rep.status = "BALANCED" if rep.gap == (0, 0) and not any(
+                i.action in (EXCEPTION, POSTED, REVERSED) for i in items) else "EXCEPTIONS"
+        else:
+            rep.status = "BALANCED" if rep.balanced else "EXCEPTIONS"
+            if not rep.gap_explained:
+                rep.error = (f"unexplained difference: statement minus gateway {rep.gap},"
+                             f" open exceptions account for {rep.explained}")
+                log.error("%s %s run %s: %s", self.name, d, rep.run_id, rep.error)
+        summary = rep.summary()
+
+        def fin(tx):
+            sql.run_finish(tx, rep.run_id, rep.status, self.now(), ours_count=rep.ours_count,
+                           ours_total=rep.ours_total, summary=summary)
+            tx.audit(self.now(), "recon", "reconcile-dry-run" if rep.dry_run else "reconcile",
+                     f"{self.name} {d:%Y-%m-%d}",
+                     {"run_id": rep.run_id, "status": rep.status, "counts": rep.counts,
+                      "posted": len([i for i in items if i.action == POSTED]),
+                      "reversed": len([i for i in items if i.action == REVERSED]),
+                      "exceptions": len(rep.exceptions), "sha256": rep.sha256})
+
+        self.store.run_sync(fin)
+        progress("store", len(items), len(items))
+
+    # -- outputs ------------------------------------------------------------------------
+
+    def write_outputs(self, rep: RunReport) -> dict:
+        """The report (text, CSV, PDF) and, for plugins that have one, the error
+        file written back to the exchange folder."""
+        from bankgate import recon_report
+
+        out_dir = self.report_dir()
+        try:
+            rep.outputs.update(recon_report.write_reports(rep, out_dir, pdf=self.policy.pdf))
+            if (self.policy.error_file and not rep.dry_run
+                    and isinstance(self.format, DelimFormat)):
+                name, data = self.format.error_file(self.bank.bank_code, rep.settle_date,
+                                                    rep.items)
+                rep.outputs["error_file"] = str(
+                    recon_report.write_atomic(self.exchange_dir() / name, data))
+        except OSError as e:
+            log.error("%s %s run %s: cannot write the outputs: %s", self.name, rep.settle_date,
+                      rep.run_id, e)
+            rep.outputs["error"] = str(e)
+        return rep.outputs
+
+
+# -- statements from the gateway's own journal (simulation, tests) ---------------------
+
+
+PERTURBATIONS = ("bank-only", "utility-only", "amount", "date", "totals")
+
+
+def statement_from_journal(ledger, bank, codec, d: date, perturb: Iterable[str] = (),
+                           seed: int = 0) -> tuple[str, bytes, list[str]]:
+    """The statement the bank would send for ``d`` if it agreed with the
+    gateway, optionally with one record of each perturbation in ``perturb``
+    (see :data:`PERTURBATIONS`).  Returns ``(file name, bytes, notes)``."""
+    import random
+
+    rng = random.Random(seed)
+    store = ledger.store
+    fmt = statement_format(codec)
+    rows = store.run_sync(sql.standing_for_statement, bank.name, d)
+    recs = [dict(serial=r["serial"], trade_date=r["trade_date"],
+                 trade_time=r["trade_time"] or "000000", customer_no=r["customer_no"],
+                 amount=r["amount"], channel=r["channel"] or "01", bill_ids=r["bill_ids"],
+                 pan_masked=r["pan_masked"] or "", terminal_id=(r["teller"] or "")[:8])
+            for r in rows]
+    notes: list[str] = []
+    wanted = set(perturb)
+    unknown = wanted - set(PERTURBATIONS)
+    if unknown:
+        raise ValueError(f"unknown perturbation(s) {', '.join(sorted(unknown))}"
+                         f" (known: {', '.join(PERTURBATIONS)})")
+    pool = list(range(len(recs)))
+    rng.shuffle(pool)
+
+    def take(what: str) -> dict | None:
+        if not pool:
+            notes.append(f"{what}: no payment left to perturb")
+            return None
+        return recs[pool.pop()]
+
+    if "utility-only" in wanted and (r := take("utility-only")) is not None:
+        r["drop"] = True
+        notes.append(f"utility-only: left out {r['serial']} ({fen_to_yuan(r['amount'])})")
+    if "amount" in wanted and (r := take("amount")) is not None:
+        r["amount"] += 100
+        notes.append(f"amount differs: {r['serial']} now {fen_to_yuan(r['amount'])}")
+    if "date" in wanted and (r := take("date")) is not None:
+        r["trade_date"] = d - timedelta(days=1)
+        notes.append(f"date differs: {r['serial']} dated {r['trade_date']:%Y-%m-%d}")
+    if "bank-only" in wanted:
+        used = {r["customer_no"] for r in recs}
+        for cust in store.run_sync(sql.customers_with_open_bills, used, 20):
+            q = ledger.query(m.QueryRequest(m.Origin(bank=bank.name, trade_date=d), cust))
+            if q.outcome is not Outcome.OK or not q.bills:
+                continue
+            b = q.bills[0]
+            serial = f"SIM{d:%Y%m%d}{rng.randrange(10**8):08d}"
+            amount = b.amount + b.late_fee if fmt.__class__ is DelimFormat else (
+                q.total_due + q.late_fee)
+            recs.append(dict(serial=serial, trade_date=d, trade_time="120000", customer_no=cust,
+                             amount=amount, channel="04",
+                             bill_ids=(b.bill_id,) if fmt.__class__ is DelimFormat else ()))
+            notes.append(f"bank-only: added {serial} for {cust} ({fen_to_yuan(amount)})")
+            break
+        else:
+            notes.append("bank-only: no customer with open bills to add a record for")
+    recs = [r for r in recs if not r.get("drop")]
+    declared = None
+    if "totals" in wanted:
+        if fmt.has_header:
+            declared = (len(recs) + 1, sum(r["amount"] for r in recs) + 100)
+            notes.append(f"totals differ: header says {declared[0]} records,"
+                         f" {fen_to_yuan(declared[1])}")
+        else:
+            notes.append("totals: this format has no header to perturb")
+    recs.sort(key=lambda r: r["serial"])
+    return (fmt.file_name(bank.bank_code, d), fmt.write(bank.bank_code, d, recs, declared),
+            notes)
