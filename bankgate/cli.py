@@ -7,6 +7,8 @@ import sys
 from datetime import date, datetime
 from pathlib import Path
 
+from bankgate import invoices, withholding
+from bankgate.codec.registry import PluginError
 from bankgate.config import Config, ConfigError, check_plugins, load_config
 
 
@@ -17,6 +19,14 @@ def _date(text: str) -> date:
         except ValueError:
             pass
     raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD or YYYYMMDD, got {text!r}")
+
+
+_DATA_DIR: str | None = None  # the global --data-dir, set by main()
+
+
+def _load(path: str | None) -> Config:
+    """The configuration, with the global ``--data-dir`` applied."""
+    return load_config(path, data_dir=_DATA_DIR)
 
 
 def _store(cfg: Config, create_n8: bool = False):
@@ -33,24 +43,33 @@ def _ledger(cfg: Config):
     from bankgate.ledger import Ledger
 
     return Ledger(_store(cfg), {b.name: b.policy_() for b in cfg.banks},
-                  now=lambda: datetime.now(cfg.tz).replace(tzinfo=None))
+                  now=lambda: datetime.now(cfg.tz).replace(tzinfo=None),
+                  hooks=list(filter(None, [invoices.make_hook(cfg)])))
+
+
+def _mac_text(b) -> str:
+    if b.plugin == "ref-iso8583":
+        return "on (MAK from sign-in under the ZMK)"
+    return "on" if b.mac else "off"
 
 
 def cmd_config_check(args) -> int:
     cfg = load_config(args.file)
-    check_plugins(cfg)
+    codecs = check_plugins(cfg)
+    withholding.check_config(cfg, codecs)
+    invoices.settings_for(cfg)
     print(f"{args.file}: OK")
     print(f"  database: {cfg.db_url.split('@')[-1]}")
     for b in cfg.banks:
         print(f"  bank {b.name}: plugin {b.plugin}, code {b.bank_code}, policy {b.policy},"
-              f" listen {', '.join(b.listen) or '-'}, MAC {'on' if b.mac else 'off'}")
+              f" listen {', '.join(b.listen) or '-'}, MAC {_mac_text(b)}")
     return 0
 
 
 def cmd_db_upgrade(args) -> int:
     from bankgate.migrations import current, head
 
-    cfg = load_config(args.config)
+    cfg = _load(args.config)
     store = _store(cfg, create_n8=args.create_n8 or cfg.n8_create)
     print(f"gateway schema at revision {current(store.engine)} (head {head()})")
     return 0
@@ -59,7 +78,12 @@ def cmd_db_upgrade(args) -> int:
 def cmd_demo_seed(args) -> int:
     from bankgate.demo import seed
 
-    cfg = load_config(args.config)
+    cfg = _load(args.config)
+    if not cfg.n8_create:
+        print(f"bankgate: {cfg.source}: n8.create is false: demo data goes only into a"
+              " reference N8 schema the gateway created, never into a real N8",
+              file=sys.stderr)
+        return 2
     store = _store(cfg, create_n8=True)
     try:
         from rich.progress import Progress
@@ -75,14 +99,14 @@ def cmd_demo_seed(args) -> int:
 
 
 def cmd_cutoff(args) -> int:
-    cfg = load_config(args.config)
+    cfg = _load(args.config)
     r = _ledger(cfg).cutoff(args.bank, args.date, reason="operator", actor=args.actor)
     print(f"{args.bank} {args.date}: closed; {r.count} standing payments, {r.total / 100:.2f}")
     return 0
 
 
 def cmd_refund(args) -> int:
-    cfg = load_config(args.config)
+    cfg = _load(args.config)
     r = _ledger(cfg).refund(args.receipt, args.reason, args.actor)
     print(f"{r.outcome.value}: {r.message}")
     return 0 if r.outcome.value == "OK" else 1
@@ -91,7 +115,7 @@ def cmd_refund(args) -> int:
 def cmd_plugins_list(args) -> int:
     from bankgate.codec.registry import discover
 
-    cfg = load_config(args.config)
+    cfg = _load(args.config)
     for name, codec in sorted(discover(cfg.plugin_dirs).items()):
         print(f"{name:16} {getattr(codec, 'description', '')}")
     return 0
@@ -152,7 +176,7 @@ def cmd_reconcile(args) -> int:
     from bankgate.recon_report import summary_text
     from bankgate.statements import StatementMissing, StatementSourceError, source_for
 
-    cfg = load_config(args.config)
+    cfg = _load(args.config)
     mod, bank, rec = _reconciler(cfg, args.bank)
     if args.file:
         name = args.file.name
@@ -213,7 +237,7 @@ def cmd_reconcile(args) -> int:
 def cmd_statement_write(args) -> int:
     from bankgate.recon_report import write_atomic
 
-    cfg = load_config(args.config)
+    cfg = _load(args.config)
     mod, bank, rec = _reconciler(cfg, args.bank)
     perturb = []
     if args.perturb:
@@ -232,7 +256,7 @@ def cmd_statement_write(args) -> int:
 def cmd_recon_runs(args) -> int:
     from bankgate.store import recon as sql
 
-    cfg = load_config(args.config)
+    cfg = _load(args.config)
     store = _store(cfg)
     for r in store.run_sync(sql.runs, args.bank, args.date, args.limit):
         print(f"run {r['id']:>6} {r['bank']:<16} {r['settle_date']} {r['status']:<10}"
@@ -245,7 +269,7 @@ def cmd_recon_runs(args) -> int:
 def cmd_recon_exceptions(args) -> int:
     from bankgate.store import recon as sql
 
-    cfg = load_config(args.config)
+    cfg = _load(args.config)
     store = _store(cfg)
     rows = store.run_sync(sql.open_exceptions, args.bank, args.date)
     for r in rows:
@@ -259,7 +283,7 @@ def cmd_recon_exceptions(args) -> int:
 def cmd_recon_resolve(args) -> int:
     from bankgate.store import recon as sql
 
-    cfg = load_config(args.config)
+    cfg = _load(args.config)
     if not args.note.strip():
         print("bankgate: --note must say what was done", file=sys.stderr)
         return 2
@@ -277,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bankgate", description=__doc__)
     p.add_argument("--config", "-c", default=None,
                    help="configuration file (default: the embedded default)")
+    p.add_argument("--data-dir", "-d", default=None,
+                   help="the data folder, as given to twistd bankgate --data-dir")
     sub = p.add_subparsers(dest="command", required=True)
 
     cfg = sub.add_parser("config", help="configuration")
@@ -365,13 +391,21 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_arguments(sim)
     sim.set_defaults(func=cmd_simulate)
+
+    invoices.add_cli(sub, _load, _ledger)
+    withholding.add_cli(sub, _load, _ledger)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _DATA_DIR
     args = build_parser().parse_args(argv)
+    _DATA_DIR = args.data_dir
     try:
         return args.func(args)
+    except PluginError as e:
+        print(f"bankgate: plugin error: {e}", file=sys.stderr)
+        return 2
     except ConfigError as e:
         print(f"bankgate: configuration error: {e}", file=sys.stderr)
         return 2

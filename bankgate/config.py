@@ -126,7 +126,8 @@ class Config:
     n8_create: bool = True  # create the reference N8 schema when it is missing
     demo_customers: int = 0  # seed this many demo customers into a new N8 schema
     n8: N8Mapping = field(default_factory=N8Mapping)
-    console_listen: str | None = None
+    console_listen: str | None = None  # reserved for the operator console (not built yet)
+    log_frames: bool = False  # raw frames (masked) in the debug log
     banks: list[BankConfig] = field(default_factory=list)
     is_default: bool = False
 
@@ -156,7 +157,6 @@ def default_config(data_dir: str = DEFAULT_DATA_DIR) -> Config:
         data_dir=data_dir,
         db_url=f"sqlite:///{Path(data_dir) / 'bankgate.db'}",
         demo_customers=1000,
-        console_listen="tcp:8080:interface=127.0.0.1",
         is_default=True,
         banks=[
             BankConfig(
@@ -165,6 +165,8 @@ def default_config(data_dir: str = DEFAULT_DATA_DIR) -> Config:
                 policy="exact", mac=True, mac_key=key, cutoff_time=time(23, 30),
                 exchange_dir=str(Path(data_dir) / "exchange" / "demo-fixed"),
                 reconcile_time=time(2, 0),
+                # invoices: a demo stock is issued on first start (service.py)
+                options={"invoice": True, "invoice_low_water": 50},
             ),
             BankConfig(
                 name="demo-delim", plugin="ref-delim", bank_code="103210",
@@ -172,6 +174,11 @@ def default_config(data_dir: str = DEFAULT_DATA_DIR) -> Config:
                 policy="partial", cutoff_time=time(23, 30),
                 exchange_dir=str(Path(data_dir) / "exchange" / "demo-delim"),
                 reconcile_time=time(2, 0),
+                # withholding, and real-time card debits against a host the
+                # gateway simulates itself on loopback (demo only)
+                options={"withholding": True, "utility_code": "HEAT0001",
+                         "debit_host": "tcp:host=127.0.0.1:port=9202",
+                         "debit_host_simulate": True},
             ),
             BankConfig(
                 name="demo-iso8583", plugin="ref-iso8583", bank_code="104210",
@@ -297,6 +304,7 @@ def parse_config(data: dict, source: str = "<config>", *, data_dir: str | None =
     for i, d in enumerate(cfg.plugin_dirs):
         if not isinstance(d, str) or not Path(d).is_dir():
             raise g.err(f"plugin_dirs[{i}]", f"expected an existing folder, got {d!r}")
+    cfg.log_frames = g.get("log_frames", bool, False)
     g.finish()
 
     db = top.section("database")

@@ -125,6 +125,13 @@ class Ledger:
             self._tariffs_at = time.monotonic()
         return self._tariffs
 
+    def known_closed(self, bank: str, d: date) -> bool:
+        """Closed as far as this process knows (dates never reopen)."""
+        return (bank, d) in self._closed
+
+    def mark_closed(self, bank: str, d: date) -> None:
+        self._closed.add((bank, d))
+
     def _closed_date(self, tx: Tx, bank: str, d: date) -> bool:
         if (bank, d) in self._closed:
             return True

@@ -21,7 +21,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from bankgate import invoices, withholding
 from bankgate import messages as m
+from bankgate.carddebit import make_services as card_debit_services
 from bankgate.config import Config, check_plugins
 from bankgate.engine import BankFactory
 from bankgate.ledger import Ledger, LedgerService
@@ -38,17 +40,22 @@ class GatewayService(service.MultiService):
         self.cfg = cfg
         self.reactor = reactor
         self.codecs = check_plugins(cfg)
+        withholding.check_config(cfg, self.codecs)  # bad [bank.options] fail at start
         self.store = Store(cfg.db_url, cfg.n8, reactor=reactor, threads=cfg.db_threads,
                            echo=cfg.db_echo)
-        self.ledger = Ledger(self.store, {b.name: b.policy_() for b in cfg.banks}, now=self.now)
+        self.ledger = Ledger(
+            self.store, {b.name: b.policy_() for b in cfg.banks}, now=self.now,
+            hooks=list(filter(None, [invoices.make_hook(cfg, self.store)])),
+        )
         self.ledger_service = LedgerService(self.ledger)
         self.factories: dict[str, BankFactory] = {}
         self.listeners: list[tuple[str, str, service.Service]] = []
         for b in cfg.banks:
             factory = BankFactory(
                 self.codecs[b.plugin], b.profile(), self.ledger_service.handle, reactor,
-                now=self.now,
+                now=self.now, log_frames=cfg.log_frames,
             )
+            factory.noisy = False
             self.factories[b.name] = factory
             for ep in b.listen:
                 svc = strports.service(ep, factory, reactor=reactor)
@@ -80,8 +87,12 @@ class GatewayService(service.MultiService):
             log.info("bankgate: bank {bank} ({plugin}, code {code}) listening on {ep}",
                      bank=name, plugin=self.cfg.bank(name).plugin,
                      code=self.cfg.bank(name).bank_code, ep=ep)
+        # outbound card-debit links; their reversal queue resumes at once
+        for svc in card_debit_services(self):
+            svc.setServiceParent(self)
         self.scheduler.start()
         self.recon.start()
+        self.store.call(invoices.Invoices(self.store, self.cfg, now=self.now).low_stock)
         log.info("bankgate: ready, {n} bank(s)", n=len(self.cfg.banks))
         self.ready.callback(self)
 
@@ -90,6 +101,8 @@ class GatewayService(service.MultiService):
         if not self.ready.called:
             self.ready.errback(failure)
         if self.reactor.running:
+            # twistd itself would exit 0: a supervisor must see the failure
+            self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failure)
             self.reactor.stop()
 
     @defer.inlineCallbacks
@@ -99,6 +112,12 @@ class GatewayService(service.MultiService):
         yield defer.maybeDeferred(service.MultiService.stopService, self)
         self.store.stop()
         log.info("bankgate: stopped")
+
+
+def _exit_failure() -> None:
+    import os
+
+    os._exit(1)
 
 
 def _safe_url(url: str) -> str:
@@ -124,6 +143,11 @@ def prepare_database(store: Store, cfg: Config) -> str:
 
         seed(store, cfg.demo_customers)
         parts.append(f"{cfg.demo_customers} demo customers seeded")
+        inv = invoices.Invoices(store, cfg)
+        for name, settings in inv.settings.items():
+            if settings.enabled and not inv.stock_report(name):
+                inv.issue_stock(name, 1, 2000, code="DEMO", width=8, actor="demo")
+                parts.append(f"demo invoice stock DEMO00000001-DEMO00002000 issued to {name}")
     parts.append(f"{store.customer_count()} customers")
     return ", ".join(parts)
 
@@ -179,18 +203,20 @@ class Scheduler:
     def run_due(self, now: datetime) -> int:
         """Runs on the store's thread; returns how many dates it closed."""
         ledger = self.gw.ledger
-        closed = 0
+        closed: dict[str, list[date]] = {}
         for bank, d in self.due_cutoffs(now):
-            if (bank, d) in ledger._closed:
+            if ledger.known_closed(bank, d):
                 continue
             if not ledger.store.run_sync(lambda tx, b=bank, dd=d: tx.is_closed(b, dd)):
                 ledger.cutoff(bank, d, reason="scheduled")
-                log.info("bankgate: cut-off: closed {bank} {date}", bank=bank, date=d)
-                closed += 1
+                closed.setdefault(bank, []).append(d)
             else:
-                ledger._closed.add((bank, d))
+                ledger.mark_closed(bank, d)
+        for bank, dates in closed.items():
+            log.info("bankgate: cut-off: closed {bank} {dates}", bank=bank,
+                     dates=", ".join(f"{d:%Y-%m-%d}" for d in dates))
         ledger.expire_pending()
-        return closed
+        return sum(len(v) for v in closed.values())
 
 
 # -- nightly reconciliation (对账) ----------------------------------------------------

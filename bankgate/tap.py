@@ -5,8 +5,10 @@ The only place that touches the global reactor: it hands it to the service.
 
 from __future__ import annotations
 
+import logging
 import sys
 
+from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
 from bankgate.config import ConfigError, load_config
@@ -25,8 +27,34 @@ class Options(usage.Options):
     ]
 
 
+class _ToTwistedLog(logging.Handler):
+    """Python ``logging`` records (ledger, store, plugins) into twistd's log."""
+
+    _levels = {logging.DEBUG: LogLevel.debug, logging.INFO: LogLevel.info,
+               logging.WARNING: LogLevel.warn, logging.ERROR: LogLevel.error,
+               logging.CRITICAL: LogLevel.critical}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = self._levels.get(record.levelno, LogLevel.info)
+        try:
+            text = self.format(record)
+        except Exception:  # noqa: BLE001 - a bad log call must not stop the service
+            text = repr(record.msg)
+        Logger(namespace=record.name).emit(level, "{text}", text=text)
+
+
+def route_python_logging(level: int = logging.INFO) -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, _ToTwistedLog) for h in root.handlers):
+        root.addHandler(_ToTwistedLog())
+    root.setLevel(level)
+    logging.getLogger("ibm_db_sa").setLevel(logging.WARNING)
+
+
 def makeService(options):
     from twisted.internet import reactor
+
+    route_python_logging()
 
     from bankgate.service import GatewayService
 

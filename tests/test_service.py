@@ -61,7 +61,9 @@ def test_starts_database_first_then_listens_on_every_bank(gateway):
     result = reactor.pump_until(gw.ready)
     assert result is gw
     ports = sorted(s[0] for s in reactor.tcpServers)
-    assert ports == [9101, 9102, 9103]
+    # the three banks, and the bank host demo-delim's card debits go to (simulated)
+    assert ports == [9101, 9102, 9103, 9202]
+    assert [(c[0], c[1]) for c in reactor.tcpClients] == [("127.0.0.1", 9202)]
     assert {s[3] for s in reactor.tcpServers} == {"127.0.0.1"}
     assert gw.store.customer_count() == 150
     # the factory of a listener is the bank's own

@@ -6,7 +6,7 @@ from bankgate.store.model import metadata
 conn = context.config.attributes.get("connection")
 if conn is not None:
     context.configure(connection=conn, target_metadata=metadata, version_table=VERSION_TABLE)
-else:  # offline: write the SQL for a dialect (``bankgate db upgrade --sql DIALECT``)
+else:  # offline: the SQL for a dialect, for a DBA (bankgate.migrations.offline_sql)
     context.configure(
         dialect_name=context.config.attributes["dialect_name"],
         target_metadata=metadata,
