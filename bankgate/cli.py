@@ -133,6 +133,12 @@ def cmd_plugins_check(args) -> int:
 def cmd_simulate(args) -> int:
     from bankgate.simulate import main as simulate_main
 
+    if getattr(args, "sim_command", None) == "statement":
+        if not args.bank:
+            print("bankgate simulate statement: --bank is required", file=sys.stderr)
+            return 2
+        return cmd_statement_write(args)
+
     return simulate_main(args)
 
 

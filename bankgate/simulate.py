@@ -1382,6 +1382,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--count", type=int, default=0, help="records in the statement file")
     c.add_argument("--total", type=parse_amount, default=0, help="statement total, yuan")
 
+    c = sub.add_parser("statement", help="write the bank's statement file for a date from"
+                                          " what was posted (as the bank would), into the"
+                                          " bank's exchange folder")
+    c.add_argument("--date", type=_date, required=True, help="the settle date")
+    c.add_argument("--perturb", nargs="?", const="all", default=None,
+                   help="add discrepancies: 'all' or a comma list of bank-only, utility-only,"
+                        " amount, date, totals")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", default=None, help="folder (default: the bank's exchange folder)")
+
     c = sub.add_parser("load", help="paced load with latency percentiles")
     c.add_argument("--banks", help="several banks at once, comma-separated (instead of --bank)")
     c.add_argument("--rate", type=_rate, default=10.0,
