@@ -48,7 +48,8 @@ def route_python_logging(level: int = logging.INFO) -> None:
     if not any(isinstance(h, _ToTwistedLog) for h in root.handlers):
         root.addHandler(_ToTwistedLog())
     root.setLevel(level)
-    logging.getLogger("ibm_db_sa").setLevel(logging.WARNING)
+    for noisy in ("ibm_db_sa", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def makeService(options):

@@ -66,6 +66,11 @@ def test_starts_database_first_then_listens_on_every_bank(gateway):
     assert [(c[0], c[1]) for c in reactor.tcpClients] == [("127.0.0.1", 9202)]
     assert {s[3] for s in reactor.tcpServers} == {"127.0.0.1"}
     assert gw.store.customer_count() == 150
+    # invoicing demo bank got a demo stock on first start
+    from bankgate.invoices import Invoices
+
+    [row] = Invoices(gw.store, gw.cfg).stock_report("demo-fixed")
+    assert row["ranges"] and row["remaining"] == 2000
     # the factory of a listener is the bank's own
     by_port = {s[0]: s[1] for s in reactor.tcpServers}
     assert by_port[9101].profile.name == "demo-fixed"
