@@ -141,6 +141,8 @@ class DebitConnection(FrameReceiver):
 
 
 class _LinkFactory(protocol.Factory):
+    noisy = False
+
     def __init__(self, link: DebitLink):
         self.link = link
 

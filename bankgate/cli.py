@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bankgate import invoices, withholding
 from bankgate.codec.registry import PluginError
-from bankgate.config import Config, ConfigError, check_plugins, load_config
+from bankgate.config import Config, ConfigError, check_options, check_plugins, load_config
 
 
 def _date(text: str) -> date:
@@ -56,6 +56,7 @@ def _mac_text(b) -> str:
 def cmd_config_check(args) -> int:
     cfg = load_config(args.file)
     codecs = check_plugins(cfg)
+    check_options(cfg, codecs)
     withholding.check_config(cfg, codecs)
     invoices.settings_for(cfg)
     print(f"{args.file}: OK")

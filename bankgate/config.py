@@ -2,8 +2,9 @@
 
 Every error names the file, the key and what was expected.  No file at all
 gives the embedded default: SQLite under ``./var/``, the reference N8 schema
-seeded with demo customers, one demo bank per reference plugin on loopback,
-and the console.  ``docs/configuration.rst`` documents every key.
+seeded with demo customers, one demo bank per reference plugin on loopback
+(invoices on demo-fixed, withholding on demo-delim).  ``docs/configuration.rst``
+documents every key.
 """
 
 from __future__ import annotations
@@ -525,6 +526,22 @@ def _parse_reconcile(sec: _Section, b: BankConfig) -> None:
     p.lock_stale = _seconds(r, "lock_stale", p.lock_stale, 60, 86400)
     r.finish()
     b.reconcile = p
+
+
+def check_options(cfg: Config, codecs: dict) -> None:
+    """Every ``[bank.options]`` key is one that something reads: invoices,
+    withholding, or the bank's plugin (``CODEC.option_keys``).  A misspelt key
+    would otherwise switch nothing on, silently."""
+    from bankgate.invoices import OPTION_KEYS as INVOICE_KEYS
+    from bankgate.withholding import OPTION_KEYS as WITHHOLDING_KEYS
+
+    for b in cfg.banks:
+        known = {*INVOICE_KEYS, *WITHHOLDING_KEYS,
+                 *getattr(codecs.get(b.plugin), "option_keys", ())}
+        for key in b.options:
+            if key not in known:
+                raise ConfigError(cfg.source, f"bank.{b.name}.options.{key}",
+                                  f"unknown option (misspelt?); known: {', '.join(sorted(known))}")
 
 
 def check_plugins(cfg: Config) -> dict:

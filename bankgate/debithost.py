@@ -73,6 +73,8 @@ class _HostConnection(FrameReceiver):
 
 
 class _HostFactory(protocol.Factory):
+    noisy = False
+
     def __init__(self, host: DebitHost):
         self.host = host
 

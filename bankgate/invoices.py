@@ -70,7 +70,7 @@ FEE_NAMES = {"01": "采暖费", "02": "物业费", "03": "蒸汽费", "04": "电
 
 _CODE = re.compile(r"[0-9A-Z]{0,8}")
 _COUNTER = re.compile(r"counter([-_.][A-Za-z0-9_.-]{1,24})?")
-_SOURCE = re.compile(r"[a-z][a-z0-9_-]{0,9}")
+_SOURCE = re.compile(r"[a-z][a-z0-9_-]{0,15}")  # bg_payment.source is 16 wide
 
 
 class InvoiceError(ValueError):

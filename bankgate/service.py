@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from bankgate import invoices, withholding
 from bankgate import messages as m
 from bankgate.carddebit import make_services as card_debit_services
-from bankgate.config import Config, check_plugins
+from bankgate.config import Config, check_options, check_plugins
 from bankgate.engine import BankFactory
 from bankgate.ledger import Ledger, LedgerService
 from bankgate.store.db import Store
@@ -40,6 +40,7 @@ class GatewayService(service.MultiService):
         self.cfg = cfg
         self.reactor = reactor
         self.codecs = check_plugins(cfg)
+        check_options(cfg, self.codecs)
         withholding.check_config(cfg, self.codecs)  # bad [bank.options] fail at start
         self.store = Store(cfg.db_url, cfg.n8, reactor=reactor, threads=cfg.db_threads,
                            echo=cfg.db_echo)

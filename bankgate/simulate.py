@@ -1446,7 +1446,8 @@ def prepare(args: argparse.Namespace, cfg=None, codecs: dict | None = None) -> P
 
     try:
         if cfg is None:
-            cfg = load_config(getattr(args, "config", None))
+            cfg = load_config(getattr(args, "config", None),
+                              data_dir=getattr(args, "data_dir", None))
         if codecs is None:
             codecs = check_plugins(cfg)
     except ConfigError as e:

@@ -65,3 +65,6 @@ def makeService(options):
     except ConfigError as e:
         sys.stderr.write(f"bankgate: configuration error: {e}\n")
         raise SystemExit(2) from None
+    except Exception as e:  # noqa: BLE001 - e.g. an unreadable TLS certificate
+        sys.stderr.write(f"bankgate: cannot start: {type(e).__name__}: {e}\n")
+        raise SystemExit(1) from None

@@ -60,9 +60,7 @@ from bankgate.store import withholding as sql
 from bankgate.store.db import StoreUnavailable
 from bankgate.store.tx import Tx
 
-#: ``bg_payment.source`` of withholding payments.  The column is 10 characters
-#: wide in migration 0001; "withholding" needs 11, so the shorter name is used
-#: until the column is widened (then this follows by itself).
+#: ``bg_payment.source`` of withholding payments.
 SOURCE = "withholding"
 CHANNEL = m.Channel.WITHHOLDING.value
 ACCOUNT_RE = re.compile(r"[0-9A-Za-z-]{4,32}")

@@ -835,6 +835,8 @@ class RefIso8583Codec:
         keepalive_empty=True,
         idle_timeout=60.0,
     )
+    # [bank.options] this plugin reads: the channel code recorded for its payments
+    option_keys = ("channel",)
 
     # -- gateway side ----------------------------------------------------------
 

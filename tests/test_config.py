@@ -112,3 +112,17 @@ def test_config_check_command(tmp_path, capsys):
 def test_default_config_paths_follow_the_data_dir(tmp_path):
     cfg = default_config(str(tmp_path / "v"))
     assert str(tmp_path / "v" / "bankgate.db") in cfg.db_url
+
+
+def test_misspelt_bank_options_are_refused(tmp_path):
+    from bankgate.config import check_options
+
+    cfg = load_config(write(tmp_path, BANK + "[bank.options]\nwithholdng = true\n"))
+    with pytest.raises(ConfigError, match=r"bank.b1.options.withholdng: unknown option"):
+        check_options(cfg, check_plugins(cfg))
+    ok = load_config(write(tmp_path, BANK + "[bank.options]\nwithholding = false\n"
+                           "invoice = true\n"))
+    check_options(ok, check_plugins(ok))
+    iso = load_config(write(tmp_path, BANK.replace("ref-fixed", "ref-iso8583").replace(
+        "mac_key", "zmk") + "[bank.options]\nchannel = \"04\"\n"))
+    check_options(iso, check_plugins(iso))  # the plugin declares it reads 'channel'
