@@ -42,7 +42,7 @@ from bankgate.codec.fields import (
     Number,
     gbk_fit,
 )
-from bankgate.crypto import macs_equal, x919_mac
+from bankgate.crypto import X919, macs_equal
 from bankgate.messages import (
     Origin,
     Outcome,
@@ -269,12 +269,20 @@ def _mac_key(session: Session) -> bytes | None:
     return key if isinstance(key, bytes) and len(key) == 16 else None
 
 
+def _mac(session: Session, key: bytes, data: bytes) -> bytes:
+    """X9.19 with the connection's MAC context, set up once per connection."""
+    x = session.state.get("_x919")
+    if x is None or x.key != key:
+        x = session.state["_x919"] = X919(key)
+    return x.mac(data)
+
+
 def _mac_field(session: Session, data: bytes) -> bytes:
     """16 hex digits, uppercase, over ``data`` (fields 1-10 + body)."""
     key = _mac_key(session)
     if key is None:
         return MAC_SPACES
-    return x919_mac(key, data).hex().upper().encode("ascii")
+    return _mac(session, key, data).hex().upper().encode("ascii")
 
 
 def _mac_verifies(session: Session, frame: bytes) -> bool:
@@ -282,7 +290,7 @@ def _mac_verifies(session: Session, frame: bytes) -> bool:
     given = frame[MAC_START:MAC_END]
     if key is None or _HEX16.fullmatch(given) is None:
         return False
-    expected = x919_mac(key, frame[:MAC_START] + frame[MAC_END:])
+    expected = _mac(session, key, frame[:MAC_START] + frame[MAC_END:])
     return bool(macs_equal(expected, bytes.fromhex(given.decode("ascii"))))
 
 

@@ -23,6 +23,7 @@ frame from plain values and parse a response frame into a dict.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,7 +110,12 @@ class BankProfile:
             addr = ipaddress.ip_address(host)
         except ValueError:
             return False
-        return any(addr in ipaddress.ip_network(n, strict=False) for n in self.allow)
+        return any(addr in net for net in _networks(self.allow))
+
+
+@functools.lru_cache(maxsize=256)
+def _networks(allow: tuple[str, ...]) -> tuple:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in allow)
 
 
 @dataclass
@@ -124,7 +130,11 @@ class Session:
 
     @property
     def address_allowed(self) -> bool:
-        return self.bank.address_allowed(self.peer_host)
+        """Checked once per connection: the peer does not change."""
+        allowed = self.state.get("_address_allowed")
+        if allowed is None:
+            allowed = self.state["_address_allowed"] = self.bank.address_allowed(self.peer_host)
+        return allowed
 
     def today(self) -> date:
         return self.now().date()
