@@ -1065,22 +1065,7 @@ def customers_with_open_bills(store, limit: int = 10000) -> list[str]:
     ``store`` is a :class:`bankgate.store.db.Store`; runs on the calling
     thread (the simulator is a tool, not the gateway).
     """
-    import sqlalchemy as sa
-
-    c = store.n8["customer"]
-    b = store.n8["bill"]
-    open_bill = (
-        sa.select(b.c.bill_id)
-        .where(b.c.customer_no == c.c.customer_no, b.c.paid_amount < b.c.amount)
-        .exists()
-    )
-    stmt = (
-        sa.select(c.c.customer_no)
-        .where(c.c.status == "A", open_bill)
-        .order_by(c.c.customer_no)
-        .limit(limit)
-    )
-    return store.run_sync(lambda tx: [str(r[0]) for r in tx.conn.execute(stmt)])
+    return store.run_sync(lambda tx: tx.customers_with_open_bills(limit), readonly=True)
 
 
 # -- configuration --------------------------------------------------------------------------

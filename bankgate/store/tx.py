@@ -234,6 +234,18 @@ class Tx:
         row["bg_prepaid"] = int(row["bg_prepaid"] or 0)
         return row
 
+    def customers_with_open_bills(self, limit: int) -> list[str]:
+        """Active customers with at least one open bill (the simulator's pick)."""
+        c, b = self.n8["customer"], self.n8["bill"]
+        open_bill = (
+            sa.select(b.c.bill_id)
+            .where(b.c.customer_no == c.c.customer_no, b.c.paid_amount < b.c.amount)
+            .exists()
+        )
+        q = (sa.select(c.c.customer_no).where(c.c.status == "A", open_bill)
+             .order_by(c.c.customer_no).limit(limit))
+        return [str(r[0]) for r in self._x(q)]
+
     def tariffs(self) -> dict[tuple[str, str], dict]:
         t = self.n8["tariff"]
         return {(r["fee_type"], r["customer_class"]): r for r in _dicts(self._x(_select(t)))}
