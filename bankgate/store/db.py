@@ -11,6 +11,7 @@ times, and returns a Deferred.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -49,7 +50,9 @@ class Store:
     ):
         self.url = url
         self.mapping = mapping or N8Mapping()
-        self.engine = create_engine(url, pool_size=threads, echo=echo)
+        # two connections a thread: one for transactions, one kept for reads
+        self.engine = create_engine(url, pool_size=2 * threads, echo=echo)
+        self._local = threading.local()
         self.dialect = self.engine.dialect.name
         # SELECT ... FOR UPDATE on the rows a payment changes; SQLite locks
         # the whole file at BEGIN IMMEDIATE instead (and ignores the clause).
@@ -70,6 +73,10 @@ class Store:
             self._started = True
 
     def stop(self) -> None:
+        reader = getattr(self._local, "reader", None)
+        if reader is not None:
+            self._local.reader = None
+            reader.close()
         if self._started:
             self.pool.stop()
             self._started = False
@@ -99,11 +106,9 @@ class Store:
         while True:
             attempt += 1
             try:
+                if readonly and self.dialect != "sqlite":
+                    return self._read(fn, *args, **kw)
                 with self.engine.connect() as conn:
-                    if readonly and self.dialect != "sqlite":
-                        # each read is its own statement: no BEGIN/COMMIT round trips
-                        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                        return fn(Tx(conn, self), *args, **kw)
                     if readonly:
                         conn = conn.execution_options(bankgate_readonly=True)
                     with conn.begin():
@@ -118,6 +123,20 @@ class Store:
                     raise
                 log.warning("transient database error, retrying (%d): %s", attempt, e.orig)
                 time.sleep(min(0.05 * attempt, 0.5))
+
+    def _read(self, fn, *args, **kw):
+        """Reads on a server: each statement on its own (autocommit, no BEGIN or
+        COMMIT round trips), on a connection this thread keeps for its reads."""
+        conn = getattr(self._local, "reader", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._local.reader = conn
+        try:
+            return fn(Tx(conn, self), *args, **kw)
+        except sa.exc.SQLAlchemyError:
+            self._local.reader = None
+            conn.close()
+            raise
 
     def connect(self):
         """A plain connection for bulk work (demo seeding, reports)."""
