@@ -1222,18 +1222,15 @@ def client_decode(frame: bytes, session: Session) -> dict:
     after checking its check value (``session.bank.keys.zmk``); an approved
     sign-out discards it.  Raises ``ValueError`` for a malformed frame.
     """
-    try:
-        msg = MESSAGE_C.parse(bytes(frame))
-    except Exception as e:
-        raise ValueError(f"{NAME}: unreadable response frame ({type(e).__name__})") from None
-    if not msg.known:
+    frame = bytes(frame)
+    scan = _scan(frame) if frame[:1] == bytes([TPDU_ID]) else None
+    if scan is None or (scan.broken and not scan.present & _UNKNOWN):
+        raise ValueError(f"{NAME}: unreadable response frame")
+    if scan.present & _UNKNOWN:
         raise ValueError(f"{NAME}: response has a field this spec does not define")
-    mti = _text(msg.mti)
+    mti = _text(frame[5:9])
     fields: dict[int, object] = {}
-    for n in FIELDS:
-        val = msg[f"f{n}"]
-        if val is None:
-            continue
+    for n, val in scan.fields.items():
         if n in (62, 64, 128):
             fields[n] = val
         elif n == 48:
@@ -1242,7 +1239,7 @@ def client_decode(frame: bytes, session: Session) -> dict:
             fields[n] = _text(val)
     code = fields.get(39)
     out = {
-        "tpdu": msg.tpdu.dst + msg.tpdu.src,
+        "tpdu": frame[1:5],
         "mti": mti,
         "fields": fields,
         "response_code": code,
@@ -1254,7 +1251,7 @@ def client_decode(frame: bytes, session: Session) -> dict:
     if code == "00" and 48 in fields:
         layout = {"0110": QUERY_REPLY_48_C, "0210": PAYMENT_REPLY_48_C}.get(mti)
         if layout is not None:
-            parsed = layout.parse(msg.f48)
+            parsed = layout.parse(scan.fields[48])
             out["field48"] = {k: v for k, v in parsed.items() if not k.startswith("_")}
             if "bills" in out["field48"]:
                 out["field48"]["bills"] = [
@@ -1279,11 +1276,11 @@ def client_decode(frame: bytes, session: Session) -> dict:
             session.state.pop("mak", None)
             session.state.pop("_x919", None)
         out["signed_in"] = "mak" in session.state
-    mac_field = 128 if msg.f128 is not None else 64 if msg.f64 is not None else None
+    mac_field = 128 if 128 in scan.fields else 64 if 64 in scan.fields else None
     mak = session.state.get("mak")
     if mac_field and mak is not None:
-        mac = msg[f"f{mac_field}"]
-        at = msg.mac2_at if mac_field == 128 else msg.mac_at
+        mac = scan.fields[mac_field]
+        at = scan.mac_at[mac_field]
         if mac == ZERO_MAC and code in ("03", "A7"):
             out["mac_ok"] = None
         else:
