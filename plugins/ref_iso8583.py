@@ -133,7 +133,8 @@ class _IsoField(Construct):
         return self.read(stream)
 
     def _build(self, obj, stream, context, path):
-        stream_write(stream, self.encode(obj), None, path)
+        data = self.encode(obj)
+        stream_write(stream, data, len(data), path)
         return obj
 
     def write(self, obj, stream):

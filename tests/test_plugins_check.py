@@ -20,6 +20,15 @@ def test_ref_fixed_layouts_round_trip():
     report = check_plugin_file(shipped_dir() / "ref_fixed.py")
     assert "ok    layout header: 123 bytes round-trip" in report
     assert "ok    layout statement.detail: 69 bytes round-trip" in report
+    # a response with one bill: 187 fixed bytes + 62
+    assert "ok    layout 1001.response: 249 bytes round-trip" in report
+
+
+def test_ref_iso8583_field_layouts_round_trip():
+    report = check_plugin_file(shipped_dir() / "ref_iso8583.py")
+    assert "ok    layout field90: 42 bytes round-trip" in report
+    # customer_no 20 + name 60 + count 2 + one bill 62
+    assert "ok    layout field48.0110: 144 bytes round-trip" in report
 
 
 BROKEN = '''

@@ -48,8 +48,12 @@ def sample(con: c.Construct):
         return b"\x00" * con.length
     if isinstance(con, (c.Compiled,)):
         return sample(con.defersubcon)
-    if isinstance(con, c.Array) and isinstance(con.count, int):
-        return [sample(con.subcon) for _ in range(con.count)]
+    if isinstance(con, c.Array) or (
+            hasattr(con, "subcon") and hasattr(con, "count") and not isinstance(con, c.Renamed)):
+        # a count taken from the context (``this.bill_count``) is a number
+        # field, whose sample is 1: one element keeps the two consistent
+        n = con.count if isinstance(con.count, int) else 1
+        return [sample(con.subcon) for _ in range(n)]
     return _try_candidates(con)
 
 
