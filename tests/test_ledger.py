@@ -319,16 +319,10 @@ def test_iso_reversal_repeated_after_cutoff_answers_as_before(ledger, store):
     check_books(store)
 
 
-def clock_now():
-    from conftest import NOW
-
-    return NOW
-
-
 def test_queries_do_not_wait_for_a_writer_on_sqlite(tmp_path):
     import time
 
-    from conftest import BANKS, make_store, seed_fixture
+    from conftest import BANKS, NOW, make_store, seed_fixture
 
     from bankgate.ledger import Ledger
 
@@ -337,7 +331,7 @@ def test_queries_do_not_wait_for_a_writer_on_sqlite(tmp_path):
     ledger = Ledger(store, dict(BANKS))
 
     with store.engine.connect() as writer, writer.begin() as t:  # BEGIN IMMEDIATE
-        writer.execute(model.audit.insert().values(at=clock_now(), actor="x", action="y"))
+        writer.execute(model.audit.insert().values(at=NOW, actor="x", action="y"))
         started = time.monotonic()
         assert ledger.query(query()).outcome is Outcome.OK  # would wait 30 s for the lock
         assert time.monotonic() - started < 5
