@@ -60,7 +60,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -73,6 +72,8 @@ from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
+
+from bankgate.devgateway import GatewayProcess, free_port  # noqa: E402
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/bankgate_bench_e2e"
 KEY = "0123456789ABCDEFFEDCBA9876543210"  # the specs' test key
@@ -294,12 +295,6 @@ def compute_dues(store, customers: list[str]) -> dict[str, list]:
 # =============================================================================
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Gateway:
     """``twistd bankgate`` in a subprocess, as ``tests/test_e2e.py`` runs it."""
 
@@ -318,16 +313,22 @@ class Gateway:
         self.switch_interval = switch_interval
         self.gc_stats = gc_stats or bool(gc_freeze)
         self.gc_freeze = gc_freeze
-        self.proc: subprocess.Popen | None = None
+        self.process = GatewayProcess(
+            self.config, list(self.ports.values()), self.log, cwd=data, runner=RUNNER,
+            twistd_args=tuple(twistd_args), env=self.extra_env(),
+            start_timeout=START_TIMEOUT, stop_timeout=30)
 
-    def env(self) -> dict:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    @property
+    def proc(self):
+        return self.process.proc
+
+    def extra_env(self) -> dict:
+        env = {}
         if self.switch_interval:
             env["BENCH_SWITCH_INTERVAL"] = str(self.switch_interval)
         if self.gc_stats:
             (self.data / "bench_gc.py").write_text(GC_MODULE)
-            env["PYTHONPATH"] = str(self.data) + os.pathsep + env["PYTHONPATH"]
+            env["PYTHONPATH"] = str(self.data)
             env["BENCH_GC_STATS"] = str(self.data / "gc-stats.json")
             if self.gc_freeze:
                 env["BENCH_GC_FREEZE"] = str(self.gc_freeze)
@@ -340,39 +341,13 @@ class Gateway:
             return None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", RUNNER, str(self.config), *self.twistd_args],
-            cwd=self.data, env=self.env(), stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        waiting = set(self.ports.values())
-        while waiting:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited ({self.proc.returncode}):\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway not listening after {START_TIMEOUT} s:\n"
-                                   f"{self.tail()}")
-            for port in list(waiting):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    waiting.discard(port)
-                except OSError:
-                    time.sleep(0.1)
+        self.process.start()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.process.stop()
 
     def tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
+        return self.process.tail(n)
 
 
 # =============================================================================
@@ -621,7 +596,7 @@ def run_phase(gw: Gateway, work: Path, name: str, customers: dict[str, list[str]
         outs[bank] = Path(spec["out"])
         outs[bank].unlink(missing_ok=True)
         procs.append(subprocess.Popen([sys.executable, __file__, "--worker", str(path)],
-                                      cwd=ROOT, env=gw.env()))
+                                      cwd=ROOT, env=gw.process.env()))
     meter = CpuMeter(gw.proc.pid, {p.pid for p in procs})
     time.sleep(max(0.0, start_at - time.time()))
     spy = None

@@ -27,6 +27,7 @@ import pytest
 from bankgate.codec.base import Session
 from bankgate.codec.registry import load_codec
 from bankgate.config import load_config
+from bankgate.devgateway import GatewayProcess, free_port
 from bankgate.simulate import response_code
 
 pytestmark = pytest.mark.e2e
@@ -46,12 +47,6 @@ CODECS = {"demo-fixed": FIXED, "demo-delim": DELIM, "demo-iso8583": ISO}
 
 def local_now() -> datetime:
     return datetime.now(TZ).replace(tzinfo=None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CONFIG = """\
@@ -97,12 +92,6 @@ zmk = "{key}"
 zmk_kcv = "{kcv}"
 """
 
-RUNNER = (
-    "import sys; from twisted.scripts.twistd import run; "
-    "sys.argv = ['twistd', '-n', '--pidfile=', 'bankgate', '--config', sys.argv[1]]; run()"
-)
-
-
 class Gateway:
     def __init__(self, data: Path):
         self.data = data
@@ -116,48 +105,18 @@ class Gateway:
         self.log = data / "gateway.log"
         cfg = load_config(self.config)
         self.profiles = {b.name: b.profile() for b in cfg.banks}
-        self.proc: subprocess.Popen | None = None
+        self.process = GatewayProcess(self.config, list(self.ports.values()), self.log,
+                                      start_timeout=START_TIMEOUT)
         self.paid_at_start = 0
 
-    def env(self) -> dict:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        return env
-
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", RUNNER, str(self.config)], cwd=ROOT, env=self.env(),
-            stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        waiting = set(self.ports.values())
-        while waiting:  # an event wait: each listener accepting, bounded
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited ({self.proc.returncode}):\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway not listening after {START_TIMEOUT} s:\n"
-                                   f"{self.tail()}")
-            for port in list(waiting):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    waiting.discard(port)
-                except OSError:
-                    time.sleep(0.05)
+        self.process.start()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.process.stop()
 
     def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
+        return self.process.tail(n)
 
     # -- the database, read directly --------------------------------------------------
 
@@ -575,7 +534,7 @@ def test_broken_frames_close_the_connection(gw, case):
 def simulate(gw: Gateway, *argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "bankgate.cli", "--config", str(gw.config), "simulate", *argv],
-        cwd=ROOT, env=gw.env(), capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, env=gw.process.env(), capture_output=True, text=True, timeout=timeout,
     )
 
 
