@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 
 from bankgate import invoices, withholding
+from bankgate.argtypes import date_arg as _date
 from bankgate.codec.registry import PluginError
 from bankgate.config import Config, ConfigError, check_options, check_plugins, load_config
-
-
-def _date(text: str) -> date:
-    for fmt in ("%Y-%m-%d", "%Y%m%d"):
-        try:
-            return datetime.strptime(text, fmt).date()
-        except ValueError:
-            pass
-    raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD or YYYYMMDD, got {text!r}")
-
 
 _DATA_DIR: str | None = None  # the global --data-dir, set by main()
 

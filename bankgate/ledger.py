@@ -132,10 +132,12 @@ class Ledger:
     def mark_closed(self, bank: str, d: date) -> None:
         self._closed.add((bank, d))
 
-    def _closed_date(self, tx: Tx, bank: str, d: date) -> bool:
+    def _closed_date(self, tx: Tx, bank: str, d: date, known: bool | None = None) -> bool:
+        """Is the bank's date closed?  ``known``: the answer already read with
+        the customer (``customer_context``), saving the round trip."""
         if (bank, d) in self._closed:
             return True
-        if tx.is_closed(bank, d):
+        if known if known is not None else tx.is_closed(bank, d):
             self._closed.add((bank, d))
             return True
         return False
@@ -271,12 +273,9 @@ class Ledger:
             return m.PaymentResult(outcome, **fields)
 
         cust = tx.customer_context(req.customer_no, o.bank, o.trade_date)
-        closed = (o.bank, o.trade_date) in self._closed or (
-            cust["bg_closed"] if cust is not None else tx.is_closed(o.bank, o.trade_date))
-        if closed:
-            self._closed.add((o.bank, o.trade_date))
-            if not after_close:
-                return finish(Outcome.DATE_CLOSED)
+        known = cust["bg_closed"] if cust is not None else None
+        if not after_close and self._closed_date(tx, o.bank, o.trade_date, known):
+            return finish(Outcome.DATE_CLOSED)
         if req.amount <= 0 or req.amount > MAX_FEN:
             return finish(Outcome.AMOUNT_REJECTED)
         if cust is None:

@@ -51,6 +51,7 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.python.failure import Failure
 
+from bankgate.argtypes import date_arg as _date
 from bankgate.codec.base import BankProfile, Session
 from bankgate.engine import mask_pan
 from bankgate.framing import FrameReceiver, receiver_options
@@ -1272,13 +1273,6 @@ def render_progress(runners: list[LoadRunner]):
 # -- the command ----------------------------------------------------------------------------
 
 
-def _date(text: str) -> date:
-    for fmt in ("%Y-%m-%d", "%Y%m%d"):
-        try:
-            return datetime.strptime(text, fmt).date()
-        except ValueError:
-            pass
-    raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD or YYYYMMDD, got {text!r}")
 
 
 def parse_amount(text: str) -> int:

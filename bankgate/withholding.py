@@ -51,6 +51,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from bankgate import messages as m
+from bankgate.argtypes import date_arg as _date
 from bankgate.config import BankConfig, Config, ConfigError
 from bankgate.engine import mask_pan
 from bankgate.ledger import Ledger, late_fee
@@ -739,13 +740,6 @@ class Withholding:
 # -- the command line ------------------------------------------------------------------------
 
 
-def _date(text: str) -> date:
-    for fmt in ("%Y-%m-%d", "%Y%m%d"):
-        try:
-            return datetime.strptime(text, fmt).date()
-        except ValueError:
-            pass
-    raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD or YYYYMMDD, got {text!r}")
 
 
 def _pairs(text: str) -> dict[str, str]:

@@ -74,6 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
 from bankgate.devgateway import GatewayProcess, free_port  # noqa: E402
+from bench.ledger import ensure_database  # noqa: E402
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/bankgate_bench_e2e"
 KEY = "0123456789ABCDEFFEDCBA9876543210"  # the specs' test key
@@ -185,25 +186,6 @@ def say(text: str = "") -> None:
 # =============================================================================
 # the database
 # =============================================================================
-
-
-def ensure_database(url: str) -> None:
-    """Create the PostgreSQL database of ``url`` (autocommit) when it does not exist."""
-    import sqlalchemy as sa
-
-    u = sa.engine.make_url(url)
-    if u.get_backend_name() != "postgresql" or not u.database:
-        return
-    admin = sa.create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            there = c.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"),
-                              {"d": u.database}).first()
-            if there is None:
-                c.exec_driver_sql(f'CREATE DATABASE "{u.database}"')
-                say(f"created database {u.database}")
-    finally:
-        admin.dispose()
 
 
 def seed(store, customers: int) -> None:
