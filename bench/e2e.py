@@ -3,7 +3,7 @@
 What it does, in one bounded run (loopback only):
 
 1. prepares the PostgreSQL database ``bankgate_bench_e2e`` (created when missing):
-   the gateway schema and ``--customers`` demo customers (``bankgate.demo.seed``),
+   the gateway schema and ``--customers`` demo customers (``bankgate.devtools.demo.seed``),
    reused across runs and re-seeded only when it holds too few customers or too
    few of them still owe something;
 2. writes a TOML configuration with the three demo banks (``ref-fixed`` with
@@ -73,7 +73,7 @@ from zoneinfo import ZoneInfo
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
-from bankgate.devgateway import GatewayProcess, free_port  # noqa: E402
+from bankgate.devtools.gateway import GatewayProcess, free_port  # noqa: E402
 from bench.ledger import ensure_database  # noqa: E402
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/bankgate_bench_e2e"
@@ -189,7 +189,7 @@ def say(text: str = "") -> None:
 
 
 def seed(store, customers: int) -> None:
-    from bankgate import demo
+    from bankgate.devtools import demo
 
     say(f"seeding {customers:,} demo customers ...")
     last = [time.monotonic()]
@@ -228,7 +228,7 @@ def open_customers(store, population: int, k: int, rng: random.Random) -> list[s
     when the first ``population`` customers do not have that many."""
     import sqlalchemy as sa
 
-    from bankgate import demo
+    from bankgate.devtools import demo
 
     c, b = store.n8["customer"], store.n8["bill"]
     order = list(range(population))
@@ -258,8 +258,8 @@ def compute_dues(store, customers: list[str]) -> dict[str, list]:
     """What each customer owes today, from the ledger itself (in this process, straight
     on the database): ``{customer: [amount in fen, [bill ids]]}``, for payments sent
     without a query first."""
-    from bankgate import messages as m
-    from bankgate.ledger import Ledger
+    from bankgate.canon import messages as m
+    from bankgate.domain.ledger import Ledger
 
     tz = ZoneInfo(TZ)
     ledger = Ledger(store, {}, now=lambda: datetime.now(tz).replace(tzinfo=None))
@@ -486,8 +486,8 @@ def worker_main(spec_path: str) -> None:
 async def _worker(reactor, spec: dict) -> None:
     from twisted.internet import defer, task
 
-    from bankgate.config import check_plugins, load_config
-    from bankgate.simulate import (
+    from bankgate.app.config import check_plugins, load_config
+    from bankgate.devtools.simulate import (
         BankClient,
         BankSimulator,
         LoadRunner,
@@ -844,10 +844,10 @@ def _best(fn, repeat: int = 5) -> float:
 def codec_bench(repeat: int = 5) -> dict:
     import iso8583
 
+    from bankgate.canon.messages import Outcome, PaymentResult
     from bankgate.codec.base import BankKeys, BankProfile, Dispatch, Session
+    from bankgate.codec.crypto import X919, macs_equal
     from bankgate.codec.registry import load_codec
-    from bankgate.crypto import X919, macs_equal
-    from bankgate.messages import Outcome, PaymentResult
 
     codec = load_codec("ref-iso8583")
     mod = sys.modules[type(codec).__module__]

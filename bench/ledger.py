@@ -1,6 +1,6 @@
 """Ledger throughput: payments/s and queries/s, against a bare-driver baseline.
 
-Measures :class:`bankgate.ledger.Ledger` (``pay`` and ``query``, bank ``bench``
+Measures :class:`bankgate.domain.ledger.Ledger` (``pay`` and ``query``, bank ``bench``
 under the ``any`` policy) from N Python threads on distinct customers, then
 the *same* SQL -- statement for statement what the ledger issues -- written by
 hand on the raw DBAPI driver (psycopg or sqlite3, no SQLAlchemy) with the same
@@ -14,7 +14,7 @@ the fewest round trips the database allows -- the headroom left.
         --url postgresql+psycopg://postgres@127.0.0.1:5432/bankgate_bench --profile
 
 A PostgreSQL database named in ``--url`` is created when missing; the demo
-data is seeded (``bankgate.demo``) when it holds fewer than ``--customers``.
+data is seeded (``bankgate.devtools.demo``) when it holds fewer than ``--customers``.
 Targets, for the record (not asserted): >= 1,500 payments/s and >= 4,000
 queries/s on PostgreSQL, ledger/baseline >= 0.6.
 """
@@ -42,14 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import sqlalchemy as sa  # noqa: E402
 
 from bankgate import demo  # noqa: E402
-from bankgate.ledger import BankPolicy, Ledger, _Bill, allocate, late_fee  # noqa: E402
-from bankgate.messages import (  # noqa: E402
+from bankgate.canon.messages import (  # noqa: E402
     Origin,
     Outcome,
     PaymentRequest,
     QueryRequest,
     fingerprint,
 )
+from bankgate.domain.ledger import BankPolicy, Ledger, _Bill, allocate, late_fee  # noqa: E402
 from bankgate.store.db import Store  # noqa: E402
 from bankgate.store.n8 import N8Mapping  # noqa: E402
 
@@ -740,7 +740,7 @@ _LAYERS = (
     ("sqlalchemy/pool/", "", "sqlalchemy.pool: checkout, pre-ping, return"),
     ("sqlalchemy/", "", "sqlalchemy: other (util, events, dialects)"),
     ("bankgate/store/", "", "bankgate.store (Tx, Store.run_sync)"),
-    ("bankgate/ledger", "", "bankgate.ledger (rules)"),
+    ("bankgate/ledger", "", "bankgate.domain.ledger (rules)"),
 )
 
 

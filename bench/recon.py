@@ -146,12 +146,11 @@ def setup(args) -> None:
 
 
 def run(args) -> None:
-    from bankgate.codec.registry import load_codec, load_file, shipped_dir
-    from bankgate.config import BankConfig, ReconPolicy
-    from bankgate.ledger import BankPolicy, Ledger
+    from bankgate.app.config import BankConfig, ReconPolicy
+    from bankgate.codec.registry import load_codec
+    from bankgate.domain import reconcile as rec_mod
+    from bankgate.domain.ledger import BankPolicy, Ledger
     from bankgate.store.db import Store
-
-    rec_mod = load_file(shipped_dir() / "reconciler.py")
     store = Store(db_url(args.url), threads=max(4, args.workers + 2))
     ledger = Ledger(store, {BANK: BankPolicy(BANK, CODE, policy="any")},
                     now=lambda: datetime(2026, 11, 28, 2, 0))

@@ -55,8 +55,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time
 
-from bankgate.codec.base import Dispatch, Framing, Reply, Session
-from bankgate.messages import (
+from bankgate.canon.messages import (
     CutoffRequest,
     CutoffResult,
     Origin,
@@ -70,7 +69,8 @@ from bankgate.messages import (
     StatementNotice,
     fingerprint,
 )
-from bankgate.money import fen_to_yuan, yuan_to_fen
+from bankgate.canon.money import fen_to_yuan, yuan_to_fen
+from bankgate.codec.base import Dispatch, Framing, Reply, Session
 
 NAME = "ref-delim"
 ENCODING = "gbk"

@@ -32,18 +32,7 @@ from typing import Any
 
 from construct import Array, Bytes, Const, ConstructError, Struct, this
 
-from bankgate.codec.base import Close, Dispatch, Framing, Reply, Session
-from bankgate.codec.fields import (
-    DateN8,
-    Digits,
-    Fen,
-    FieldError,
-    GbkText,
-    Number,
-    gbk_fit,
-)
-from bankgate.crypto import X919, macs_equal
-from bankgate.messages import (
+from bankgate.canon.messages import (
     Origin,
     Outcome,
     PaymentRequest,
@@ -53,6 +42,17 @@ from bankgate.messages import (
     StatementNotice,
     StatusRequest,
     fingerprint,
+)
+from bankgate.codec.base import Close, Dispatch, Framing, Reply, Session
+from bankgate.codec.crypto import X919, macs_equal
+from bankgate.codec.fields import (
+    DateN8,
+    Digits,
+    Fen,
+    FieldError,
+    GbkText,
+    Number,
+    gbk_fit,
 )
 
 # -- layouts (§3, §4, §8) ----------------------------------------------------

@@ -59,9 +59,8 @@ from construct import (
 )
 from construct.core import stream_write
 
-from bankgate.codec.base import Close, Dispatch, Framing, Reply, Session
-from bankgate.crypto import X919, kcv, macs_equal, unwrap_key, wrap_key
-from bankgate.messages import (
+from bankgate.canon.masking import mask_pan
+from bankgate.canon.messages import (
     Channel,
     Origin,
     Outcome,
@@ -73,6 +72,8 @@ from bankgate.messages import (
     ReversalResult,
     fingerprint,
 )
+from bankgate.codec.base import Close, Dispatch, Framing, Reply, Session
+from bankgate.codec.crypto import X919, kcv, macs_equal, unwrap_key, wrap_key
 
 log = logging.getLogger(__name__)
 
@@ -729,18 +730,6 @@ def nearest_date(mmdd: bytes | str, today: date) -> date | None:
         if best is None or abs(c - today) < abs(best - today):
             best = c
     return best
-
-
-def mask_pan(pan: str) -> str:
-    """The first 6 and last 4 digits kept, every digit between them ``*``.
-
-    (Spec §6.)  A number of 10 digits or fewer is masked but for its last 4.
-    """
-    if not pan:
-        return ""
-    if len(pan) > 10:
-        return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
-    return "*" * max(len(pan) - 4, 0) + pan[-4:]
 
 
 def _customer_no(raw: bytes) -> str | None:

@@ -16,7 +16,7 @@ from datetime import date, datetime
 import pytest
 import sqlalchemy as sa
 
-from bankgate.ledger import BankPolicy, Ledger
+from bankgate.domain.ledger import BankPolicy, Ledger
 from bankgate.store.db import Store
 from bankgate.store.n8 import N8Mapping
 

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from conftest import BANKS, seed_fixture
 from ledger_helpers import bills
 
-from bankgate.config import BankConfig, Config
-from bankgate.invoices import Invoices, make_hook
-from bankgate.ledger import Ledger
+from bankgate.app.config import BankConfig, Config
+from bankgate.domain.invoices import Invoices, make_hook
+from bankgate.domain.ledger import Ledger
 from bankgate.store import model
 
 LOW_WATER = 3

@@ -6,7 +6,7 @@ from datetime import date
 
 import sqlalchemy as sa
 
-from bankgate import messages as m
+from bankgate.canon import messages as m
 from bankgate.store import model
 
 TODAY = date(2026, 11, 27)

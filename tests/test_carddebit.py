@@ -23,8 +23,11 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from bankgate import messages as m
-from bankgate.carddebit import (
+from bankgate.app.config import parse_config
+from bankgate.canon import messages as m
+from bankgate.canon.messages import Outcome
+from bankgate.codec.registry import load_codec
+from bankgate.domain.carddebit import (
     CardDebits,
     DebitLink,
     DebitResult,
@@ -35,12 +38,9 @@ from bankgate.carddebit import (
     reversal_serial,
     utility_serial,
 )
-from bankgate.codec.registry import load_codec
-from bankgate.config import parse_config
-from bankgate.ledger import Ledger
-from bankgate.messages import Outcome
+from bankgate.domain.ledger import Ledger
+from bankgate.domain.withholding import SOURCE, Withholding, WithholdingOptions
 from bankgate.store import model
-from bankgate.withholding import SOURCE, Withholding, WithholdingOptions
 
 DELIM = load_codec("ref-delim")
 FIXED = load_codec("ref-fixed")
@@ -664,8 +664,8 @@ def test_a_connection_closing_for_idleness_is_not_used(store, tmp_path):
 def test_make_services_on_the_real_gateway_service(tmp_path):
     from twisted.internet.testing import MemoryReactorClock
 
-    from bankgate.config import default_config
-    from bankgate.service import GatewayService
+    from bankgate.app.config import default_config
+    from bankgate.app.service import GatewayService
 
     cfg = default_config(str(tmp_path / "var"))
     delim = next(b for b in cfg.banks if b.name == "demo-delim")

@@ -20,14 +20,14 @@ from ledger_helpers import bills
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
-from bankgate.carddebit import build
+from bankgate.app.config import load_config, parse_config
 from bankgate.codec.registry import load_codec
-from bankgate.config import load_config, parse_config
-from bankgate.debithost import MODES, DebitHost, answer_pk
-from bankgate.ledger import Ledger
+from bankgate.devtools.debithost import MODES, DebitHost, answer_pk
+from bankgate.domain.carddebit import build
+from bankgate.domain.ledger import Ledger
+from bankgate.domain.withholding import Withholding, add_cli
 from bankgate.store import model
 from bankgate.store.db import Store
-from bankgate.withholding import Withholding, add_cli
 
 DELIM = load_codec("ref-delim")
 CODECS = {"ref-delim": DELIM, "ref-fixed": load_codec("ref-fixed")}
@@ -313,7 +313,7 @@ def cli_env(tmp_path):
         return r
 
     def run(*argv) -> int:
-        from bankgate.cli import _ledger
+        from bankgate.app.cli import _ledger
 
         p = argparse.ArgumentParser(prog="bankgate")
         p.add_argument("--config", "-c", default=None)
@@ -388,7 +388,7 @@ def test_cli_debit_unknown_outcome_is_reversed(cli_env, capsys, monkeypatch):
     run, _data, reactors, port, path = cli_env
     assert run("withholding", "sign", "100000123", "--bank", "dl", "--account", ACCT,
                "--actor", "clerk") == 0
-    import bankgate.debithost as dh
+    import bankgate.devtools.debithost as dh
 
     real_init = dh.DebitHost.__init__
 
@@ -411,9 +411,9 @@ def test_cli_debit_unknown_outcome_is_reversed(cli_env, capsys, monkeypatch):
 def test_cli_simulate_host_in_a_process(cli_env):
     _run, _data, _r, port, path = cli_env
     script = ("import argparse,sys\n"
-              "from bankgate.config import load_config\n"
-              "from bankgate.cli import _ledger\n"
-              "from bankgate.withholding import add_cli\n"
+              "from bankgate.app.config import load_config\n"
+              "from bankgate.app.cli import _ledger\n"
+              "from bankgate.domain.withholding import add_cli\n"
               "p=argparse.ArgumentParser(); p.add_argument('--config','-c')\n"
               "s=p.add_subparsers(dest='command', required=True)\n"
               "add_cli(s, load_config, _ledger)\n"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bankgate.cli import main as cli
-from bankgate.config import ConfigError, check_plugins, default_config, load_config
+from bankgate.app.cli import main as cli
+from bankgate.app.config import ConfigError, check_plugins, default_config, load_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "bankgate.toml"
 KEY = "0123456789ABCDEFFEDCBA9876543210"
@@ -115,7 +115,7 @@ def test_default_config_paths_follow_the_data_dir(tmp_path):
 
 
 def test_misspelt_bank_options_are_refused(tmp_path):
-    from bankgate.config import check_options
+    from bankgate.app.config import check_options
 
     cfg = load_config(write(tmp_path, BANK + "[bank.options]\nwithholdng = true\n"))
     with pytest.raises(ConfigError, match=r"bank.b1.options.withholdng: unknown option"):

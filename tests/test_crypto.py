@@ -1,4 +1,4 @@
-"""bankgate.crypto against the specs' test vectors and an independent X9.19."""
+"""bankgate.codec.crypto against the specs' test vectors and an independent X9.19."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bankgate import crypto
-from bankgate.crypto import (
+from bankgate.codec import crypto
+from bankgate.codec.crypto import (
     X919,
     kcv,
     macs_equal,

@@ -1,4 +1,4 @@
-"""bankgate.demo: demo tariffs, customers and bills in the (mapped) N8 tables."""
+"""bankgate.devtools.demo: demo tariffs, customers and bills in the (mapped) N8 tables."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from datetime import date, datetime
 import pytest
 import sqlalchemy as sa
 
-from bankgate import demo
-from bankgate.ledger import BankPolicy, Ledger
-from bankgate.messages import Origin, Outcome, PaymentRequest, QueryRequest
+from bankgate.canon.messages import Origin, Outcome, PaymentRequest, QueryRequest
+from bankgate.devtools import demo
+from bankgate.domain.ledger import BankPolicy, Ledger
 from bankgate.store.db import Store
 from bankgate.store.n8 import N8Mapping
 

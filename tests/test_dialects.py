@@ -10,11 +10,11 @@ from ledger_helpers import TODAY, pay, query, rev
 from sqlalchemy.dialects import mssql, oracle, registry
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from bankgate import messages as m
-from bankgate.ledger import Ledger
-from bankgate.migrations import offline_sql
+from bankgate.canon import messages as m
+from bankgate.domain.ledger import Ledger
 from bankgate.store import model
 from bankgate.store.db import Store
+from bankgate.store.migrations import offline_sql
 from bankgate.store.n8 import N8Mapping, build_tables
 
 DIALECTS = {

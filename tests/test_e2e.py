@@ -24,11 +24,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from bankgate.app.config import load_config
 from bankgate.codec.base import Session
 from bankgate.codec.registry import load_codec
-from bankgate.config import load_config
-from bankgate.devgateway import GatewayProcess, free_port
-from bankgate.simulate import response_code
+from bankgate.devtools.gateway import GatewayProcess, free_port
+from bankgate.devtools.simulate import response_code
 
 pytestmark = pytest.mark.e2e
 
@@ -533,7 +533,7 @@ def test_broken_frames_close_the_connection(gw, case):
 
 def simulate(gw: Gateway, *argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "bankgate.cli", "--config", str(gw.config), "simulate", *argv],
+        [sys.executable, "-m", "bankgate.app.cli", "--config", str(gw.config), "simulate", *argv],
         cwd=ROOT, env=gw.process.env(), capture_output=True, text=True, timeout=timeout,
     )
 

@@ -1,4 +1,4 @@
-"""bankgate.engine: codec + ledger over a framing protocol, no sockets."""
+"""bankgate.wire.listener: codec + ledger over a framing protocol, no sockets."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 
+from bankgate.canon.masking import mask_pan
+from bankgate.canon.messages import Outcome
 from bankgate.codec.base import BankProfile, Close, Dispatch, Framing, Reply
-from bankgate.engine import BankFactory, mask_pan
-from bankgate.messages import Outcome
+from bankgate.wire.listener import BankFactory
 
 NOW = datetime(2024, 1, 15, 10, 30, 0)
 PAN = "6222021234567890123"

@@ -1,4 +1,4 @@
-"""bankgate.framing: length prefixes, limits, keep-alives, idle timeout."""
+"""bankgate.wire.framing: length prefixes, limits, keep-alives, idle timeout."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from bankgate.codec.base import Framing
-from bankgate.framing import (
+from bankgate.wire.framing import (
     Ascii4Receiver,
     Ascii8Receiver,
     FrameReceiver,

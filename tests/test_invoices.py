@@ -21,9 +21,9 @@ from invoice_helpers import (
 )
 from ledger_helpers import TODAY, check_books, pay, rev
 
-from bankgate import messages as m
-from bankgate.invoices import InvoiceError
-from bankgate.messages import Outcome
+from bankgate.canon import messages as m
+from bankgate.canon.messages import Outcome
+from bankgate.domain.invoices import InvoiceError
 from bankgate.store import model
 
 FULL = 260000 + 15000 + 260000 + 13000  # customer 100000123, all bills (test_ledger)
@@ -188,7 +188,7 @@ def test_exhausted_stock_posts_without_invoice_and_says_so(env, store, caplog):
     ledger, inv = env
     stock(inv, first=1, last=1)
     assert ledger.pay(pay("S1", customer="100000200", amount=1000000)).invoice_no == no(1)
-    with caplog.at_level(logging.WARNING, logger="bankgate.invoices"):
+    with caplog.at_level(logging.WARNING, logger="bankgate.domain.invoices"):
         r = ledger.pay(pay("S2"))
     assert r.outcome is Outcome.OK and r.invoice_no == ""
     assert payment(store, r.receipt_no)["invoice_no"] is None
@@ -202,7 +202,7 @@ def test_exhausted_stock_posts_without_invoice_and_says_so(env, store, caplog):
 def test_low_stock_warns_once_per_crossing(store, clock, tmp_path, caplog):
     _, ledger, inv, customers = setup(store, clock, tmp_path, extra=12)
     stock(inv, first=1, last=5)  # low water 3
-    with caplog.at_level(logging.WARNING, logger="bankgate.invoices"):
+    with caplog.at_level(logging.WARNING, logger="bankgate.domain.invoices"):
         for i, c in enumerate(customers[:2]):
             ledger.pay(pay(f"L{i}", customer=c, amount=10000))
     assert len(audits(store, "invoice-low-stock")) == 1  # 5 -> 4 -> 3: crossed
@@ -224,7 +224,7 @@ def test_number_n8_already_used_is_skipped_and_recorded(env, store, caplog):
     t = store.n8["invoice"]
     with store.engine.begin() as c:  # N8's own counter used number 1 meanwhile
         c.execute(t.update().where(t.c.invoice_no == no(1)).values(status="I", pay_id="N8X"))
-    with caplog.at_level(logging.WARNING, logger="bankgate.invoices"):
+    with caplog.at_level(logging.WARNING, logger="bankgate.domain.invoices"):
         r = ledger.pay(pay("S1"))
     assert r.invoice_no == no(2)
     g = gw_invoices(store)[no(1)]
@@ -487,7 +487,7 @@ def test_reconciliation_reversal_voids_even_a_printed_invoice(env, store, caplog
     stock(inv, first=1, last=10)
     r = ledger.pay(pay("S1"))
     inv.print(r.receipt_no, actor="ops1")
-    with caplog.at_level(logging.WARNING, logger="bankgate.invoices"):
+    with caplog.at_level(logging.WARNING, logger="bankgate.domain.invoices"):
         x = ledger.reverse_local("fixed", TODAY, "S1", run_id=None, actor="recon",
                                  reason="not on the statement")
     assert x.outcome is Outcome.OK

@@ -11,7 +11,7 @@ from conftest import NOW, FakeClock, seed_fixture
 from invoice_helpers import gw_invoices, n8_invoices, pdf_strings, setup
 from ledger_helpers import pay
 
-from bankgate.invoices import add_cli
+from bankgate.domain.invoices import add_cli
 from bankgate.store.db import Store
 
 
@@ -107,9 +107,9 @@ def test_required_arguments(world, capsys):
 
 
 def test_composes_into_the_real_parser(tmp_path, capsys):
-    """The lead's one line in bankgate/cli.py: the real ``load_config`` and
+    """The lead's one line in bankgate/app/cli.py: the real ``load_config`` and
     ledger factory, a real configuration file."""
-    from bankgate import cli
+    from bankgate.app import cli
 
     db = tmp_path / "bg.db"
     conf = tmp_path / "bg.toml"
@@ -142,9 +142,9 @@ invoice_payee = "沈阳供热有限公司"
 
     assert run("invoice", "issue", "--to", "icbc", "--first", "1", "--last", "2",
                "--actor", "ops1") == 0
-    from bankgate.config import load_config
-    from bankgate.invoices import make_hook
-    from bankgate.ledger import Ledger
+    from bankgate.app.config import load_config
+    from bankgate.domain.invoices import make_hook
+    from bankgate.domain.ledger import Ledger
 
     cfg = load_config(conf)
     ledger = Ledger(store, {b.name: b.policy_() for b in cfg.banks}, now=lambda: NOW,

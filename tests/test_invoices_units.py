@@ -10,10 +10,10 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from invoice_helpers import pdf_strings, pdftotext
 
-from bankgate.config import BankConfig, Config, ConfigError
-from bankgate.invoice_pdf import InvoiceDoc, InvoiceLine, render
-from bankgate.invoices import InvoiceSettings, format_no, overlaps, parse_no, settings_for
-from bankgate.money import MAX_FEN, chinese_capital
+from bankgate.app.config import BankConfig, Config, ConfigError
+from bankgate.canon.money import MAX_FEN, chinese_capital
+from bankgate.domain.invoice_pdf import InvoiceDoc, InvoiceLine, render
+from bankgate.domain.invoices import InvoiceSettings, format_no, overlaps, parse_no, settings_for
 
 # -- 大写金额 ------------------------------------------------------------------------
 

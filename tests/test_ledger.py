@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 from ledger_helpers import TODAY, bills, check_books, count, pay, prepaid, query, rev
 
-from bankgate import messages as m
-from bankgate.ledger import late_fee
-from bankgate.messages import Outcome
+from bankgate.canon import messages as m
+from bankgate.canon.messages import Outcome
+from bankgate.domain.ledger import late_fee
 from bankgate.store import model
 
 FULL = 260000 + 15000 + 260000 + 13000  # three bills + 100 days of 万分之五 on B0001
@@ -324,7 +324,7 @@ def test_queries_do_not_wait_for_a_writer_on_sqlite(tmp_path):
 
     from conftest import BANKS, NOW, make_store, seed_fixture
 
-    from bankgate.ledger import Ledger
+    from bankgate.domain.ledger import Ledger
 
     store = make_store("sqlite", tmp_path)
     seed_fixture(store)

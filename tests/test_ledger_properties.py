@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from ledger_helpers import TODAY, bills, check_books, pay, rev
 
-from bankgate import messages as m
-from bankgate.ledger import Ledger
-from bankgate.messages import Outcome
+from bankgate.canon import messages as m
+from bankgate.canon.messages import Outcome
+from bankgate.domain.ledger import Ledger
 from bankgate.store import model
 
 CUSTOMERS = ["100000123", "100000123", "100000200", "100000200", "100000300", "100000404"]

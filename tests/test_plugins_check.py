@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bankgate.cli import main as cli
+from bankgate.app.cli import main as cli
 from bankgate.codec.check import check_plugin_file
 from bankgate.codec.registry import PluginError, discover, load_codec, shipped_dir
 
@@ -33,7 +33,7 @@ def test_ref_iso8583_field_layouts_round_trip():
 
 BROKEN = '''
 from bankgate.codec.base import Framing
-from bankgate.messages import Outcome
+from bankgate.canon.messages import Outcome
 import construct as c
 
 class Codec:

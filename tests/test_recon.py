@@ -18,15 +18,15 @@ import pytest
 import sqlalchemy as sa
 from ledger_helpers import TODAY, check_books, count, pay, rev
 
-from bankgate import messages as m
-from bankgate.codec.registry import load_codec, load_file, shipped_dir
-from bankgate.config import BankConfig, ReconPolicy
-from bankgate.ledger import Ledger
-from bankgate.messages import Outcome
+from bankgate.app.config import BankConfig, ReconPolicy
+from bankgate.canon import messages as m
+from bankgate.canon.messages import Outcome
+from bankgate.codec.registry import load_codec
+from bankgate.domain import reconcile as R  # noqa: E402
+from bankgate.domain.ledger import Ledger
 from bankgate.store import model
 from bankgate.store import recon as sql
 
-R = load_file(shipped_dir() / "reconciler.py")
 YESTERDAY = TODAY - timedelta(days=1)
 FIXED = load_codec("ref-fixed")
 DELIM = load_codec("ref-delim")

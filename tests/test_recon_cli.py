@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from bankgate import messages as m
-from bankgate.cli import main as cli
-from bankgate.config import load_config
-from bankgate.ledger import Ledger
-from bankgate.messages import Outcome
+from bankgate.app.cli import main as cli
+from bankgate.app.config import load_config
+from bankgate.canon import messages as m
+from bankgate.canon.messages import Outcome
+from bankgate.domain.ledger import Ledger
 from bankgate.store import recon as sql
 from bankgate.store.db import Store
 

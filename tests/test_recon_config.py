@@ -6,7 +6,7 @@ from datetime import time
 
 import pytest
 
-from bankgate.config import ConfigError, default_config, load_config
+from bankgate.app.config import ConfigError, default_config, load_config
 
 KEY = "0123456789ABCDEFFEDCBA9876543210"
 HOST_KEY = "SHA256:" + "x" * 43

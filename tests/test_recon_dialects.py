@@ -12,7 +12,7 @@ from ledger_helpers import TODAY, pay
 from sqlalchemy.dialects import mssql, oracle, registry
 from test_recon import BANK_FILE, fixed_statement, reconciler
 
-from bankgate.ledger import Ledger
+from bankgate.domain.ledger import Ledger
 from bankgate.store import model
 from bankgate.store import recon as sql
 from bankgate.store.db import Store

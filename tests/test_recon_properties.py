@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from ledger_helpers import bills, check_books, origin
 from test_recon import fixed_statement, reconciler, snapshot
 
-from bankgate import messages as m
-from bankgate.ledger import Ledger
-from bankgate.messages import Outcome
+from bankgate.canon import messages as m
+from bankgate.canon.messages import Outcome
+from bankgate.domain.ledger import Ledger
 from bankgate.store import model
 
 CUSTOMERS = [f"2000000{i:02d}" for i in range(8)]

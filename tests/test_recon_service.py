@@ -17,11 +17,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from bankgate import messages as m
-from bankgate.config import default_config
-from bankgate.ledger import Ledger
-from bankgate.messages import Outcome
-from bankgate.service import GatewayService
+from bankgate.app.config import default_config
+from bankgate.app.service import GatewayService
+from bankgate.canon import messages as m
+from bankgate.canon.messages import Outcome
+from bankgate.domain.ledger import Ledger
 from bankgate.store import recon as sql
 from bankgate.store.db import Store
 

@@ -30,8 +30,8 @@ from twisted.protocols import ftp
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from bankgate.config import BankConfig
-from bankgate.statements import (
+from bankgate.app.config import BankConfig
+from bankgate.wire.statement_sources import (
     Fetch,
     FTPSource,
     HostKeyMismatch,

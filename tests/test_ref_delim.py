@@ -15,9 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bankgate.codec.base import BankProfile, Close, Dispatch, Reply, Session
-from bankgate.codec.registry import load_codec
-from bankgate.messages import (
+from bankgate.canon.messages import (
     BillDue,
     CutoffRequest,
     CutoffResult,
@@ -32,6 +30,8 @@ from bankgate.messages import (
     StatementNotice,
     fingerprint,
 )
+from bankgate.codec.base import BankProfile, Close, Dispatch, Reply, Session
+from bankgate.codec.registry import load_codec
 
 CODEC = load_codec("ref-delim")
 

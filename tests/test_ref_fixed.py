@@ -2,7 +2,7 @@
 
 Every expected frame here is assembled by hand from the spec's tables with
 the two helpers ``X`` (GBK, space padded) and ``N`` (zero padded digits) --
-never with the codec's own layouts.  MACs come from ``bankgate.crypto``,
+never with the codec's own layouts.  MACs come from ``bankgate.codec.crypto``,
 whose X9.19 is pinned by the spec's test vectors (§9), also checked here.
 """
 
@@ -14,10 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bankgate.codec.base import BankKeys, BankProfile, Close, Dispatch, Reply, Session
-from bankgate.codec.registry import load_codec, load_file, shipped_dir
-from bankgate.crypto import x919_mac
-from bankgate.messages import (
+from bankgate.canon.messages import (
     BillDue,
     Origin,
     Outcome,
@@ -34,6 +31,9 @@ from bankgate.messages import (
     StatusResult,
     fingerprint,
 )
+from bankgate.codec.base import BankKeys, BankProfile, Close, Dispatch, Reply, Session
+from bankgate.codec.crypto import x919_mac
+from bankgate.codec.registry import load_codec, load_file, shipped_dir
 
 CODEC = load_codec("ref-fixed")
 MODULE = load_file(shipped_dir() / "ref_fixed.py")

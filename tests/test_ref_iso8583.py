@@ -3,22 +3,20 @@
 Request and expected response frames are assembled by hand in this file
 (bitmaps written out in hex where the spec pins them); the codec's own
 encoder is never used to produce an expected value.  MACs come from
-``bankgate.crypto.x919_mac``, which tests/test_crypto.py pins to the specs'
+``bankgate.codec.crypto.x919_mac``, which tests/test_crypto.py pins to the specs'
 vectors.
 """
 
 from __future__ import annotations
 
+import importlib
 from datetime import date, datetime
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bankgate.codec.base import BankKeys, BankProfile, Close, Dispatch, Reply, Session
-from bankgate.codec.registry import load_codec
-from bankgate.crypto import kcv, x919_mac
-from bankgate.messages import (
+from bankgate.canon.messages import (
     BillDue,
     Origin,
     Outcome,
@@ -31,9 +29,12 @@ from bankgate.messages import (
     SimpleResult,
     fingerprint,
 )
+from bankgate.codec.base import BankKeys, BankProfile, Close, Dispatch, Reply, Session
+from bankgate.codec.crypto import kcv, x919_mac
+from bankgate.codec.registry import load_codec
 
 CODEC = load_codec("ref-iso8583")
-mod = __import__(type(CODEC).__module__)
+mod = importlib.import_module(type(CODEC).__module__)
 
 ZMK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
 MAK = bytes.fromhex("89ABCDEF0123456776543210FEDCBA98")

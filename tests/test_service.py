@@ -13,9 +13,9 @@ from datetime import date, datetime, time
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from bankgate.config import default_config
-from bankgate.service import GatewayService
-from bankgate.tap import Options, makeService
+from bankgate.app.config import default_config
+from bankgate.app.service import GatewayService
+from bankgate.app.tap import Options, makeService
 
 
 class ThreadedMemoryReactor(MemoryReactorClock):
@@ -67,7 +67,7 @@ def test_starts_database_first_then_listens_on_every_bank(gateway):
     assert {s[3] for s in reactor.tcpServers} == {"127.0.0.1"}
     assert gw.store.customer_count() == 150
     # invoicing demo bank got a demo stock on first start
-    from bankgate.invoices import Invoices
+    from bankgate.domain.invoices import Invoices
 
     [row] = Invoices(gw.store, gw.cfg).stock_report("demo-fixed")
     assert row["ranges"] and row["remaining"] == 2000

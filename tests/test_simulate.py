@@ -1,4 +1,4 @@
-"""bankgate.simulate: the bank simulator's client, without sockets.
+"""bankgate.devtools.simulate: the bank simulator's client, without sockets.
 
 Connections go through ``MemoryReactorClock`` (the test plays the accepting
 side with a ``StringTransport``); the gateway's answers are produced by the
@@ -19,12 +19,12 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from bankgate import simulate as sim
-from bankgate.cli import build_parser
+from bankgate.app.cli import build_parser
+from bankgate.app.config import check_plugins, default_config
+from bankgate.canon.messages import BillDue, Outcome, PaymentResult, QueryResult
 from bankgate.codec.base import BankKeys, BankProfile, Dispatch, Reply, Session
 from bankgate.codec.registry import load_codec
-from bankgate.config import check_plugins, default_config
-from bankgate.messages import BillDue, Outcome, PaymentResult, QueryResult
+from bankgate.devtools import simulate as sim
 
 FIXED = load_codec("ref-fixed")
 DELIM = load_codec("ref-delim")
@@ -725,7 +725,7 @@ def test_rendering_never_shows_a_mac(cfg):
 def test_customers_with_open_bills_come_through_the_mapping(tmp_path, renamed):
     import sqlalchemy as sa
 
-    from bankgate.demo import seed
+    from bankgate.devtools.demo import seed
     from bankgate.store.db import Store
     from bankgate.store.n8 import N8Mapping
 

@@ -9,11 +9,11 @@ from alembic.runtime.migration import MigrationContext
 from conftest import BACKENDS, make_store
 from ledger_helpers import count, pay, query
 
-from bankgate.ledger import BankPolicy, Ledger
-from bankgate.messages import Outcome
-from bankgate.migrations import VERSION_TABLE, current, head, upgrade
+from bankgate.canon.messages import Outcome
+from bankgate.domain.ledger import BankPolicy, Ledger
 from bankgate.store import model
 from bankgate.store.db import Store, StoreUnavailable
+from bankgate.store.migrations import VERSION_TABLE, current, head, upgrade
 from bankgate.store.n8 import MappingError, N8Mapping
 
 
@@ -69,7 +69,7 @@ def test_ledger_service_answers_busy_when_the_database_is_down():
     thread's callback at once (no global reactor, no sleeps)."""
     import threading
 
-    from bankgate.ledger import LedgerService
+    from bankgate.domain.ledger import LedgerService
 
     class ThreadReactor:
         def callFromThread(self, f, *a, **kw):

@@ -16,14 +16,12 @@ import sqlalchemy as sa
 from conftest import NOW, TODAY, seed_fixture
 from ledger_helpers import bills
 
-from bankgate import messages as m
+from bankgate.app.config import ConfigError, parse_config
+from bankgate.canon import messages as m
+from bankgate.canon.messages import Outcome
 from bankgate.codec.registry import load_codec
-from bankgate.config import ConfigError, parse_config
-from bankgate.ledger import Ledger
-from bankgate.messages import Outcome
-from bankgate.store import model
-from bankgate.store.db import StoreUnavailable
-from bankgate.withholding import (
+from bankgate.domain.ledger import Ledger
+from bankgate.domain.withholding import (
     SOURCE,
     ResultFileRefused,
     Withholding,
@@ -33,6 +31,8 @@ from bankgate.withholding import (
     report_text,
     write_report_csv,
 )
+from bankgate.store import model
+from bankgate.store.db import StoreUnavailable
 
 DELIM = load_codec("ref-delim")
 FIXED = load_codec("ref-fixed")
@@ -458,7 +458,7 @@ def test_result_files_waiting_in_the_folder(wh, tmp_path):
 
 
 def test_the_simulated_bank_answers_a_generated_file(wh):
-    from bankgate.debithost import answer_pk_file
+    from bankgate.devtools.debithost import answer_pk_file
 
     res = wh.generate_batch("dl", TODAY)
     out, counts = answer_pk_file(res.path, DELIM, fail={ACCT2: 3})
@@ -481,7 +481,7 @@ def test_every_statement_compiles_for_sql_server_oracle_and_db2(tmp_path):
     from sqlalchemy.dialects import mssql, oracle, registry
     from twisted.internet import defer
 
-    from bankgate.carddebit import build
+    from bankgate.domain.carddebit import build
     from bankgate.store.db import Store
 
     store = Store(f"sqlite:///{tmp_path / 'x.db'}", RENAMED)

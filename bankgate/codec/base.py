@@ -1,7 +1,7 @@
 """The interface a bank codec plugin implements.
 
 A codec is one object per message specification (``ref-fixed``, ...).  The
-framing protocol (``bankgate.framing``) cuts the byte stream into frames and
+framing protocol (``bankgate.wire.framing``) cuts the byte stream into frames and
 hands each to :meth:`Codec.decode` together with the connection's
 :class:`Session`.  ``decode`` answers with one of three *actions*:
 
@@ -10,7 +10,7 @@ hands each to :meth:`Codec.decode` together with the connection's
 - :class:`Reply` -- answer these bytes at once without touching the ledger
   (format errors, MAC errors, not authorised, echo, sign-in);
 - :class:`Dispatch` -- pass ``request`` (a canonical message from
-  :mod:`bankgate.messages`) to the ledger; when its result arrives the
+  :mod:`bankgate.canon.messages`) to the ledger; when its result arrives the
   engine calls ``encode(result)`` and writes the bytes it returns.
 
 A codec never touches the database and never blocks.  Per-connection state
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
-from bankgate.messages import Outcome
+from bankgate.canon.messages import Outcome
 
 # -- actions ---------------------------------------------------------------
 

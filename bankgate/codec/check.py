@@ -14,10 +14,10 @@ from pathlib import Path
 
 import construct as c
 
+from bankgate.canon.messages import Outcome
 from bankgate.codec import fields
 from bankgate.codec.base import Framing
 from bankgate.codec.registry import PluginError, load_file
-from bankgate.messages import Outcome
 
 REQUIRED = ("name", "framing", "decode", "outcome_code", "client_encode", "client_decode",
             "layouts")

@@ -19,21 +19,48 @@ class PluginError(Exception):
     pass
 
 
+PACKAGE = "bankgate_plugins"
+
+
 def shipped_dir() -> Path:
     """The shipped plugins: the source tree's ``plugins/`` or the installed copy."""
     here = Path(__file__).resolve().parent.parent.parent / "plugins"
     if here.is_dir():
         return here
-    import bankgate_plugins
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise PluginError(f"the shipped plugins ({PACKAGE}) are not installed")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
 
-    return Path(bankgate_plugins.__file__).resolve().parent
+
+def module_name(path: Path) -> str:
+    """The one module name of a plugin file: ``bankgate_plugins.<stem>``."""
+    return f"{PACKAGE}.{Path(path).stem.replace('-', '_')}"
+
+
+def _package() -> ModuleType:
+    """``bankgate_plugins``, so a plugin's module name resolves to the files the
+    gateway loads (the source tree's ``plugins/`` or the installed copy)."""
+    pkg = sys.modules.get(PACKAGE)
+    if pkg is None:
+        pkg = ModuleType(PACKAGE, "Bank message plugins, loaded by bankgate.codec.registry.")
+        pkg.__path__ = [str(shipped_dir())]
+        sys.modules[PACKAGE] = pkg
+    return pkg
 
 
 def load_file(path: Path) -> ModuleType:
+    """Load one plugin file under its one module name (:func:`module_name`).
+
+    The same file loaded twice is the same module; another file with the same
+    name (a plugin folder overriding a shipped plugin) replaces it.
+    """
     path = Path(path).resolve()
-    modname = "bankgate_plugin_" + path.stem.replace("-", "_")
-    if modname in sys.modules and getattr(sys.modules[modname], "__file__", None) == str(path):
-        return sys.modules[modname]
+    modname = module_name(path)
+    loaded = sys.modules.get(modname)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+        return loaded
+    pkg = _package()
     spec = importlib.util.spec_from_file_location(modname, path)
     if spec is None or spec.loader is None:
         raise PluginError(f"{path}: not a Python module")
@@ -42,8 +69,12 @@ def load_file(path: Path) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except Exception as e:
-        del sys.modules[modname]
+        if loaded is not None:
+            sys.modules[modname] = loaded
+        else:
+            del sys.modules[modname]
         raise PluginError(f"{path}: failed to load: {e!r}") from e
+    setattr(pkg, modname.rpartition(".")[2], module)
     return module
 
 

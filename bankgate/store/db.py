@@ -21,7 +21,7 @@ from twisted.internet import threads
 from twisted.python.threadpool import ThreadPool
 
 from bankgate.store import model
-from bankgate.store.engine import create_engine, is_transient
+from bankgate.store.dialects import create_engine, is_transient
 from bankgate.store.n8 import N8Mapping, build_tables
 from bankgate.store.tx import Statements, Tx
 
@@ -146,7 +146,7 @@ class Store:
 
     def create_gateway_tables(self) -> None:
         """Create the gateway's tables through the migrations (``db upgrade``)."""
-        from bankgate.migrations import upgrade
+        from bankgate.store.migrations import upgrade
 
         upgrade(self.engine)
 

@@ -3,7 +3,7 @@
 Every function takes a :class:`~bankgate.store.tx.Tx` as its first argument
 (``store.run_sync(fn, ...)`` runs it in one transaction, and the ledger's
 hooks run them inside a payment's own transaction) and returns plain values.
-Nothing here decides anything; :mod:`bankgate.invoices` does.
+Nothing here decides anything; :mod:`bankgate.domain.invoices` does.
 
 N8's invoice table is reached only through the mapping (``tx.n8["invoice"]``,
 logical columns ``invoice_no pay_id customer_no amount status issued_at``).
@@ -19,7 +19,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from bankgate.store import model
-from bankgate.store.engine import lock_rows
+from bankgate.store.dialects import lock_rows
 from bankgate.store.tx import Tx
 
 ACTIVE = ("ISSUED", "PRINTED")

@@ -5,7 +5,7 @@ Every function takes a :class:`~bankgate.store.tx.Tx` as its first argument
 (``store.run_sync(fn, ...)`` runs it in one transaction) and returns plain
 values: tuples for the bulk reads (a million rows must not become a million
 dicts), dicts elsewhere.  Nothing here decides anything; the reconciler
-(``plugins/reconciler.py``) does.
+(``bankgate/domain/reconcile.py``) does.
 
 The lock on (bank, settle date) is a row in ``bg_recon_lock``: inserting it
 takes the lock (the primary key makes a second insert fail, in this process

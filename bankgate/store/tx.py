@@ -12,9 +12,9 @@ from datetime import date, datetime
 
 import sqlalchemy as sa
 
-from bankgate.messages import Outcome
+from bankgate.canon.messages import Outcome
 from bankgate.store import model
-from bankgate.store.engine import lock_rows
+from bankgate.store.dialects import lock_rows
 
 
 class Duplicate(Exception):

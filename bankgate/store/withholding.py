@@ -5,7 +5,7 @@ store-and-forward reversals.
 Every function takes a :class:`~bankgate.store.tx.Tx` as its first argument
 (``store.run_sync(fn, ...)`` runs it in one transaction) and returns plain
 values (dicts, lists, ints).  Nothing here decides anything: the rules are in
-:mod:`bankgate.withholding` and :mod:`bankgate.carddebit`.
+:mod:`bankgate.domain.withholding` and :mod:`bankgate.domain.carddebit`.
 
 N8 is reached only through the mapped tables (``tx.n8``), so a renamed N8
 schema works unchanged.  Oracle stores ``''`` as NULL: no statement compares
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from bankgate.store import model
 from bankgate.store.db import Retry
-from bankgate.store.engine import lock_rows
+from bankgate.store.dialects import lock_rows
 from bankgate.store.tx import Tx, _dicts, _select
 
 #: debit statuses that keep the bills busy (no second debit, no batch line)

@@ -1,6 +1,6 @@
 from twisted.application.service import ServiceMaker
 
 bankgate = ServiceMaker(
-    "bankgate", "bankgate.tap", "Real-time bank collection gateway for utility billing",
+    "bankgate", "bankgate.app.tap", "Real-time bank collection gateway for utility billing",
     "bankgate",
 )

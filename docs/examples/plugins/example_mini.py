@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from construct import ConstructError, Struct
 
+from bankgate.canon.messages import Origin, Outcome, PaymentRequest, QueryRequest, fingerprint
 from bankgate.codec.base import Close, Dispatch, Framing, Reply, Session
 from bankgate.codec.fields import DateN8, Fen, GbkText, gbk_fit
-from bankgate.messages import Origin, Outcome, PaymentRequest, QueryRequest, fingerprint
 
 HEADER = Struct(
     "txcode" / GbkText(4),

@@ -1,6 +1,6 @@
 """The gateway as one Twisted service tree.
 
-:class:`GatewayService` is built from a validated :class:`~bankgate.config.Config`
+:class:`GatewayService` is built from a validated :class:`~bankgate.app.config.Config`
 and a reactor (never the global one: ``tap.makeService`` passes it in).  It
 starts the database first -- migrations, the reference N8 schema and demo
 data when configured -- and only then opens the banks' listeners; it stops
@@ -22,13 +22,13 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bankgate import invoices, withholding
-from bankgate import messages as m
-from bankgate.carddebit import make_services as card_debit_services
-from bankgate.config import Config, check_options, check_plugins
-from bankgate.engine import BankFactory
-from bankgate.ledger import Ledger, LedgerService
+from bankgate.app.config import Config, check_options, check_plugins
+from bankgate.canon import messages as m
+from bankgate.domain import invoices, reconcile, withholding
+from bankgate.domain.carddebit import make_services as card_debit_services
+from bankgate.domain.ledger import Ledger, LedgerService
 from bankgate.store.db import Store
+from bankgate.wire.listener import BankFactory
 
 log = Logger(namespace="bankgate")
 
@@ -146,7 +146,7 @@ def prepare_database(store: Store, cfg: Config) -> str:
         store.create_n8_tables()
         parts.append("reference N8 schema created")
     if cfg.demo_customers and store.customer_count() == 0:
-        from bankgate.demo import seed
+        from bankgate.devtools.demo import seed
 
         seed(store, cfg.demo_customers)
         parts.append(f"{cfg.demo_customers} demo customers seeded")
@@ -229,20 +229,6 @@ class Scheduler:
 # -- nightly reconciliation (对账) ----------------------------------------------------
 
 
-def load_reconciler(cfg: Config):
-    """The reconciliation plugin module: ``reconciler.py`` from the configured
-    plugin folders (the last one that has it) or the shipped ``plugins/``."""
-    from pathlib import Path
-
-    from bankgate.codec.registry import load_file, shipped_dir
-
-    path = shipped_dir() / "reconciler.py"
-    for d in cfg.plugin_dirs:
-        if (Path(d) / "reconciler.py").is_file():
-            path = Path(d) / "reconciler.py"
-    return load_file(path)
-
-
 class ReconScheduler:
     """Runs reconciliations inside the service, one bank's runs after another.
 
@@ -277,7 +263,7 @@ class ReconScheduler:
         self.reconcilers: dict = {}
         banks = [b for b in gw.cfg.banks if hasattr(gw.codecs[b.plugin], "read_statement")]
         if banks:
-            self.module = load_reconciler(gw.cfg)
+            self.module = reconcile
             for b in banks:
                 self.reconcilers[b.name] = self.module.Reconciler(
                     gw.ledger, b, gw.codecs[b.plugin], data_dir=gw.cfg.data_dir, now=gw.now)
@@ -389,7 +375,7 @@ class ReconScheduler:
         run.addBoth(finished)
 
     def _run(self, bank: str, d: date, file_name: str | None) -> defer.Deferred:
-        from bankgate.statements import Fetch, StatementGaveUp, source_for
+        from bankgate.wire.statement_sources import Fetch, StatementGaveUp, source_for
 
         b = self.gw.cfg.bank(bank)
         rec = self.reconcilers[bank]

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from twisted.internet import protocol
 
-from bankgate.framing import FrameReceiver, receiver_options
+from bankgate.wire.framing import FrameReceiver, receiver_options
 
 MODES = ("normal", "slow", "silent", "ignore", "drop", "drop-after", "duplicate", "busy",
          "garbage")
@@ -231,7 +231,7 @@ def answer_pk(pk_data: bytes, codec=None, *, fail: Mapping[str, int | str] | Non
 def answer_pk_file(pk_path: Path, codec=None, *, out_dir: Path | None = None,
                    **kw) -> tuple[Path, Counter]:
     """Write the ``.PKJG`` next to the ``.PK`` (or into ``out_dir``)."""
-    from bankgate.withholding import write_atomic
+    from bankgate.canon.files import write_atomic
 
     codec = _codec(codec)
     pk_path = Path(pk_path)

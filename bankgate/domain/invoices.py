@@ -47,7 +47,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from bankgate.config import Config, ConfigError
+from bankgate.app.config import Config, ConfigError
 from bankgate.store import invoices as sql
 from bankgate.store.db import Retry, Store
 from bankgate.store.tx import Tx
@@ -506,7 +506,7 @@ class Invoices:
 
     def _render(self, tx: Tx, inv_no: str, holder: str, payment: dict, now: datetime,
                 actor: str, copy: int = 0, voided: str = "") -> bytes:
-        from bankgate import invoice_pdf
+        from bankgate.domain import invoice_pdf
 
         data = sql.print_data(tx, payment["id"])
         s = self.settings.get(payment["bank"], InvoiceSettings())
@@ -544,7 +544,7 @@ class Invoices:
         return self.store.run_sync(self._print_tx, number, actor, holder, out_dir)
 
     def _print_tx(self, tx: Tx, number: str, actor: str, holder: str | None, out_dir):
-        from bankgate.recon_report import write_atomic
+        from bankgate.canon.files import write_atomic
 
         now = self.now()
         payment, inv = self._resolve(tx, number)
@@ -579,7 +579,7 @@ class Invoices:
         return self.store.run_sync(self._reprint_tx, number, actor, out_dir)
 
     def _reprint_tx(self, tx: Tx, number: str, actor: str, out_dir):
-        from bankgate.recon_report import write_atomic
+        from bankgate.canon.files import write_atomic
 
         now = self.now()
         payment, inv = self._resolve(tx, number)
@@ -607,7 +607,7 @@ class Invoices:
         return self.store.run_sync(self._reissue_tx, number, reason, actor, holder, out_dir)
 
     def _reissue_tx(self, tx: Tx, number: str, reason: str, actor: str, holder, out_dir):
-        from bankgate.recon_report import write_atomic
+        from bankgate.canon.files import write_atomic
 
         now = self.now()
         payment, inv = self._resolve(tx, number)
@@ -737,7 +737,7 @@ def add_cli(subparsers, load_config: Callable, make_ledger: Callable) -> None:
     """Register ``bankgate invoice stock|issue|print|reprint|void|check``.
 
     ``load_config(path) -> Config`` and ``make_ledger(cfg) -> Ledger`` are
-    the command's own (``bankgate.cli``); the store and clock come from the
+    the command's own (``bankgate.app.cli``); the store and clock come from the
     ledger.  Each command returns its exit status: 0 done, 1 refused or (for
     check) differences found.
     """

@@ -53,22 +53,22 @@ from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bankgate import messages as m
-from bankgate.framing import FrameReceiver, receiver_options
-from bankgate.ledger import Ledger
-from bankgate.money import fen_to_yuan
-from bankgate.store import withholding as sql
-from bankgate.store.db import StoreUnavailable
-from bankgate.store.tx import Tx
-from bankgate.withholding import (
+from bankgate.canon import messages as m
+from bankgate.canon.masking import mask_account
+from bankgate.canon.money import fen_to_yuan
+from bankgate.domain.ledger import Ledger
+from bankgate.domain.withholding import (
     CHANNEL,
     SOURCE,
     WithholdingError,
     WithholdingOptions,
     check_config,
     dues,
-    mask_account,
 )
+from bankgate.store import withholding as sql
+from bankgate.store.db import StoreUnavailable
+from bankgate.store.tx import Tx
+from bankgate.wire.framing import FrameReceiver, receiver_options
 
 log = Logger(namespace="bankgate.carddebit")
 
@@ -740,8 +740,8 @@ def make_services(gateway_service) -> list[service.IService]:
         if b.opts.debit_host_simulate:
             from twisted.application import strports
 
-            from bankgate.debithost import DebitHost
-            from bankgate.withholding import simulated_listen
+            from bankgate.devtools.debithost import DebitHost
+            from bankgate.domain.withholding import simulated_listen
 
             host = DebitHost(gw.reactor, codec=b.codec)
             svc = strports.service(simulated_listen(b.opts), host.factory(), reactor=gw.reactor)
@@ -885,9 +885,9 @@ def cmd_queue(ctx, args) -> int:
 def cmd_simulate_host(ctx, args) -> int:
     from twisted.application import strports
 
-    from bankgate.config import check_plugins
-    from bankgate.debithost import MODES, DebitHost
-    from bankgate.withholding import parse_options, simulated_listen
+    from bankgate.app.config import check_plugins
+    from bankgate.devtools.debithost import MODES, DebitHost
+    from bankgate.domain.withholding import parse_options, simulated_listen
 
     cfg = ctx.load_config(args.config)
     codecs = check_plugins(cfg)
@@ -915,7 +915,7 @@ def cmd_simulate_host(ctx, args) -> int:
 
 def add_cli_commands(ws, ctx) -> None:
     """``debit``, ``queue`` and ``simulate-host`` under ``bankgate withholding``."""
-    from bankgate.withholding import _pairs
+    from bankgate.domain.withholding import _pairs
 
     c = ws.add_parser("debit", help="real-time card debit (卡扣) of a customer's bill(s)")
     c.add_argument("--bank", required=True)

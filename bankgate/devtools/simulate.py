@@ -51,12 +51,12 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.python.failure import Failure
 
-from bankgate.argtypes import date_arg as _date
+from bankgate.app.cli.argtypes import date_arg as _date
+from bankgate.canon.masking import mask_pan
+from bankgate.canon.messages import Outcome
+from bankgate.canon.money import fen_to_yuan
 from bankgate.codec.base import BankProfile, Session
-from bankgate.engine import mask_pan
-from bankgate.framing import FrameReceiver, receiver_options
-from bankgate.messages import Outcome
-from bankgate.money import fen_to_yuan
+from bankgate.wire.framing import FrameReceiver, receiver_options
 
 # -- errors --------------------------------------------------------------------
 
@@ -1421,7 +1421,7 @@ class Plan:
 
 def prepare(args: argparse.Namespace, cfg=None, codecs: dict | None = None) -> Plan:
     """Check the arguments against the configuration; raises :class:`SimulateError`."""
-    from bankgate.config import ConfigError, check_plugins, load_config
+    from bankgate.app.config import ConfigError, check_plugins, load_config
 
     try:
         if cfg is None:
@@ -1642,7 +1642,7 @@ async def run_load(reactor, plan: Plan, console) -> int:
 
 
 def run_cli(argv: list[str] | None = None) -> int:
-    """``python -m bankgate.simulate ...`` (the same as ``bankgate simulate ...``)."""
+    """``python -m bankgate.devtools.simulate ...`` (the same as ``bankgate simulate ...``)."""
     p = argparse.ArgumentParser(prog="bankgate simulate")
     add_arguments(p)
     args = p.parse_args(argv)

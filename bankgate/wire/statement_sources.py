@@ -371,7 +371,7 @@ def _sftp_factory(src: SFTPSource, path: str, result: defer.Deferred):
 
 def source_for(bank, reactor, *, data_dir: str = "var",
                run_blocking: Callable[..., defer.Deferred] | None = None):
-    """The source a :class:`bankgate.config.BankConfig` names."""
+    """The source a :class:`bankgate.app.config.BankConfig` names."""
     src = bank.statement_source
     if not src or src.startswith("file://"):
         return LocalSource(bank.statement_dir(data_dir), run_blocking)

@@ -37,25 +37,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.failure import Failure
 
+from bankgate.canon.messages import Outcome
 from bankgate.codec.base import BankProfile, Close, Dispatch, Reply, Session
-from bankgate.framing import FrameReceiver, receiver_options
-from bankgate.messages import Outcome
-
-
-def mask_pan(pan: str | None) -> str:
-    """A card number for logs: first 6 and last 4 digits, the rest ``*``.
-
-    Numbers too short to keep 10 digits in clear show only the last 4 (or
-    nothing when 4 or fewer).
-    """
-    if not pan:
-        return ""
-    n = len(pan)
-    if n >= 13:
-        return pan[:6] + "*" * (n - 10) + pan[-4:]
-    if n > 4:
-        return "*" * (n - 4) + pan[-4:]
-    return "*" * n
+from bankgate.wire.framing import FrameReceiver, receiver_options
 
 
 class _MaskedFrame:

@@ -11,7 +11,7 @@ import sys
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
-from bankgate.config import ConfigError, load_config
+from bankgate.app.config import ConfigError, load_config
 
 
 class Options(usage.Options):
@@ -57,7 +57,7 @@ def makeService(options):
 
     route_python_logging()
 
-    from bankgate.service import GatewayService
+    from bankgate.app.service import GatewayService
 
     try:
         cfg = load_config(options["config"], data_dir=options["data-dir"])

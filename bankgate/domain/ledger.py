@@ -1,6 +1,6 @@
 """The ledger: every business rule of the gateway, in plain Python.
 
-It takes canonical requests (:mod:`bankgate.messages`), applies the rules,
+It takes canonical requests (:mod:`bankgate.canon.messages`), applies the rules,
 and asks the store to do the SQL, each money-changing request in exactly one
 transaction: the journal row keyed by (bank, trade date, serial), the
 payment, its allocations, the bill updates and N8's own payment records
@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from bankgate import messages as m
-from bankgate.messages import Outcome
-from bankgate.money import MAX_FEN
+from bankgate.canon import messages as m
+from bankgate.canon.messages import Outcome
+from bankgate.canon.money import MAX_FEN
 from bankgate.store.db import Retry, Store, StoreUnavailable
 from bankgate.store.tx import Duplicate, Tx
 

@@ -7,10 +7,10 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from bankgate import invoices, withholding
-from bankgate.argtypes import date_arg as _date
+from bankgate.app.cli.argtypes import date_arg as _date
+from bankgate.app.config import Config, ConfigError, check_options, check_plugins, load_config
 from bankgate.codec.registry import PluginError
-from bankgate.config import Config, ConfigError, check_options, check_plugins, load_config
+from bankgate.domain import invoices, withholding
 
 _DATA_DIR: str | None = None  # the global --data-dir, set by main()
 
@@ -31,7 +31,7 @@ def _store(cfg: Config, create_n8: bool = False):
 
 
 def _ledger(cfg: Config):
-    from bankgate.ledger import Ledger
+    from bankgate.domain.ledger import Ledger
 
     return Ledger(_store(cfg), {b.name: b.policy_() for b in cfg.banks},
                   now=lambda: datetime.now(cfg.tz).replace(tzinfo=None),
@@ -59,7 +59,7 @@ def cmd_config_check(args) -> int:
 
 
 def cmd_db_upgrade(args) -> int:
-    from bankgate.migrations import current, head
+    from bankgate.store.migrations import current, head
 
     cfg = _load(args.config)
     store = _store(cfg, create_n8=args.create_n8 or cfg.n8_create)
@@ -68,7 +68,7 @@ def cmd_db_upgrade(args) -> int:
 
 
 def cmd_demo_seed(args) -> int:
-    from bankgate.demo import seed
+    from bankgate.devtools.demo import seed
 
     cfg = _load(args.config)
     if not cfg.n8_create:
@@ -123,7 +123,7 @@ def cmd_plugins_check(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from bankgate.simulate import main as simulate_main
+    from bankgate.devtools.simulate import main as simulate_main
 
     if getattr(args, "sim_command", None) == "statement":
         if not args.bank:
@@ -138,11 +138,11 @@ def cmd_simulate(args) -> int:
 
 
 def _reconciler(cfg: Config, bank_name: str):
-    from bankgate.service import load_reconciler
+    from bankgate.domain import reconcile
 
     bank = cfg.bank(bank_name)
     codecs = check_plugins(cfg)
-    mod = load_reconciler(cfg)
+    mod = reconcile
     ledger = _ledger(cfg)
     return mod, bank, mod.Reconciler(ledger, bank, codecs[bank.plugin], data_dir=cfg.data_dir,
                                      now=ledger.now)
@@ -171,8 +171,8 @@ def _fetch_remote(src, name: str) -> bytes:
 def cmd_reconcile(args) -> int:
     """Exit status: 0 balanced, 1 exceptions left for an operator, 2 the file
     or the configuration is unusable, 4 another run holds this bank and date."""
-    from bankgate.recon_report import summary_text
-    from bankgate.statements import StatementMissing, StatementSourceError, source_for
+    from bankgate.domain.recon_report import summary_text
+    from bankgate.wire.statement_sources import StatementMissing, StatementSourceError, source_for
 
     cfg = _load(args.config)
     mod, bank, rec = _reconciler(cfg, args.bank)
@@ -233,7 +233,7 @@ def cmd_reconcile(args) -> int:
 
 
 def cmd_statement_write(args) -> int:
-    from bankgate.recon_report import write_atomic
+    from bankgate.canon.files import write_atomic
 
     cfg = _load(args.config)
     mod, bank, rec = _reconciler(cfg, args.bank)
@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="play a bank against a running gateway")
     try:
-        from bankgate.simulate import add_arguments
+        from bankgate.devtools.simulate import add_arguments
     except ImportError:
         pass
     else:

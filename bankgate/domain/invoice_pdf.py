@@ -18,7 +18,7 @@ import io
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-from bankgate.money import chinese_capital, fen_to_yuan
+from bankgate.canon.money import chinese_capital, fen_to_yuan
 
 FONT = "STSong-Light"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bankgate.codec.base import BankKeys, BankProfile
-from bankgate.ledger import POLICIES, BankPolicy
+from bankgate.domain.ledger import POLICIES, BankPolicy
 from bankgate.store.n8 import REFERENCE, N8Mapping
 
 DEFAULT_DATA_DIR = "var"
@@ -259,7 +259,7 @@ def _check_kcv(sec: _Section, k: str, key: bytes | None, n: int) -> None:
         return
     if v is None:
         raise sec.err(kcv_key, f"missing; expected the check value of {k} ({2 * n} hex digits)")
-    from bankgate.crypto import kcv
+    from bankgate.codec.crypto import kcv
 
     if v.upper() != kcv(key, n).hex().upper():
         raise sec.err(kcv_key, f"does not match {k}: the key is wrong or mistyped")
@@ -532,8 +532,8 @@ def check_options(cfg: Config, codecs: dict) -> None:
     """Every ``[bank.options]`` key is one that something reads: invoices,
     withholding, or the bank's plugin (``CODEC.option_keys``).  A misspelt key
     would otherwise switch nothing on, silently."""
-    from bankgate.invoices import OPTION_KEYS as INVOICE_KEYS
-    from bankgate.withholding import OPTION_KEYS as WITHHOLDING_KEYS
+    from bankgate.domain.invoices import OPTION_KEYS as INVOICE_KEYS
+    from bankgate.domain.withholding import OPTION_KEYS as WITHHOLDING_KEYS
 
     for b in cfg.banks:
         known = {*INVOICE_KEYS, *WITHHOLDING_KEYS,

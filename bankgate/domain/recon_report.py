@@ -1,7 +1,7 @@
 """The report of a reconciliation run: text for the log, CSV, and a PDF for
 the accountant to sign off (对账报告).
 
-Input is a :class:`RunReport` of ``plugins/reconciler.py`` (duck-typed: this
+Input is a :class:`RunReport` of ``bankgate/domain/reconcile.py`` (duck-typed: this
 module does not import the plugin).  Amounts are fen inside and yuan on
 paper.  The PDF uses reportlab's built-in CJK font ``STSong-Light`` (a CID
 font every PDF reader has; nothing to ship).  Files are written atomically
@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 
-from bankgate.money import fen_to_yuan
+from bankgate.canon.files import write_atomic
+from bankgate.canon.money import fen_to_yuan
 
 PDF_MAX_ROWS = 400  # rows per table in the PDF; the CSV always has every item
 
@@ -49,23 +48,6 @@ def _y(fen) -> str:
 
 def base_name(rep) -> str:
     return f"{rep.bank}_{rep.settle_date:%Y%m%d}_run{rep.run_id}"
-
-
-def write_atomic(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 # -- text -----------------------------------------------------------------------

@@ -31,7 +31,7 @@ them out.  A refused collection order (拒付) comes back like any other
 failure (result 1-4) and the bill stays open for the account manager; the
 report marks large customers' lines.
 
-Real-time card debits (卡扣, ref-delim §7) are in :mod:`bankgate.carddebit`.
+Real-time card debits (卡扣, ref-delim §7) are in :mod:`bankgate.domain.carddebit`.
 Settings live in each bank's ``[bank.options]`` table; see
 :func:`parse_options` and ``docs/withholding.rst``.
 """
@@ -50,13 +50,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
-from bankgate import messages as m
-from bankgate.argtypes import date_arg as _date
-from bankgate.config import BankConfig, Config, ConfigError
-from bankgate.engine import mask_pan
-from bankgate.ledger import Ledger, late_fee
-from bankgate.messages import Outcome
-from bankgate.money import fen_to_yuan
+from bankgate.app.cli.argtypes import date_arg as _date
+from bankgate.app.config import BankConfig, Config, ConfigError
+from bankgate.canon import messages as m
+from bankgate.canon.files import write_atomic
+from bankgate.canon.masking import mask_account
+from bankgate.canon.messages import Outcome
+from bankgate.canon.money import fen_to_yuan
+from bankgate.domain.ledger import Ledger, late_fee
 from bankgate.store import withholding as sql
 from bankgate.store.db import StoreUnavailable
 from bankgate.store.tx import Tx
@@ -223,24 +224,6 @@ def check_config(cfg: Config, codecs: dict | None = None) -> dict[str, Withholdi
 def exchange_dir(bank: BankConfig, data_dir: str) -> Path:
     """The bank's file folder: ``exchange_dir`` or ``{data_dir}/exchange/{name}``."""
     return Path(bank.exchange_dir) if bank.exchange_dir else Path(data_dir) / "exchange" / bank.name
-
-
-def mask_account(account: str | None) -> str:
-    """An account number for screens, logs and the audit: never in full."""
-    return mask_pan((account or "").strip())
-
-
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename, so a
-    bank polling the folder never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def dues(tx: Tx, bills: list[dict], customer_class: str, as_of: date,
@@ -761,7 +744,7 @@ class _Cli:
     make_reactor: Callable | None = None  # tests inject; default a private reactor
 
     def context(self, args):
-        from bankgate.config import check_plugins
+        from bankgate.app.config import check_plugins
 
         cfg = self.load_config(args.config)
         codecs = check_plugins(cfg)
@@ -898,10 +881,10 @@ def cmd_result(ctx: _Cli, args) -> int:
 
 
 def cmd_simulate_result(ctx: _Cli, args) -> int:
-    from bankgate.debithost import answer_pk_file
+    from bankgate.devtools.debithost import answer_pk_file
 
     cfg = ctx.load_config(args.config)
-    from bankgate.config import check_plugins
+    from bankgate.app.config import check_plugins
 
     codecs = check_plugins(cfg)
     try:
@@ -978,7 +961,7 @@ def add_cli(subparsers, load_config: Callable, make_ledger: Callable,
     c.add_argument("--actor", default="withholding")
     c.set_defaults(func=functools.partial(cmd_result, ctx))
 
-    from bankgate import carddebit
+    from bankgate.domain import carddebit
 
     carddebit.add_cli_commands(ws, ctx)
 

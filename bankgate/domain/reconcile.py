@@ -53,9 +53,10 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bankgate import messages as m
-from bankgate.messages import Outcome
-from bankgate.money import fen_to_yuan
+from bankgate.canon import messages as m
+from bankgate.canon.files import write_atomic
+from bankgate.canon.messages import Outcome
+from bankgate.canon.money import fen_to_yuan
 from bankgate.store import recon as sql
 from bankgate.store.recon import (
     P_AMOUNT,
@@ -734,7 +735,7 @@ def default_holder() -> str:
 
 
 class Reconciler:
-    """Reconciles one configured bank (a :class:`bankgate.config.BankConfig`)."""
+    """Reconciles one configured bank (a :class:`bankgate.app.config.BankConfig`)."""
 
     def __init__(self, ledger, bank, codec, *, data_dir: str = "var",
                  now: Callable[[], datetime] | None = None, holder: str | None = None):
@@ -888,7 +889,7 @@ class Reconciler:
             self.write_outputs(rep)
             rep.timings["outputs"] = time.perf_counter() - t
         rep.timings["total"] = sum(v for k, v in rep.timings.items() if k != "total")
-        from bankgate.recon_report import summary_text
+        from bankgate.domain.recon_report import summary_text
 
         log.info("%s", summary_text(rep))
         return rep
@@ -1182,7 +1183,7 @@ class Reconciler:
     def write_outputs(self, rep: RunReport) -> dict:
         """The report (text, CSV, PDF) and, for plugins that have one, the error
         file written back to the exchange folder."""
-        from bankgate import recon_report
+        from bankgate.domain import recon_report
 
         out_dir = self.report_dir()
         try:
@@ -1192,7 +1193,7 @@ class Reconciler:
                 name, data = self.format.error_file(self.bank.bank_code, rep.settle_date,
                                                     rep.items)
                 rep.outputs["error_file"] = str(
-                    recon_report.write_atomic(self.exchange_dir() / name, data))
+                    write_atomic(self.exchange_dir() / name, data))
         except OSError as e:
             log.error("%s %s run %s: cannot write the outputs: %s", self.name, rep.settle_date,
                       rep.run_id, e)
