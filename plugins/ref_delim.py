@@ -12,7 +12,8 @@ results) the module holds, as plain functions also reachable on ``CODEC``:
 - the bank side for the simulator: :meth:`RefDelimCodec.client_encode` /
   :meth:`RefDelimCodec.client_decode`;
 - the files of §5 and §6: ``.DZ`` statements, ``.DZCW`` error files, ``.PK``
-  withholding requests and ``.PKJG`` results;
+  withholding requests and ``.PKJG`` results (with :class:`DelimFormat`, the
+  statement format the reconciler reads and writes);
 - the real-time debit of §7, where the gateway is the client:
   :func:`encode_debit`, :func:`decode_debit_response`,
   :func:`encode_debit_reversal`, :func:`decode_debit_reversal_response`, and
@@ -71,6 +72,20 @@ from bankgate.canon.messages import (
 )
 from bankgate.canon.money import fen_to_yuan, yuan_to_fen
 from bankgate.codec.base import Dispatch, Framing, Reply, Session
+from bankgate.codec.capabilities import KeyKind, SimulatorTraits
+from bankgate.codec.statement import (
+    AMOUNT_DIFFERS,
+    BANK_ONLY,
+    CHUNK,
+    DATE_DIFFERS,
+    UTILITY_ONLY,
+    Records,
+    Statement,
+    StatementError,
+    blocks,
+    check_head,
+    renumber,
+)
 
 NAME = "ref-delim"
 ENCODING = "gbk"
@@ -990,6 +1005,93 @@ def read_error_file(data: bytes) -> tuple[list[dict], int]:
     return out, count
 
 
+#: §5 ``.DZCW``: the error number of each reconciliation category it reports
+ERRNO = {DATE_DIFFERS: "01", BANK_ONLY: "02", UTILITY_ONLY: "03", AMOUNT_DIFFERS: "04"}
+
+
+class DelimFormat:
+    """§5 for the reconciler: ``.DZ`` detail lines, then the trailer
+    ``0|settle_date|count|total|``; the ``.DZCW`` error file back to the bank.
+
+    A large file is read in chunks: each chunk of detail lines goes to
+    :func:`read_statement` with a trailer built for it, and its errors name
+    the line of the whole file.
+    """
+
+    has_header = True
+    names_bills = True  # a .DZ line lists the bills it paid
+
+    def file_name(self, bank_code: str, d: date) -> str:
+        return statement_name(bank_code, d)
+
+    def read(self, data: bytes, bank_code: str, d: date, chunk: int = CHUNK) -> Statement:
+        # the trailer is the last line that is not blank
+        end = len(data)
+        while end > 0 and data[end - 1:end] in (b"\n", b"\r", b" "):
+            end -= 1
+        start = data.rfind(b"\n", 0, end) + 1
+        trailer_no = data.count(b"\n", 0, start) + 1
+        try:
+            t = split_fields(data[start:end].decode(ENCODING))
+            if t is None or len(t) != 4 or t[0] != "0":
+                raise ValueError("the last line is not the trailer 0|settle_date|count|total|")
+            settle = parse_date(t[1], "settle_date")
+            count = parse_count(t[2], "record_count")
+            total = parse_amount(t[3], "total_amount")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise StatementError(f".DZ line {trailer_no}: {e}") from None
+        check_head(settle, d, None, bank_code, trailer_no)
+        st = Statement(d, Records(), None, count, total)
+        for before, block in blocks(data, 0, start, chunk):
+            total = n = 0
+            lines = block.split(b"\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            for ln in lines:
+                if not ln.strip(b" \r"):
+                    continue
+                n += 1
+                try:
+                    f = split_fields(ln.decode(ENCODING).removesuffix("\r"))
+                    total += parse_amount(f[3]) if f and len(f) == 6 else 0
+                except (ValueError, UnicodeDecodeError):
+                    pass  # the reader names this line
+            tail = join_fields(("0", f"{d:%Y%m%d}", str(n), fen_to_yuan(total)))
+            if not block.endswith(b"\n"):
+                block += b"\n"
+            try:
+                recs, _ = read_statement(block + tail + b"\n")
+            except ValueError as e:
+                if f"line {len(lines) + 1}:" in str(e):  # the synthetic trailer: a bad detail
+                    raise StatementError(
+                        f".DZ line {trailer_no}: {str(e).split(': ', 1)[-1]}") from None
+                raise StatementError(renumber(e, before)) from None
+            st.records.extend(recs, lambda r: f"{r['trade_datetime']:%H%M%S}")
+        return st
+
+    def write(self, bank_code: str, d: date, records: list[dict],
+              declared: tuple[int, int] | None = None) -> bytes:
+        recs = [dict(r, trade_datetime=r.get("trade_datetime") or datetime.combine(
+            r.get("trade_date") or d,
+            datetime.strptime(r.get("trade_time") or "000000", "%H%M%S").time()))
+            for r in records]
+        data = write_statement(d, recs)
+        if declared is None:
+            return data
+        body = data[:data.rstrip(b"\n").rfind(b"\n") + 1]
+        return body + join_fields(
+            ("0", f"{d:%Y%m%d}", str(declared[0]), fen_to_yuan(declared[1]))) + b"\n"
+
+    def error_file(self, bank_code: str, d: date, items: Iterable) -> tuple[str, bytes]:
+        """The ``.DZCW``: every item of a category in :data:`ERRNO` that has a serial."""
+        lines = [(ERRNO[i.category], i.serial) for i in items
+                 if i.category in ERRNO and i.serial]
+        return error_file_name(bank_code, d), write_error_file(d, lines)
+
+
+STATEMENT_FORMAT = DelimFormat()
+
+
 # -- .PK / .PKJG batch withholding (§6) ---------------------------------------
 
 
@@ -1367,12 +1469,29 @@ def host_encode(txn: str, values: Mapping) -> bytes:
     raise ValueError(f"unknown host transaction {txn!r}")
 
 
+# -- what the simulator and the configuration need (bankgate.codec.capabilities) --
+
+SIMULATOR_TRAITS = SimulatorTraits(
+    ops={"query": "query", "pay": "pay", "reverse": "reverse", "cutoff": "cutoff",
+         "notice": "notice", "echo": "echo"},
+    pay_names_bills=True,  # a 540 lists the bills it pays
+)
+
+#: the spec's messages carry no MAC; a bank with ``mac = true`` still names its key
+KEY_KINDS = (KeyKind("mac_key", length=16, check_length=3,
+                     description="no MAC in the messages: accepted for mac = true"),)
+
+
 # -- the plugin object ----------------------------------------------------------
 
 
 class _Codec(RefDelimCodec):
-    """``CODEC``: the codec with the module's file and debit functions attached."""
+    """``CODEC``: the codec with the module's file and debit functions and its
+    declarations (:mod:`bankgate.codec.capabilities`) attached."""
 
+    statement_format = STATEMENT_FORMAT
+    simulator_traits = SIMULATOR_TRAITS
+    key_kinds = KEY_KINDS
     statement_name = staticmethod(statement_name)
     error_file_name = staticmethod(error_file_name)
     read_statement = staticmethod(read_statement)

@@ -20,7 +20,10 @@ carries a MAC over header fields 1-10 and the body.
 
 The bank side (:meth:`RefFixedCodec.client_encode` / ``client_decode``) and the
 statement file (§8: :func:`read_statement`, :func:`write_statement`,
-:func:`statement_name`) use the same layouts.
+:func:`statement_name`, and :class:`FixedFormat` for the reconciler) use the
+same layouts.  What the gateway asks of the plugin besides its messages
+(:mod:`bankgate.codec.capabilities`) is declared on ``CODEC``: the statement
+format, the simulator's traits and the MAC key (§7).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from bankgate.canon.messages import (
     fingerprint,
 )
 from bankgate.codec.base import Close, Dispatch, Framing, Reply, Session
+from bankgate.codec.capabilities import KeyKind, SimulatorTraits
 from bankgate.codec.crypto import X919, macs_equal
 from bankgate.codec.fields import (
     DateN8,
@@ -53,6 +57,17 @@ from bankgate.codec.fields import (
     GbkText,
     Number,
     gbk_fit,
+)
+from bankgate.codec.statement import (
+    CHUNK,
+    Records,
+    Statement,
+    StatementError,
+    blocks,
+    check_head,
+    field_slice,
+    first_line,
+    renumber,
 )
 
 # -- layouts (§3, §4, §8) ----------------------------------------------------
@@ -523,6 +538,85 @@ def _reason(e: Exception) -> str:
     return str(e).splitlines()[-1] if str(e) else type(e).__name__
 
 
+class FixedFormat:
+    """§8 for the reconciler: an ``H`` header line (count, total), ``D`` detail lines.
+
+    A large file is read in chunks: each chunk of detail lines goes to
+    :func:`read_statement` behind a header built for it, and its errors name
+    the line of the whole file.
+    """
+
+    has_header = True
+    names_bills = False
+
+    def __init__(self):
+        self.header = STATEMENT_HEADER
+        self.amount_at = field_slice(STATEMENT_DETAIL, "amount")
+        self.detail_size = STATEMENT_DETAIL.sizeof()
+
+    def file_name(self, bank_code: str, d: date) -> str:
+        return statement_name(bank_code, d)
+
+    def read(self, data: bytes, bank_code: str, d: date, chunk: int = CHUNK) -> Statement:
+        if not data:
+            raise StatementError("line 1: empty file, the header line is missing")
+        first, rest = first_line(data)
+        try:
+            h = self.header.parse(first)
+        except Exception:  # noqa: BLE001 - let the reader name the problem
+            try:
+                read_statement(first)
+            except ValueError as e:
+                raise StatementError(str(e)) from None
+            raise StatementError("line 1: not a statement header") from None
+        check_head(h.settle_date, d, h.bank_code, bank_code, 1)
+        st = Statement(d, Records(), h.bank_code.strip(), h.record_count, h.total_amount)
+        a, size = self.amount_at, self.detail_size
+        build = self.header.build
+        for before, block in blocks(data, rest, len(data), chunk):
+            total = 0
+            n = 0
+            for ln in block.split(b"\n"):
+                if ln.endswith(b"\r"):
+                    ln = ln[:-1]
+                if not ln:
+                    continue
+                n += 1
+                v = ln[a]
+                if len(ln) == size and v.isdigit():
+                    total += int(v)
+            head = build(dict(settle_date=d, bank_code=h.bank_code, record_count=n,
+                              total_amount=total))
+            try:
+                _, recs = read_statement(head + b"\r\n" + block)
+            except ValueError as e:
+                raise StatementError(renumber(e, before)) from None
+            st.records.extend(recs)
+        return st
+
+    def write(self, bank_code: str, d: date, records: list[dict],
+              declared: tuple[int, int] | None = None) -> bytes:
+        data = write_statement(bank_code, d, records)
+        if declared is None:
+            return data
+        head = self.header.build(dict(settle_date=d, bank_code=bank_code,
+                                      record_count=declared[0], total_amount=declared[1]))
+        return head + data[data.index(b"\r\n"):]
+
+
+STATEMENT_FORMAT = FixedFormat()
+
+# -- what the simulator and the configuration need (bankgate.codec.capabilities) --
+
+SIMULATOR_TRAITS = SimulatorTraits(
+    ops={"query": "query", "pay": "pay", "reverse": "reverse", "status": "status",
+         "notice": "notice", "echo": "echo"},
+)
+
+#: §7: the X9.19 MAC key, needed by a bank with ``mac = true``
+KEY_KINDS = (KeyKind("mac_key", length=16, check_length=3, description="X9.19 MAC key"),)
+
+
 # -- the codec ----------------------------------------------------------------
 
 
@@ -545,6 +639,9 @@ class RefFixedCodec:
     read_statement = staticmethod(read_statement)
     write_statement = staticmethod(write_statement)
     statement_name = staticmethod(statement_name)
+    statement_format = STATEMENT_FORMAT
+    simulator_traits = SIMULATOR_TRAITS
+    key_kinds = KEY_KINDS
 
     def outcome_code(self, outcome: Outcome) -> str:
         return outcome_code(outcome)

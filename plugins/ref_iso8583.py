@@ -1385,6 +1385,84 @@ def read_statement(data: bytes) -> list[dict]:
     return out
 
 
+# the statement format, the simulator's traits and the keys: what the gateway
+# asks of this plugin besides its messages (bankgate.codec.capabilities)
+from bankgate.codec.capabilities import ALWAYS, KeyKind, SimulatorTraits  # noqa: E402
+from bankgate.codec.statement import (  # noqa: E402
+    CHUNK,
+    Records,
+    Statement,
+    StatementError,
+    blocks,
+    first_line,
+    renumber,
+)
+
+
+class IsoFormat:
+    """§6 for the reconciler: a CSV with a header row, no totals line.
+
+    A large file is read in chunks, each behind the header row; errors name
+    the line of the whole file.
+    """
+
+    has_header = False
+    names_bills = False
+
+    def file_name(self, bank_code: str, d: date) -> str:
+        return statement_name(bank_code, d)
+
+    def read(self, data: bytes, bank_code: str, d: date, chunk: int = CHUNK) -> Statement:
+        if not data:
+            raise StatementError("statement line 1: empty file, the header row is missing")
+        head, rest = first_line(data)
+        st = Statement(d, Records())
+        try:
+            read_statement(head + b"\n")
+        except ValueError as e:
+            raise StatementError(str(e)) from None
+        for before, block in blocks(data, rest, len(data), chunk):
+            try:
+                recs = read_statement(head + b"\n" + block)
+            except ValueError as e:
+                raise StatementError(renumber(e, before)) from None
+            for r in recs:
+                if r["settle_date"] != d:
+                    raise StatementError(
+                        f"rrn {r['serial']}: settle_date {r['settle_date']:%Y%m%d} is not"
+                        f" {d:%Y%m%d}: not this date's statement")
+            st.records.extend(recs)
+        return st
+
+    def write(self, bank_code: str, d: date, records: list[dict],
+              declared: tuple[int, int] | None = None) -> bytes:
+        if declared is not None:
+            raise ValueError("ref-iso8583 statements have no totals line")
+        return write_statement([
+            dict(r, settle_date=d, trade_date=r.get("trade_date") or d,
+                 trade_time=r.get("trade_time") or "000000",
+                 stan=r.get("stan") or f"{i + 1:06d}", terminal_id=r.get("terminal_id") or "")
+            for i, r in enumerate(records)])
+
+
+STATEMENT_FORMAT = IsoFormat()
+
+SIMULATOR_TRAITS = SimulatorTraits(
+    ops={"signin": "signin", "signout": "signout", "echo": "echo", "query": "query",
+         "pay": "pay", "reverse": "reverse", "advice": "reversal_advice"},
+    serial_length=12,  # field 37, an12
+    rrn=True,
+    signin="signin",
+)
+
+#: §4: every bank signs in, its MAC key (MAK) sent under the zone master key
+KEY_KINDS = (
+    KeyKind("zmk", length=16, check_length=3, required=ALWAYS,
+            description="MAK from sign-in under the ZMK",
+            why="ref-iso8583 banks sign in with a zone master key"),
+)
+
+
 # =============================================================================
 
 
@@ -1404,10 +1482,22 @@ def layouts() -> dict:
     return out
 
 
-CODEC = RefIso8583Codec()
+class _Codec(RefIso8583Codec):
+    """``CODEC``: the codec with its declarations (:mod:`bankgate.codec.capabilities`)."""
+
+    statement_format = STATEMENT_FORMAT
+    simulator_traits = SIMULATOR_TRAITS
+    key_kinds = KEY_KINDS
+
+
+CODEC = _Codec()
 
 __all__ = [
     "CODEC",
+    "KEY_KINDS",
+    "SIMULATOR_TRAITS",
+    "STATEMENT_FORMAT",
+    "IsoFormat",
     "FIELDS",
     "MESSAGE",
     "TPDU",

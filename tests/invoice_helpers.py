@@ -14,8 +14,10 @@ import sqlalchemy as sa
 from conftest import BANKS, seed_fixture
 from ledger_helpers import bills
 
+from bankgate.app import wiring
 from bankgate.app.config import BankConfig, Config
-from bankgate.domain.invoices import Invoices, make_hook
+from bankgate.app.options import invoice_settings
+from bankgate.domain.invoices import make_hook
 from bankgate.domain.ledger import Ledger
 from bankgate.store import model
 
@@ -56,8 +58,8 @@ def setup(store, clock, tmp_path, *, extra: int = 0, hooks_after=(), **fixed_opt
     store.initial_paid = bills(store)  # what N8 had paid before the gateway (check_books)
     cfg = invoice_config(tmp_path, **fixed_options)
     ledger = Ledger(store, dict(BANKS), now=clock,
-                    hooks=[make_hook(cfg, store), *hooks_after])
-    inv = Invoices(store, cfg, now=clock)
+                    hooks=[make_hook(invoice_settings(cfg)), *hooks_after])
+    inv = wiring.invoices(cfg, store, clock)
     return cfg, ledger, inv, customers
 
 

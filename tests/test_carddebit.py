@@ -23,24 +23,23 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from bankgate.app.carddebits import ReversalQueueService, build, make_services
 from bankgate.app.config import parse_config
+from bankgate.app.options import withholding_options
 from bankgate.canon import messages as m
 from bankgate.canon.messages import Outcome
 from bankgate.codec.registry import load_codec
 from bankgate.domain.carddebit import (
     CardDebits,
-    DebitLink,
     DebitResult,
-    ReversalQueueService,
     abandon,
-    build,
-    make_services,
     reversal_serial,
     utility_serial,
 )
 from bankgate.domain.ledger import Ledger
 from bankgate.domain.withholding import SOURCE, Withholding, WithholdingOptions
 from bankgate.store import model
+from bankgate.wire.debitlink import DebitLink
 
 DELIM = load_codec("ref-delim")
 FIXED = load_codec("ref-fixed")
@@ -49,6 +48,12 @@ ACCT = "6222020200012345678"
 T0 = 1_000_000.0
 S1 = "WH20261127000000000001"  # the first debit's serial (row id 1)
 S2 = "WH20261127000000000002"
+
+
+def make_withholding(ledger, cfg, codecs=CODECS) -> Withholding:
+    """The rules as the wiring builds them: the configured banks and their parsed options."""
+    return Withholding(ledger, cfg.banks, codecs, withholding_options(cfg, codecs),
+                       data_dir=cfg.data_dir)
 
 
 def inline(f, *args, **kw):
@@ -129,7 +134,7 @@ class Host:
             seed_fixture(store)
         self.ledger = Ledger(store, {b.name: b.policy_() for b in self.cfg.banks}, now=self.now)
         if seed:
-            wh = Withholding(self.ledger, self.cfg, CODECS)
+            wh = make_withholding(self.ledger, self.cfg)
             wh.sign("100000123", "dl", ACCT, "clerk")
             wh.sign("100000200", "dl", "2101000011112222", "clerk")
         self.debits = build(self.ledger, self.cfg, CODECS, self.clock, self.now, run_db=inline,
@@ -437,7 +442,7 @@ def test_refused_before_sending(h, customer, bills_, serial, words):
 
 
 def test_a_bill_waiting_in_a_batch_file_is_not_debited(h):
-    Withholding(h.ledger, h.cfg, CODECS).generate_batch("dl", TODAY)
+    make_withholding(h.ledger, h.cfg).generate_batch("dl", TODAY)
     h.accept()
     r, = h.debit("100000123")
     assert r.status == "REFUSED" and "1032102026112701.PK" in r.message
@@ -608,10 +613,12 @@ def test_make_services(store, tmp_path):
     from twisted.application.internet import ClientService
     from twisted.internet.testing import MemoryReactorClock
 
+    from bankgate.app.demo import simulated_host
+
     h = Host(store, tmp_path)
     reactor = MemoryReactorClock()
     gw = FakeGateway(store, h.cfg, reactor)
-    svcs = make_services(gw)
+    gw.card_debits, svcs = make_services(gw)  # the caller keeps the debits, as the service does
     assert [type(s) for s in svcs] == [ClientService, ReversalQueueService]
     assert svcs[0].name == "dl-debit-link" and gw.card_debits is svcs[1].debits
     for s in svcs:
@@ -623,13 +630,35 @@ def test_make_services(store, tmp_path):
     assert not svcs[1].debits.loop.running
 
     h.cfg.banks[0].options["debit_host_simulate"] = True
-    svcs = make_services(FakeGateway(store, h.cfg, reactor))
+    _debits, svcs = make_services(FakeGateway(store, h.cfg, reactor),
+                                  simulated_host=simulated_host)
     assert svcs[0].name == "dl-simulated-debit-host" and len(svcs) == 3
     svcs[0].startService()
     assert reactor.tcpServers[-1][0] == 9202 and reactor.tcpServers[-1][3] == "127.0.0.1"
 
     h.cfg.banks[0].options = {"withholding": True}
-    assert make_services(FakeGateway(store, h.cfg, reactor)) == []
+    assert make_services(FakeGateway(store, h.cfg, reactor)) == (None, [])
+
+
+def test_no_simulated_host_without_the_demo(store, tmp_path):
+    """The production service imports no development tool: a configuration
+    asking for the simulated host gets none (and a warning) unless the demo
+    injects it."""
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.logger import globalLogPublisher
+
+    h = Host(store, tmp_path, options={"debit_host_simulate": True})
+    reactor = MemoryReactorClock()
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        debits, svcs = make_services(FakeGateway(store, h.cfg, reactor))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [s.name for s in svcs] == ["dl-debit-link", "card-debit-queue"]
+    assert debits is svcs[-1].debits and list(debits.banks) == ["dl"]
+    assert any("debit_host_simulate" in e.get("log_format", "") and e.get("bank") == "dl"
+               for e in events)
 
 
 def test_card_debits_class_is_exported():
@@ -665,14 +694,15 @@ def test_make_services_on_the_real_gateway_service(tmp_path):
     from twisted.internet.testing import MemoryReactorClock
 
     from bankgate.app.config import default_config
+    from bankgate.app.demo import Demo
     from bankgate.app.service import GatewayService
 
     cfg = default_config(str(tmp_path / "var"))
     delim = next(b for b in cfg.banks if b.name == "demo-delim")
     delim.options = {"withholding": True, "debit_host": "tcp:host=127.0.0.1:port=9202",
                      "utility_code": "HEAT0001", "debit_host_simulate": True}
-    gw = GatewayService(cfg, MemoryReactorClock())
-    svcs = make_services(gw)
+    gw = GatewayService(cfg, MemoryReactorClock(), demo=Demo())
+    gw.card_debits, svcs = make_services(gw, simulated_host=gw.demo.simulated_host)
     assert [s.name for s in svcs] == ["demo-delim-simulated-debit-host", "demo-delim-debit-link",
                                       "card-debit-queue"]
     assert gw.card_debits.banks["demo-delim"].opts.utility_code == "HEAT0001"

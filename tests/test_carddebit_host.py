@@ -20,12 +20,14 @@ from ledger_helpers import bills
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
+from bankgate.app.carddebits import build
+from bankgate.app.cli.withholding import add_cli
 from bankgate.app.config import load_config, parse_config
+from bankgate.app.options import withholding_options
 from bankgate.codec.registry import load_codec
 from bankgate.devtools.debithost import MODES, DebitHost, answer_pk
-from bankgate.domain.carddebit import build
 from bankgate.domain.ledger import Ledger
-from bankgate.domain.withholding import Withholding, add_cli
+from bankgate.domain.withholding import Withholding
 from bankgate.store import model
 from bankgate.store.db import Store
 
@@ -33,6 +35,12 @@ DELIM = load_codec("ref-delim")
 CODECS = {"ref-delim": DELIM, "ref-fixed": load_codec("ref-fixed")}
 ACCT = "6222020200012345678"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_withholding(ledger, cfg, codecs=CODECS) -> Withholding:
+    """The rules as the wiring builds them: the configured banks and their parsed options."""
+    return Withholding(ledger, cfg.banks, codecs, withholding_options(cfg, codecs),
+                       data_dir=cfg.data_dir)
 
 
 def frame(text: str) -> bytes:
@@ -216,7 +224,7 @@ def test_card_debits_over_real_loopback(tmp_path, one_per_connection):
         return datetime.fromtimestamp(reactor.seconds())
 
     ledger = Ledger(store, {"dl": cfg.banks[0].policy_()}, now=now)
-    Withholding(ledger, cfg, CODECS).sign("100000123", "dl", ACCT, "clerk")
+    make_withholding(ledger, cfg).sign("100000123", "dl", ACCT, "clerk")
     debits = build(ledger, cfg, CODECS, reactor, now)
     debits.interval = 0.2
     link = debits.link("dl")
@@ -413,7 +421,7 @@ def test_cli_simulate_host_in_a_process(cli_env):
     script = ("import argparse,sys\n"
               "from bankgate.app.config import load_config\n"
               "from bankgate.app.cli import _ledger\n"
-              "from bankgate.domain.withholding import add_cli\n"
+              "from bankgate.app.cli.withholding import add_cli\n"
               "p=argparse.ArgumentParser(); p.add_argument('--config','-c')\n"
               "s=p.add_subparsers(dest='command', required=True)\n"
               "add_cli(s, load_config, _ledger)\n"

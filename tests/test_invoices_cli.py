@@ -11,7 +11,7 @@ from conftest import NOW, FakeClock, seed_fixture
 from invoice_helpers import gw_invoices, n8_invoices, pdf_strings, setup
 from ledger_helpers import pay
 
-from bankgate.domain.invoices import add_cli
+from bankgate.app.cli.invoices import add_cli
 from bankgate.store.db import Store
 
 
@@ -107,7 +107,7 @@ def test_required_arguments(world, capsys):
 
 
 def test_composes_into_the_real_parser(tmp_path, capsys):
-    """The lead's one line in bankgate/app/cli.py: the real ``load_config`` and
+    """The lead's one line in bankgate/app/cli/__init__.py: the real ``load_config`` and
     ledger factory, a real configuration file."""
     from bankgate.app import cli
 
@@ -143,12 +143,13 @@ invoice_payee = "沈阳供热有限公司"
     assert run("invoice", "issue", "--to", "icbc", "--first", "1", "--last", "2",
                "--actor", "ops1") == 0
     from bankgate.app.config import load_config
+    from bankgate.app.options import invoice_settings
     from bankgate.domain.invoices import make_hook
     from bankgate.domain.ledger import Ledger
 
     cfg = load_config(conf)
     ledger = Ledger(store, {b.name: b.policy_() for b in cfg.banks}, now=lambda: NOW,
-                    hooks=[make_hook(cfg, store)])
+                    hooks=[make_hook(invoice_settings(cfg))])
     r = ledger.pay(pay("S1", bank="icbc"))
     assert r.invoice_no == "00000001"
     assert n8_invoices(store)["00000001"]["pay_id"] == r.receipt_no

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from invoice_helpers import pdf_strings, pdftotext
 
 from bankgate.app.config import BankConfig, Config, ConfigError
+from bankgate.app.options import invoice_settings as settings_for
 from bankgate.canon.money import MAX_FEN, chinese_capital
 from bankgate.domain.invoice_pdf import InvoiceDoc, InvoiceLine, render
-from bankgate.domain.invoices import InvoiceSettings, format_no, overlaps, parse_no, settings_for
+from bankgate.domain.invoices import InvoiceSettings, format_no, overlaps, parse_no
 
 # -- 大写金额 ------------------------------------------------------------------------
 

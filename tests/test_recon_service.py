@@ -18,7 +18,7 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from bankgate.app.config import default_config
-from bankgate.app.service import GatewayService
+from bankgate.app.tap import gateway as build_gateway
 from bankgate.canon import messages as m
 from bankgate.canon.messages import Outcome
 from bankgate.domain.ledger import Ledger
@@ -68,7 +68,7 @@ def setup(tmp_path):
     cfg.banks[0].reconcile.pdf = False
     reactor = ThreadedMemoryReactor()
     reactor.set_time(datetime(2026, 11, 20, 9, 0))
-    gw = GatewayService(cfg, reactor)
+    gw = build_gateway(cfg, reactor)
     gw.startService()
     reactor.pump_until(gw.ready)
     reactor.pump_until(gw.stopService())
@@ -97,7 +97,7 @@ def day(ledger, d: date, n: int, first: int) -> list[tuple[str, str, int]]:
 def start(cfg, when: datetime):
     reactor = ThreadedMemoryReactor()
     reactor.set_time(when)
-    gw = GatewayService(cfg, reactor)
+    gw = build_gateway(cfg, reactor)
     gw.startService()
     reactor.pump_until(gw.ready)
     return gw, reactor

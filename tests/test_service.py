@@ -14,8 +14,8 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from bankgate.app.config import default_config
-from bankgate.app.service import GatewayService
 from bankgate.app.tap import Options, makeService
+from bankgate.app.tap import gateway as build_gateway
 
 
 class ThreadedMemoryReactor(MemoryReactorClock):
@@ -48,7 +48,7 @@ def gateway(tmp_path):
     cfg.demo_customers = 150
     reactor = ThreadedMemoryReactor()
     tz_now(reactor, datetime(2026, 11, 27, 9, 30))
-    gw = GatewayService(cfg, reactor)
+    gw = build_gateway(cfg, reactor)
     yield gw, reactor
     if gw.running:
         reactor.pump_until(gw.stopService())
@@ -67,9 +67,9 @@ def test_starts_database_first_then_listens_on_every_bank(gateway):
     assert {s[3] for s in reactor.tcpServers} == {"127.0.0.1"}
     assert gw.store.customer_count() == 150
     # invoicing demo bank got a demo stock on first start
-    from bankgate.domain.invoices import Invoices
+    from bankgate.app import wiring
 
-    [row] = Invoices(gw.store, gw.cfg).stock_report("demo-fixed")
+    [row] = wiring.invoices(gw.cfg, gw.store, gw.now).stock_report("demo-fixed")
     assert row["ranges"] and row["remaining"] == 2000
     # the factory of a listener is the bank's own
     by_port = {s[0]: s[1] for s in reactor.tcpServers}
@@ -82,7 +82,7 @@ def test_restart_keeps_data_and_does_not_reseed(gateway, tmp_path):
     gw.startService()
     reactor.pump_until(gw.ready)
     reactor.pump_until(gw.stopService())
-    again = GatewayService(gw.cfg, reactor)
+    again = build_gateway(gw.cfg, reactor)
     again.startService()
     reactor.pump_until(again.ready)
     assert again.store.customer_count() == 150

@@ -20,6 +20,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from bankgate.app.cli import build_parser
+from bankgate.app.cli import simulate as simcli
 from bankgate.app.config import check_plugins, default_config
 from bankgate.canon.messages import BillDue, Outcome, PaymentResult, QueryResult
 from bankgate.codec.base import BankKeys, BankProfile, Dispatch, Reply, Session
@@ -529,11 +530,11 @@ def test_arguments_parse_amounts_dates_and_config_either_side():
 
 def test_prepare_resolves_the_bank_from_the_config(cfg):
     c, codecs = cfg
-    plan = sim.prepare(parse(["simulate", "--bank", "demo-delim", "echo"]), c, codecs)
+    plan = simcli.prepare(parse(["simulate", "--bank", "demo-delim", "echo"]), c, codecs)
     [t] = plan.targets
     assert (t.host, t.port, t.codec.name, t.profile.bank_code) == (
         "127.0.0.1", 9102, "ref-delim", "103210")
-    plan = sim.prepare(parse(["simulate", "--bank", "demo-fixed", "--host", "10.0.0.5",
+    plan = simcli.prepare(parse(["simulate", "--bank", "demo-fixed", "--host", "10.0.0.5",
                               "--port", "7000", "echo"]), c, codecs)
     assert (plan.targets[0].host, plan.targets[0].port) == ("10.0.0.5", 7000)
 
@@ -555,12 +556,12 @@ def test_prepare_resolves_the_bank_from_the_config(cfg):
 def test_prepare_errors(cfg, argv, problem):
     c, codecs = cfg
     with pytest.raises(sim.SimulateError, match=problem):
-        sim.prepare(parse(argv), c, codecs)
+        simcli.prepare(parse(argv), c, codecs)
 
 
 def test_prepare_load_for_several_banks(cfg):
     c, codecs = cfg
-    plan = sim.prepare(parse(["simulate", "load", "--banks", "demo-fixed,demo-iso8583",
+    plan = simcli.prepare(parse(["simulate", "load", "--banks", "demo-fixed,demo-iso8583",
                               "--customers", "100000001-100000010"]), c, codecs)
     assert [t.port for t in plan.targets] == [9101, 9103]
     assert len(plan.customers) == 10
@@ -568,7 +569,7 @@ def test_prepare_load_for_several_banks(cfg):
 
 def test_main_reports_usage_errors_without_a_reactor(capsys):
     args = parse(["simulate", "--bank", "nope", "echo"])
-    assert sim.main(args) == 2
+    assert simcli.main(args) == 2
     assert "no bank named" in capsys.readouterr().err
 
 
@@ -711,8 +712,8 @@ def test_rendering_never_shows_a_mac(cfg):
                          "mac_ok": True, "customer_no": "1", "total_due": 100,
                          "bills": [{"bill_id": "B1", "amount": 100, "late_fee": 0}]}, 0.002)
     console = Console(record=True, width=120)
-    console.print(sim.render_request(t, a))
-    console.print(sim.render_answer(a))
+    console.print(simcli.render_request(t, a))
+    console.print(simcli.render_answer(a))
     text = console.export_text()
     assert "50E50B64338D6957" not in text
     assert "0000" in text and "B1" in text and "1.00" in text

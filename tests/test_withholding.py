@@ -17,6 +17,7 @@ from conftest import NOW, TODAY, seed_fixture
 from ledger_helpers import bills
 
 from bankgate.app.config import ConfigError, parse_config
+from bankgate.app.options import parse_options, withholding_options
 from bankgate.canon import messages as m
 from bankgate.canon.messages import Outcome
 from bankgate.codec.registry import load_codec
@@ -26,8 +27,6 @@ from bankgate.domain.withholding import (
     ResultFileRefused,
     Withholding,
     WithholdingError,
-    check_config,
-    parse_options,
     report_text,
     write_report_csv,
 )
@@ -36,9 +35,16 @@ from bankgate.store.db import StoreUnavailable
 
 DELIM = load_codec("ref-delim")
 FIXED = load_codec("ref-fixed")
+CODECS = {"ref-delim": DELIM, "ref-fixed": FIXED}
 ACCT1 = "6222020200012345678"
 ACCT2 = "2101000011112222"
 PK_NAME = "1032102026112701.PK"
+
+
+def make_withholding(ledger, cfg, codecs=CODECS) -> Withholding:
+    """The rules as the wiring builds them: the configured banks and their parsed options."""
+    return Withholding(ledger, cfg.banks, codecs, withholding_options(cfg, codecs),
+                       data_dir=cfg.data_dir)
 
 
 def make_cfg(tmp_path, extra: dict | None = None):
@@ -76,7 +82,7 @@ def wh(store, tmp_path):
         ])
     cfg = make_cfg(tmp_path)
     ledger = Ledger(store, {b.name: b.policy_() for b in cfg.banks}, now=lambda: NOW)
-    w = Withholding(ledger, cfg, {"ref-delim": DELIM, "ref-fixed": FIXED})
+    w = make_withholding(ledger, cfg)
     w.sign("100000123", "dl", ACCT1, "clerk1")
     w.sign("100000200", "dl", ACCT2, "clerk1")
     w.sign("100000300", "dl", "6222000000000300", "clerk1")  # suspended: never in a file
@@ -152,11 +158,11 @@ def test_check_config_refuses_a_plugin_without_files(tmp_path):
     cfg = make_cfg(tmp_path)
     cfg.banks[1].options = {"withholding": True}
     with pytest.raises(ConfigError) as e:
-        check_config(cfg, {"ref-delim": DELIM, "ref-fixed": FIXED})
+        withholding_options(cfg, {"ref-delim": DELIM, "ref-fixed": FIXED})
     assert e.value.key == "bank.fx.options.withholding"
     cfg.banks[1].options = {"debit_host": "tcp:host=h:port=1", "utility_code": "U"}
     with pytest.raises(ConfigError) as e:
-        check_config(cfg, {"ref-delim": DELIM, "ref-fixed": FIXED})
+        withholding_options(cfg, {"ref-delim": DELIM, "ref-fixed": FIXED})
     assert e.value.key in ("bank.fx.options.withholding", "bank.fx.options.debit_host")
 
 
@@ -481,7 +487,7 @@ def test_every_statement_compiles_for_sql_server_oracle_and_db2(tmp_path):
     from sqlalchemy.dialects import mssql, oracle, registry
     from twisted.internet import defer
 
-    from bankgate.domain.carddebit import build
+    from bankgate.app.carddebits import build
     from bankgate.store.db import Store
 
     store = Store(f"sqlite:///{tmp_path / 'x.db'}", RENAMED)
@@ -498,7 +504,7 @@ def test_every_statement_compiles_for_sql_server_oracle_and_db2(tmp_path):
 
     cfg = make_cfg(tmp_path, {"debit_host": "tcp:host=127.0.0.1:port=1", "utility_code": "U1"})
     ledger = Ledger(store, {b.name: b.policy_() for b in cfg.banks}, now=lambda: NOW)
-    w = Withholding(ledger, cfg, {"ref-delim": DELIM, "ref-fixed": FIXED})
+    w = make_withholding(ledger, cfg)
     w.sign("100000123", "dl", ACCT1, "clerk")
     w.sign("100000200", "dl", ACCT2, "clerk")
     w.agreements("dl")

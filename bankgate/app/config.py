@@ -99,7 +99,7 @@ class BankConfig:
     def profile(self) -> BankProfile:
         return BankProfile(
             name=self.name, plugin=self.plugin, bank_code=self.bank_code,
-            keys=BankKeys(mac_key=self.mac_key, zmk=self.zmk), mac=self.mac,
+            keys=BankKeys({k: getattr(self, k) for k in KEY_ENTRIES}), mac=self.mac,
             allow=tuple(self.allow), latest_only_reversal=self.latest_only_reversal,
             idle_timeout=self.idle_timeout, options=dict(self.options),
         )
@@ -239,6 +239,14 @@ def _names(types) -> str:
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
              list: "a list", dict: "a table"}
     return " or ".join(names.get(t, t.__name__) for t in _tuple(types))
+
+
+#: the [[bank]] entries holding keys, each with its check value ``<entry>_kcv``:
+#: 16-byte keys as 32 hex digits, 3-byte check values.  Which of them a bank
+#: needs is its plugin's declaration (``KeyKind``), checked by :func:`check_plugins`.
+KEY_ENTRIES = ("mac_key", "zmk")
+KEY_LENGTH = 16
+KCV_LENGTH = 3
 
 
 def _hex_key(sec: _Section, k: str) -> bytes | None:
@@ -396,14 +404,9 @@ def _parse_bank(sec: _Section, names: set[str]) -> BankConfig:
     if b.policy not in POLICIES:
         raise sec.err("policy", f"expected one of {', '.join(POLICIES)}, got {b.policy!r}")
     b.mac = sec.get("mac", bool, False)
-    b.mac_key = _hex_key(sec, "mac_key")
-    _check_kcv(sec, "mac_key", b.mac_key, 3)
-    b.zmk = _hex_key(sec, "zmk")
-    _check_kcv(sec, "zmk", b.zmk, 3)
-    if b.mac and b.plugin != "ref-iso8583" and b.mac_key is None:
-        raise sec.err("mac_key", "missing; required when mac = true")
-    if b.plugin == "ref-iso8583" and b.zmk is None:
-        raise sec.err("zmk", "missing; ref-iso8583 banks sign in with a zone master key")
+    for k in KEY_ENTRIES:  # which of them the bank needs: check_plugins, from its plugin
+        setattr(b, k, _hex_key(sec, k))
+        _check_kcv(sec, k, getattr(b, k), KCV_LENGTH)
     b.latest_only_reversal = sec.get("latest_only_reversal", bool, False)
     b.two_phase = sec.get("two_phase", bool, False)
     b.confirm_timeout = float(sec.get("confirm_timeout", (int, float), 300))
@@ -528,24 +531,14 @@ def _parse_reconcile(sec: _Section, b: BankConfig) -> None:
     b.reconcile = p
 
 
-def check_options(cfg: Config, codecs: dict) -> None:
-    """Every ``[bank.options]`` key is one that something reads: invoices,
-    withholding, or the bank's plugin (``CODEC.option_keys``).  A misspelt key
-    would otherwise switch nothing on, silently."""
-    from bankgate.domain.invoices import OPTION_KEYS as INVOICE_KEYS
-    from bankgate.domain.withholding import OPTION_KEYS as WITHHOLDING_KEYS
-
-    for b in cfg.banks:
-        known = {*INVOICE_KEYS, *WITHHOLDING_KEYS,
-                 *getattr(codecs.get(b.plugin), "option_keys", ())}
-        for key in b.options:
-            if key not in known:
-                raise ConfigError(cfg.source, f"bank.{b.name}.options.{key}",
-                                  f"unknown option (misspelt?); known: {', '.join(sorted(known))}")
-
-
 def check_plugins(cfg: Config) -> dict:
-    """Load the plugins the banks name; returns name -> codec.  Errors name the key."""
+    """Load the plugins the banks name; returns name -> codec.  Errors name the key.
+
+    Each bank has the keys its plugin declares it needs
+    (:func:`bankgate.codec.capabilities.key_kinds`), in a form the
+    configuration holds (:data:`KEY_ENTRIES`).
+    """
+    from bankgate.codec.capabilities import CapabilityError, key_kinds
     from bankgate.codec.registry import PluginError, discover
 
     try:
@@ -558,4 +551,20 @@ def check_plugins(cfg: Config) -> dict:
                 cfg.source, f"bank.{b.name}.plugin",
                 f"no plugin named {b.plugin!r} (found: {', '.join(sorted(codecs))})",
             )
+        try:
+            kinds = key_kinds(codecs[b.plugin])
+        except CapabilityError as e:
+            raise ConfigError(cfg.source, f"bank.{b.name}.plugin", str(e)) from None
+        keys = b.profile().keys
+        for kind in kinds:
+            if (kind.name not in KEY_ENTRIES or kind.length != KEY_LENGTH
+                    or kind.check_length != KCV_LENGTH):
+                raise ConfigError(
+                    cfg.source, f"bank.{b.name}.plugin",
+                    f"plugin {b.plugin!r} needs key {kind.name!r} of {kind.length} bytes with a"
+                    f" {kind.check_length}-byte check value; a [[bank]] table holds"
+                    f" {', '.join(KEY_ENTRIES)}: {KEY_LENGTH} bytes, {KCV_LENGTH}-byte check"
+                    " values")
+            if kind.needed(b.mac) and kind.name not in keys:
+                raise ConfigError(cfg.source, f"bank.{b.name}.{kind.name}", kind.missing)
     return codecs

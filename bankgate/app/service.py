@@ -22,12 +22,12 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bankgate.app.config import Config, check_options, check_plugins
+from bankgate.app import wiring
+from bankgate.app.carddebits import make_services as card_debit_services
+from bankgate.app.config import Config
 from bankgate.canon import messages as m
-from bankgate.domain import invoices, reconcile, withholding
-from bankgate.domain.carddebit import make_services as card_debit_services
-from bankgate.domain.ledger import Ledger, LedgerService
-from bankgate.store.db import Store
+from bankgate.domain import reconcile
+from bankgate.domain.ledger import LedgerService
 from bankgate.wire.listener import BankFactory
 
 log = Logger(namespace="bankgate")
@@ -36,19 +36,16 @@ CATCH_UP_DAYS = 7
 
 
 class GatewayService(service.MultiService):
-    def __init__(self, cfg: Config, reactor):
+    def __init__(self, cfg: Config, reactor, *, demo=None):
         super().__init__()
         self.cfg = cfg
         self.reactor = reactor
-        self.codecs = check_plugins(cfg)
-        check_options(cfg, self.codecs)
-        withholding.check_config(cfg, self.codecs)  # bad [bank.options] fail at start
-        self.store = Store(cfg.db_url, cfg.n8, reactor=reactor, threads=cfg.db_threads,
-                           echo=cfg.db_echo)
-        self.ledger = Ledger(
-            self.store, {b.name: b.policy_() for b in cfg.banks}, now=self.now,
-            hooks=list(filter(None, [invoices.make_hook(cfg, self.store)])),
-        )
+        self.demo = demo  # bankgate.app.demo.Demo for twistd; None: no development tools
+        # plugins loaded and every [bank.options] checked: bad options fail at start
+        self.parts = wiring.build(cfg, reactor=reactor, now=self.now)
+        self.codecs = self.parts.codecs
+        self.store = self.parts.store
+        self.ledger = self.parts.ledger
         self.ledger_service = LedgerService(self.ledger)
         self.factories: dict[str, BankFactory] = {}
         self.listeners: list[tuple[str, str, service.Service]] = []
@@ -78,7 +75,7 @@ class GatewayService(service.MultiService):
         service.Service.startService(self)
         self.store.start()
         log.info("bankgate: opening database {url}", url=_safe_url(self.cfg.db_url))
-        d = self.store.call(prepare_database, self.store, self.cfg)
+        d = self.store.call(prepare_database, self.parts, self.demo)
         d.addCallback(self._database_ready)
         d.addErrback(self._start_failed)
 
@@ -89,12 +86,15 @@ class GatewayService(service.MultiService):
             log.info("bankgate: bank {bank} ({plugin}, code {code}) listening on {ep}",
                      bank=name, plugin=self.cfg.bank(name).plugin,
                      code=self.cfg.bank(name).bank_code, ep=ep)
-        # outbound card-debit links; their reversal queue resumes at once
-        for svc in card_debit_services(self):
+        # outbound card-debit links; their reversal queue resumes at once (and the
+        # demo's simulated debit host, where the configuration asks for one)
+        self.card_debits, debit_services = card_debit_services(
+            self, simulated_host=self.demo.simulated_host if self.demo else None)
+        for svc in debit_services:
             svc.setServiceParent(self)
         self.scheduler.start()
         self.recon.start()
-        self.store.call(invoices.Invoices(self.store, self.cfg, now=self.now).low_stock)
+        self.store.call(self.parts.invoices().low_stock)
         # everything loaded so far lives as long as the process: keep it out of
         # the collector's full passes (their pauses show in the latency tail)
         if getattr(self.reactor, "running", False):  # a real process, not a test
@@ -133,10 +133,12 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def prepare_database(store: Store, cfg: Config) -> str:
-    """Runs on the store's thread: migrate, create the N8 reference schema, seed."""
+def prepare_database(parts: wiring.Parts, demo=None) -> str:
+    """Runs on the store's thread: migrate, create the N8 reference schema, and
+    (with a :class:`~bankgate.app.demo.Demo`) seed demo data."""
+    store, cfg = parts.store, parts.cfg
     store.create_gateway_tables()
-    parts = ["gateway schema up to date"]
+    done = ["gateway schema up to date"]
     if not store.n8_exists():
         if not cfg.n8_create:
             raise RuntimeError(
@@ -144,19 +146,14 @@ def prepare_database(store: Store, cfg: Config) -> str:
                 " map [n8.tables] onto your N8 schema or set n8.create = true"
             )
         store.create_n8_tables()
-        parts.append("reference N8 schema created")
+        done.append("reference N8 schema created")
     if cfg.demo_customers and store.customer_count() == 0:
-        from bankgate.devtools.demo import seed
-
-        seed(store, cfg.demo_customers)
-        parts.append(f"{cfg.demo_customers} demo customers seeded")
-        inv = invoices.Invoices(store, cfg)
-        for name, settings in inv.settings.items():
-            if settings.enabled and not any(r["ranges"] for r in inv.stock_report(name)):
-                inv.issue_stock(name, 1, 2000, code="DEMO", width=8, actor="demo")
-                parts.append(f"demo invoice stock DEMO00000001-DEMO00002000 issued to {name}")
-    parts.append(f"{store.customer_count()} customers")
-    return ", ".join(parts)
+        if demo is None:
+            done.append(f"n8.demo_customers = {cfg.demo_customers} ignored: no demo here")
+        else:
+            done.extend(demo.seed(store, cfg.demo_customers, parts.invoices()))
+    done.append(f"{store.customer_count()} customers")
+    return ", ".join(done)
 
 
 class Scheduler:

@@ -52,16 +52,22 @@ def route_python_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def gateway(cfg, reactor):
+    """The gateway service for ``cfg``, with the demo's parts where it asks for them."""
+    from bankgate.app.demo import Demo
+    from bankgate.app.service import GatewayService
+
+    return GatewayService(cfg, reactor, demo=Demo())
+
+
 def makeService(options):
     from twisted.internet import reactor
 
     route_python_logging()
 
-    from bankgate.app.service import GatewayService
-
     try:
         cfg = load_config(options["config"], data_dir=options["data-dir"])
-        return GatewayService(cfg, reactor)
+        return gateway(cfg, reactor)
     except ConfigError as e:
         sys.stderr.write(f"bankgate: configuration error: {e}\n")
         raise SystemExit(2) from None

@@ -19,13 +19,17 @@ A codec never touches the database and never blocks.  Per-connection state
 The bank side of every codec (used by the simulator and the tests) is
 :meth:`Codec.client_encode` / :meth:`Codec.client_decode`: build a request
 frame from plain values and parse a response frame into a dict.
+
+What a codec may offer besides (a statement file, batch files, a debit
+client, simulator traits, the keys its banks need) it declares as described
+in :mod:`bankgate.codec.capabilities`.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
@@ -81,10 +85,49 @@ class Framing:
 # -- bank configuration as the codec sees it -------------------------------
 
 
-@dataclass(frozen=True)
-class BankKeys:
-    mac_key: bytes | None = None  # ref-fixed / ref-delim X9.19 key, 16 bytes
-    zmk: bytes | None = None  # ref-iso8583 zone master key, 16 bytes
+class BankKeys(Mapping[str, bytes]):
+    """A bank's configured keys: key name -> key bytes, read-only.
+
+    The names are those the bank's plugin declares
+    (:class:`bankgate.codec.capabilities.KeyKind`); a key that is not
+    configured is absent.  A codec reads ``keys["mac_key"]``, ``keys.get(...)``
+    or, for short, the attribute ``keys.mac_key`` (``None`` when absent).
+    The ``repr`` shows names and lengths, never key bytes.
+    """
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: Mapping[str, bytes | None] | None = None, /,
+                 **named: bytes | None):
+        given = {**(keys or {}), **named}
+        object.__setattr__(self, "_keys", {k: bytes(v) for k, v in given.items()
+                                           if v is not None})
+
+    def __getitem__(self, name: str) -> bytes:
+        return self._keys[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getattr__(self, name: str) -> bytes | None:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._keys.get(name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("BankKeys is read-only")
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._keys.items()))
+
+    def __reduce__(self):  # copy and pickle through the constructor
+        return BankKeys, (dict(self._keys),)
+
+    def __repr__(self) -> str:
+        return "BankKeys(" + ", ".join(f"{k}=<{len(v)} bytes>" for k, v in self._keys.items()) + ")"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ Loads the file, checks that it declares a codec with everything the engine
 and the simulator need, that its response-code mapping covers every
 canonical outcome, and round-trips every construct layout it declares
 (build a sample, parse it back, build again: the bytes must be equal).
+Then it lists the optional capabilities the plugin declares
+(:mod:`bankgate.codec.capabilities`): its statement file (written and read
+back), its error file, batch files, real-time debit, simulator traits and
+keys; a capability declared in part is a failure.
 Each line of the report starts with ``ok``, ``skip`` or ``FAIL``.
 """
 
@@ -15,9 +19,11 @@ from pathlib import Path
 import construct as c
 
 from bankgate.canon.messages import Outcome
+from bankgate.codec import capabilities as cap
 from bankgate.codec import fields
 from bankgate.codec.base import Framing
 from bankgate.codec.registry import PluginError, load_file
+from bankgate.codec.statement import CATEGORIES, ReaderFormat
 
 REQUIRED = ("name", "framing", "decode", "outcome_code", "client_encode", "client_decode",
             "layouts")
@@ -128,10 +134,142 @@ def check_codec(codec) -> list[str]:
         return out + [f"FAIL  layouts() raises {type(e).__name__}: {e}"]
     for name, layout in layouts.items():
         out.append(check_layout(name, layout))
-    for extra in ("read_statement", "write_statement"):
-        out.append(("ok    " if hasattr(codec, extra) else "skip  ") + f"{extra}"
-                   + ("" if hasattr(codec, extra) else ": not provided (no reconciliation)"))
+    return out + check_capabilities(codec)
+
+
+# -- the optional capabilities ----------------------------------------------------------
+
+SAMPLE_BANK = "105210"
+SAMPLE_DATE = date(2026, 11, 27)
+SAMPLE_RECORD = dict(serial="S00000000001", trade_date=SAMPLE_DATE, trade_time="101500",
+                     customer_no="100000123", amount=12345, channel="01", bill_ids=("B1",),
+                     pan_masked="622202******1234", terminal_id="ATM00001")
+
+
+class _Item:  # a reconciliation item, as an error file is given them
+    def __init__(self, category: str, serial: str):
+        self.category, self.serial = category, serial
+
+
+def _members(proto) -> list[str]:
+    """The methods and attributes a capability Protocol asks for."""
+    names = {n for n in vars(proto) if not n.startswith("_")}
+    return sorted(names | set(getattr(proto, "__annotations__", {})))
+
+
+def _partial(codec, proto) -> str | None:
+    """A FAIL line for a codec that has some of ``proto``'s members but not all."""
+    have = [n for n in _members(proto) if hasattr(codec, n)]
+    if have and len(have) < len(_members(proto)):
+        missing = [n for n in _members(proto) if n not in have]
+        return (f"FAIL  {proto.__name__}: has {', '.join(have)} but not {', '.join(missing)}")
+    return None
+
+
+def check_capabilities(codec) -> list[str]:
+    """One line (or a few) per optional capability: declared, or not."""
+    out = check_statement(codec)
+    partial = _partial(codec, cap.BatchFiles)
+    if partial:
+        out.append(partial)
+    elif cap.batch_files(codec) is not None:
+        out.append(_try("batch files", lambda: (
+            f"withholding request {codec.pk_name(SAMPLE_BANK, SAMPLE_DATE, 1)}, answered by"
+            f" {codec.pkjg_name(codec.pk_name(SAMPLE_BANK, SAMPLE_DATE, 1))}")))
+    else:
+        out.append("skip  batch files: not declared (no withholding by files)")
+    partial = _partial(codec, cap.DebitClient)
+    if partial:
+        out.append(partial)
+    elif cap.debit_client(codec) is not None:
+        out.append("ok    debit client: real-time debit and its reversal, the gateway as client")
+    else:
+        out.append("skip  debit client: not declared (no real-time debit)")
+    try:
+        traits = cap.simulator_traits(codec)
+    except cap.CapabilityError as e:
+        out.append(f"FAIL  simulator traits: {e}")
+    else:
+        if traits is None:
+            out.append("skip  simulator traits: not declared (the simulator guesses from the"
+                       " transaction names)")
+        else:
+            out.append("ok    simulator traits: " + _traits_text(traits))
+    try:
+        kinds = cap.key_kinds(codec)
+    except cap.CapabilityError as e:
+        return out + [f"FAIL  keys: {e}"]
+    out.extend(f"ok    key {k.summary()}" for k in kinds)
+    if not kinds:
+        out.append("skip  keys: none declared (its banks are configured without keys)")
     return out
+
+
+def _traits_text(t: cap.SimulatorTraits) -> str:
+    ops = ", ".join(op if op == txn else f"{op}={txn}" for op, txn in t.ops.items())
+    text = f"operations {ops}; serials of {t.serial_length} characters"
+    if t.rrn:
+        text += " (ISO 8583 rrn)"
+    if t.signin:
+        text += f"; signs in with {t.signin!r} first"
+    if t.pay_names_bills:
+        text += "; a payment names its bills"
+    return text
+
+
+def check_statement(codec) -> list[str]:
+    """The statement format: its file name, a one-record file written and read
+    back, and its error file."""
+    try:
+        fmt = cap.statement_format(codec)
+    except cap.CapabilityError as e:
+        return [f"FAIL  statement file: {e}"]
+    if fmt is None:
+        partial = _partial(codec, cap.StatementReader)
+        return [partial or "skip  statement file: not declared (its banks cannot be reconciled)"]
+    try:
+        name = fmt.file_name(SAMPLE_BANK, SAMPLE_DATE)
+    except Exception as e:  # noqa: BLE001 - report whatever the plugin raises
+        return [f"FAIL  statement file: file_name raises {type(e).__name__}: {e}"]
+    what = "totals in a header or trailer" if fmt.has_header else "no totals line"
+    if fmt.names_bills:
+        what += ", records name their bills"
+    out = [f"ok    statement file {name}: {what}"]
+    if isinstance(fmt, ReaderFormat):
+        out.append("ok    statement read: read_statement, the whole file at once;"
+                   " skip write (no statement_format declared)")
+    else:
+        out.append(_round_trip(fmt))
+    errors = cap.statement_error_file(fmt)
+    if errors is None:
+        out.append("skip  statement error file: not declared")
+    else:
+        out.append(_try("statement error file", lambda: (
+            errors.error_file(SAMPLE_BANK, SAMPLE_DATE,
+                              [_Item(c, "S00000000001") for c in CATEGORIES])[0])))
+    return out
+
+
+def _round_trip(fmt) -> str:
+    try:
+        data = fmt.write(SAMPLE_BANK, SAMPLE_DATE, [dict(SAMPLE_RECORD)])
+        st = fmt.read(data, SAMPLE_BANK, SAMPLE_DATE)
+    except Exception as e:  # noqa: BLE001 - report whatever the plugin raises
+        return f"FAIL  statement write and read: {type(e).__name__}: {e}"
+    recs = list(st.records)
+    want = (SAMPLE_RECORD["serial"], SAMPLE_DATE, SAMPLE_RECORD["customer_no"],
+            SAMPLE_RECORD["amount"])
+    if len(recs) != 1 or (recs[0].serial, recs[0].trade_date, recs[0].customer_no,
+                          recs[0].amount) != want:
+        return f"FAIL  statement write and read: wrote {want}, read back {recs}"
+    return f"ok    statement write and read: one record, {len(data)} bytes"
+
+
+def _try(what: str, text) -> str:
+    try:
+        return f"ok    {what}: {text()}"
+    except Exception as e:  # noqa: BLE001 - report whatever the plugin raises
+        return f"FAIL  {what}: {type(e).__name__}: {e}"
 
 
 def check_plugin_file(path: str | Path) -> list[str]:

@@ -47,10 +47,9 @@ MODES = ("normal", "slow", "silent", "ignore", "drop", "drop-after", "duplicate"
 
 
 def _codec(codec):
+    """The bank's codec: the host speaks whatever format the bank's plugin declares."""
     if codec is None:
-        from bankgate.codec.registry import load_codec
-
-        codec = load_codec("ref-delim")
+        raise TypeError("a simulated debit host needs the bank's codec")
     return codec
 
 

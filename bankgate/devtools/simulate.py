@@ -5,10 +5,10 @@ Everything here is built from the plugin's own declarations: its
 :class:`~bankgate.codec.base.Framing` (the length prefix, and whether the
 bank sends one request per connection, several in sequence, or pipelines
 them) and its ``outcome_code`` (what each response code means).  The few
-facts a codec does not declare -- which of its transactions is a query, a
-payment, a sign-in; how long its serial numbers are -- are in
-:data:`TRAITS`, one small entry per reference plugin (an unknown plugin gets
-a guess from the common transaction names).
+facts its messages do not state -- which of its transactions is a query, a
+payment, a sign-in; how long its serial numbers are -- the plugin declares
+as :class:`~bankgate.codec.capabilities.SimulatorTraits`; a plugin that
+declares none gets a guess from the common transaction names.
 
 Layers, each usable on its own (tests, benchmarks, the CLI):
 
@@ -33,14 +33,11 @@ Keys, MACs and card numbers are never printed.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
-import json
 import math
 import os
 import random
 import re
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -51,11 +48,10 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.python.failure import Failure
 
-from bankgate.app.cli.argtypes import date_arg as _date
 from bankgate.canon.masking import mask_pan
 from bankgate.canon.messages import Outcome
-from bankgate.canon.money import fen_to_yuan
 from bankgate.codec.base import BankProfile, Session
+from bankgate.codec.capabilities import SimulatorTraits, simulator_traits
 from bankgate.wire.framing import FrameReceiver, receiver_options
 
 # -- errors --------------------------------------------------------------------
@@ -81,52 +77,18 @@ class SignInError(Exception):
     """The sign-in a codec needs before anything else was refused."""
 
 
-# -- what the codecs do not declare --------------------------------------------
+# -- what the messages do not state ------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Traits:
-    """Bank-side facts about a plugin that its codec object does not state.
-
-    ``ops`` maps the simulator's operations onto the codec's ``client_encode``
-    transaction names.  ``rrn``: the serial is ISO 8583 field 37 (``rrn``
-    value, an12) and a reversal names its original by that field.
-    ``signin``: the transaction to send first on every new connection.
-    ``pay_names_bills``: a payment lists the bills it pays (``ref-delim`` 540).
-    """
-
-    ops: dict[str, str]
-    serial_length: int = 20
-    rrn: bool = False
-    signin: str | None = None
-    pay_names_bills: bool = False
-
-
-TRAITS: dict[str, Traits] = {
-    "ref-fixed": Traits(
-        ops={"query": "query", "pay": "pay", "reverse": "reverse", "status": "status",
-             "notice": "notice", "echo": "echo"},
-    ),
-    "ref-delim": Traits(
-        ops={"query": "query", "pay": "pay", "reverse": "reverse", "cutoff": "cutoff",
-             "notice": "notice", "echo": "echo"},
-        pay_names_bills=True,
-    ),
-    "ref-iso8583": Traits(
-        ops={"signin": "signin", "signout": "signout", "echo": "echo", "query": "query",
-             "pay": "pay", "reverse": "reverse", "advice": "reversal_advice"},
-        serial_length=12,
-        rrn=True,
-        signin="signin",
-    ),
-}
+#: the bank-side facts a plugin declares (``CODEC.simulator_traits``)
+Traits = SimulatorTraits
 
 _GUESS = Traits(ops={op: op for op in ("query", "pay", "reverse", "status", "echo",
                                        "cutoff", "notice")})
 
 
 def traits_for(codec) -> Traits:
-    return TRAITS.get(getattr(codec, "name", ""), _GUESS)
+    """The codec's declared simulator traits, else a guess from the common names."""
+    return simulator_traits(codec) or _GUESS
 
 
 # -- response codes ------------------------------------------------------------
@@ -1158,507 +1120,9 @@ def resolve_target(cfg, codecs: dict, name: str, host: str | None = None,
 # -- printing ----------------------------------------------------------------------------------
 
 
-def _fmt(key: str, value: Any) -> str:
-    if key in _AMOUNT_KEYS and isinstance(value, int):
-        return f"{fen_to_yuan(value)} ({value} fen)"
-    if isinstance(value, date | datetime):
-        return value.isoformat()
-    if isinstance(value, list | tuple):
-        return ",".join(map(str, value))
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)
-
-
-def render_request(target: Target, answer_or_op: Answer | str, values: dict | None = None):
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    op = answer_or_op.op if isinstance(answer_or_op, Answer) else answer_or_op
-    values = answer_or_op.request if isinstance(answer_or_op, Answer) else (values or {})
-    head = Text.assemble(("→ ", "dim"), (op, "bold"),
-                         f"  {target.name} ({target.codec.name}) {target.host}:{target.port}")
-    t = Table(show_header=False, box=None, padding=(0, 2))
-    t.add_column(style="dim")
-    t.add_column()
-    if isinstance(answer_or_op, Answer) and answer_or_op.txn != op:
-        t.add_row("transaction", answer_or_op.txn)
-    for k, v in values.items():
-        t.add_row(k, _fmt(k, v))
-    return Group(head, t)
-
-
-def render_answer(answer: Answer):
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    style = "bold green" if answer.approved else "bold red"
-    head = Text.assemble(
-        ("← ", "dim"), (f"{answer.code}", style), f"  {answer.meaning}",
-        (f"  {answer.message}" if answer.message else "", "italic"),
-        (f"  ({answer.latency * 1000:.1f} ms)", "dim"),
-    )
-    parts: list[Any] = [head]
-    fields = dict(answer.fields)
-    mac_ok = fields.pop("mac_ok", None)
-    if fields:
-        t = Table(show_header=False, box=None, padding=(0, 2))
-        t.add_column(style="dim")
-        t.add_column()
-        for k, v in fields.items():
-            t.add_row(k, _fmt(k, v))
-        if mac_ok is not None:
-            t.add_row("MAC", "verified" if mac_ok else "[red]DOES NOT VERIFY[/red]")
-        parts.append(t)
-    if answer.bills:
-        bt = Table(title="bills", title_justify="left")
-        cols = list(dict.fromkeys(k for b in answer.bills for k in b))
-        for c in cols:
-            bt.add_column(c, justify="right" if c in _AMOUNT_KEYS else "left")
-        for b in answer.bills:
-            bt.add_row(*[fen_to_yuan(b[c]) if c in _AMOUNT_KEYS and isinstance(b.get(c), int)
-                         else str(b.get(c, "")) for c in cols])
-        parts.append(bt)
-    return Group(*parts)
-
-
-def render_summary(stats: LoadStats):
-    from rich.table import Table
-
-    s = stats.summary()
-    lat = s["latency_ms"]
-    t = Table(title=f"{stats.bank}: {s['sent']} sent, {s['answered']} answered in "
-                    f"{s['elapsed_s']:.1f} s = {s['tps']:.1f} TPS; latency ms p50 "
-                    f"{lat['p50']:.1f} p95 {lat['p95']:.1f} p99 {lat['p99']:.1f}",
-              title_justify="left")
-    for c in ("op", "sent", "answered by code", "errors", "p50 ms", "p95 ms", "p99 ms"):
-        t.add_column(c, justify="left" if c in ("op", "answered by code", "errors") else "right")
-    by_op = dict(s["by_op"])
-    for k in s["errors"]:
-        by_op.setdefault(k.split(":", 1)[0], {"sent": 0, "answered": {},
-                                              "latency_ms": latency_summary([])})
-    for op, o in by_op.items():
-        codes = ", ".join(f"{c} {stats.meanings.get(c, '?')}: {n}"
-                          for c, n in o["answered"].items())
-        errs = ", ".join(f"{k.split(':', 1)[1]}: {n}" for k, n in s["errors"].items()
-                         if k.startswith(op + ":"))
-        lo = o["latency_ms"]
-        t.add_row(op, str(o["sent"]), codes, errs, f"{lo['p50']:.1f}", f"{lo['p95']:.1f}",
-                  f"{lo['p99']:.1f}")
-    if s["unfinished"]:
-        t.caption = f"{s['unfinished']} request(s) unanswered when the run ended"
-    if s["mac_failures"]:
-        t.caption = (t.caption or "") + f"  {s['mac_failures']} answer MAC(s) did not verify"
-    return t
-
-
-def render_progress(runners: list[LoadRunner]):
-    from rich.table import Table
-
-    t = Table(title="bankgate simulate: load", title_justify="left")
-    for c in ("bank", "elapsed s", "sent", "answered", "errors", "in flight", "TPS"):
-        t.add_column(c, justify="left" if c == "bank" else "right")
-    for r in runners:
-        st = r.stats
-        el = r.elapsed() if not r.done.called else st.elapsed
-        tps = st.total_answered / el if el > 0 else 0.0
-        t.add_row(st.bank, f"{min(el, r.duration):.1f}/{r.duration:g}", str(st.total_sent),
-                  str(st.total_answered), str(sum(st.errors.values())), str(r.in_flight),
-                  f"{tps:.1f}")
-    return t
-
-
-# -- the command ----------------------------------------------------------------------------
-
-
-
-
-def parse_amount(text: str) -> int:
-    """Yuan as typed by a person (``123``, ``123.4``, ``123.45``) -> fen."""
-    m = re.fullmatch(r"([0-9]{1,11})(?:\.([0-9]{1,2}))?", text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"expected an amount in yuan like 123.45, got {text!r}")
-    return int(m.group(1)) * 100 + int((m.group(2) or "0").ljust(2, "0"))
-
-
-def _positive(kind, what: str, upper: float | None = None):
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what}: expected a number, got {text!r}") from None
-        if not v > 0 or (upper is not None and v > upper):
-            limit = f" and at most {upper:g}" if upper is not None else ""
-            raise argparse.ArgumentTypeError(f"{what}: expected more than 0{limit}, got {text}")
-        return v
-
-    return parse
-
-
-def _rate(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"rate: expected a number, got {text!r}") from None
-    if not math.isfinite(v) or v < 0 or v > 100_000:
-        raise argparse.ArgumentTypeError("rate: expected 0 (unpaced) to 100000 per second")
-    return v
-
-
-MAX_DURATION = 3600.0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``bankgate simulate`` arguments."""
-    parser.description = ("Play a bank against a running gateway: single transactions for "
-                          "integration tests, or paced load.")
-    parser.add_argument("--config", "-c", default=argparse.SUPPRESS,
-                        help="configuration file (default: the embedded default)")
-    parser.add_argument("--bank", "-b", help="the configured bank to play")
-    parser.add_argument("--host", help="gateway host (default: the bank's first listener)")
-    parser.add_argument("--port", type=int, help="gateway port (default: the bank's listener)")
-    parser.add_argument("--timeout", type=_positive(float, "timeout", 600), default=10.0,
-                        help="seconds to wait for each answer (default 10)")
-    parser.add_argument("--trade-date", type=_date, help="the bank's trade date (default today)")
-    parser.add_argument("--no-signin", action="store_true",
-                        help="do not sign in first (ISO 8583: see the gateway refuse)")
-    sub = parser.add_subparsers(dest="sim_command", metavar="TRANSACTION")
-    sub.required = True
-
-    c = sub.add_parser("query", help="bill query")
-    c.add_argument("customer")
-    c.add_argument("--serial", help="bank serial / RRN (default: a fresh one)")
-
-    c = sub.add_parser("pay", help="payment (no amount: query first and pay what is due)")
-    c.add_argument("customer")
-    c.add_argument("amount", nargs="?", type=parse_amount, help="yuan, e.g. 1234.50")
-    c.add_argument("--bills", help="bill ids to pay, comma-separated (plugins that name bills)")
-    c.add_argument("--serial", help="bank serial / RRN (default: a fresh one)")
-
-    c = sub.add_parser("reverse", help="reversal of a payment")
-    c.add_argument("orig_serial")
-    c.add_argument("customer")
-    c.add_argument("amount", type=parse_amount, help="yuan, the original amount")
-    c.add_argument("--serial", help="the reversal's own serial (default: a fresh one)")
-    c.add_argument("--advice", action="store_true", help="ISO 8583: send a 0420 repeat")
-    c.add_argument("--orig-stan", help="ISO 8583: the original payment's STAN (field 90)")
-
-    c = sub.add_parser("status", help="payment status query")
-    c.add_argument("orig_serial")
-    c.add_argument("date", nargs="?", type=_date, help="the original's trade date")
-
-    sub.add_parser("signin", help="sign-in with key exchange (ISO 8583)")
-    sub.add_parser("echo", help="echo / heartbeat")
-
-    c = sub.add_parser("cutoff", help="declare a trade date closed (ref-delim 511)")
-    c.add_argument("date", type=_date)
-
-    c = sub.add_parser("notice", help="statement notice for a settlement date")
-    c.add_argument("date", type=_date)
-    c.add_argument("--file-name")
-    c.add_argument("--count", type=int, default=0, help="records in the statement file")
-    c.add_argument("--total", type=parse_amount, default=0, help="statement total, yuan")
-
-    c = sub.add_parser("statement", help="write the bank's statement file for a date from"
-                                          " what was posted (as the bank would), into the"
-                                          " bank's exchange folder")
-    c.add_argument("--date", type=_date, required=True, help="the settle date")
-    c.add_argument("--perturb", nargs="?", const="all", default=None,
-                   help="add discrepancies: 'all' or a comma list of bank-only, utility-only,"
-                        " amount, date, totals")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--out", default=None, help="folder (default: the bank's exchange folder)")
-
-    c = sub.add_parser("load", help="paced load with latency percentiles")
-    c.add_argument("--banks", help="several banks at once, comma-separated (instead of --bank)")
-    c.add_argument("--rate", type=_rate, default=10.0,
-                   help="scenarios started per second and bank (0: unpaced; default 10)")
-    c.add_argument("--duration", type=_positive(float, "duration", MAX_DURATION), default=10.0,
-                   help=f"seconds (default 10, at most {MAX_DURATION:g})")
-    c.add_argument("--concurrency", type=_positive(int, "concurrency", 1000), default=4,
-                   help="connections per bank (default 4)")
-    c.add_argument("--in-flight", type=_positive(int, "in-flight", 256), default=1,
-                   help="requests in flight per connection, pipelined plugins (default 1)")
-    c.add_argument("--mix", type=_mix_arg, default="query=50,pay=40,reverse=10",
-                   help="scenario weights (default query=50,pay=40,reverse=10)")
-    g = c.add_mutually_exclusive_group()
-    g.add_argument("--customers", type=_customers_arg,
-                   help="customer numbers: a range 100000001-100001000 and/or a list")
-    g.add_argument("--customers-from-db", action="store_true",
-                   help="active customers with open bills, from the configured database")
-    c.add_argument("--max-customers", type=_positive(int, "max-customers"), default=10000)
-    c.add_argument("--seed", type=int, help="random seed (repeatable customer choice)")
-    c.add_argument("--json", dest="json_out", help="also write the summary to this file")
-    c.add_argument("--no-progress", action="store_true", help="no live progress display")
-
-
-def _mix_arg(text: str) -> dict[str, float]:
-    try:
-        return parse_mix(text)
-    except SimulateError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _customers_arg(text: str) -> list[str]:
-    try:
-        return parse_customers(text)
-    except SimulateError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-@dataclass
-class Plan:
-    """A checked ``simulate`` command: what :func:`main` runs on the reactor."""
-
-    command: str
-    targets: list[Target]
-    cfg: Any
-    args: argparse.Namespace
-    customers: list[str] = field(default_factory=list)
-
-
-def prepare(args: argparse.Namespace, cfg=None, codecs: dict | None = None) -> Plan:
-    """Check the arguments against the configuration; raises :class:`SimulateError`."""
-    from bankgate.app.config import ConfigError, check_plugins, load_config
-
-    try:
-        if cfg is None:
-            cfg = load_config(getattr(args, "config", None),
-                              data_dir=getattr(args, "data_dir", None))
-        if codecs is None:
-            codecs = check_plugins(cfg)
-    except ConfigError as e:
-        raise SimulateError(f"configuration error: {e}") from None
-    command = args.sim_command
-    banks = getattr(args, "banks", None)
-    if command == "load" and banks:
-        if args.bank:
-            raise SimulateError("give --bank or --banks, not both")
-        names = [n.strip() for n in banks.split(",") if n.strip()]
-        if args.host or args.port:
-            raise SimulateError("--host/--port need a single --bank")
-    elif args.bank:
-        names = [args.bank]
-    else:
-        raise SimulateError(f"which bank? give --bank (configured: "
-                            f"{', '.join(cfg.bank_names()) or 'none'})")
-    if len(set(names)) != len(names):
-        raise SimulateError("a bank is named twice")
-    targets = [resolve_target(cfg, codecs, n, args.host, args.port) for n in names]
-    plan = Plan(command=command, targets=targets, cfg=cfg, args=args)
-    op = {"load": None, "pay": "pay", "query": "query", "reverse": "reverse",
-          "status": "status", "signin": "signin", "echo": "echo", "cutoff": "cutoff",
-          "notice": "notice"}[command]
-    if command == "reverse" and args.advice:
-        op = "advice"
-    for t in targets:
-        traits = traits_for(t.codec)
-        if op is not None and op not in traits.ops:
-            have = ", ".join(o for o in OPS if o in traits.ops)
-            raise SimulateError(f"bank {t.name} ({t.codec.name}) has no {command} "
-                                f"transaction (it has: {have})")
-    if command == "load":
-        allowed = configured_hosts(cfg)
-        for t in targets:
-            if not host_allowed(t.host, allowed):
-                raise SimulateError(f"load: {t.host} is neither loopback nor a configured "
-                                    "listener; refusing to load it")
-        if args.customers:
-            plan.customers = list(args.customers)
-        elif args.customers_from_db:
-            plan.customers = _db_customers(cfg, args.max_customers)
-            if not plan.customers:
-                raise SimulateError("load: no active customer with open bills in the database")
-        else:
-            raise SimulateError("load: give --customers RANGE or --customers-from-db")
-    return plan
-
-
-def _db_customers(cfg, limit: int) -> list[str]:
-    from bankgate.store.db import Store
-
-    store = Store(cfg.db_url, cfg.n8, threads=1)
-    try:
-        return customers_with_open_bills(store, limit)
-    except Exception as e:  # noqa: BLE001 -- reported as a usage problem
-        raise SimulateError(f"load: cannot read customers from the database: {e}") from None
-    finally:
-        store.stop()
-
-
-def _local_now(reactor, tz) -> Callable[[], datetime]:
-    return lambda: datetime.fromtimestamp(reactor.seconds(), tz).replace(tzinfo=None)
-
-
-def main(args: argparse.Namespace) -> int:
-    """``bankgate simulate``: run the reactor until the command is done."""
-    from rich.console import Console
-
-    console = Console()
-    err = Console(stderr=True)
-    try:
-        plan = prepare(args)
-    except SimulateError as e:
-        err.print(f"bankgate simulate: {e}", markup=False, highlight=False)
-        return 2
-    try:
-        task.react(_react_main, (plan, console))
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    return 0  # pragma: no cover -- react always exits
-
-
-async def _react_main(reactor, plan: Plan, console) -> None:
-    code = await run_plan(reactor, plan, console)
-    raise SystemExit(code)
-
-
-def _client(reactor, plan: Plan, t: Target, serials: SerialGenerator) -> BankClient:
-    return BankClient(reactor, t.codec, t.profile, t.host, t.port,
-                      now=_local_now(reactor, plan.cfg.tz), timeout=plan.args.timeout,
-                      signin=False if plan.args.no_signin else None, serials=serials)
-
-
-async def run_plan(reactor, plan: Plan, console) -> int:
-    """Run a prepared command on ``reactor``; returns the exit status.
-
-    0: answered and approved (load: everything answered); 1: answered but
-    declined (load: errors or unanswered requests); 3: no answer (connection
-    refused, timeout, unreadable answer).
-    """
-    if plan.command == "load":
-        return await run_load(reactor, plan, console)
-    t = plan.targets[0]
-    a = plan.args
-    now = _local_now(reactor, plan.cfg.tz)
-    serials = SerialGenerator(now)
-    client = _client(reactor, plan, t, serials)
-    sim = BankSimulator(client, serials, trade_date=a.trade_date)
-    shown: list[Answer] = []
-
-    def show(answer: Answer) -> None:
-        console.print(render_request(t, answer))
-        console.print(render_answer(answer))
-        shown.append(answer)
-
-    try:
-        if plan.command == "query":
-            show(await sim.query(a.customer, serial=a.serial))
-        elif plan.command == "pay":
-            bills = [b.strip() for b in (a.bills or "").split(",") if b.strip()]
-            if a.amount is not None and (bills or not sim.traits.pay_names_bills):
-                show(await sim.pay(a.customer, a.amount, bills, serial=a.serial))
-            else:
-                for ans in await sim.pay_due(a.customer, a.amount, bills, serial=a.serial):
-                    show(ans)
-                if shown and shown[-1].op == "query" and shown[-1].approved:
-                    console.print("nothing due: no payment sent")
-        elif plan.command == "reverse":
-            show(await sim.reverse(a.orig_serial, a.customer, a.amount, advice=a.advice,
-                                   serial=a.serial, orig_stan=a.orig_stan))
-        elif plan.command == "status":
-            show(await sim.status(a.orig_serial, a.date))
-        elif plan.command == "signin":
-            client.signin_txn = None  # this is the sign-in
-            show(await sim.signin())
-        elif plan.command == "echo":
-            show(await sim.echo())
-        elif plan.command == "cutoff":
-            show(await sim.cutoff(a.date))
-        elif plan.command == "notice":
-            show(await sim.notice(a.date, file_name=a.file_name, record_count=a.count,
-                                  total_amount=a.total))
-    except SimulateError as e:
-        console.print(f"[red]{e}[/red]")
-        return 2
-    except Exception as e:  # noqa: BLE001 -- report any failure to reach the gateway
-        console.print(f"[red]no answer from {t.name} at {t.host}:{t.port}: "
-                      f"{type(e).__name__}: {e}[/red]")
-        return 3
-    finally:
-        await client.close()
-    return 0 if shown and shown[-1].approved else 1
-
-
-async def run_load(reactor, plan: Plan, console) -> int:
-    a = plan.args
-    rng = random.Random(a.seed)
-    runners: list[LoadRunner] = []
-    clients: list[BankClient] = []
-    for t in plan.targets:
-        now = _local_now(reactor, plan.cfg.tz)
-        serials = SerialGenerator(now, rng=random.Random(rng.random()))
-        sims = []
-        for _ in range(a.concurrency):
-            client = _client(reactor, plan, t, serials)
-            clients.append(client)
-            sims.append(BankSimulator(client, serials, trade_date=a.trade_date))
-        depth = a.in_flight if sims[0].client.pipelined else 1
-        runners.append(LoadRunner(reactor, sims, plan.customers, a.mix, rate=a.rate,
-                                  duration=a.duration, depth=depth,
-                                  rng=random.Random(rng.random())))
-
-    def interrupt():
-        for r in runners:
-            r.interrupt()
-
-    trigger = reactor.addSystemEventTrigger("before", "shutdown", interrupt)
-    live = None
-    refresher = None
-    if not a.no_progress and console.is_terminal:
-        from rich.live import Live
-
-        live = Live(render_progress(runners), console=console, auto_refresh=False)
-        live.start()
-        refresher = task.LoopingCall(lambda: live.update(render_progress(runners),
-                                                         refresh=True))
-        refresher.clock = reactor
-        refresher.start(0.5, now=False)
-    try:
-        results = await defer.gatherResults([r.start() for r in runners], consumeErrors=True)
-    finally:
-        if refresher is not None and refresher.running:
-            refresher.stop()
-        if live is not None:
-            live.update(render_progress(runners), refresh=True)
-            live.stop()
-        try:
-            reactor.removeSystemEventTrigger(trigger)
-        except (KeyError, ValueError):  # already fired (Ctrl-C)
-            pass
-        await defer.gatherResults([c.close() for c in clients], consumeErrors=True)
-    for st in results:
-        console.print(render_summary(st))
-    summary = {"banks": [st.summary() for st in results],
-               "rate": a.rate, "duration": a.duration, "concurrency": a.concurrency,
-               "mix": a.mix}
-    if a.json_out:
-        with open(a.json_out, "w", encoding="utf-8") as fh:
-            json.dump(summary, fh, indent=2, ensure_ascii=False, default=str)
-    bad = any(st.errors or st.unfinished for st in results)
-    return 1 if bad else 0
-
-
-def run_cli(argv: list[str] | None = None) -> int:
-    """``python -m bankgate.devtools.simulate ...`` (the same as ``bankgate simulate ...``)."""
-    p = argparse.ArgumentParser(prog="bankgate simulate")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    if not hasattr(args, "config"):
-        args.config = None
-    return main(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run_cli())
-
-
 __all__ = [
     "Answer", "BankClient", "BankSimulator", "ConnectionClosed", "LoadRunner", "LoadStats",
     "ProtocolError", "RequestTimeout", "SerialGenerator", "SignInError", "SimulateError",
-    "Traits", "TRAITS", "add_arguments", "code_meanings", "customers_with_open_bills",
-    "endpoint_address", "flatten", "latency_summary", "main", "parse_customers",
-    "parse_mix", "percentile", "prepare",
+    "Traits", "code_meanings", "customers_with_open_bills", "endpoint_address", "flatten",
+    "latency_summary", "parse_customers", "parse_mix", "percentile", "resolve_target",
 ]

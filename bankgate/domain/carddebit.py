@@ -1,9 +1,9 @@
 """Real-time card debit (卡扣, ref-delim §7): the gateway as the bank's client.
 
-Per bank with ``options.debit_host`` a :class:`DebitLink` keeps a connection
-to the bank's debit host through a Twisted ``ClientService`` (reconnecting
-with back-off) and runs one exchange at a time on it.  :class:`CardDebits`
-holds the rules:
+Per bank with ``options.debit_host`` a link
+(:class:`bankgate.wire.debitlink.DebitLink`, built and handed in by
+:mod:`bankgate.app.carddebits`) keeps a connection to the bank's debit host
+and runs one exchange at a time on it.  :class:`CardDebits` holds the rules:
 
 - A ``560`` is only sent for open bills of an active customer signed up with
   that bank, none of them busy (in a batch file waiting for its result, or in
@@ -26,30 +26,24 @@ holds the rules:
   come are turned into reversals, and debited rows not yet posted (the
   database was away) are posted -- so a restart loses nothing.
 
-After a timeout the connection is closed, after a short answer too (it names
-no serial), and answers naming another serial are ignored: a late or
-duplicated answer can never be taken for the answer to another request.
-Unless ``debit_persistent`` says the host takes several requests on one
-connection, the connection is also closed after every answer (one request
-per connection, the spec's default).
+A late or duplicated answer can never be taken for the answer to another
+request: the link sees to that (``docs/withholding.rst``).
 
 Everything runs on an injected reactor/clock; database work goes through
-``run_db`` (the store's thread pool in the service).
+``run_db`` (the store's thread pool in the service).  This module opens no
+socket and reads no configuration: the service's composition
+(:mod:`bankgate.app.carddebits`) builds the links, and the operator's
+commands are in :mod:`bankgate.app.cli.withholding`.
 """
 
 from __future__ import annotations
 
-import functools
-import random
-import sys
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Protocol
 
-from twisted.application import service
-from twisted.application.internet import ClientService
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -62,13 +56,11 @@ from bankgate.domain.withholding import (
     SOURCE,
     WithholdingError,
     WithholdingOptions,
-    check_config,
     dues,
 )
 from bankgate.store import withholding as sql
 from bankgate.store.db import StoreUnavailable
 from bankgate.store.tx import Tx
-from bankgate.wire.framing import FrameReceiver, receiver_options
 
 log = Logger(namespace="bankgate.carddebit")
 
@@ -86,215 +78,18 @@ def reversal_serial(orig: str) -> str:
     return ("R" + orig)[:MAX_SERIAL]
 
 
-# -- one bank host: the link --------------------------------------------------------
+# -- the rules ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reply:
-    """How an exchange ended: ``answer`` (``decoded`` holds it), ``timeout``,
-    ``lost`` (connection closed while waiting), ``malformed`` (an answer that
-    could not be read), or ``unsent`` (never written: no connection in time)."""
-
-    status: str
-    decoded: dict | None = None
-    error: str = ""
-
-
-@dataclass(eq=False)
-class _Exchange:
-    kind: str  # "560" | "561"
-    frame: bytes
-    match: str  # our serial the answer must carry
-    timeout: float
-    deferred: defer.Deferred = field(default_factory=defer.Deferred)
-    sent: bool = False
-    timer: object = None
-    proto: object = None
-
-
-class DebitConnection(FrameReceiver):
-    """One connection to a bank's debit host: frames in and out."""
-
-    def __init__(self, link: DebitLink, **options):
-        super().__init__(link.clock, **options)
-        self.link = link
-
-    def connectionMade(self) -> None:  # noqa: N802
-        super().connectionMade()
-        self.link._made(self)
-
-    def frameReceived(self, frame: bytes) -> None:  # noqa: N802
-        self.link._frame(self, frame)
-
-    def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802
-        super().connectionLost(reason)
-        self.link._lost(self)
-
-    def frameError(self, reason: str) -> None:  # noqa: N802
-        self.link._framing_error(self, reason)
-
-    def idleTimedOut(self) -> None:  # noqa: N802
-        if self.link.waiting_on(self):
-            self.resetIdleTimer()  # an answer is awaited: the exchange's timer rules
-        else:
-            self.closeConnection()
-
-
-class _LinkFactory(protocol.Factory):
-    noisy = False
-
-    def __init__(self, link: DebitLink):
-        self.link = link
-
-    def buildProtocol(self, addr):  # noqa: N802
-        opts = receiver_options(self.link.codec.framing, idle_timeout=self.link.opts.debit_idle)
-        p = DebitConnection(self.link, **opts)
-        p.factory = self
-        return p
-
-
-class DebitLink:
-    """The connection to one bank's debit host and its queue of exchanges.
-
-    ``service`` is the ``ClientService`` (start and stop it, or give it a
-    parent).  :meth:`exchange` queues a request; one is on the wire at a time.
-    """
-
-    def __init__(self, name: str, endpoint, clock, codec, opts: WithholdingOptions,
-                 jitter: Callable[[], float] = random.random):
-        self.name = name
-        self.clock = clock
-        self.codec = codec
-        self.opts = opts
-        self.jitter = jitter
-        self.proto: DebitConnection | None = None
-        self.queue: deque[_Exchange] = deque()
-        self.current: _Exchange | None = None
-        self.connects = 0
-        self.last_answer_at: float | None = None
-        self.stray = 0  # answers that belonged to no request (late, duplicated)
-        self.service = ClientService(endpoint, _LinkFactory(self), retryPolicy=self.retry_delay,
-                                     clock=clock)
-        self.service.setName(f"{name}-debit-link")
-
-    def retry_delay(self, attempt: int) -> float:
-        base = min(self.opts.debit_reconnect * 2 ** max(0, attempt - 1),
-                   self.opts.debit_reconnect_max)
-        return base * (1 + 0.1 * self.jitter())
-
-    @property
-    def connected(self) -> bool:
-        return self.proto is not None
-
-    def waiting_on(self, proto) -> bool:
-        return self.current is not None and self.current.proto is proto
-
-    def status(self) -> dict:
-        return {"bank": self.name, "connected": self.connected, "connects": self.connects,
-                "queued": len(self.queue) + (self.current is not None), "stray": self.stray,
-                "last_answer_at": self.last_answer_at}
-
-    # -- exchanges -------------------------------------------------------------
+class Link(Protocol):
+    """The link to one bank's debit host, handed in
+    (:class:`bankgate.wire.debitlink.DebitLink`)."""
 
     def exchange(self, kind: str, frame: bytes, match: str, timeout: float) -> defer.Deferred:
-        """Send ``frame`` and wait for the answer carrying ``match``: a
-        Deferred of :class:`Reply` (never an error)."""
-        ex = _Exchange(kind, frame, match, timeout)
-        ex.timer = self.clock.callLater(timeout, self._unsent, ex)
-        self.queue.append(ex)
-        self._pump()
-        return ex.deferred
-
-    def _pump(self) -> None:
-        if self.proto is not None and self.proto.closing:
-            self.proto = None  # going away (idle, bad frame): wait for the next one
-        while self.current is None and self.queue and self.proto is not None:
-            ex = self.queue.popleft()
-            if ex.timer is not None and ex.timer.active():
-                ex.timer.cancel()
-            proto = self.proto
-            self.current = ex
-            ex.proto = proto
-            ex.sent = True  # from here on, the bank may have it
-            ex.timer = self.clock.callLater(ex.timeout, self._timeout, ex)
-            proto.sendFrame(ex.frame)
-
-    def _finish(self, ex: _Exchange, reply: Reply) -> None:
-        if ex.timer is not None and ex.timer.active():
-            ex.timer.cancel()
-        if self.current is ex:
-            self.current = None
-        ex.deferred.callback(reply)
-        self._pump()
-
-    def _close(self, proto) -> None:
-        if proto is self.proto:
-            self.proto = None
-        if proto is not None:
-            proto.closeConnection()
-
-    def _unsent(self, ex: _Exchange) -> None:
-        if ex in self.queue:
-            self.queue.remove(ex)
-            ex.timer = None
-            self._finish(ex, Reply("unsent", error="no connection to the debit host in time"))
-
-    def _timeout(self, ex: _Exchange) -> None:
-        ex.timer = None
-        if self.current is ex:
-            # a late answer must never meet the next request: drop the connection
-            self._close(ex.proto)
-            self._finish(ex, Reply("timeout", error=f"no answer in {ex.timeout:g} s"))
-
-    # -- connection events -------------------------------------------------------
-
-    def _made(self, proto: DebitConnection) -> None:
-        self.connects += 1
-        self.proto = proto
-        self._pump()
-
-    def _lost(self, proto: DebitConnection) -> None:
-        if proto is self.proto:
-            self.proto = None
-        ex = self.current
-        if ex is not None and ex.proto is proto:
-            self._finish(ex, Reply("lost", error="the host closed the connection"))
-
-    def _framing_error(self, proto: DebitConnection, reason: str) -> None:
-        if proto is self.proto:
-            self.proto = None  # the connection is closed next
-        ex = self.current
-        if ex is not None and ex.proto is proto:
-            self._finish(ex, Reply("malformed", error=f"bad frame: {reason}"))
-
-    def _frame(self, proto: DebitConnection, frame: bytes) -> None:
-        ex = self.current
-        if ex is None or ex.proto is not proto:
-            self.stray += 1
-            log.info("debit host {bank}: an answer no request waits for (late or duplicated):"
-                     " ignored", bank=self.name)
-            return
-        self.last_answer_at = self.clock.seconds()
-        decode = (self.codec.decode_debit_response if ex.kind == "560"
-                  else self.codec.decode_debit_reversal_response)
-        try:
-            decoded = decode(frame)
-        except Exception as e:  # noqa: BLE001 - no answer may stop the link
-            self._close(proto)
-            self._finish(ex, Reply("malformed", error=str(e)[:200]))
-            return
-        serial = decoded.get("utility_serial" if ex.kind == "560" else "orig_utility_serial")
-        if serial and serial != ex.match:
-            self.stray += 1
-            log.info("debit host {bank}: an answer for serial {other} while {mine} waits:"
-                     " ignored", bank=self.name, other=serial, mine=ex.match)
-            return
-        if not serial or not self.opts.debit_persistent:
-            self._close(proto)  # a short answer names nobody: start afresh
-        self._finish(ex, Reply("answer", decoded))
-
-
-# -- the rules ---------------------------------------------------------------------
+        """Send ``frame`` (a ``560`` or ``561``) and wait for the answer carrying
+        ``match``: a Deferred, never an error, of a reply with ``status``
+        (``answer``, ``timeout``, ``lost``, ``malformed`` or ``unsent``),
+        ``decoded`` (the codec's reading of the answer) and ``error``."""
 
 
 @dataclass
@@ -303,7 +98,7 @@ class DebitBank:
     bank_code: str
     opts: WithholdingOptions
     codec: object
-    link: DebitLink
+    link: Link
 
 
 @dataclass
@@ -369,7 +164,7 @@ class CardDebits:
         if self.loop.running:
             self.loop.stop()
 
-    def link(self, bank: str) -> DebitLink:
+    def link(self, bank: str) -> Link:
         return self._bank(bank).link
 
     def _bank(self, bank: str) -> DebitBank:
@@ -497,7 +292,7 @@ class CardDebits:
                            row["amount"], message="the answer could not be recorded; the"
                            " reversal queue settles it")
 
-    def _debit_answered_sync(self, b: DebitBank, row: dict, reply: Reply,
+    def _debit_answered_sync(self, b: DebitBank, row: dict, reply,
                              now: datetime) -> DebitResult:
         """On the store's thread: record what the 560 came to."""
         run = self.store.run_sync
@@ -651,7 +446,7 @@ class CardDebits:
         d.addBoth(done)
         return d
 
-    def _reversal_answered_sync(self, b: DebitBank, row: dict, reply: Reply,
+    def _reversal_answered_sync(self, b: DebitBank, row: dict, reply,
                                 now: datetime) -> dict | None:
         run = self.store.run_sync
         a = reply.decoded if reply.status == "answer" else None
@@ -684,270 +479,3 @@ def abandon(store, debit_id: int, actor: str, note: str, now: datetime) -> dict 
     return store.run_sync(sql.debit_transition, debit_id, ("REVERSING", "SENT"), now,
                           (actor, "card-debit-abandon", {"note": note[:200]}),
                           status="ABANDONED", next_attempt_at=None)
-
-
-# -- building it for the service ------------------------------------------------------
-
-
-def build(ledger: Ledger, cfg, codecs: dict, clock, now: Callable[[], datetime],
-          run_db: Callable | None = None, endpoint_for: Callable | None = None,
-          banks: list[str] | None = None) -> CardDebits:
-    """CardDebits for every bank with ``options.debit_host`` (or those named)."""
-    from twisted.internet.endpoints import clientFromString
-
-    options = check_config(cfg, codecs)
-    out = {}
-    for b in cfg.banks:
-        opts = options[b.name]
-        if not opts.card_debit or (banks is not None and b.name not in banks):
-            continue
-        ep = endpoint_for(b.name, opts) if endpoint_for else clientFromString(clock,
-                                                                              opts.debit_host)
-        link = DebitLink(b.name, ep, clock, codecs[b.plugin], opts)
-        out[b.name] = DebitBank(b.name, b.bank_code, opts, codecs[b.plugin], link)
-    return CardDebits(ledger, out, clock, now, run_db)
-
-
-class ReversalQueueService(service.Service):
-    """Runs the sweep of :class:`CardDebits` on its clock while started."""
-
-    def __init__(self, debits: CardDebits):
-        self.debits = debits
-        self.setName("card-debit-queue")
-
-    def startService(self):  # noqa: N802
-        super().startService()
-        self.debits.start()
-
-    def stopService(self):  # noqa: N802
-        self.debits.stop()
-        return super().stopService()
-
-
-def make_services(gateway_service) -> list[service.IService]:
-    """The card debit services of a running gateway: a ClientService per bank
-    with ``options.debit_host``, then the reversal queue's LoopingCall (and
-    the simulated bank host for banks with ``debit_host_simulate``, demo only).
-
-    Add them after the database is ready; the debits object is on the last
-    service's ``.debits`` (and on ``gateway_service.card_debits``)."""
-    gw = gateway_service
-    debits = build(gw.ledger, gw.cfg, gw.codecs, gw.reactor, gw.now, run_db=gw.store.call)
-    if not debits.banks:
-        return []
-    out: list[service.IService] = []
-    for name, b in debits.banks.items():
-        if b.opts.debit_host_simulate:
-            from twisted.application import strports
-
-            from bankgate.devtools.debithost import DebitHost
-            from bankgate.domain.withholding import simulated_listen
-
-            host = DebitHost(gw.reactor, codec=b.codec)
-            svc = strports.service(simulated_listen(b.opts), host.factory(), reactor=gw.reactor)
-            svc.setName(f"{name}-simulated-debit-host")
-            out.append(svc)
-        out.append(b.link.service)
-    queue = ReversalQueueService(debits)
-    out.append(queue)
-    gw.card_debits = debits
-    return out
-
-
-# -- the command line -----------------------------------------------------------------------
-
-
-def _run(ctx, args, work) -> int:
-    """Run ``work(debits, reactor) -> Deferred[int]`` on a reactor of this
-    command's own, with the store's pool reporting through it."""
-    cfg, codecs, ledger, _wh = ctx.context(args)
-    reactor = ctx.reactor()
-    store = ledger.store
-    store.reactor = reactor
-    store.start()
-    try:
-        debits = build(ledger, cfg, codecs, reactor,
-                       lambda: datetime.fromtimestamp(reactor.seconds(), cfg.tz).replace(
-                           tzinfo=None),
-                       banks=[args.bank] if getattr(args, "bank", None) else None)
-    except Exception:
-        store.stop()
-        raise
-    out: dict = {}
-
-    def go():
-        for b in debits.banks.values():
-            b.link.service.startService()
-        d = defer.maybeDeferred(work, debits, reactor)
-
-        def stop(result):
-            out["r"] = result
-            ds = [defer.maybeDeferred(b.link.service.stopService) for b in debits.banks.values()]
-            return defer.DeferredList(ds)
-
-        d.addBoth(stop)
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(go)
-    reactor.run(installSignalHandlers=False)
-    store.stop()
-    r = out.get("r")
-    if isinstance(r, Failure):
-        r.raiseException()
-    return r
-
-
-def _print_result(r: DebitResult) -> int:
-    what = {
-        "DEBITED": "debited and posted",
-        "FAILED": "not debited",
-        "REVERSING": "OUTCOME UNKNOWN: a reversal (561) is pending in the queue",
-        "REFUSED": "not sent",
-        "REVERSED": "reversed",
-        "NOT_DEBITED": "never debited",
-    }.get(r.status, r.status.lower())
-    if r.utility_serial:
-        print(f"{r.bank} {r.utility_serial} customer {r.customer_no} bills {','.join(r.bill_ids)}"
-              f" {fen_to_yuan(r.amount)}: {r.status} -- {what}")
-    else:
-        print(f"{r.bank} customer {r.customer_no}: {r.status} -- {what}")
-    if r.code:
-        print(f"  bank answer {r.code}" + (f", bank serial {r.bank_serial}" if r.bank_serial
-                                           else ""))
-    if r.receipt_no:
-        print(f"  receipt {r.receipt_no}")
-    if r.message:
-        print(f"  {r.message}")
-    return {"DEBITED": 0, "REVERSING": 3, "SENT": 3}.get(r.status, 1)
-
-
-def cmd_debit(ctx, args) -> int:
-    bills = tuple(x.strip() for x in args.bills.split(",")) if args.bills else None
-
-    def work(debits: CardDebits, reactor):
-        if args.bank not in debits.banks:
-            print(f"bankgate: bank {args.bank!r} has no debit host"
-                  f" (bank.{args.bank}.options.debit_host)", file=sys.stderr)
-            return 2
-        d = debits.debit(args.bank, args.customer, bills, serial=args.serial, actor=args.actor)
-
-        def answered(r: DebitResult):
-            if r.status != "REVERSING":
-                return r
-            # try the reversal once now; the gateway's queue repeats it if needed
-            return debits.tick().addCallback(lambda _: debits.run_db(
-                debits.store.run_sync, sql.debit_get, args.bank, r.utility_serial)).addCallback(
-                lambda row: DebitResult.from_row(row, r.message) if row else r)
-
-        return d.addCallback(answered).addCallback(_print_result)
-
-    return _run(ctx, args, work)
-
-
-def cmd_queue(ctx, args) -> int:
-    cfg, _codecs, ledger, _wh = ctx.context(args)
-    store = ledger.store
-    if args.abandon is not None:
-        if not args.note.strip() or not args.actor.strip():
-            print("bankgate: --abandon needs --note and --actor", file=sys.stderr)
-            return 2
-        row = abandon(store, args.abandon, args.actor, args.note,
-                      datetime.now(cfg.tz).replace(tzinfo=None))
-        if row is None:
-            print(f"bankgate: debit {args.abandon} is not pending", file=sys.stderr)
-            return 2
-        print(f"debit {row['id']} {row['utility_serial']}: abandoned")
-        return 0
-    if args.resend:
-        def work(debits: CardDebits, reactor):
-            debits._resume_all = True
-            return debits.tick().addCallback(lambda _: 0)
-
-        _run(ctx, args, work)
-    if args.all:
-        rows = store.run_sync(sql.debits, args.bank, None, args.limit, readonly=True)
-    else:
-        rows = store.run_sync(sql.debits, args.bank, ("SENT", "REVERSING"), args.limit, True,
-                              readonly=True)
-    for r in rows:
-        nxt = f" next {r['next_attempt_at']:%Y-%m-%d %H:%M:%S}" if r["next_attempt_at"] else ""
-        posted = "" if r["status"] != "DEBITED" else (
-            " posted" if r["payment_id"] else " NOT POSTED")
-        print(f"{r['id']:>8} {r['bank']:<14} {r['utility_serial']:<24} {r['status']:<11}{posted}"
-              f" customer {r['customer_no']} {fen_to_yuan(r['amount']):>12} code"
-              f" {r['response_code'] or '-'} attempts {r['attempts']}{nxt}")
-    pending = [r for r in rows if r["status"] in ("SENT", "REVERSING")
-               or (r["status"] == "DEBITED" and r["payment_id"] is None)]
-    print(f"{len(pending)} pending")
-    return 1 if pending else 0
-
-
-def cmd_simulate_host(ctx, args) -> int:
-    from twisted.application import strports
-
-    from bankgate.app.config import check_plugins
-    from bankgate.devtools.debithost import MODES, DebitHost
-    from bankgate.domain.withholding import parse_options, simulated_listen
-
-    cfg = ctx.load_config(args.config)
-    codecs = check_plugins(cfg)
-    b = cfg.bank(args.bank)
-    listen = args.listen
-    if listen is None:
-        opts = parse_options(b, cfg.source)
-        if opts.debit_host is None:
-            print(f"bankgate: bank {b.name} has no debit_host; give --listen", file=sys.stderr)
-            return 2
-        listen = simulated_listen(opts)
-    if args.mode not in MODES:
-        print(f"bankgate: --mode: one of {', '.join(MODES)}", file=sys.stderr)
-        return 2
-    reactor = ctx.reactor()
-    host = DebitHost(reactor, codec=codecs[b.plugin], mode=args.mode, delay=args.delay,
-                     refuse=args.refuse or {}, close_after_answer=args.one_per_connection)
-    svc = strports.service(listen, host.factory(), reactor=reactor)
-    reactor.callWhenRunning(svc.startService)
-    print(f"simulated debit host of {b.name} on {listen}, mode {args.mode} (Ctrl-C stops)")
-    sys.stdout.flush()
-    reactor.run()
-    return 0
-
-
-def add_cli_commands(ws, ctx) -> None:
-    """``debit``, ``queue`` and ``simulate-host`` under ``bankgate withholding``."""
-    from bankgate.domain.withholding import _pairs
-
-    c = ws.add_parser("debit", help="real-time card debit (卡扣) of a customer's bill(s)")
-    c.add_argument("--bank", required=True)
-    c.add_argument("--customer", required=True)
-    c.add_argument("--bills", default=None,
-                   help="comma-separated bill ids (default: the oldest open bill)")
-    c.add_argument("--serial", default=None,
-                   help="our serial (default: a fresh one); an existing one shows its state")
-    c.add_argument("--actor", default="operator")
-    c.set_defaults(func=functools.partial(cmd_debit, ctx))
-
-    c = ws.add_parser("queue", help="pending card debit reversals (561) and unposted debits")
-    c.add_argument("--bank", default=None)
-    c.add_argument("--all", action="store_true", help="recent debits of every status")
-    c.add_argument("--limit", type=int, default=100)
-    c.add_argument("--resend", action="store_true", help="send the pending reversals now")
-    c.add_argument("--abandon", type=int, metavar="ID", default=None,
-                   help="close a pending reversal by hand (needs --note and --actor)")
-    c.add_argument("--note", default="")
-    c.add_argument("--actor", default="")
-    c.set_defaults(func=functools.partial(cmd_queue, ctx))
-
-    c = ws.add_parser("simulate-host", help="play a bank's debit host (560/561) for demos")
-    c.add_argument("--bank", required=True)
-    c.add_argument("--listen", default=None,
-                   help="server endpoint (default: from the bank's debit_host)")
-    c.add_argument("--mode", default="normal", help="normal, slow, silent, ignore, drop,"
-                   " drop-after, duplicate, busy, garbage")
-    c.add_argument("--delay", type=float, default=5.0, help="seconds, for --mode slow")
-    c.add_argument("--refuse", type=_pairs, default=None,
-                   help="ACCOUNT=CODE,... answer 101/102/103 for these accounts")
-    c.add_argument("--one-per-connection", action="store_true",
-                   help="close the connection after each answer")
-    c.set_defaults(func=functools.partial(cmd_simulate_host, ctx))
-

@@ -31,15 +31,15 @@ tells the operator's side.
   mapping) in the same transaction; :meth:`Invoices.check` lists every
   difference, and every number taken from stock without a record.
 
-Invoice settings live in each bank's ``[bank.options]`` table and are
-validated here (:func:`settings_for`).
+Invoice settings live in each bank's ``[bank.options]`` table; the
+application validates them (:func:`bankgate.app.options.invoice_settings`) and
+hands this module the parsed :class:`InvoiceSettings`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,7 +47,6 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from bankgate.app.config import Config, ConfigError
 from bankgate.store import invoices as sql
 from bankgate.store.db import Retry, Store
 from bankgate.store.tx import Tx
@@ -70,7 +69,7 @@ FEE_NAMES = {"01": "采暖费", "02": "物业费", "03": "蒸汽费", "04": "电
 
 _CODE = re.compile(r"[0-9A-Z]{0,8}")
 _COUNTER = re.compile(r"counter([-_.][A-Za-z0-9_.-]{1,24})?")
-_SOURCE = re.compile(r"[a-z][a-z0-9_-]{0,15}")  # bg_payment.source is 16 wide
+SOURCE_RE = re.compile(r"[a-z][a-z0-9_-]{0,15}")  # bg_payment.source is 16 wide
 
 
 class InvoiceError(ValueError):
@@ -92,50 +91,6 @@ class InvoiceSettings:
 
 OPTION_KEYS = ("invoice", "invoice_low_water", "invoice_sources", "invoice_payee",
                "invoice_bank_title", "invoice_fee_names")
-
-
-def settings_for(cfg: Config) -> dict[str, InvoiceSettings]:
-    """Every bank's invoice settings, validated; errors name the key."""
-    out = {}
-    for b in cfg.banks:
-        opts = b.options or {}
-
-        def err(k: str, problem: str, b=b) -> ConfigError:
-            return ConfigError(cfg.source, f"bank.{b.name}.options.{k}", problem)
-
-        for k in opts:
-            if k.startswith("invoice") and k not in OPTION_KEYS:
-                raise err(k, f"unknown invoice option (known: {', '.join(OPTION_KEYS)})")
-        enabled = opts.get("invoice", False)
-        if not isinstance(enabled, bool):
-            raise err("invoice", f"expected true or false, got {enabled!r}")
-        low = opts.get("invoice_low_water", DEFAULT_LOW_WATER)
-        if isinstance(low, bool) or not isinstance(low, int) or not 0 <= low <= MAX_RANGE:
-            raise err("invoice_low_water",
-                      f"expected a whole number of invoices from 0 to {MAX_RANGE}, got {low!r}")
-        sources = opts.get("invoice_sources", list(DEFAULT_SOURCES))
-        if not isinstance(sources, list) or not sources or not all(
-                isinstance(s, str) and _SOURCE.fullmatch(s) for s in sources):
-            raise err("invoice_sources",
-                      "expected a list of payment sources like [\"online\", \"recon\"],"
-                      f" got {sources!r}")
-        payee = opts.get("invoice_payee", DEFAULT_PAYEE)
-        if not isinstance(payee, str) or not 0 < len(payee.strip()) <= 60:
-            raise err("invoice_payee", f"expected the utility's name (1-60 characters), got"
-                                       f" {payee!r}")
-        title = opts.get("invoice_bank_title", "")
-        if not isinstance(title, str) or len(title) > 60:
-            raise err("invoice_bank_title", f"expected a name of up to 60 characters, got"
-                                            f" {title!r}")
-        names = opts.get("invoice_fee_names", {})
-        if not isinstance(names, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and 0 < len(v) <= 20
-                for k, v in names.items()):
-            raise err("invoice_fee_names",
-                      "expected a table of fee type = name, like { \"01\" = \"采暖费\" }")
-        out[b.name] = InvoiceSettings(enabled, low, tuple(sources), payee.strip(), title,
-                                      dict(names))
-    return out
 
 
 # -- numbers ---------------------------------------------------------------------------
@@ -294,16 +249,17 @@ class InvoiceHook:
             _void(tx, inv, payment, f"payment undone: {kind.lower()}", SYSTEM, now)
 
 
-def make_hook(cfg: Config, store: Store | None = None) -> InvoiceHook | None:
-    """The hook for ``Ledger(hooks=[...])``; validates the invoice options.
+def make_hook(settings: dict[str, InvoiceSettings]) -> InvoiceHook | None:
+    """The hook for ``Ledger(hooks=[...])``, from every bank's validated
+    settings (:func:`bankgate.app.options.invoice_settings`).
 
     None when no bank is configured.  Otherwise a hook even if no bank takes
     numbers per payment: invoices printed on demand must still be voided when
     their payment is undone.
     """
-    if not cfg.banks:
+    if not settings:
         return None
-    return InvoiceHook(settings_for(cfg))
+    return InvoiceHook(settings)
 
 
 # -- the operator's side ------------------------------------------------------------------
@@ -335,13 +291,14 @@ class Invoices:
     void, check.  Each action is one transaction; a refusal raises
     :class:`InvoiceError` and changes nothing."""
 
-    def __init__(self, store: Store, cfg: Config, *,
-                 now: Callable[[], datetime] | None = None, data_dir: str | None = None):
+    def __init__(self, store: Store, settings: dict[str, InvoiceSettings], *,
+                 bank_codes: dict[str, str] | None = None, now: Callable[[], datetime],
+                 data_dir: str):
         self.store = store
-        self.cfg = cfg
-        self.settings = settings_for(cfg)
-        self.now = now or (lambda: datetime.now(cfg.tz).replace(tzinfo=None))
-        self.data_dir = data_dir if data_dir is not None else cfg.data_dir
+        self.settings = settings
+        self.bank_codes = bank_codes or {}  # bank name -> bank code, for 收款银行
+        self.now = now
+        self.data_dir = data_dir
 
     # -- holders, thresholds ------------------------------------------------------------
 
@@ -511,11 +468,9 @@ class Invoices:
         data = sql.print_data(tx, payment["id"])
         s = self.settings.get(payment["bank"], InvoiceSettings())
         names = {**FEE_NAMES, **s.fee_names}
-        try:
-            bank = self.cfg.bank(payment["bank"])
-            bank_title = s.bank_title or f"{bank.name} ({bank.bank_code})"
-        except KeyError:
-            bank_title = payment["bank"]
+        bank_code = self.bank_codes.get(payment["bank"])
+        bank_title = s.bank_title or (f"{payment['bank']} ({bank_code})"
+                                      if bank_code is not None else payment["bank"])
         r = sql.range_get(tx, sql.invoice_get(tx, inv_no)["stock_id"])
         code = r["prefix"] if r else ""
         doc = invoice_pdf.InvoiceDoc(
@@ -728,139 +683,3 @@ def _check_tx(tx: Tx) -> list[Difference]:
                                   f"receipt {pay['receipt_no']} invoice_printed="
                                   f"{pay['invoice_printed']}"))
     return out
-
-
-# -- the command line -------------------------------------------------------------------
-
-
-def add_cli(subparsers, load_config: Callable, make_ledger: Callable) -> None:
-    """Register ``bankgate invoice stock|issue|print|reprint|void|check``.
-
-    ``load_config(path) -> Config`` and ``make_ledger(cfg) -> Ledger`` are
-    the command's own (``bankgate.app.cli``); the store and clock come from the
-    ledger.  Each command returns its exit status: 0 done, 1 refused or (for
-    check) differences found.
-    """
-
-    def run(action):
-        def func(args) -> int:
-            cfg = load_config(args.config)
-            ledger = make_ledger(cfg)
-            inv = Invoices(ledger.store, cfg, now=ledger.now)
-            try:
-                return action(inv, args)
-            except InvoiceError as e:
-                print(f"bankgate: invoice: {e}", file=sys.stderr)
-                return 1
-        return func
-
-    p = subparsers.add_parser("invoice", help="invoices (发票): stock, print, reprint, void,"
-                                              " check against N8")
-    sub = p.add_subparsers(dest="sub", required=True)
-
-    c = sub.add_parser("stock", help="remaining stock per holder (剩余)")
-    c.add_argument("--holder", default=None, help="one bank or counter only")
-    c.set_defaults(func=run(_cmd_stock))
-
-    c = sub.add_parser("issue", help="issue a range of invoice numbers to a bank or the"
-                                     " counter (领用)")
-    c.add_argument("--to", required=True, dest="holder",
-                   help="a configured bank, or 'counter' / 'counter-NAME'")
-    c.add_argument("--code", default="", help="invoice code (发票代码), up to 8 capitals/digits")
-    c.add_argument("--first", type=int, required=True, help="first number of the range")
-    c.add_argument("--last", type=int, required=True, help="last number of the range")
-    c.add_argument("--width", type=int, default=DEFAULT_WIDTH,
-                   help=f"digits of the number (default {DEFAULT_WIDTH})")
-    c.add_argument("--low-water", type=int, default=None,
-                   help="warn at this many left (banks: options.invoice_low_water)")
-    c.add_argument("--actor", required=True)
-    c.set_defaults(func=run(_cmd_issue))
-
-    c = sub.add_parser("print", help="print a payment's invoice to PDF (打印), or re-issue"
-                                     " it with a new number (重打)")
-    c.add_argument("number", help="an invoice number or a payment's receipt number")
-    c.add_argument("--actor", required=True)
-    c.add_argument("--holder", default=None,
-                   help="take a new number from this holder's stock (default: the bank"
-                        " paid at; re-issue: the old number's holder)")
-    c.add_argument("--reissue", action="store_true",
-                   help="重打: void the standing invoice and print a new number")
-    c.add_argument("--reason", default="", help="why (required with --reissue)")
-    c.add_argument("--out", default=None, help="folder (default: DATA_DIR/invoices/HOLDER)")
-    c.set_defaults(func=run(_cmd_print))
-
-    c = sub.add_parser("reprint", help="print a copy of a printed invoice, same number (补打)")
-    c.add_argument("number", help="an invoice number or a payment's receipt number")
-    c.add_argument("--actor", required=True)
-    c.add_argument("--out", default=None)
-    c.set_defaults(func=run(_cmd_reprint))
-
-    c = sub.add_parser("void", help="void an invoice (作废)")
-    c.add_argument("number", help="an invoice number or a payment's receipt number")
-    c.add_argument("--reason", required=True)
-    c.add_argument("--actor", required=True)
-    c.set_defaults(func=run(_cmd_void))
-
-    c = sub.add_parser("check", help="compare the gateway's invoices with N8's (exit 1 on"
-                                     " any difference)")
-    c.set_defaults(func=run(_cmd_check))
-
-
-def _cmd_stock(inv: Invoices, args) -> int:
-    rows = inv.stock_report(args.holder)
-    if not rows:
-        print("no invoice stock issued, and no bank takes invoice numbers per payment")
-    for r in rows:
-        used = r["used"]
-        off = "" if r["invoice"] or r["holder"] not in inv.settings else "  [options.invoice off]"
-        print(f"{r['holder']:<16} {r['state']:<5} {r['remaining']:>8} left (low water"
-              f" {r['low_water']})  issued {used.get(ISSUED, 0)}, printed"
-              f" {used.get(PRINTED, 0)}, void {used.get(VOID, 0)}{off}")
-        for g in r["ranges"]:
-            print(f"    range {g['id']:>4} {g['first']}-{g['last']}  next {g['next'] or '-':<20}"
-                  f" {g['remaining']:>8} left  issued {g['issued_at']:%Y-%m-%d} by"
-                  f" {g['issued_by']}")
-    return 0
-
-
-def _cmd_issue(inv: Invoices, args) -> int:
-    r = inv.issue_stock(args.holder, args.first, args.last, code=args.code, width=args.width,
-                        low_water=args.low_water, actor=args.actor)
-    print(f"issued {r['first']}-{r['last']} ({r['count']} numbers) to {r['holder']},"
-          f" low water {r['low_water']}")
-    return 0
-
-
-def _cmd_print(inv: Invoices, args) -> int:
-    if args.reissue:
-        r = inv.reissue(args.number, reason=args.reason, actor=args.actor, holder=args.holder,
-                        out_dir=args.out)
-        print(f"invoice {r.voided} void; re-issued as {r.invoice_no} for receipt"
-              f" {r.receipt_no}: {r.path}")
-        return 0
-    if args.reason:
-        print("bankgate: invoice: --reason is for --reissue", file=sys.stderr)
-        return 2
-    r = inv.print(args.number, actor=args.actor, holder=args.holder, out_dir=args.out)
-    print(f"invoice {r.invoice_no} for receipt {r.receipt_no}: {r.path}")
-    return 0
-
-
-def _cmd_reprint(inv: Invoices, args) -> int:
-    r = inv.reprint(args.number, actor=args.actor, out_dir=args.out)
-    print(f"invoice {r.invoice_no} copy {r.copy} (补打) for receipt {r.receipt_no}: {r.path}")
-    return 0
-
-
-def _cmd_void(inv: Invoices, args) -> int:
-    r = inv.void(args.number, reason=args.reason, actor=args.actor)
-    print(f"invoice {r['invoice_no']} ({r['was'].lower()}) of receipt {r['receipt_no']} is void")
-    return 0
-
-
-def _cmd_check(inv: Invoices, args) -> int:
-    diffs = inv.check()
-    for d in diffs:
-        print(d)
-    print(f"{len(diffs)} difference(s) between the gateway's invoices and N8's")
-    return 1 if diffs else 0

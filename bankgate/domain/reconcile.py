@@ -2,9 +2,11 @@
 
 For one bank and settle date it
 
-1. reads the statement with the bank plugin's own reader (``ref-fixed``
-   ``.txt``, ``ref-delim`` ``.DZ``, ``ref-iso8583`` ``.csv``, or any plugin whose
-   ``read_statement`` returns records), in chunks, into compact columns;
+1. reads the statement through the statement format the bank's plugin
+   declares (:class:`bankgate.codec.capabilities.StatementFormat`: ``ref-fixed``
+   ``.txt``, ``ref-delim`` ``.DZ``, ``ref-iso8583`` ``.csv``; or, for a plugin
+   that has only a ``read_statement`` returning records, a generic one), in
+   chunks, into compact columns (:mod:`bankgate.codec.statement`);
 2. takes the database lock on (bank, date) and closes the date (cut-off,
    reason ``recon``);
 3. merges the statement, sorted by serial, with the gateway's payments of
@@ -22,8 +24,9 @@ For one bank and settle date it
    exception for an operator;
 5. stores the run and its items, checks that the gateway's totals now equal
    the statement's or that the open exceptions explain the difference to the
-   fen, and writes the report (text, CSV, PDF) and the ``ref-delim`` ``.DZCW``
-   error file.
+   fen, and writes the report (text, CSV, PDF) and, where the format has one
+   (:class:`~bankgate.codec.capabilities.StatementErrorFile`, e.g. ``ref-delim``
+   ``.DZCW``), the error file.
 
 A payment this reconciliation posted or reversed on an earlier run is
 reported again in its category with action ``NONE`` ("balanced by run N"):
@@ -40,9 +43,7 @@ import concurrent.futures
 import hashlib
 import logging
 import os
-import re
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -51,12 +52,27 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from bankgate.canon import messages as m
 from bankgate.canon.files import write_atomic
 from bankgate.canon.messages import Outcome
 from bankgate.canon.money import fen_to_yuan
+from bankgate.codec import capabilities
+from bankgate.codec.capabilities import StatementFormat, statement_error_file
+from bankgate.codec.statement import (  # the statement's vocabulary, shared with the plugins
+    AMOUNT_DIFFERS,
+    BANK_ONLY,
+    CATEGORIES,
+    CHUNK,
+    DATE_DIFFERS,
+    MATCHED,
+    TOTALS_DIFFER,
+    UTILITY_ONLY,
+    Records,
+    Statement,
+    StatementError,
+    StatementRecord,
+)
 from bankgate.store import recon as sql
 from bankgate.store.recon import (
     P_AMOUNT,
@@ -71,32 +87,16 @@ from bankgate.store.recon import (
 
 log = logging.getLogger("bankgate.recon")
 
-MATCHED = "MATCHED"
-BANK_ONLY = "BANK_ONLY"
-UTILITY_ONLY = "UTILITY_ONLY"
-AMOUNT_DIFFERS = "AMOUNT_DIFFERS"
-DATE_DIFFERS = "DATE_DIFFERS"
-TOTALS_DIFFER = "TOTALS_DIFFER"
-CATEGORIES = (MATCHED, BANK_ONLY, UTILITY_ONLY, AMOUNT_DIFFERS, DATE_DIFFERS, TOTALS_DIFFER)
-
 POSTED = "POSTED"  # posted after the fact (补销)
 REVERSED = "REVERSED"  # reversed locally (抹账)
 EXCEPTION = "EXCEPTION"  # for an operator
 NONE = "NONE"  # nothing to do (matched, or balanced by an earlier run)
 RESOLVED = "RESOLVED"  # an exception an operator (or a later run) closed
 
-# ref-delim §5 error numbers
-ERRNO = {DATE_DIFFERS: "01", BANK_ONLY: "02", UTILITY_ONLY: "03", AMOUNT_DIFFERS: "04"}
-
 STANDING = ("POSTED", "PENDING")
 RECON_CHANNEL = m.Channel.RECONCILIATION.value
-CHUNK = 50_000  # statement lines handed to the plugin's reader at once
 ITEM_BATCH = 5_000
 KEEPALIVE = 60.0  # seconds between refreshes of the run lock
-
-
-class StatementError(ValueError):
-    """The statement file cannot be used (malformed, wrong bank or date)."""
 
 
 class ReconBusy(RuntimeError):
@@ -111,401 +111,17 @@ class _OrderError(Exception):
     """The database did not return serials in code point order."""
 
 
-# -- the statement, normalised --------------------------------------------------------
-
-
-class StatementRecord(NamedTuple):
-    serial: str
-    trade_date: date
-    customer_no: str
-    amount: int
-    channel: str = "01"
-    trade_time: str = "000000"
-    bill_ids: tuple[str, ...] = ()
-
-
-class Records:
-    """Statement records in columns: a million of them fit in ~200 MB."""
-
-    __slots__ = ("serials", "customers", "amounts", "dates", "times", "channels", "bill_ids",
-                 "_intern")
-
-    def __init__(self):
-        self.serials: list[str] = []
-        self.customers: list[str] = []
-        self.amounts = array("q")
-        self.dates = array("l")  # proleptic ordinals
-        self.times: list[str] = []
-        self.channels: list[str] = []
-        self.bill_ids: list[tuple] = []
-        self._intern: dict = {}
-
-    def _i(self, v):
-        return self._intern.setdefault(v, v)
-
-    def add(self, serial: str, trade_date: date, customer_no: str, amount: int,
-            channel: str = "01", trade_time: str = "000000", bill_ids: tuple = ()) -> None:
-        self.serials.append(serial)
-        self.customers.append(customer_no)
-        self.amounts.append(amount)
-        self.dates.append(trade_date.toordinal())
-        self.times.append(self._i(trade_time or "000000"))
-        self.channels.append(self._i(channel or "01"))
-        self.bill_ids.append(self._i(tuple(bill_ids)) if bill_ids else ())
-
-    def extend(self, recs: list[dict], time_of=None) -> None:
-        """Append the plugin reader's record dicts (``serial``, ``trade_date``,
-        ``customer_no``, ``amount``, ``channel``, ``trade_time``/``time_of(r)``,
-        ``bill_ids``)."""
-        intern = self._intern.setdefault
-        sa, ca, aa, da = (self.serials.append, self.customers.append, self.amounts.append,
-                          self.dates.append)
-        ta, cha, ba = self.times.append, self.channels.append, self.bill_ids.append
-        for r in recs:
-            sa(r["serial"])
-            ca(r["customer_no"])
-            aa(r["amount"])
-            da(r["trade_date"].toordinal())
-            t = time_of(r) if time_of is not None else r["trade_time"]
-            ta(intern(t, t))
-            ch = r.get("channel") or "01"
-            cha(intern(ch, ch))
-            b = r.get("bill_ids")
-            ba(intern(b, b) if b else ())
-
-    def __len__(self) -> int:
-        return len(self.serials)
-
-    def record(self, i: int) -> StatementRecord:
-        return StatementRecord(self.serials[i], date.fromordinal(self.dates[i]),
-                               self.customers[i], self.amounts[i], self.channels[i],
-                               self.times[i], self.bill_ids[i])
-
-    def __iter__(self) -> Iterator[StatementRecord]:
-        return (self.record(i) for i in range(len(self)))
-
-    def total(self) -> int:
-        return sum(self.amounts)
-
-
-@dataclass
-class Statement:
-    settle_date: date
-    records: Records
-    bank_code: str | None = None
-    declared_count: int | None = None  # the header's / trailer's, where the format has one
-    declared_total: int | None = None
-
-    @property
-    def count(self) -> int:
-        return len(self.records)
-
-    @property
-    def total(self) -> int:
-        return self.records.total()
-
-    @property
-    def totals_differ(self) -> bool:
-        return self.declared_count is not None and (
-            self.declared_count != self.count or self.declared_total != self.total)
-
-
-def _first_line(data: bytes) -> tuple[bytes, int]:
-    """The first line (without CR LF) and where the rest begins."""
-    end = data.find(b"\n")
-    if end < 0:
-        end = len(data)
-    line = data[:end]
-    return (line[:-1] if line.endswith(b"\r") else line), end + 1
-
-
-def _blocks(data: bytes, start: int, end: int, size: int) -> Iterator[tuple[int, bytes]]:
-    """``(lines before it, block)``: ``data[start:end]`` cut after every
-    ``size``-th line end (searching in C, copying each block once)."""
-    find = data.find
-    pos, done = start, 0
-    while pos < end:
-        p = pos
-        n = 0
-        while n < size:
-            nl = find(b"\n", p, end)
-            if nl < 0:
-                p = end
-                n += 1
-                break
-            p = nl + 1
-            n += 1
-        yield done, data[pos:p]
-        done += n
-        pos = p
-
-
-_LINE = re.compile(r"line (\d+)")
-
-
-def _renumber(e: Exception, shift: int) -> str:
-    """The reader's error with its line number moved from the chunk to the file."""
-    return _LINE.sub(lambda mt: f"line {int(mt.group(1)) + shift}", str(e), count=1)
-
-
-def _module_of(codec) -> Any:
-    return sys.modules.get(type(codec).__module__)
-
-
-class StatementFormat:
-    """A plugin's statement file, read and written through the plugin."""
-
-    has_header = False
-
-    def __init__(self, codec):
-        self.codec = codec
-
-    def file_name(self, bank_code: str, d: date) -> str:
-        return self.codec.statement_name(bank_code, d)
-
-    def read(self, data: bytes, bank_code: str, d: date, chunk: int = CHUNK) -> Statement:
-        """Generic: the plugin's reader on the whole file, any of its shapes."""
-        try:
-            out = self.codec.read_statement(data)
-        except ValueError as e:
-            raise StatementError(str(e)) from None
-        head: dict = {}
-        if isinstance(out, tuple) and len(out) == 2:
-            a, b = out
-            head, recs = (a, b) if isinstance(a, dict) else (b, a)
-        else:
-            recs = out
-        st = Statement(d, Records(), head.get("bank_code"), head.get("record_count"),
-                       head.get("total_amount"))
-        _check_head(head.get("settle_date"), d, head.get("bank_code"), bank_code, 1)
-        for r in recs:
-            _add(st.records, r, d)
-        return st
-
-    def write(self, bank_code: str, d: date, records: list[dict],
-              declared: tuple[int, int] | None = None) -> bytes:
-        raise NotImplementedError(f"{self.codec.name}: writing statements is not supported")
-
-
-def _add(recs: Records, r: dict, d: date) -> None:
-    serial = r.get("serial") or r.get("bank_serial") or r.get("rrn")
-    td = r.get("trade_date")
-    when = r.get("trade_datetime")
-    if td is None and isinstance(when, datetime):
-        td = when.date()
-    if isinstance(td, datetime):
-        td = td.date()
-    ttime = r.get("trade_time")
-    if not ttime and isinstance(when, datetime):
-        ttime = f"{when:%H%M%S}"
-    if "settle_date" in r and r["settle_date"] not in (None, d):
-        raise StatementError(f"record {serial}: settle_date {r['settle_date']} is not {d}:"
-                             " not this date's statement")
-    recs.add(str(serial), td or d, str(r["customer_no"]), int(r["amount"]),
-             str(r.get("channel") or "01"), str(ttime or "000000"),
-             tuple(r.get("bill_ids") or ()))
-
-
-def _check_head(settle: date | None, d: date, code: str | None, bank_code: str,
-                line: int) -> None:
-    if settle is not None and settle != d:
-        raise StatementError(f"line {line}: the statement is for settle date {settle:%Y-%m-%d},"
-                             f" not {d:%Y-%m-%d}")
-    if code is not None and code.strip() != bank_code:
-        raise StatementError(f"line {line}: the statement is bank {code.strip()!r}'s,"
-                             f" not {bank_code!r}'s")
-
-
-def _field_slice(layout, name: str) -> slice:
-    pos = 0
-    for sc in layout.subcons:
-        size = sc.sizeof()
-        if getattr(sc, "name", None) == name:
-            return slice(pos, pos + size)
-        pos += size
-    raise KeyError(name)
-
-
-class FixedFormat(StatementFormat):
-    """``ref-fixed`` §8: ``H`` header line (count, total), ``D`` detail lines."""
-
-    has_header = True
-
-    def __init__(self, codec):
-        super().__init__(codec)
-        lay = codec.layouts()
-        self.header = lay["statement.header"]
-        self.detail = lay["statement.detail"]
-        self.amount_at = _field_slice(self.detail, "amount")
-        self.detail_size = self.detail.sizeof()
-
-    def read(self, data: bytes, bank_code: str, d: date, chunk: int = CHUNK) -> Statement:
-        if not data:
-            raise StatementError("line 1: empty file, the header line is missing")
-        first, rest = _first_line(data)
-        try:
-            h = self.header.parse(first)
-        except Exception:  # noqa: BLE001 - let the plugin's reader name the problem
-            try:
-                self.codec.read_statement(first)
-            except ValueError as e:
-                raise StatementError(str(e)) from None
-            raise StatementError("line 1: not a statement header") from None
-        _check_head(h.settle_date, d, h.bank_code, bank_code, 1)
-        st = Statement(d, Records(), h.bank_code.strip(), h.record_count, h.total_amount)
-        a, size = self.amount_at, self.detail_size
-        build = self.header.build
-        for before, block in _blocks(data, rest, len(data), chunk):
-            total = 0
-            n = 0
-            for ln in block.split(b"\n"):
-                if ln.endswith(b"\r"):
-                    ln = ln[:-1]
-                if not ln:
-                    continue
-                n += 1
-                v = ln[a]
-                if len(ln) == size and v.isdigit():
-                    total += int(v)
-            head = build(dict(settle_date=d, bank_code=h.bank_code, record_count=n,
-                              total_amount=total))
-            try:
-                _, recs = self.codec.read_statement(head + b"\r\n" + block)
-            except ValueError as e:
-                raise StatementError(_renumber(e, before)) from None
-            st.records.extend(recs)
-        return st
-
-    def write(self, bank_code: str, d: date, records: list[dict],
-              declared: tuple[int, int] | None = None) -> bytes:
-        data = self.codec.write_statement(bank_code, d, records)
-        if declared is None:
-            return data
-        head = self.header.build(dict(settle_date=d, bank_code=bank_code,
-                                      record_count=declared[0], total_amount=declared[1]))
-        return head + data[data.index(b"\r\n"):]
-
-
-class DelimFormat(StatementFormat):
-    """``ref-delim`` §5 ``.DZ``: detail lines, then ``0|settle_date|count|total|``."""
-
-    has_header = True
-
-    def __init__(self, codec):
-        super().__init__(codec)
-        self.mod = _module_of(codec)
-
-    def read(self, data: bytes, bank_code: str, d: date, chunk: int = CHUNK) -> Statement:
-        mod = self.mod
-        # the trailer is the last line that is not blank
-        end = len(data)
-        while end > 0 and data[end - 1:end] in (b"\n", b"\r", b" "):
-            end -= 1
-        start = data.rfind(b"\n", 0, end) + 1
-        trailer_no = data.count(b"\n", 0, start) + 1
-        try:
-            t = mod.split_fields(data[start:end].decode(mod.ENCODING))
-            if t is None or len(t) != 4 or t[0] != "0":
-                raise ValueError("the last line is not the trailer 0|settle_date|count|total|")
-            settle = mod.parse_date(t[1], "settle_date")
-            count = mod.parse_count(t[2], "record_count")
-            total = mod.parse_amount(t[3], "total_amount")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise StatementError(f".DZ line {trailer_no}: {e}") from None
-        _check_head(settle, d, None, bank_code, trailer_no)
-        st = Statement(d, Records(), None, count, total)
-        split, amount, enc, join = mod.split_fields, mod.parse_amount, mod.ENCODING, mod.join_fields
-        for before, block in _blocks(data, 0, start, chunk):
-            total = n = 0
-            lines = block.split(b"\n")
-            if lines and lines[-1] == b"":
-                lines.pop()
-            for ln in lines:
-                if not ln.strip(b" \r"):
-                    continue
-                n += 1
-                try:
-                    f = split(ln.decode(enc).removesuffix("\r"))
-                    total += amount(f[3]) if f and len(f) == 6 else 0
-                except (ValueError, UnicodeDecodeError):
-                    pass  # the reader names this line
-            tail = join(("0", f"{d:%Y%m%d}", str(n), fen_to_yuan(total)))
-            if not block.endswith(b"\n"):
-                block += b"\n"
-            try:
-                recs, _ = self.codec.read_statement(block + tail + b"\n")
-            except ValueError as e:
-                if f"line {len(lines) + 1}:" in str(e):  # the synthetic trailer: a bad detail
-                    raise StatementError(
-                        f".DZ line {trailer_no}: {str(e).split(': ', 1)[-1]}") from None
-                raise StatementError(_renumber(e, before)) from None
-            st.records.extend(recs, lambda r: f"{r['trade_datetime']:%H%M%S}")
-        return st
-
-    def write(self, bank_code: str, d: date, records: list[dict],
-              declared: tuple[int, int] | None = None) -> bytes:
-        recs = [dict(r, trade_datetime=r.get("trade_datetime") or datetime.combine(
-            r.get("trade_date") or d,
-            datetime.strptime(r.get("trade_time") or "000000", "%H%M%S").time()))
-            for r in records]
-        data = self.codec.write_statement(d, recs)
-        if declared is None:
-            return data
-        body = data[:data.rstrip(b"\n").rfind(b"\n") + 1]
-        return body + self.mod.join_fields(
-            ("0", f"{d:%Y%m%d}", str(declared[0]), fen_to_yuan(declared[1]))) + b"\n"
-
-    def error_file(self, bank_code: str, d: date, items: Iterable) -> tuple[str, bytes]:
-        lines = [(ERRNO[i.category], i.serial) for i in items
-                 if i.category in ERRNO and i.serial]
-        return (self.codec.error_file_name(bank_code, d),
-                self.codec.write_error_file(d, lines))
-
-
-class IsoFormat(StatementFormat):
-    """``ref-iso8583`` §6: a CSV with a header row, no totals line."""
-
-    def read(self, data: bytes, bank_code: str, d: date, chunk: int = CHUNK) -> Statement:
-        if not data:
-            raise StatementError("statement line 1: empty file, the header row is missing")
-        head, rest = _first_line(data)
-        st = Statement(d, Records())
-        try:
-            self.codec.read_statement(head + b"\n")
-        except ValueError as e:
-            raise StatementError(str(e)) from None
-        for before, block in _blocks(data, rest, len(data), chunk):
-            try:
-                recs = self.codec.read_statement(head + b"\n" + block)
-            except ValueError as e:
-                raise StatementError(_renumber(e, before)) from None
-            for r in recs:
-                if r["settle_date"] != d:
-                    raise StatementError(
-                        f"rrn {r['serial']}: settle_date {r['settle_date']:%Y%m%d} is not"
-                        f" {d:%Y%m%d}: not this date's statement")
-            st.records.extend(recs)
-        return st
-
-    def write(self, bank_code: str, d: date, records: list[dict],
-              declared: tuple[int, int] | None = None) -> bytes:
-        if declared is not None:
-            raise ValueError("ref-iso8583 statements have no totals line")
-        return self.codec.write_statement([
-            dict(r, settle_date=d, trade_date=r.get("trade_date") or d,
-                 trade_time=r.get("trade_time") or "000000",
-                 stan=r.get("stan") or f"{i + 1:06d}", terminal_id=r.get("terminal_id") or "")
-            for i, r in enumerate(records)])
+# -- the statement, through the bank plugin's format ---------------------------------------
 
 
 def statement_format(codec) -> StatementFormat:
-    """The statement format of a bank plugin."""
-    if not hasattr(codec, "read_statement"):
+    """The statement format of a bank plugin (its declared
+    :class:`~bankgate.codec.capabilities.StatementFormat`, or one over its reader)."""
+    fmt = capabilities.statement_format(codec)
+    if fmt is None:
         raise StatementError(f"plugin {codec.name!r} has no statement reader:"
                              " its banks cannot be reconciled")
-    kind = {"ref-fixed": FixedFormat, "ref-delim": DelimFormat,
-            "ref-iso8583": IsoFormat}.get(codec.name, StatementFormat)
-    return kind(codec)
+    return fmt
 
 
 def read_statement(codec, data: bytes, bank_code: str, d: date,
@@ -1188,10 +804,9 @@ class Reconciler:
         out_dir = self.report_dir()
         try:
             rep.outputs.update(recon_report.write_reports(rep, out_dir, pdf=self.policy.pdf))
-            if (self.policy.error_file and not rep.dry_run
-                    and isinstance(self.format, DelimFormat)):
-                name, data = self.format.error_file(self.bank.bank_code, rep.settle_date,
-                                                    rep.items)
+            errors = statement_error_file(self.format)
+            if self.policy.error_file and not rep.dry_run and errors is not None:
+                name, data = errors.error_file(self.bank.bank_code, rep.settle_date, rep.items)
                 rep.outputs["error_file"] = str(
                     write_atomic(self.exchange_dir() / name, data))
         except OSError as e:
@@ -1255,11 +870,11 @@ def statement_from_journal(ledger, bank, codec, d: date, perturb: Iterable[str] 
                 continue
             b = q.bills[0]
             serial = f"SIM{d:%Y%m%d}{rng.randrange(10**8):08d}"
-            amount = b.amount + b.late_fee if fmt.__class__ is DelimFormat else (
-                q.total_due + q.late_fee)
+            # a statement naming bills pays one bill, else all that is due
+            amount = b.amount + b.late_fee if fmt.names_bills else q.total_due + q.late_fee
             recs.append(dict(serial=serial, trade_date=d, trade_time="120000", customer_no=cust,
                              amount=amount, channel="04",
-                             bill_ids=(b.bill_id,) if fmt.__class__ is DelimFormat else ()))
+                             bill_ids=(b.bill_id,) if fmt.names_bills else ()))
             notes.append(f"bank-only: added {serial} for {cust} ({fen_to_yuan(amount)})")
             break
         else:

@@ -32,26 +32,25 @@ failure (result 1-4) and the bill stays open for the account manager; the
 report marks large customers' lines.
 
 Real-time card debits (卡扣, ref-delim §7) are in :mod:`bankgate.domain.carddebit`.
-Settings live in each bank's ``[bank.options]`` table; see
-:func:`parse_options` and ``docs/withholding.rst``.
+Settings live in each bank's ``[bank.options]`` table; the application parses
+them (:func:`bankgate.app.options.withholding_options`, ``docs/withholding.rst``)
+and hands :class:`Withholding` the result.  This module knows no configuration
+file, no command line and no socket: the operator's commands are
+:mod:`bankgate.app.cli.withholding`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import functools
 import os
 import re
-import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
+from typing import Protocol
 
-from bankgate.app.cli.argtypes import date_arg as _date
-from bankgate.app.config import BankConfig, Config, ConfigError
 from bankgate.canon import messages as m
 from bankgate.canon.files import write_atomic
 from bankgate.canon.masking import mask_account
@@ -97,7 +96,8 @@ class ResultFileRefused(WithholdingError):
 
 @dataclass(frozen=True)
 class WithholdingOptions:
-    """A bank's withholding settings (``[bank.options]``; see docs/withholding.rst)."""
+    """A bank's withholding settings (``[bank.options]``; see docs/withholding.rst),
+    parsed and validated by :func:`bankgate.app.options.parse_options`."""
 
     enabled: bool = False  # withholding = true: agreements and batch files
     utility_code: str = ""  # our code at the bank, in every 560/561
@@ -116,112 +116,22 @@ class WithholdingOptions:
         return self.debit_host is not None
 
 
+#: the ``[bank.options]`` keys :class:`WithholdingOptions` is read from
 OPTION_KEYS = ("withholding", "utility_code", "debit_host", "debit_timeout", "debit_persistent",
                "debit_retry", "debit_retry_max", "debit_reconnect", "debit_reconnect_max",
                "debit_idle", "debit_host_simulate")
 
 
-def parse_options(bank: BankConfig, source: str = "<config>") -> WithholdingOptions:
-    """Validate the withholding keys of ``bank.options``; errors name the key
-    (``bank.NAME.options.debit_timeout: expected ...``).  Other keys of the
-    table belong to other parts of the gateway and are left alone."""
-    o = bank.options or {}
+class Bank(Protocol):
+    """A configured bank as the rules see it (``bankgate.app.config.BankConfig``)."""
 
-    def err(key: str, problem: str) -> ConfigError:
-        return ConfigError(source, f"bank.{bank.name}.options.{key}", problem)
-
-    def boolean(key: str, default: bool | None) -> bool | None:
-        if key not in o:
-            return default
-        if not isinstance(o[key], bool):
-            raise err(key, f"expected true or false, got {o[key]!r}")
-        return o[key]
-
-    def seconds(key: str, default: float, low: float, high: float) -> float:
-        if key not in o:
-            return default
-        v = o[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
-            raise err(key, f"expected seconds between {low:g} and {high:g}, got {v!r}")
-        return float(v)
-
-    host = o.get("debit_host")
-    if host is not None:
-        if not isinstance(host, str) or not re.match(r"^(tcp|ssl|tcp6|unix):", host):
-            raise err("debit_host", "expected a Twisted client endpoint string like"
-                                    f" 'tcp:host=127.0.0.1:port=9202', got {host!r}")
-        try:
-            from twisted.internet.endpoints import clientFromString
-
-            clientFromString(object(), host)
-        except Exception as e:  # noqa: BLE001 - any parse failure is the operator's typo
-            raise err("debit_host", f"not a usable client endpoint {host!r}: {e}") from None
-    enabled = boolean("withholding", None)
-    if enabled is None:
-        enabled = host is not None
-    if host is not None and not enabled:
-        raise err("withholding", "is false while debit_host is set (card debits need it)")
-    code = o.get("utility_code", "")
-    if not isinstance(code, str) or (code and not re.fullmatch(r"[0-9A-Za-z_-]{1,20}", code)):
-        raise err("utility_code", f"expected 1-20 letters, digits, '-' or '_', got {code!r}")
-    if host is not None and not code:
-        raise err("utility_code", "missing; required with debit_host (our code at the bank)")
-    opts = WithholdingOptions(
-        enabled=enabled, utility_code=code, debit_host=host,
-        debit_timeout=seconds("debit_timeout", 30.0, 1, 600),
-        debit_persistent=bool(boolean("debit_persistent", False)),
-        debit_retry=seconds("debit_retry", 30.0, 1, 86400),
-        debit_retry_max=seconds("debit_retry_max", 900.0, 1, 7 * 86400),
-        debit_reconnect=seconds("debit_reconnect", 1.0, 0.1, 3600),
-        debit_reconnect_max=seconds("debit_reconnect_max", 60.0, 0.1, 86400),
-        debit_idle=seconds("debit_idle", 60.0, 0, 86400),
-        debit_host_simulate=bool(boolean("debit_host_simulate", False)),
-    )
-    if opts.debit_retry_max < opts.debit_retry:
-        raise err("debit_retry_max", f"expected at least debit_retry ({opts.debit_retry:g})")
-    if opts.debit_reconnect_max < opts.debit_reconnect:
-        raise err("debit_reconnect_max",
-                  f"expected at least debit_reconnect ({opts.debit_reconnect:g})")
-    if opts.debit_host_simulate:
-        if host is None:
-            raise err("debit_host_simulate", "needs debit_host (the address to play the host on)")
-        simulated_listen(opts, lambda p: err("debit_host_simulate", p))
-    return opts
+    name: str
+    plugin: str
+    bank_code: str
+    exchange_dir: str | None
 
 
-def simulated_listen(opts: WithholdingOptions, err=None) -> str:
-    """The server endpoint a simulated host listens on for ``debit_host``."""
-    mt = re.match(r"^tcp:(?:host=)?([^:]+):(?:port=)?([0-9]+)(?::|$)", opts.debit_host or "")
-    if not mt:
-        problem = "the simulated host needs a tcp:host=...:port=... debit_host"
-        raise (err(problem) if err else ValueError(problem))
-    return f"tcp:{mt.group(2)}:interface={mt.group(1)}"
-
-
-BATCH_API = ("pk_name", "pkjg_name", "write_pk", "read_pkjg")
-DEBIT_API = ("encode_debit", "decode_debit_response", "encode_debit_reversal",
-             "decode_debit_reversal_response")
-
-
-def check_config(cfg: Config, codecs: dict | None = None) -> dict[str, WithholdingOptions]:
-    """Every bank's withholding options, validated (also against its plugin
-    when ``codecs`` is given).  Raises :class:`ConfigError` naming the key."""
-    out = {}
-    for b in cfg.banks:
-        opts = parse_options(b, cfg.source)
-        if codecs is not None and b.plugin in codecs:
-            codec = codecs[b.plugin]
-            if opts.enabled and not all(hasattr(codec, a) for a in BATCH_API):
-                raise ConfigError(cfg.source, f"bank.{b.name}.options.withholding",
-                                  f"plugin {b.plugin!r} has no withholding files (.PK/.PKJG)")
-            if opts.card_debit and not all(hasattr(codec, a) for a in DEBIT_API):
-                raise ConfigError(cfg.source, f"bank.{b.name}.options.debit_host",
-                                  f"plugin {b.plugin!r} has no real-time debit (560/561)")
-        out[b.name] = opts
-    return out
-
-
-def exchange_dir(bank: BankConfig, data_dir: str) -> Path:
+def exchange_dir(bank: Bank, data_dir: str) -> Path:
     """The bank's file folder: ``exchange_dir`` or ``{data_dir}/exchange/{name}``."""
     return Path(bank.exchange_dir) if bank.exchange_dir else Path(data_dir) / "exchange" / bank.name
 
@@ -310,7 +220,8 @@ class BatchReport:
         return bool(self.failures or self.unposted)
 
 
-def _reasons(codec) -> dict[int, str]:
+def result_reasons(codec) -> dict[int, str]:
+    """The ``.PKJG`` result codes of ``codec`` and what they mean."""
     return getattr(codec, "pkjg_results", None) or RESULT_REASONS
 
 
@@ -365,25 +276,36 @@ def write_report_csv(rep: BatchReport, path: Path) -> Path:
 
 class Withholding:
     """Agreements, batch files and results over one ledger (synchronous:
-    call it from the CLI or on the store's thread pool)."""
+    call it from the CLI or on the store's thread pool).
 
-    def __init__(self, ledger: Ledger, cfg: Config, codecs: dict,
+    ``banks`` are the configured banks (:class:`Bank`), ``codecs`` their
+    plugins by name, ``options`` every bank's settings, already validated
+    (:func:`bankgate.app.options.withholding_options`); files go under
+    ``data_dir`` unless a bank names its ``exchange_dir``."""
+
+    def __init__(self, ledger: Ledger, banks: Iterable[Bank], codecs: dict,
+                 options: dict[str, WithholdingOptions], *, data_dir: str,
                  now: Callable[[], datetime] | None = None):
         self.ledger = ledger
         self.store = ledger.store
-        self.cfg = cfg
+        self.banks = list(banks)
         self.codecs = codecs
+        self.options = options
+        self.data_dir = data_dir
         self.now = now or ledger.now
-        self.options = check_config(cfg, codecs)
 
     # -- banks -------------------------------------------------------------------
 
-    def bank(self, name: str) -> tuple[BankConfig, WithholdingOptions, object]:
+    def _configured(self, name: str) -> Bank:
+        for b in self.banks:
+            if b.name == name:
+                return b
+        raise WithholdingError(f"no bank named {name!r}"
+                               f" (configured: {', '.join(b.name for b in self.banks)})")
+
+    def bank(self, name: str) -> tuple[Bank, WithholdingOptions, object]:
         """A configured bank with withholding enabled."""
-        try:
-            b = self.cfg.bank(name)
-        except KeyError as e:
-            raise WithholdingError(e.args[0]) from None
+        b = self._configured(name)
         opts = self.options[b.name]
         if not opts.enabled:
             raise WithholdingError(f"bank {name!r} does not do withholding"
@@ -392,7 +314,7 @@ class Withholding:
 
     def banks_by_code(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for b in self.cfg.banks:
+        for b in self.banks:
             out.setdefault(b.bank_code, []).append(b.name)
         return out
 
@@ -450,10 +372,7 @@ class Withholding:
     def agreements(self, bank_name: str | None = None, limit: int | None = None) -> list[dict]:
         codes = None
         if bank_name is not None:
-            try:
-                codes = [self.cfg.bank(bank_name).bank_code]
-            except KeyError as e:
-                raise WithholdingError(e.args[0]) from None
+            codes = [self._configured(bank_name).bank_code]
         rows = self.store.run_sync(sql.agreements, codes, limit, readonly=True)
         names = self.banks_by_code()
         for r in rows:
@@ -479,11 +398,11 @@ class Withholding:
         except OSError as e:
             self.store.run_sync(sql.batch_delete, batch["id"])
             raise WithholdingError(f"cannot write {batch['file_name']} into"
-                                   f" {exchange_dir(b, self.cfg.data_dir)}: {e.strerror};"
+                                   f" {exchange_dir(b, self.data_dir)}: {e.strerror};"
                                    " the batch was not kept") from None
         return BatchResult(batch, path, skipped, n_large)
 
-    def _generate_tx(self, tx: Tx, b: BankConfig, codec, d: date, large, customers: str,
+    def _generate_tx(self, tx: Tx, b: Bank, codec, d: date, large, customers: str,
                      actor: str, now: datetime):
         rows = sql.batch_candidates(tx, b.bank_code, large)
         busy = sql.busy_bills(tx) if rows else {}
@@ -516,14 +435,14 @@ class Withholding:
             raise WithholdingError(f"{b.name} {d}: {e}") from None
         return batch, dict(skipped), n_large
 
-    def _write_batch_file(self, b: BankConfig, codec, batch: dict) -> Path:
+    def _write_batch_file(self, b: Bank, codec, batch: dict) -> Path:
         lines = self.store.run_sync(sql.batch_lines, batch["id"], readonly=True)
         records = [{"bill_id": ln["bill_id"], "customer_no": ln["customer_no"],
                     "name": ln["name"] or "", "account_no": ln["account_no"],
                     "period": ln["period"] or "", "amount": ln["amount"],
                     "late_fee": ln["late_fee"], "total": ln["total"]} for ln in lines]
         data = codec.write_pk(batch["deduct_date"], records, batch["generated_at"])
-        return write_atomic(exchange_dir(b, self.cfg.data_dir) / batch["file_name"], data)
+        return write_atomic(exchange_dir(b, self.data_dir) / batch["file_name"], data)
 
     def batch(self, bank_name: str, file_name: str) -> dict:
         b, _o, _c = self.bank(bank_name)
@@ -558,7 +477,7 @@ class Withholding:
                                    {"reason": reason}):
             raise WithholdingError(f"{row['file_name']} is {row['status'].lower()}:"
                                    " only a batch without a result can be cancelled")
-        path = exchange_dir(b, self.cfg.data_dir) / row["file_name"]
+        path = exchange_dir(b, self.data_dir) / row["file_name"]
         if path.exists():
             os.replace(path, path.with_name(path.name + ".cancelled"))
         return self.store.run_sync(sql.batch_get, row["id"], readonly=True)
@@ -568,7 +487,7 @@ class Withholding:
     def result_files(self, bank_name: str) -> list[tuple[dict, Path]]:
         """Result files in the exchange folder for batches waiting for one."""
         b, _o, codec = self.bank(bank_name)
-        folder = exchange_dir(b, self.cfg.data_dir)
+        folder = exchange_dir(b, self.data_dir)
         out = []
         for row in self.store.run_sync(sql.batches, b.name, None, "GENERATED", 1000,
                                        readonly=True):
@@ -652,7 +571,7 @@ class Withholding:
             raise ResultFileRefused(name, problems)
         return updates
 
-    def _post_lines(self, b: BankConfig, batch: dict, actor: str) -> int:
+    def _post_lines(self, b: Bank, batch: dict, actor: str) -> int:
         posted = 0
         d = batch["deduct_date"]
         for ln in self.store.run_sync(sql.batch_lines, batch["id"], readonly=True):
@@ -681,7 +600,7 @@ class Withholding:
         b, _o, codec = self.bank(bank_name)
         row = self.batch(bank_name, file_name)
         lines = self.store.run_sync(sql.batch_lines, row["id"], readonly=True)
-        reasons = _reasons(codec)
+        reasons = result_reasons(codec)
         rep = BatchReport(b.name, row["file_name"], row["deduct_date"], row["status"],
                           row["record_count"], row["total"])
         unposted_serials = [ln["bank_serial"] for ln in lines
@@ -718,262 +637,3 @@ class Withholding:
                 rep.failed[reason] = (n + 1, t + ln["total"])
                 rep.failures.append(issue(reason))
         return rep
-
-
-# -- the command line ------------------------------------------------------------------------
-
-
-
-
-def _pairs(text: str) -> dict[str, str]:
-    out = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        k, sep, v = part.partition("=")
-        if not sep or not k.strip() or not v.strip():
-            raise argparse.ArgumentTypeError(f"expected ACCOUNT=CODE[,...], got {text!r}")
-        out[k.strip()] = v.strip()
-    return out
-
-
-@dataclass
-class _Cli:
-    load_config: Callable
-    make_ledger: Callable
-    make_reactor: Callable | None = None  # tests inject; default a private reactor
-
-    def context(self, args):
-        from bankgate.app.config import check_plugins
-
-        cfg = self.load_config(args.config)
-        codecs = check_plugins(cfg)
-        ledger = self.make_ledger(cfg)
-        return cfg, codecs, ledger, Withholding(ledger, cfg, codecs)
-
-    def reactor(self):
-        if self.make_reactor is not None:
-            return self.make_reactor()
-        from twisted.internet.selectreactor import SelectReactor
-
-        return SelectReactor()  # this command's own, never the global one
-
-
-def _fail(msg: str, code: int = 2) -> int:
-    print(f"bankgate: {msg}", file=sys.stderr)
-    return code
-
-
-def cmd_sign(ctx: _Cli, args) -> int:
-    _cfg, _c, _l, wh = ctx.context(args)
-    try:
-        ch = wh.sign(args.customer, args.bank, args.account, args.actor)
-    except WithholdingError as e:
-        return _fail(str(e))
-    print(f"customer {ch.customer_no} {ch.name}: withholding with bank code {ch.bank_code}"
-          f" ({args.bank}) account {ch.account}")
-    for w in ch.warnings:
-        print(f"  note: {w}")
-    return 0
-
-
-def cmd_cancel(ctx: _Cli, args) -> int:
-    _cfg, _c, _l, wh = ctx.context(args)
-    try:
-        ch = wh.cancel(args.customer, args.actor, args.reason or "")
-    except WithholdingError as e:
-        return _fail(str(e))
-    print(f"customer {ch.customer_no} {ch.name}: withholding cancelled (was bank code"
-          f" {ch.previous_bank} account {ch.previous_account})")
-    for w in ch.warnings:
-        print(f"  note: {w}")
-    return 0
-
-
-def cmd_list(ctx: _Cli, args) -> int:
-    _cfg, _c, _l, wh = ctx.context(args)
-    try:
-        rows = wh.agreements(args.bank, args.limit)
-    except WithholdingError as e:
-        return _fail(str(e))
-    for r in rows:
-        flags = ("托收 " if r["large_customer"] == 1 else "") + (
-            "LOCKED " if r["status"] != "A" else "")
-        print(f"{r['customer_no']:<12} {r['name'][:20]:<20} bank {r['withholding_bank']:<8}"
-              f" ({','.join(r['banks']) or 'not configured'}) account {r['account']} {flags}")
-    print(f"{len(rows)} agreement(s)")
-    return 0
-
-
-def cmd_batch(ctx: _Cli, args) -> int:
-    cfg, _c, ledger, wh = ctx.context(args)
-    try:
-        if args.list:
-            for r in wh.batches(args.bank, args.date, args.limit):
-                print(f"{r['file_name']:<24} {r['status']:<10} lines {r['record_count']:>6}"
-                      f" {fen_to_yuan(r['total']):>14}  debited {r['success_count']:>6}"
-                      f" {fen_to_yuan(r['success_total']):>14}")
-            return 0
-        if args.rewrite:
-            print(f"{wh.rewrite_batch(args.bank, args.rewrite)}: written again")
-            return 0
-        if args.cancel:
-            row = wh.cancel_batch(args.bank, args.cancel, args.actor, args.reason or "")
-            print(f"{row['file_name']}: cancelled; its bills go into the next file")
-            return 0
-        d = args.date or ledger.now().date()
-        res = wh.generate_batch(args.bank, d, args.customers, args.actor)
-    except WithholdingError as e:
-        return _fail(str(e))
-    if res.batch is None:
-        print(f"{args.bank} {d}: nothing to collect, no file written")
-    else:
-        print(f"{res.path}: {res.count} line(s), {fen_to_yuan(res.total)}"
-              + (f", {res.large} collection order(s) (托收)" if res.large else ""))
-    for why, n in sorted(res.skipped.items()):
-        print(f"  left out: {n} bill(s): {why}")
-    return 0
-
-
-def cmd_result(ctx: _Cli, args) -> int:
-    cfg, _c, _l, wh = ctx.context(args)
-    refused = False
-    try:
-        if args.report:
-            reps = [wh.report(args.bank, args.report)]
-        else:
-            if args.files:
-                todo = [(p, None) for p in args.files]
-            else:
-                todo = [(p, row["file_name"]) for row, p in wh.result_files(args.bank)]
-                if not todo:
-                    print(f"{args.bank}: no result file waiting in"
-                          f" {exchange_dir(cfg.bank(args.bank), cfg.data_dir)}")
-                    return 0
-            reps = []
-            for path, batch_file in todo:
-                try:
-                    data = Path(path).read_bytes()
-                except OSError as e:
-                    refused = True
-                    _fail(f"{path}: {e.strerror}")
-                    continue
-                try:
-                    reps.append(wh.process_result(args.bank, data, Path(path).name,
-                                                  args.batch or batch_file, args.actor))
-                except ResultFileRefused as e:
-                    refused = True
-                    _fail(str(e))
-            if refused and not reps:
-                return 2
-    except WithholdingError as e:
-        return _fail(str(e))
-    for rep in reps:
-        print(report_text(rep))
-        if args.csv:
-            path = Path(args.csv)
-            if len(reps) > 1:
-                path = path.with_name(f"{path.stem}-{Path(rep.file_name).stem}{path.suffix}")
-            print(f"  failures: {write_report_csv(rep, path)}")
-    if refused:
-        return 2
-    return 1 if any(r.attention for r in reps) else 0
-
-
-def cmd_simulate_result(ctx: _Cli, args) -> int:
-    from bankgate.devtools.debithost import answer_pk_file
-
-    cfg = ctx.load_config(args.config)
-    from bankgate.app.config import check_plugins
-
-    codecs = check_plugins(cfg)
-    try:
-        b = cfg.bank(args.bank)
-    except KeyError as e:
-        return _fail(e.args[0])
-    path = Path(args.file)
-    if not path.is_absolute() and not path.exists():
-        path = exchange_dir(b, cfg.data_dir) / path
-    try:
-        out, counts = answer_pk_file(
-            path, codecs[b.plugin], fail=args.fail or {}, fail_rate=args.fail_rate,
-            seed=args.seed, out_dir=Path(args.out) if args.out else None)
-    except (OSError, ValueError) as e:
-        return _fail(f"{path}: {e}")
-    print(f"{out}: " + ", ".join(f"{_reasons(codecs[b.plugin]).get(k, k)}: {n}"
-                                 for k, n in sorted(counts.items())))
-    return 0
-
-
-def add_cli(subparsers, load_config: Callable, make_ledger: Callable,
-            make_reactor: Callable | None = None) -> argparse.ArgumentParser:
-    """Register ``bankgate withholding sign|cancel|list|batch|result|debit|queue``
-    (and the bank side for demos: ``simulate-result``, ``simulate-host``).
-
-    ``load_config(path) -> Config`` and ``make_ledger(cfg) -> Ledger`` are the
-    CLI's own; commands read ``args.config``."""
-    ctx = _Cli(load_config, make_ledger, make_reactor)
-    wp = subparsers.add_parser(
-        "withholding", help="withholding (代扣/卡扣/托收): agreements, batch files, card debits")
-    ws = wp.add_subparsers(dest="sub", required=True)
-
-    c = ws.add_parser("sign", help="sign a customer up for withholding (writes N8; audited)")
-    c.add_argument("customer")
-    c.add_argument("--bank", required=True, help="the configured bank")
-    c.add_argument("--account", required=True, help="the customer's account number")
-    c.add_argument("--actor", required=True)
-    c.set_defaults(func=functools.partial(cmd_sign, ctx))
-
-    c = ws.add_parser("cancel", help="end a customer's withholding agreement (audited)")
-    c.add_argument("customer")
-    c.add_argument("--actor", required=True)
-    c.add_argument("--reason", default="")
-    c.set_defaults(func=functools.partial(cmd_cancel, ctx))
-
-    c = ws.add_parser("list", help="list withholding agreements (accounts masked)")
-    c.add_argument("--bank", default=None)
-    c.add_argument("--limit", type=int, default=None)
-    c.set_defaults(func=functools.partial(cmd_list, ctx))
-
-    c = ws.add_parser("batch", help="write a bank's .PK batch file for a date (default today);"
-                                    " --list, --rewrite or --cancel a batch")
-    c.add_argument("--bank", required=True)
-    c.add_argument("--date", type=_date, default=None, help="the deduct date")
-    c.add_argument("--customers", choices=CUSTOMER_CHOICES, default="all",
-                   help="large: collection orders (托收) only; households: without them")
-    c.add_argument("--actor", default="operator")
-    g = c.add_mutually_exclusive_group()
-    g.add_argument("--list", action="store_true", help="list the bank's batches")
-    g.add_argument("--rewrite", metavar="FILE", help="write a waiting batch's file again")
-    g.add_argument("--cancel", metavar="FILE", help="withdraw a batch the bank will not process")
-    c.add_argument("--reason", default="", help="why a batch is cancelled")
-    c.add_argument("--limit", type=int, default=50)
-    c.set_defaults(func=functools.partial(cmd_batch, ctx))
-
-    c = ws.add_parser("result", help="process .PKJG result files (default: every one waiting"
-                                     " in the exchange folder) and report failures by reason")
-    c.add_argument("--bank", required=True)
-    c.add_argument("files", nargs="*", help=".PKJG files")
-    c.add_argument("--batch", default=None, help="the .PK a result file answers (if renamed)")
-    c.add_argument("--report", metavar="FILE", default=None,
-                   help="only show the report of a batch (its .PK name)")
-    c.add_argument("--csv", default=None, help="also write failed and unposted lines as CSV")
-    c.add_argument("--actor", default="withholding")
-    c.set_defaults(func=functools.partial(cmd_result, ctx))
-
-    from bankgate.domain import carddebit
-
-    carddebit.add_cli_commands(ws, ctx)
-
-    c = ws.add_parser("simulate-result",
-                      help="play the bank: write the .PKJG result for a .PK file (demo, tests)")
-    c.add_argument("--bank", required=True)
-    c.add_argument("file", help="the .PK file (a name in the exchange folder, or a path)")
-    c.add_argument("--fail", type=_pairs, default=None,
-                   help="ACCOUNT_OR_CUSTOMER=RESULT,... fixed failures (result 1-4)")
-    c.add_argument("--fail-rate", type=float, default=0.0,
-                   help="share of the other lines failing with a random reason 1-3")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--out", default=None, help="folder (default: next to the .PK)")
-    c.set_defaults(func=functools.partial(cmd_simulate_result, ctx))
-    return wp
