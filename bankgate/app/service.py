@@ -256,14 +256,8 @@ class ReconScheduler:
         self._fetches: dict[str, object] = {}
         self.reports: list = []  # the last runs' RunReports, newest last
         self._stopped = False
-        self.module = None
-        self.reconcilers: dict = {}
-        banks = [b for b in gw.cfg.banks if hasattr(gw.codecs[b.plugin], "read_statement")]
-        if banks:
-            self.module = reconcile
-            for b in banks:
-                self.reconcilers[b.name] = self.module.Reconciler(
-                    gw.ledger, b, gw.codecs[b.plugin], data_dir=gw.cfg.data_dir, now=gw.now)
+        self.module = reconcile
+        self.reconcilers = gw.parts.reconcilers()  # banks whose plugin has a statement format
 
     def start(self) -> None:
         self._stopped = False

@@ -16,8 +16,10 @@ from datetime import datetime
 
 from bankgate.app.config import Config, check_plugins
 from bankgate.app.options import check_options, invoice_settings, withholding_options
+from bankgate.codec.capabilities import statement_format
 from bankgate.domain.invoices import Invoices, InvoiceSettings, make_hook
 from bankgate.domain.ledger import Ledger
+from bankgate.domain.reconcile import Reconciler
 from bankgate.domain.withholding import Withholding, WithholdingOptions
 from bankgate.store.db import Store
 
@@ -44,8 +46,19 @@ class Parts:
         return invoices(self.cfg, self.store, self.now, self.invoice_settings)
 
     def withholding(self, now: Callable[[], datetime] | None = None) -> Withholding:
-        return Withholding(self.ledger, self.cfg.banks, self.codecs, self.withholding_options,
-                           data_dir=self.cfg.data_dir, now=now)
+        return withholding(self.cfg, self.ledger, self.codecs, self.withholding_options,
+                           now=now)
+
+    def reconcilers(self) -> dict[str, Reconciler]:
+        """A reconciler per bank whose plugin declares a statement format."""
+        return {b.name: Reconciler(self.ledger, b, self.codecs[b.plugin],
+                                   data_dir=self.cfg.data_dir, now=self.now)
+                for b in self.cfg.banks if statement_format(self.codecs[b.plugin]) is not None}
+
+
+def store(cfg: Config, *, reactor=None) -> Store:
+    """The configuration's store (not started, not migrated)."""
+    return Store(cfg.db_url, cfg.n8, reactor=reactor, threads=cfg.db_threads, echo=cfg.db_echo)
 
 
 def invoices(cfg: Config, store: Store, now: Callable[[], datetime],
@@ -54,6 +67,15 @@ def invoices(cfg: Config, store: Store, now: Callable[[], datetime],
     return Invoices(store, invoice_settings(cfg) if settings is None else settings,
                     bank_codes={b.name: b.bank_code for b in cfg.banks},
                     now=now, data_dir=cfg.data_dir)
+
+
+def withholding(cfg: Config, ledger: Ledger, codecs: dict,
+                options: dict[str, WithholdingOptions] | None = None,
+                now: Callable[[], datetime] | None = None) -> Withholding:
+    """Agreements, batch files and results over ``ledger``."""
+    if options is None:
+        options = withholding_options(cfg, codecs)
+    return Withholding(ledger, cfg.banks, codecs, options, data_dir=cfg.data_dir, now=now)
 
 
 def check(cfg: Config) -> tuple[dict, dict[str, InvoiceSettings], dict[str, WithholdingOptions]]:
@@ -71,7 +93,7 @@ def build(cfg: Config, *, reactor=None, now: Callable[[], datetime] | None = Non
     store's Deferreds fire on it); ``now`` its local clock (default: the wall clock)."""
     codecs, inv, wh = check(cfg)
     now = now or wall_clock(cfg)
-    store = Store(cfg.db_url, cfg.n8, reactor=reactor, threads=cfg.db_threads, echo=cfg.db_echo)
-    ledger = Ledger(store, {b.name: b.policy_() for b in cfg.banks}, now=now,
+    db = store(cfg, reactor=reactor)
+    ledger = Ledger(db, {b.name: b.policy_() for b in cfg.banks}, now=now,
                     hooks=list(filter(None, [make_hook(inv)])))
-    return Parts(cfg, codecs, inv, wh, store, ledger, now)
+    return Parts(cfg, codecs, inv, wh, db, ledger, now)

@@ -23,7 +23,7 @@ from twisted.python.threadpool import ThreadPool
 from bankgate.store import model
 from bankgate.store.dialects import create_engine, is_transient
 from bankgate.store.n8 import N8Mapping, build_tables
-from bankgate.store.tx import Statements, Tx
+from bankgate.store.tx import HotStatements, Tx
 
 T = TypeVar("T")
 log = logging.getLogger("bankgate.store")
@@ -61,7 +61,7 @@ class Store:
         self.n8 = build_tables(self.mapping, self.n8_metadata)
         self.reactor = reactor
         self.retries = retries
-        self.statements = Statements(self)
+        self.statements = HotStatements(self)
         self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="bankgate-db")
         self._started = False
 

@@ -34,7 +34,7 @@ def _p(name: str, type_=None) -> sa.BindParameter:
     return sa.bindparam(name, type_=type_)
 
 
-class Statements:
+class HotStatements:
     """The hot path's statements, built once per store (per N8 mapping).
 
     Building a SQLAlchemy statement and its cache key costs more Python time
@@ -115,7 +115,7 @@ class Tx:
         self.store = store
         self.n8 = store.n8
         self.lock = store.row_locks
-        self.sql: Statements = store.statements
+        self.sql: HotStatements = store.statements
 
     def _x(self, stmt, params=None):
         return self.conn.execute(stmt, params) if params is not None else self.conn.execute(stmt)

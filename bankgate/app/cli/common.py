@@ -22,9 +22,7 @@ def _load(path: str | None) -> Config:
 
 def _store(cfg: Config, create_n8: bool = False):
     """The configuration's store, migrated (and the reference N8 created if asked)."""
-    from bankgate.store.db import Store
-
-    store = Store(cfg.db_url, cfg.n8, threads=cfg.db_threads)
+    store = wiring.store(cfg)
     store.create_gateway_tables()
     if create_n8 and not store.n8_exists():
         store.create_n8_tables()

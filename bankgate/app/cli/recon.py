@@ -19,9 +19,12 @@ from bankgate.domain import reconcile
 
 def _reconciler(cfg: Config, bank_name: str):
     bank = cfg.bank(bank_name)
-    parts = _parts(cfg)
-    return reconcile, bank, reconcile.Reconciler(parts.ledger, bank, parts.codecs[bank.plugin],
-                                                 data_dir=cfg.data_dir, now=parts.now)
+    rec = _parts(cfg).reconcilers().get(bank.name)
+    if rec is None:
+        raise reconcile.StatementError(
+            f"bank {bank.name!r}: plugin {bank.plugin!r} declares no statement format:"
+            " its banks cannot be reconciled")
+    return reconcile, bank, rec
 
 
 def _fetch_remote(src, name: str) -> bytes:

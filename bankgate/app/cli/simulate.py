@@ -366,9 +366,9 @@ def prepare(args: argparse.Namespace, cfg=None, codecs: dict | None = None) -> P
 
 
 def _db_customers(cfg, limit: int) -> list[str]:
-    from bankgate.store.db import Store
+    from bankgate.app import wiring
 
-    store = Store(cfg.db_url, cfg.n8, threads=1)
+    store = wiring.store(cfg)
     try:
         return customers_with_open_bills(store, limit)
     except Exception as e:  # noqa: BLE001 -- reported as a usage problem

@@ -22,16 +22,16 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from bankgate.app import wiring
 from bankgate.app.carddebits import build
 from bankgate.app.cli.argtypes import date_arg as _date
 from bankgate.app.config import check_plugins
-from bankgate.app.options import parse_options, simulated_listen, withholding_options
+from bankgate.app.options import parse_options, simulated_listen
 from bankgate.canon.money import fen_to_yuan
 from bankgate.domain.carddebit import CardDebits, DebitResult, abandon
 from bankgate.domain.withholding import (
     CUSTOMER_CHOICES,
     ResultFileRefused,
-    Withholding,
     WithholdingError,
     exchange_dir,
     report_text,
@@ -65,8 +65,7 @@ class _Cli:
         cfg = self.load_config(args.config)
         codecs = check_plugins(cfg)
         ledger = self.make_ledger(cfg)
-        wh = Withholding(ledger, cfg.banks, codecs, withholding_options(cfg, codecs),
-                         data_dir=cfg.data_dir)
+        wh = wiring.withholding(cfg, ledger, codecs)
         return cfg, codecs, ledger, wh
 
     def reactor(self):
