@@ -1,6 +1,6 @@
 """``ref-delim``: ``|``-delimited GBK text behind an 8-digit length prefix.
 
-The codec for ``specs/ref-delim.md``.  A message is a list of fields, each
+The codec for ``docs/specs/ref-delim.rst``.  A message is a list of fields, each
 followed by ``|``.  It is decoded from GBK first and split on the *character*
 ``|`` afterwards: GBK has characters whose second byte is 0x7C (``瑋`` is
 ``AC 7C``), so splitting bytes would cut them in half.  Leading and trailing

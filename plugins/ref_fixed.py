@@ -1,6 +1,6 @@
 """Codec for the reference bank interface ``ref-fixed`` (fixed-length GBK).
 
-Spec: ``specs/ref-fixed.md``.  A frame is ``LLLL`` + a 123-byte header + a
+Spec: ``docs/specs/ref-fixed.rst``.  A frame is ``LLLL`` + a 123-byte header + a
 fixed-length body per transaction; the framing layer strips and adds ``LLLL``
 (``ascii4``), so every ``frame`` here is the message without its prefix.
 

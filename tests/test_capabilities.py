@@ -250,7 +250,8 @@ def test_config_check_shows_the_mac_the_plugin_declares(tmp_path):
     from bankgate.app.cli import _mac_text
 
     cfg = load_config(None)
-    assert {b.plugin: _mac_text(b) for b in cfg.banks} == {
+    codecs = check_plugins(cfg)
+    assert {b.plugin: _mac_text(b, codecs[b.plugin]) for b in cfg.banks} == {
         "ref-fixed": "on", "ref-delim": "off", "ref-iso8583": "on (MAK from sign-in under the ZMK)"}
     keyed = config(tmp_path, "keyed", kinds='KeyKind("zmk", required=ALWAYS, description="the'
                    ' session key")')

@@ -1,4 +1,4 @@
-"""ref-delim codec: golden bytes written by hand from specs/ref-delim.md.
+"""ref-delim codec: golden bytes written by hand from docs/specs/ref-delim.rst.
 
 GBK bytes below are spelled out in hex (checked against the GBK code chart):
 交易成功 BDBB D2D7 B3C9 B9A6, 张三 D5C5 C8FD, 和平路1号 BACD C6BD C2B7 31 BAC5,

@@ -1,4 +1,4 @@
-"""plugins/ref_fixed.py against specs/ref-fixed.md, byte for byte.
+"""plugins/ref_fixed.py against docs/specs/ref-fixed.rst, byte for byte.
 
 Every expected frame here is assembled by hand from the spec's tables with
 the two helpers ``X`` (GBK, space padded) and ``N`` (zero padded digits) --

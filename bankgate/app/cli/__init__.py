@@ -13,13 +13,11 @@ from bankgate.app.config import ConfigError, load_config
 from bankgate.codec.registry import PluginError
 
 
-def _mac_text(b, codec=None) -> str:
+def _mac_text(b, codec) -> str:
     """The bank's MAC as its plugin declares it: a key every bank of the plugin
     needs (``KeyKind`` required always) means on whatever ``mac`` says."""
     from bankgate.codec.capabilities import ALWAYS, key_kinds
-    from bankgate.codec.registry import discover
 
-    codec = codec if codec is not None else discover().get(b.plugin)
     always = [k.description or k.name for k in key_kinds(codec) if k.required == ALWAYS]
     if always:
         return f"on ({'; '.join(always)})"
@@ -28,12 +26,12 @@ def _mac_text(b, codec=None) -> str:
 
 def cmd_config_check(args) -> int:
     cfg = load_config(args.file)
-    wiring.check(cfg)
+    codecs, _, _ = wiring.check(cfg)
     print(f"{args.file}: OK")
     print(f"  database: {cfg.db_url.split('@')[-1]}")
     for b in cfg.banks:
         print(f"  bank {b.name}: plugin {b.plugin}, code {b.bank_code}, policy {b.policy},"
-              f" listen {', '.join(b.listen) or '-'}, MAC {_mac_text(b)}")
+              f" listen {', '.join(b.listen) or '-'}, MAC {_mac_text(b, codecs[b.plugin])}")
     return 0
 
 
