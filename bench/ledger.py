@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import sqlalchemy as sa  # noqa: E402
 
-from bankgate import demo  # noqa: E402
 from bankgate.canon.messages import (  # noqa: E402
     Origin,
     Outcome,
@@ -49,6 +48,7 @@ from bankgate.canon.messages import (  # noqa: E402
     QueryRequest,
     fingerprint,
 )
+from bankgate.devtools import demo  # noqa: E402
 from bankgate.domain.ledger import BankPolicy, Ledger, _Bill, allocate, late_fee  # noqa: E402
 from bankgate.store.db import Store  # noqa: E402
 from bankgate.store.n8 import N8Mapping  # noqa: E402

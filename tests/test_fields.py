@@ -1,15 +1,16 @@
-"""bankgate.codec.fields: the X(n) / N(n) adapters, plain and compiled."""
+"""bankgate.codec.fields: the X(n) / N(n) adapters, plain and compiled; Counted and packer."""
 
 from __future__ import annotations
 
 from datetime import date
 
 import pytest
-from construct import ConstructError, Struct, ValidationError
+from construct import Array, Bytes, ConstructError, Struct, Terminated, ValidationError, this
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bankgate.codec.fields import (
+    Counted,
     DateN8,
     Digits,
     Fen,
@@ -18,6 +19,7 @@ from bankgate.codec.fields import (
     Number,
     gbk_fit,
     gbk_len,
+    packer,
 )
 
 ZHONG = "中".encode("gbk")  # b"\xd6\xd0"
@@ -259,3 +261,68 @@ def test_gbk_text_build_parse_or_refuse(text, n):
         assert f.parse(f.build(fitted)) == fitted.rstrip(" ")
     else:
         assert f.parse(f.build(text)) == text.rstrip(" ")
+
+
+# -- Counted ------------------------------------------------------------------------
+
+ITEM = Struct("id" / GbkText(3), "amount" / Fen(4))
+LIST = Struct("who" / GbkText(4), "bills" / Counted(Number(2), ITEM), Terminated)
+
+
+def test_counted_writes_the_count_from_the_list():
+    value = {"who": "中", "bills": [{"id": "a", "amount": 1}, {"id": "文", "amount": 22}]}
+    raw = "中".encode("gbk") + b"  " + b"02" + b"a  0001" + WEN + b" 0022"
+    for s in both(*LIST.subcons):
+        assert s.build(value) == raw
+        v = s.parse(raw)
+        assert v.who == "中" and [(i.id, i.amount) for i in v.bills] == [("a", 1), ("文", 22)]
+        assert s.build({"who": "", "bills": []}) == b"    00"
+        assert s.parse(b"    00").bills == []
+        with pytest.raises(ConstructError):
+            s.parse(raw[:-1])  # the last item cut
+        with pytest.raises(ConstructError):
+            s.parse(raw + b"x")  # more than the count
+        with pytest.raises(FieldError):
+            s.build({"who": "", "bills": [{"id": "", "amount": 0}] * 100})  # count > 99
+
+
+def test_counted_is_the_bytes_of_a_count_field_and_an_array():
+    value = {"bills": [{"id": "x", "amount": 5}] * 3}
+    counted = Struct("bills" / Counted(Number(2), ITEM))
+    array = Struct("n" / Number(2), "bills" / Array(this.n, ITEM))
+    assert counted.build(value) == array.build({"n": 3, **value})
+
+
+# -- packer ----------------------------------------------------------------------------
+
+
+def test_packer_equals_build():
+    value = {"who": "文", "bills": [{"id": "b1", "amount": 9}] * 2}
+    assert packer(LIST)(value) == LIST.build(value) == LIST.compile().build(value)
+    day = Struct("d" / DateN8(), "n" / Digits(3), "raw" / GbkText(2))
+    v = {"d": date(2026, 11, 27), "n": "7", "raw": "ab"}
+    assert packer(day)(v) == day.build(v) == b"20261127007ab"
+
+
+def test_packer_errors_name_the_field():
+    with pytest.raises(FieldError) as ei:
+        packer(LIST)({"who": "toolong", "bills": []})
+    assert ei.value.field_name == "who"
+    with pytest.raises(FieldError) as ei:
+        packer(LIST)({"who": "", "bills": [{"id": "", "amount": -1}]})
+    assert ei.value.field_name == "amount"
+
+
+def test_packer_refuses_what_it_cannot_build_at_once():
+    with pytest.raises(TypeError, match="not supported"):
+        packer(Struct("x" / Bytes(2)))
+    with pytest.raises(TypeError, match="unnamed"):
+        packer(Struct(GbkText(2)))
+
+
+def test_pack_is_build():
+    for f, v in ((GbkText(4), "中"), (Digits(3), 5), (Number(3), 5), (Fen(), 12345),
+                 (DateN8(), date(2026, 1, 2))):
+        assert f.pack(v) == f.build(v)
+    with pytest.raises(FieldError):
+        Number(2).pack(100)

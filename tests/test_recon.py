@@ -22,7 +22,7 @@ from bankgate.app.config import BankConfig, ReconPolicy
 from bankgate.canon import messages as m
 from bankgate.canon.messages import Outcome
 from bankgate.codec.registry import load_codec
-from bankgate.domain import reconcile as R  # noqa: E402
+from bankgate.domain import reconcile as R
 from bankgate.domain.ledger import Ledger
 from bankgate.store import model
 from bankgate.store import recon as sql

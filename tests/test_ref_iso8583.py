@@ -1,4 +1,4 @@
-"""The ref-iso8583 codec against its spec (/work/shared/specs/ref-iso8583.md).
+"""The ref-iso8583 codec against its spec (``docs/specs/ref-iso8583.rst``).
 
 Request and expected response frames are assembled by hand in this file
 (bitmaps written out in hex where the spec pins them); the codec's own
@@ -359,6 +359,15 @@ def test_query_name_is_cut_on_a_character_boundary():
     res = QueryResult(Outcome.OK, "100000123", "a" + name)
     f48 = parse(d.encode(res))["fields"][48]
     assert f48[20:80] == b"a" + ("供热" * 14 + "供").encode("gbk") + b" "
+
+
+def test_query_name_characters_outside_gbk_become_question_marks():
+    d = CODEC.decode(query(), session(signed_in=True))
+    f48 = parse(d.encode(QueryResult(Outcome.OK, "100000123", "A€B")))["fields"][48]
+    assert f48[20:80] == b"A?B".ljust(60)
+    name = "€" + "供热" * 40
+    f48 = parse(d.encode(QueryResult(Outcome.OK, "100000123", name)))["fields"][48]
+    assert f48[20:80] == b"?" + ("供热" * 14 + "供").encode("gbk") + b" "
 
 
 @pytest.mark.parametrize(
