@@ -9,7 +9,9 @@ STAMP  := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml $(shell find bankgate plugins twisted -name '*.py' 2>/dev/null)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# a regular (non-editable) install, so twistd sees twisted/plugins
+	# a regular (non-editable) install, so twistd sees twisted/plugins; setuptools'
+	# build/ is removed first, or a module deleted from the tree would be installed again
+	rm -rf build
 	$(PY) -m pip install -q '.[test,postgres,mysql]'
 	# DB2's SQLAlchemy dialect, to compile the store's SQL for DB2 in the tests;
 	# without its 122 MB driver (the `db2` extra installs both for production)

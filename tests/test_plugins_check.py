@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bankgate.app.cli import main as cli
@@ -87,3 +89,43 @@ def test_discovery_and_extra_folders(tmp_path, capsys):
     assert cli(["plugins", "list"]) == 0
     out = capsys.readouterr().out
     assert "ref-iso8583" in out and "ref-fixed" in out
+
+
+def test_installed_plugins_load_under_one_name(monkeypatch):
+    """Installed (no source tree beside the package): the shipped plugins are the
+    ``bankgate_plugins`` package, found again and again, each file one module."""
+    import sys
+
+    from bankgate.codec import registry
+
+    saved = {k: v for k, v in sys.modules.items()
+             if k == registry.PACKAGE or k.startswith(registry.PACKAGE + ".")}
+    for k in saved:
+        monkeypatch.delitem(sys.modules, k)
+    monkeypatch.setattr(registry, "_source_plugins", lambda: None)
+    try:
+        first = discover()
+        again = discover()  # a second look must not trip over the first
+        assert sorted(first) == ["ref-delim", "ref-fixed", "ref-iso8583"]
+        assert first["ref-fixed"] is again["ref-fixed"]
+        module = sys.modules[type(first["ref-fixed"]).__module__]
+        assert module.__name__ == "bankgate_plugins.ref_fixed"
+        assert shipped_dir() == Path(sys.modules["bankgate_plugins"].__path__[0]).resolve()
+        assert Path(module.__file__).parent == shipped_dir()
+    finally:
+        for k in [k for k in sys.modules if k == registry.PACKAGE
+                  or k.startswith(registry.PACKAGE + ".")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def test_a_plugin_file_has_one_module_name(tmp_path):
+    from bankgate.codec.registry import load_file, module_name
+
+    module = load_file(shipped_dir() / "ref_delim.py")
+    assert module.__name__ == module_name(shipped_dir() / "ref_delim.py") == \
+        "bankgate_plugins.ref_delim"
+    assert load_file(shipped_dir() / "ref_delim.py") is module
+    import importlib
+
+    assert importlib.import_module("bankgate_plugins.ref_delim") is module

@@ -9,6 +9,8 @@ A file whose name starts with ``_`` is not a plugin.
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
@@ -22,15 +24,18 @@ class PluginError(Exception):
 PACKAGE = "bankgate_plugins"
 
 
+def _source_plugins() -> Path | None:
+    """``plugins/`` beside the package when running from a source tree."""
+    here = Path(__file__).resolve().parent.parent.parent / "plugins"
+    return here if here.is_dir() else None
+
+
 def shipped_dir() -> Path:
     """The shipped plugins: the source tree's ``plugins/`` or the installed copy."""
-    here = Path(__file__).resolve().parent.parent.parent / "plugins"
-    if here.is_dir():
-        return here
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise PluginError(f"the shipped plugins ({PACKAGE}) are not installed")
-    return Path(next(iter(spec.submodule_search_locations))).resolve()
+    src = _source_plugins()
+    if src is not None:
+        return src
+    return Path(next(iter(_package().__path__))).resolve()
 
 
 def module_name(path: Path) -> str:
@@ -39,13 +44,23 @@ def module_name(path: Path) -> str:
 
 
 def _package() -> ModuleType:
-    """``bankgate_plugins``, so a plugin's module name resolves to the files the
-    gateway loads (the source tree's ``plugins/`` or the installed copy)."""
+    """The package ``bankgate_plugins``, so that a plugin's one module name
+    resolves to the files the gateway loads: the installed package, or --
+    running from a source tree -- a package whose path is ``plugins/``."""
     pkg = sys.modules.get(PACKAGE)
-    if pkg is None:
-        pkg = ModuleType(PACKAGE, "Bank message plugins, loaded by bankgate.codec.registry.")
-        pkg.__path__ = [str(shipped_dir())]
-        sys.modules[PACKAGE] = pkg
+    if pkg is not None:
+        return pkg
+    src = _source_plugins()
+    if src is None:
+        try:
+            return importlib.import_module(PACKAGE)
+        except ImportError:
+            raise PluginError(f"the shipped plugins ({PACKAGE}) are not installed") from None
+    spec = importlib.machinery.ModuleSpec(PACKAGE, None, is_package=True)
+    spec.submodule_search_locations = [str(src)]
+    pkg = importlib.util.module_from_spec(spec)
+    pkg.__doc__ = "Bank message plugins, loaded by bankgate.codec.registry."
+    sys.modules[PACKAGE] = pkg
     return pkg
 
 
