@@ -26,8 +26,8 @@ from bankgate.app import wiring
 from bankgate.app.carddebits import make_services as card_debit_services
 from bankgate.app.config import Config
 from bankgate.canon import messages as m
-from bankgate.domain import reconcile
 from bankgate.domain.ledger import LedgerService
+from bankgate.domain.reconcile import ReconBusy, StatementError
 from bankgate.wire.listener import BankFactory
 
 log = Logger(namespace="bankgate")
@@ -256,7 +256,6 @@ class ReconScheduler:
         self._fetches: dict[str, object] = {}
         self.reports: list = []  # the last runs' RunReports, newest last
         self._stopped = False
-        self.module = reconcile
         self.reconcilers = gw.parts.reconcilers()  # banks whose plugin has a statement format
 
     def start(self) -> None:
@@ -370,7 +369,6 @@ class ReconScheduler:
 
         b = self.gw.cfg.bank(bank)
         rec = self.reconcilers[bank]
-        mod = self.module
         name = file_name or rec.file_name(d)
         src = source_for(b, self.gw.reactor, data_dir=self.gw.cfg.data_dir,
                          run_blocking=self.gw.store.call)
@@ -400,9 +398,9 @@ class ReconScheduler:
             if f.check(StatementGaveUp):
                 return self.gw.store.call(rec.record_failure, d, f.getErrorMessage(),
                                           source=src.where(name), file_name=name)
-            if f.check(mod.StatementError):
+            if f.check(StatementError):
                 return None  # recorded as a FAILED run by the reconciler, and logged
-            if f.check(mod.ReconBusy):
+            if f.check(ReconBusy):
                 log.info("reconciliation: {bank} {date}: {why}", bank=bank, date=d,
                          why=f.getErrorMessage())
                 return None

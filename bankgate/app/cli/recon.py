@@ -14,17 +14,22 @@ from pathlib import Path
 from bankgate.app.cli.argtypes import date_arg as _date
 from bankgate.app.cli.common import _load, _parts, _store
 from bankgate.app.config import Config
-from bankgate.domain import reconcile
+from bankgate.domain.reconcile import (
+    PERTURBATIONS,
+    ReconBusy,
+    StatementError,
+    statement_from_journal,
+)
 
 
 def _reconciler(cfg: Config, bank_name: str):
     bank = cfg.bank(bank_name)
     rec = _parts(cfg).reconcilers().get(bank.name)
     if rec is None:
-        raise reconcile.StatementError(
+        raise StatementError(
             f"bank {bank.name!r}: plugin {bank.plugin!r} declares no statement format:"
             " its banks cannot be reconciled")
-    return reconcile, bank, rec
+    return bank, rec
 
 
 def _fetch_remote(src, name: str) -> bytes:
@@ -54,7 +59,7 @@ def cmd_reconcile(args) -> int:
     from bankgate.wire.statement_sources import StatementMissing, StatementSourceError, source_for
 
     cfg = _load(args.config)
-    mod, bank, rec = _reconciler(cfg, args.bank)
+    bank, rec = _reconciler(cfg, args.bank)
     if args.file:
         name = args.file.name
         source = str(args.file)
@@ -99,10 +104,10 @@ def cmd_reconcile(args) -> int:
         else:
             rep = rec.reconcile(data, args.date, source=source, file_name=name,
                                 dry_run=args.dry_run)
-    except mod.StatementError as e:
+    except StatementError as e:
         print(f"bankgate: statement refused: {e}", file=sys.stderr)
         return 2
-    except mod.ReconBusy as e:
+    except ReconBusy as e:
         print(f"bankgate: {e}", file=sys.stderr)
         return 4
     print(summary_text(rep))
@@ -115,13 +120,13 @@ def cmd_statement_write(args) -> int:
     from bankgate.canon.files import write_atomic
 
     cfg = _load(args.config)
-    mod, bank, rec = _reconciler(cfg, args.bank)
+    bank, rec = _reconciler(cfg, args.bank)
     perturb = []
     if args.perturb:
-        perturb = list(mod.PERTURBATIONS) if args.perturb == "all" else [
+        perturb = list(PERTURBATIONS) if args.perturb == "all" else [
             p.strip() for p in args.perturb.split(",") if p.strip()]
-    name, data, notes = mod.statement_from_journal(rec.ledger, bank, rec.codec, args.date,
-                                                   perturb, seed=args.seed)
+    name, data, notes = statement_from_journal(rec.ledger, bank, rec.codec, args.date,
+                                               perturb, seed=args.seed)
     folder = Path(args.out) if args.out else rec.exchange_dir()
     path = write_atomic(folder / name, data)
     print(f"{path}: {len(data)} bytes")
