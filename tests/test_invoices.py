@@ -336,7 +336,10 @@ def test_print_marks_printed_and_blocks_reversal_until_void(env, store, tmp_path
     assert payment(store, r.receipt_no)["invoice_printed"] == 1
     assert n8_invoices(store)[no(1)]["status"] == "I"
     # the ledger's rules: no reversal, no refund of a printed invoice's payment
-    assert ledger.reverse(rev("R1", "S1")).outcome is Outcome.REVERSAL_NOT_ALLOWED
+    refused = ledger.reverse(rev("R1", "S1"))
+    assert refused.outcome is Outcome.REVERSAL_NOT_ALLOWED
+    assert refused.message == (f"payment {r.receipt_no}: its invoice {r.invoice_no} was printed;"
+                               " void the invoice first")  # the log line says why
     assert ledger.refund(r.receipt_no, "moved", "ops1").outcome is Outcome.REVERSAL_NOT_ALLOWED
     with pytest.raises(InvoiceError, match="printed already"):
         inv.print(no(1), actor="ops1")

@@ -397,6 +397,16 @@ def test_code_meanings_come_from_the_codec():
     assert sim.code_meanings(DELIM)["030"] == "bank not authorised"
 
 
+def test_a_shared_code_means_what_fits_the_operation():
+    """ref-fixed answers 1007 both to a reversal it refuses and to a payment whose
+    reversal came first: a refused reversal must not read "its reversal came first"."""
+    assert sim.code_meanings(FIXED, "reverse")["1007"] == "reversal not allowed"
+    assert sim.code_meanings(FIXED, "pay")["1007"] == "payment refused: its reversal came first"
+    assert sim.code_meanings(DELIM, "reverse")["007"] == "reversal not allowed"
+    answer = sim.make_answer(FIXED, "reverse", "reverse", {}, {"resp_code": "1007"}, 0.01)
+    assert answer.meaning == "reversal not allowed"
+
+
 # -- serials -------------------------------------------------------------------------------------
 
 

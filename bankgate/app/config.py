@@ -172,7 +172,8 @@ def default_config(data_dir: str = DEFAULT_DATA_DIR) -> Config:
             BankConfig(
                 name="demo-delim", plugin="ref-delim", bank_code="103210",
                 listen=["tcp:9102:interface=127.0.0.1"], allow=["127.0.0.0/8"],
-                policy="partial", cutoff_time=time(23, 30),
+                # policy: 540 pays exactly the bills it names; the policy never applies
+                policy="exact", cutoff_time=time(23, 30),
                 exchange_dir=str(Path(data_dir) / "exchange" / "demo-delim"),
                 reconcile_time=time(2, 0),
                 # withholding, and real-time card debits against a host the
@@ -184,7 +185,8 @@ def default_config(data_dir: str = DEFAULT_DATA_DIR) -> Config:
             BankConfig(
                 name="demo-iso8583", plugin="ref-iso8583", bank_code="104210",
                 listen=["tcp:9103:interface=127.0.0.1"], allow=["127.0.0.0/8"],
-                policy="exact", mac=True, zmk=key, cutoff_time=time(23, 30),
+                # a payment may cover part of what is due (oldest first)
+                policy="partial", mac=True, zmk=key, cutoff_time=time(23, 30),
                 exchange_dir=str(Path(data_dir) / "exchange" / "demo-iso8583"),
                 reconcile_time=time(2, 0),
             ),

@@ -255,6 +255,7 @@ class ReversalResult:
     orig_serial: str = ""
     amount: int = 0
     retry: bool = False
+    message: str = ""  # why a reversal was refused, for the log (not sent, not journaled)
 
 
 @dataclass(frozen=True)

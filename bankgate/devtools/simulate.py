@@ -115,14 +115,26 @@ OUTCOME_TEXT: dict[Outcome, str] = {
 }
 
 
-def code_meanings(codec) -> dict[str, str]:
-    """Response code -> meaning, from the codec's own ``outcome_code``."""
+#: outcomes that answer only some operations: a code a spec shares between them
+#: (ref-fixed 1007, ref-delim 007) means the one that fits what was sent
+_ONLY_FOR: dict[Outcome, frozenset[str]] = {
+    Outcome.REVERSED_FIRST: frozenset({"pay"}),
+    Outcome.REVERSAL_NOT_ALLOWED: frozenset({"reverse", "advice"}),
+    Outcome.ALREADY_REVERSED: frozenset({"reverse", "advice"}),
+}
+
+
+def code_meanings(codec, op: str | None = None) -> dict[str, str]:
+    """Response code -> meaning, from the codec's own ``outcome_code``; for an
+    operation ``op``, only the outcomes that can answer it."""
     ok = codec.outcome_code(Outcome.OK)
     out: dict[str, list[str]] = {}
     for o in Outcome:
         code = codec.outcome_code(o)
         if code == ok and o is not Outcome.OK:
             continue  # e.g. ISO 8583 answers an idempotent reversal "00": still "approved"
+        if op is not None and o in _ONLY_FOR and op not in _ONLY_FOR[o]:
+            continue
         out.setdefault(code, []).append(OUTCOME_TEXT.get(o, o.value))
     return {code: " / ".join(texts) for code, texts in out.items()}
 
@@ -238,7 +250,7 @@ def make_answer(codec, op: str, txn: str, request: dict, decoded: dict,
     bills = list(fields.pop("bills", None) or [])
     for k in (*_CODE_KEYS, *_MESSAGE_KEYS):
         fields.pop(k, None)
-    meaning = code_meanings(codec).get(code, "unknown code")
+    meaning = code_meanings(codec, op).get(code, "unknown code")
     return Answer(op=op, txn=txn, request=request, code=code, meaning=meaning,
                   approved=code == ok, fields=fields, bills=bills, latency=latency,
                   raw=decoded)

@@ -372,13 +372,13 @@ class Ledger:
         if req.serial is not None:
             jid = tx.claim(o.bank, o.trade_date, req.serial, "REV", req.content, now)
 
-        def finish(outcome: Outcome, **fields) -> m.ReversalResult:
+        def finish(outcome: Outcome, message: str = "", **fields) -> m.ReversalResult:
             fields.setdefault("customer_no", req.customer_no or "")
             fields.setdefault("orig_serial", req.orig_serial)
             fields.setdefault("amount", req.amount)
             if jid is not None:
                 tx.journal_finish(jid, outcome.value, fields)
-            return m.ReversalResult(outcome, **fields)
+            return m.ReversalResult(outcome, message=message, **fields)
 
         if self._closed_date(tx, o.bank, o.trade_date):
             if jid is None:
@@ -387,25 +387,33 @@ class Ledger:
                 p = tx.payment_by_key(o.bank, o.trade_date, req.orig_serial)
                 if p is not None and p["status"] == "REVERSED" and p["amount"] == req.amount:
                     return finish(Outcome.ALREADY_REVERSED, customer_no=p["customer_no"])
-            return finish(Outcome.DATE_CLOSED)
+            return finish(Outcome.DATE_CLOSED, f"trade date {o.trade_date:%Y-%m-%d} is closed")
         p = tx.payment_by_key(o.bank, o.trade_date, req.orig_serial, lock=True)
         if p is None:
             if tx.journal_get(o.bank, o.trade_date, req.orig_serial) is None:
                 if not tx.block(o.bank, o.trade_date, req.orig_serial, now):
                     raise Retry()  # its payment is being posted right now: look again
-            return finish(Outcome.ORIGINAL_NOT_FOUND)
+            return finish(Outcome.ORIGINAL_NOT_FOUND,
+                          f"no payment {req.orig_serial} of {o.trade_date:%Y-%m-%d}")
         if (req.customer_no is not None and p["customer_no"] != req.customer_no) or (
             p["amount"] != req.amount
         ):
-            return finish(Outcome.AMOUNT_REJECTED)
+            return finish(Outcome.AMOUNT_REJECTED,
+                          f"customer or amount differs from payment {p['receipt_no']}")
         if p["status"] not in ("POSTED", "PENDING"):
-            return finish(Outcome.ALREADY_REVERSED, customer_no=p["customer_no"])
+            return finish(Outcome.ALREADY_REVERSED,
+                          f"payment {p['receipt_no']} is {p['status'].lower()}",
+                          customer_no=p["customer_no"])
         if p["invoice_printed"]:
-            return finish(Outcome.REVERSAL_NOT_ALLOWED)
+            return finish(Outcome.REVERSAL_NOT_ALLOWED,
+                          f"payment {p['receipt_no']}: its invoice {p['invoice_no'] or ''}"
+                          " was printed; void the invoice first")
         if (req.latest_only or policy.latest_only_reversal) and (
             tx.latest_standing_payment_id(p["customer_no"]) != p["id"]
         ):
-            return finish(Outcome.REVERSAL_NOT_ALLOWED)
+            return finish(Outcome.REVERSAL_NOT_ALLOWED,
+                          f"payment {p['receipt_no']} is not the customer's latest payment"
+                          " (latest-only reversal)")
         outcome = self._undo(tx, p, "REVERSAL", "REVERSED", now, serial=req.serial)
         return finish(outcome, customer_no=p["customer_no"])
 
