@@ -19,8 +19,11 @@ $(STAMP): setup.cfg pyproject.toml $(shell find bankgate plugins twisted -name '
 	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $(STAMP)
 
+# `make run` runs the embedded demo (--demo); `make run CONFIG=my.toml` runs a configuration
+# file (so does ARGS="--config my.toml"); ARGS passes further options to twistd bankgate
 run: $(STAMP)
-	$(VENV)/bin/twistd --nodaemon --pidfile= bankgate $(ARGS)
+	$(VENV)/bin/twistd --nodaemon --pidfile= bankgate \
+	    $(if $(CONFIG),--config $(CONFIG),$(if $(findstring -c,$(ARGS)),,--demo)) $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -497,6 +497,7 @@ class RefIso8583Codec:
         else:  # 0400 / 0420
             amount = int(f[4])
             log_["amount"] = amount
+            log_["orig_serial"] = log_.pop("rrn")  # a reversal's RRN is its payment's
             request = ReversalRequest(
                 origin=origin,
                 orig_serial=rrn,

@@ -392,6 +392,26 @@ def test_cli_card_debit_and_queue(cli_env, capsys):
     assert "DEBITED     posted" in capsys.readouterr().out
 
 
+def test_cli_debit_and_resend_are_audited_with_the_login_name(cli_env, capsys, monkeypatch):
+    import getpass
+
+    monkeypatch.setattr(getpass, "getuser", lambda: "clerk.os")
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    run, data, _r, _p, _path = cli_env
+    assert run("withholding", "sign", "100000123", "--bank", "dl", "--account", ACCT,
+               "--actor", "clerk") == 0
+    assert run("withholding", "debit", "--bank", "dl", "--customer", "100000123") == 0
+    assert run("withholding", "queue", "--resend") == 0
+    capsys.readouterr()
+    eng = sa.create_engine(f"sqlite:///{data / 'bg.db'}")
+    with eng.connect() as c:
+        done = {(r.action, r.actor) for r in c.execute(
+            sa.select(model.audit.c.action, model.audit.c.actor))}
+    eng.dispose()
+    assert {("withholding-sign", "clerk"), ("card-debit", "clerk.os"),
+            ("card-debit-resend", "clerk.os")} <= done
+
+
 def test_cli_debit_unknown_outcome_is_reversed(cli_env, capsys, monkeypatch):
     run, _data, reactors, port, path = cli_env
     assert run("withholding", "sign", "100000123", "--bank", "dl", "--account", ACCT,

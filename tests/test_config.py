@@ -128,3 +128,153 @@ def test_misspelt_bank_options_are_refused(tmp_path):
     iso = load_config(write(tmp_path, BANK.replace("ref-fixed", "ref-iso8583").replace(
         "mac_key", "zmk") + "[bank.options]\nchannel = \"04\"\n"))
     check_options(iso, check_plugins(iso))  # the plugin declares it reads 'channel'
+
+
+# -- finding the configuration (--config, $BANKGATE_CONFIG, the system path, the demo) ------
+
+
+@pytest.fixture
+def nowhere(tmp_path, monkeypatch):
+    """No $BANKGATE_CONFIG, and a system path that does not exist (never this machine's
+    /etc); the working folder is an empty one."""
+    from bankgate.app import config
+
+    monkeypatch.delenv(config.CONFIG_ENV, raising=False)
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "etc" / "bankgate.toml")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return config
+
+
+def test_config_is_found_in_order_option_env_system(nowhere, tmp_path, monkeypatch):
+    from bankgate.app.config import find_config
+
+    system = nowhere.SYSTEM_CONFIG
+    system.parent.mkdir()
+    system.write_text(BANK)
+    env = write(tmp_path, BANK)
+    given = tmp_path / "given.toml"
+    given.write_text(BANK)
+    assert find_config(None) == nowhere.ConfigChoice(system, str(system))
+    monkeypatch.setenv("BANKGATE_CONFIG", str(env))
+    assert find_config(None) == nowhere.ConfigChoice(env, "$BANKGATE_CONFIG")
+    assert find_config(str(given)) == nowhere.ConfigChoice(given, "--config")
+    assert find_config(None, demo=True) == nowhere.ConfigChoice(None, "--demo")
+    for found in (find_config(None), find_config(str(given)), find_config(None, demo=True)):
+        assert found.notice() is None  # a file, or the demo asked for: nothing to warn of
+    with pytest.raises(ConfigError, match="not both"):
+        find_config(str(given), demo=True)
+
+
+def test_nothing_found_is_the_demo_said_loudly(nowhere):
+    from bankgate.app.config import find_config
+
+    found = find_config(None)
+    assert found.is_demo and found.how == ""
+    notice = found.notice("v")
+    assert "\n" not in notice
+    assert notice.startswith("bankgate: WARNING: no configuration")
+    assert "DEMO" in notice and "--demo" in notice and "v/" in notice
+    assert str(nowhere.SYSTEM_CONFIG) in notice and "$BANKGATE_CONFIG" in notice
+
+
+def test_a_file_named_by_the_environment_must_exist(nowhere, tmp_path, monkeypatch):
+    from bankgate.app.config import find_config
+
+    monkeypatch.setenv("BANKGATE_CONFIG", str(tmp_path / "gone.toml"))
+    with pytest.raises(ConfigError) as e:
+        find_config(None)
+    assert str(e.value) == f"{tmp_path / 'gone.toml'}: (file): no such file (named by" \
+                           " $BANKGATE_CONFIG)"
+
+
+def test_a_command_without_config_runs_the_demo_and_says_so(nowhere, capsys):
+    assert cli(["recon", "exceptions"]) == 0
+    out, err = capsys.readouterr()
+    assert "0 open exception(s)" in out
+    [line] = err.splitlines()  # one line, once
+    assert line.startswith("bankgate: WARNING: no configuration") and "DEMO" in line
+    assert (Path("var") / "bankgate.db").exists()
+    assert cli(["--demo", "recon", "exceptions"]) == 0  # asked for: no warning
+    out, err = capsys.readouterr()
+    assert "0 open exception(s)" in out and err == ""
+
+
+def test_commands_find_the_config_in_the_environment_and_the_system_path(
+        nowhere, tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[database]\nthreads = 0\n")
+    monkeypatch.setenv("BANKGATE_CONFIG", str(bad))
+    assert cli(["recon", "exceptions"]) == 2
+    assert f"{bad}: database.threads: expected 1 to 64" in capsys.readouterr().err
+    monkeypatch.delenv("BANKGATE_CONFIG")
+    nowhere.SYSTEM_CONFIG.parent.mkdir()
+    nowhere.SYSTEM_CONFIG.write_text(BANK)
+    # simulate too: the system file's bank, not the demo's
+    assert cli(["simulate", "--bank", "demo-fixed", "echo"]) == 2
+    err = capsys.readouterr().err
+    assert "no bank named 'demo-fixed'" in err and "b1" in err and "WARNING" not in err
+    assert not Path("var").exists()  # nothing of the demo was made
+
+
+def test_demo_and_config_together_are_refused(nowhere, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(["--demo", "--config", str(write(tmp_path, BANK)), "recon", "exceptions"])
+    assert e.value.code == 2
+    assert "give --config or --demo, not both" in capsys.readouterr().err
+
+
+# -- the database URL: the spelling SQLAlchemy and the installed drivers accept ----------
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("postgres://bg@db.local/n8",
+     "'postgres' is not a database SQLAlchemy knows: write 'postgresql+psycopg://"),
+    ("sqllite:///var/x.db", "write 'sqlite:///"),
+    ("informix://bg@db/n8", "'informix' is not a database SQLAlchemy knows (write one of"
+                            " 'sqlite://', 'postgresql+psycopg://', 'mysql+pymysql://'"),
+    ("mysql://bg@db.local/n8",
+     "'mysql' needs the driver 'MySQLdb', which is not installed: write 'mysql+pymysql://"),
+    ("mysql+mysqldb://bg:secret@db.local/n8", "write 'mysql+pymysql://"),
+])
+def test_database_url_spelling_is_checked_with_the_right_one_suggested(
+        tmp_path, monkeypatch, url, expected):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "MySQLdb", None)  # not installed, on any machine
+    path = write(tmp_path, f'[database]\nurl = "{url}"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert (e.value.source, e.value.key) == (str(path), "database.url")
+    assert expected in e.value.problem
+    assert "secret" not in str(e.value)
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://bg@db.local/n8",
+                                 "mysql+pymysql://bg@db.local/n8", "sqlite:///var/x.db"])
+def test_database_urls_the_gateway_runs_on_are_accepted(tmp_path, url):
+    assert load_config(write(tmp_path, f'[database]\nurl = "{url}"\n')).db_url == url
+
+
+def test_a_url_without_a_driver_is_fine_when_sqlalchemy_has_its_driver(tmp_path, monkeypatch):
+    import sys
+
+    from sqlalchemy.engine import make_url
+
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # not installed, on any machine
+    path = write(tmp_path, '[database]\nurl = "postgresql://bg@db.local/n8"\n')
+    if make_url("postgresql://").get_dialect().driver == "psycopg":  # SQLAlchemy 2.1's default
+        assert load_config(path).db_url == "postgresql://bg@db.local/n8"
+    else:  # 2.0's default is psycopg2
+        with pytest.raises(ConfigError, match="write 'postgresql\\+psycopg://"):
+            load_config(path)
+
+
+def test_config_check_catches_a_misspelt_database(tmp_path, capsys):
+    path = write(tmp_path, '[database]\nurl = "postgres://bg@db.local/n8"\n' + BANK)
+    assert cli(["config", "check", str(path)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (f"bankgate: configuration error: {path}: database.url: 'postgres' is not"
+                    " a database SQLAlchemy knows: write"
+                    " 'postgresql+psycopg://user@host/database'")

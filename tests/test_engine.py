@@ -17,7 +17,7 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 
 from bankgate.canon.masking import mask_pan
-from bankgate.canon.messages import Outcome
+from bankgate.canon.messages import Origin, Outcome, ReversalRequest, ReversalResult
 from bankgate.codec.base import BankProfile, Close, Dispatch, Framing, Reply
 from bankgate.wire.listener import BankFactory
 
@@ -427,6 +427,133 @@ def test_stats_count_outcomes_and_connections():
     p2.connectionLost(Failure(ConnectionDone()))
     assert f.stats.connections_open == 1
     assert f.stats.transactions == 2 and f.stats.outcomes["OK"] == 2
+
+
+def test_connection_open_and_close_are_debug_lines():
+    p, _t, _f, _, events, _ = make()
+    p.connectionLost(Failure(ConnectionDone()))
+    lines = [(e["log_level"], formatEvent(e)) for e in events]
+    assert (LogLevel.debug, "bank-a: connection from 10.1.2.3") in lines
+    assert (LogLevel.debug, "bank-a: connection closed") in lines
+    assert all(level == LogLevel.debug for level, _ in lines)
+
+
+def test_codec_fields_are_in_the_text_masked():
+    p, _t, _f, _, events, _ = make()
+    p.dataReceived(frame("PAY 7 " + PAN))
+    text = formatEvent(txn_events(events)[0])
+    assert "pan=622202*********0123" in text and PAN not in text
+    assert "None" not in text
+
+
+class ReversingCodec(FakeCodec):
+    """``REV <orig_serial>``: a reversal without a serial or customer of its own (as
+    ISO 8583 sends it), the codec's log naming only the message type."""
+
+    def decode(self, frame, session):
+        cmd, _, arg = frame.decode("latin-1").partition(" ")
+        if cmd != "REV":
+            return super().decode(frame, session)
+        req = ReversalRequest(origin=Origin(bank="bank-a", trade_date=NOW.date()),
+                              orig_serial=arg, customer_no=None, amount=500)
+        return Dispatch(req, lambda r: r.outcome.value.encode(), txname="reversal",
+                        log={"mti": "0400"})
+
+
+def reversing(result):
+    """A factory whose ledger answers every request with ``result``."""
+    framing = Framing("ascii4", 9999)
+    events = []
+    factory = BankFactory(ReversingCodec(framing), BankProfile("bank-a", "fake", "001"),
+                          lambda req: defer.succeed(result), Clock(), now=lambda: NOW,
+                          log=events.append)
+    p = factory.buildProtocol(None)
+    p.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4)))
+    return p, events
+
+
+def test_refused_reversal_line_names_the_payment_and_the_ledgers_reason():
+    result = ReversalResult(Outcome.ORIGINAL_NOT_FOUND, orig_serial="BK9",
+                            message="no payment BK9 of 2024-01-15")
+    p, events = reversing(result)
+    p.dataReceived(frame("REV BK9"))
+    [e] = txn_events(events)
+    assert (e["orig_serial"], e["orig_date"]) == ("BK9", "2024-01-15")
+    assert e["reason"] == "no payment BK9 of 2024-01-15"
+    assert e["outcome"] == "ORIGINAL_NOT_FOUND"
+    text = formatEvent(e)
+    assert text.startswith("bank-a reversal amount=500 orig_serial=BK9 of 2024-01-15 mti=0400"
+                           " outcome=ORIGINAL_NOT_FOUND"
+                           ' reason="no payment BK9 of 2024-01-15" ')
+    assert "None" not in text
+
+
+def test_done_reversal_line_names_the_customer_the_ledger_found():
+    result = ReversalResult(Outcome.OK, customer_no="100000123", orig_serial="BK9",
+                            amount=500, message="")
+    p, events = reversing(result)
+    p.dataReceived(frame("REV BK9"))
+    [e] = txn_events(events)
+    assert e["customer"] == "100000123" and e["reason"] is None
+    text = formatEvent(e)
+    assert "customer=100000123 amount=500 orig_serial=BK9 of 2024-01-15" in text
+    assert "reason" not in text
+
+
+def test_payment_line_names_its_receipt():
+    framing = Framing("ascii4", 9999)
+    events = []
+    f = BankFactory(FakeCodec(framing), BankProfile("b", "fake", "1"),
+                    lambda req: defer.succeed(_Paid(Outcome.OK, req.serial, "R123")),
+                    Clock(), log=events.append)
+    p = f.buildProtocol(None)
+    p.makeConnection(StringTransport())
+    p.dataReceived(frame("PAY 5"))
+    [e] = txn_events(events)
+    assert e["receipt"] == "R123" and "receipt=R123 " in formatEvent(e)
+
+
+@dataclass(frozen=True)
+class _Paid:
+    outcome: Outcome
+    serial: str
+    receipt_no: str
+
+
+def test_iso8583_reversal_line_names_the_rrn_it_reverses():
+    """The real ref-iso8583 codec: a 0400 carries no serial or customer of its own."""
+    from bankgate.codec.base import BankKeys, Session
+    from bankgate.codec.registry import load_codec
+
+    iso = load_codec("ref-iso8583")
+    key = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+    profile = BankProfile("bank-i", "ref-iso8583", "104210", keys=BankKeys(zmk=key),
+                          allow=("10.0.0.0/8",))
+    result = ReversalResult(Outcome.ORIGINAL_NOT_FOUND, orig_serial="123456789012",
+                            message="no payment 123456789012 of 2024-01-15")
+    events = []
+    f = BankFactory(iso, profile, lambda req: defer.succeed(result), Clock(), now=lambda: NOW,
+                    log=events.append, random_bytes=lambda n: bytes(range(n)))
+    p = f.buildProtocol(None)
+    t = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4))
+    p.makeConnection(t)
+    bank_side = Session(bank=profile, now=lambda: NOW)
+
+    def ask(txn, values):
+        out = iso.client_encode(txn, values, bank_side)
+        t.clear()
+        p.dataReceived(len(out).to_bytes(2, "big") + out)
+        return iso.client_decode(t.value()[2:], bank_side)
+
+    ask("signin", {})
+    ask("reverse", {"amount": 1000, "rrn": "123456789012"})
+    [e] = [e for e in txn_events(events) if e["txname"] != "signin"]
+    text = formatEvent(e)
+    assert e["orig_serial"] == "123456789012" and e["orig_date"] == "2024-01-15"
+    assert "amount=1000 orig_serial=123456789012 of 2024-01-15" in text
+    assert 'outcome=ORIGINAL_NOT_FOUND reason="no payment 123456789012 of 2024-01-15"' in text
+    assert "serial=None" not in text and "customer=None" not in text
+    assert "rrn=" not in text  # named once, as the payment reversed
 
 
 @pytest.mark.parametrize(

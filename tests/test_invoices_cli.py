@@ -160,3 +160,39 @@ invoice_payee = "沈阳供热有限公司"
     assert "icbc             LOW          1 left (low water 1)" in capsys.readouterr().out
     assert run("invoice", "check") == 0
     store.stop()
+
+
+def test_without_actor_the_login_name_is_recorded(tmp_path, capsys, monkeypatch):
+    import getpass
+
+    import sqlalchemy as sa
+
+    from bankgate.store import model
+
+    monkeypatch.setattr(getpass, "getuser", lambda: "ops.os")
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    from conftest import make_store
+
+    store = make_store("sqlite", tmp_path)
+    cfg, ledger, _inv, _ = setup(store, FakeClock(), tmp_path)
+    p = argparse.ArgumentParser(prog="bankgate")
+    p.add_argument("--config", "-c", default=None)
+    add_cli(p.add_subparsers(dest="command", required=True), lambda path: cfg,
+            lambda c: ledger)  # built after getuser is replaced: the default is "ops.os"
+
+    def run(*argv):
+        args = p.parse_args(argv)
+        return args.func(args)
+
+    assert run("invoice", "issue", "--to", "fixed", "--code", "2100", "--first", "1",
+               "--last", "5") == 0
+    r = ledger.pay(pay("S1"))
+    assert run("invoice", "print", r.receipt_no) == 0
+    assert run("invoice", "void", r.invoice_no, "--reason", "spoilt", "--actor", "ops1") == 0
+    with store.engine.connect() as c:
+        done = [(a.action, a.actor) for a in c.execute(
+            sa.select(model.audit.c.action, model.audit.c.actor).order_by(model.audit.c.id))]
+    assert ("invoice-stock-issue", "ops.os") in done and ("invoice-print", "ops.os") in done
+    assert ("invoice-void", "ops1") in done
+    capsys.readouterr()
+    store.stop()

@@ -220,8 +220,8 @@ def test_the_same_file_again_changes_nothing(ledger, store, tmp_path):
     assert {s: i.category for s, i in by_serial(again).items()} == {
         s: i.category for s, i in by_serial(first).items()}
     items = by_serial(again)
-    assert items["S002"].action == "NONE" and f"run {first.run_id}" in items["S002"].detail
-    assert items["S005"].action == "NONE" and f"run {first.run_id}" in items["S005"].detail
+    assert items["S002"].action == "NONE" and f"run {first.run_no}" in items["S002"].detail
+    assert items["S005"].action == "NONE" and f"run {first.run_no}" in items["S005"].detail
     assert not again.changes
     assert again.gap == again.explained == first.gap
     # one statement row for the same bytes
@@ -613,7 +613,7 @@ def test_reports_on_disk(ledger, store, tmp_path):
     rec = reconciler(ledger, tmp_path, pdf=True)
     rep = rec.reconcile(fixed_statement("106210", BANK_FILE), TODAY, source="hand")
     out = rep.outputs
-    base = tmp_path / "reports" / "any" / f"any_20261127_run{rep.run_id}"
+    base = tmp_path / "reports" / "any" / f"any_20261127_run{rep.run_no}"
     assert out == {"text": f"{base}.txt", "csv": f"{base}.csv", "pdf": f"{base}.pdf"}
     text = Path(out["text"]).read_text("utf-8")
     assert "EXCEPTIONS" in text and "explained by 4 open exception(s)" in text

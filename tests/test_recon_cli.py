@@ -135,3 +135,79 @@ def test_ref_delim_error_file_is_written_back(env, capsys):
     body = dzcw.read_bytes().decode("gbk").splitlines()
     assert body[-1] == "-1|1|" and body[0].startswith("02|SIM20261127")
     assert Path(data / "reports" / "dl").is_dir()
+
+
+def test_runs_are_numbered_per_bank_and_a_dry_run_takes_no_number(env, capsys, monkeypatch):
+    import getpass
+
+    import sqlalchemy as sa
+
+    from bankgate.store import model
+
+    cfg_path, cfg, store, paid, data = env
+    monkeypatch.setattr(getpass, "getuser", lambda: "li.si")
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    c = ["-c", str(cfg_path)]
+    assert cli([*c, "statement", "write", "--bank", "fx", "--date", "2026-11-27",
+                "--perturb", "bank-only,utility-only"]) == 0
+    capsys.readouterr()
+    # the dry run: exit 0, it would balance; it says so and changes nothing
+    assert cli([*c, "reconcile", "--bank", "fx", "--date", "2026-11-27", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "\nDRY RUN — nothing was changed\n" in out  # after the progress bars
+    assert "(dry run): would post 1, would reverse 1 → BALANCED" in out
+    assert (data / "reports" / "fx" / "fx_20261127_dryrun.txt").exists()
+    # the real run is run 1, by the operator named
+    assert cli([*c, "reconcile", "--bank", "fx", "--date", "2026-11-27", "--actor", "wang"]) == 0
+    out = capsys.readouterr().out
+    assert "reconciliation fx 2026-11-27 run 1: BALANCED" in out
+    assert "posted after the fact (补销): 1" in out and "reversed locally (抹账): 1" in out
+    assert (data / "reports" / "fx" / "fx_20261127_run1.txt").exists()
+    # another bank counts from 1 too
+    assert cli([*c, "statement", "write", "--bank", "dl", "--date", "2026-11-27"]) == 0
+    assert cli([*c, "reconcile", "--bank", "dl", "--date", "2026-11-27"]) == 0
+    assert "reconciliation dl 2026-11-27 run 1: BALANCED" in capsys.readouterr().out
+    assert cli([*c, "recon", "runs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[:3] for ln in lines] == [
+        ["dl", "run", "1"], ["fx", "run", "1"], ["fx", "dry", "run"]]
+    assert "would be BALANCED" in lines[2] and "li.si" in lines[2] and "wang" in lines[1]
+    # who did it is in the audit trail: the operator named, else the login name
+    with store.engine.connect() as conn:
+        rows = {(r.action, r.actor) for r in conn.execute(
+            sa.select(model.audit.c.action, model.audit.c.actor))}
+    assert {("reconcile-dry-run", "li.si"), ("reconcile", "wang"), ("post", "wang"),
+            ("reverse-local", "wang"), ("cutoff", "wang"), ("reconcile", "li.si")} <= rows
+
+
+def test_exceptions_name_the_run_number_and_resolve_records_the_login_name(
+        env, capsys, monkeypatch):
+    import getpass
+
+    cfg_path, cfg, store, paid, data = env
+    monkeypatch.setattr(getpass, "getuser", lambda: "zhao.liu")
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    c = ["-c", str(cfg_path)]
+    assert cli([*c, "statement", "write", "--bank", "fx", "--date", "2026-11-27",
+                "--perturb", "amount"]) == 0
+    assert cli([*c, "reconcile", "--bank", "fx", "--date", "2026-11-27", "--dry-run"]) == 1
+    assert cli([*c, "reconcile", "--bank", "fx", "--date", "2026-11-27"]) == 1
+    capsys.readouterr()
+    assert cli([*c, "recon", "exceptions", "--bank", "fx"]) == 1
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("item")]
+    assert len(lines) == 1 and " run 1 " in lines[0]  # run 1: the dry run took no number
+    item = lines[0].split()[1]
+    assert cli([*c, "recon", "resolve", item, "--note", "bank confirmed our amount"]) == 0
+    assert "resolved by zhao.liu" in capsys.readouterr().out
+    # the bank sends the same statement again: still resolved, nothing to do
+    assert cli([*c, "reconcile", "--bank", "fx", "--date", "2026-11-27"]) == 0
+    out = capsys.readouterr().out
+    assert "run 2: BALANCED" in out and "resolved by an operator on an earlier run: 1" in out
+    assert cli([*c, "recon", "exceptions", "--bank", "fx"]) == 0
+    assert "0 open exception(s)" in capsys.readouterr().out
+    assert cli([*c, "recon", "resolve", item, "--note", " "]) == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli([*c, "recon", "resolve", item, "--note", "x", "--actor", " "])
+    assert exc.value.code == 2
+    assert "argument --actor: must name who does this" in capsys.readouterr().err

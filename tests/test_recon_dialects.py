@@ -64,6 +64,9 @@ def issued(tmp_path_factory):
     store.run_sync(sql.customers_with_open_bills, ("100000123",), 5)
     store.run_sync(sql.statement_get, 1)
     store.run_sync(sql.item_counts, rep.run_id)
+    store.run_sync(sql.resolutions, "any", TODAY)
+    store.run_sync(sql.run_numbers, "any", TODAY)
+    rec.reconcile(data, TODAY, dry_run=True)
     store.stop()
     return statements
 
@@ -78,8 +81,9 @@ def test_every_reconciliation_statement_compiles(issued, dialect):
         for ref in ("n8_customer", "n8_bill", "n8_payment"):
             assert ref not in text  # every N8 name comes from the mapping
         tables |= {t for t in ("bg_recon_run", "bg_recon_item", "bg_recon_lock",
-                               "bg_statement") if t in text}
-    assert tables == {"bg_recon_run", "bg_recon_item", "bg_recon_lock", "bg_statement"}
+                               "bg_statement", "bg_recon_counter") if t in text}
+    assert tables == {"bg_recon_run", "bg_recon_item", "bg_recon_lock", "bg_statement",
+                      "bg_recon_counter"}
 
 
 @pytest.mark.parametrize("dialect", DIALECTS, ids=str)
@@ -92,3 +96,16 @@ def test_the_sorted_stream_compiles_with_a_binary_order(dialect):
         assert "Latin1_General_BIN2" in text
     if dialect == "oracle":
         assert "nlssort" in text.lower()
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=str)
+def test_migration_0004_renders_for_the_dialect(dialect):
+    """Run numbers and resolutions: the DDL and the numbering of existing runs, as
+    a DBA would review and run them on that database."""
+    from bankgate.store.migrations import offline_sql
+
+    text = offline_sql(NAMES[dialect])
+    part = text[text.index("Running upgrade 0003 -> 0004"):]
+    assert "bg_recon_counter" in part and "resolved_by" in part
+    assert "UPDATE bg_recon_run SET run_no=(SELECT count(*)" in part
+    assert "INSERT INTO bg_recon_counter (bank, last_no) SELECT" in part

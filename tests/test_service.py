@@ -130,3 +130,110 @@ def test_twistd_finds_the_plugin():
     names = [p.tapname for p in getPlugins(IServiceMaker, twisted.plugins)]
     assert "bankgate" in names
     assert IPlugin
+
+
+# -- a start that fails: one line, the pid file gone, twistd told, exit status 1 ---------
+
+
+def _critical(events) -> list[str]:
+    from twisted.logger import LogLevel, formatEvent
+
+    return [formatEvent(e) for e in events if e["log_level"] is LogLevel.critical]
+
+
+def test_a_failed_start_is_one_line_removes_the_pid_file_and_exits_1(gateway, tmp_path,
+                                                                     monkeypatch):
+    import os
+
+    from twisted.logger import capturedLogs
+    from twisted.python.failure import Failure
+
+    from bankgate.app import service
+    from bankgate.app.startup import DataLock, StartReport, StartupError
+
+    gw, reactor = gateway
+    gw.cfg.n8_create = False  # and no N8 there: found only once the database is open
+    pidfile = tmp_path / "twistd.pid"
+    pidfile.write_text("4242")
+    r, w = os.pipe()
+    twistd_options = {"pidfile": str(pidfile), "statusPipe": w}
+    gw.report = StartReport(twistd_options)
+    gw.lock = DataLock(gw.cfg.data_dir).acquire()
+    exits = []
+    monkeypatch.setattr(service, "_exit_failure", lambda: exits.append(1))
+    reactor.running = True
+    with capturedLogs() as events:
+        gw.startService()
+        assert "statusPipe" not in twistd_options  # twistd will not say "started" for us
+        result = reactor.pump_until(gw.ready)
+    assert isinstance(result, Failure) and result.check(StartupError)
+    [line] = _critical(events)
+    assert line == ("bankgate: cannot start: <embedded default>: n8: the N8 table"
+                    f" 'n8_customer' does not exist in sqlite:///{tmp_path}/var/bankgate.db;"
+                    " map [n8.tables] onto your N8 schema or set n8.create = true")
+    assert not any("log_failure" in e for e in events)  # no traceback
+    assert reactor.hasStopped and pidfile.exists()  # the pid file goes on the way out
+    [(exit_after_shutdown, _, _)] = reactor.triggers["after"]["shutdown"]
+    reactor.pump_until(gw.stopService())
+    exit_after_shutdown()
+    assert exits == [1] and not pidfile.exists()
+    told = os.read(r, 100)
+    os.close(r)
+    assert told.startswith(b"1 <embedded default>: n8: the N8 table 'n8_customer' does not")
+    assert len(told) <= 100
+    DataLock(gw.cfg.data_dir).acquire().release()  # stopping released the data folder
+
+
+def test_twistd_is_told_started_only_once_the_gateway_is_ready(gateway):
+    import os
+
+    from bankgate.app.startup import StartReport
+
+    gw, reactor = gateway
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    gw.report = StartReport({"statusPipe": w, "pidfile": ""})
+    gw.startService()
+    with pytest.raises(BlockingIOError):  # the database is being prepared: not yet
+        os.read(r, 100)
+    assert reactor.pump_until(gw.ready) is gw
+    assert os.read(r, 100) == b"0"
+    assert os.read(r, 100) == b""  # and closed: twistd's first process exits 0
+    os.close(r)
+
+
+def test_a_port_taken_meanwhile_names_the_bank_and_the_port(tmp_path):
+    import errno
+
+    from twisted.internet.error import CannotListenError
+
+    from bankgate.app.startup import StartupError
+
+    class PortTaken(ThreadedMemoryReactor):
+        def listenTCP(self, port, factory, backlog=50, interface=""):
+            if port == 9102:
+                raise CannotListenError(interface, port,
+                                        OSError(errno.EADDRINUSE, "Address already in use"))
+            return super().listenTCP(port, factory, backlog, interface)
+
+    cfg = default_config(str(tmp_path / "var"))
+    cfg.demo_customers = 10
+    reactor = PortTaken()
+    gw = build_gateway(cfg, reactor)
+    gw.startService()
+    result = reactor.pump_until(gw.ready)
+    assert result.check(StartupError)
+    assert str(result.value) == (
+        "bank demo-delim: cannot listen on tcp:9102:interface=127.0.0.1: port 9102 is already"
+        " in use (see: ss -ltnp 'sport = :9102')")
+    reactor.pump_until(gw.stopService())
+
+
+def test_the_service_knows_every_address_it_will_listen_on(gateway):
+    gw, _ = gateway
+    assert gw.listen_endpoints() == [
+        ("bank demo-fixed", "tcp:9101:interface=127.0.0.1"),
+        ("bank demo-delim", "tcp:9102:interface=127.0.0.1"),
+        ("bank demo-iso8583", "tcp:9103:interface=127.0.0.1"),
+        ("bank demo-delim's simulated debit host", "tcp:9202:interface=127.0.0.1"),
+    ]

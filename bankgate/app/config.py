@@ -1,14 +1,19 @@
 """Configuration: one TOML file, validated at start.
 
-Every error names the file, the key and what was expected.  No file at all
-gives the embedded default: SQLite under ``./var/``, the reference N8 schema
-seeded with demo customers, one demo bank per reference plugin on loopback
-(invoices on demo-fixed, withholding on demo-delim).  ``docs/configuration.rst``
+Every error names the file, the key and what was expected.  The file is found
+by :func:`find_config`: ``--config``, then ``$BANKGATE_CONFIG``, then
+:data:`SYSTEM_CONFIG`.  The embedded demo (:func:`default_config`: SQLite
+under ``./var/``, the reference N8 schema seeded with demo customers, one demo
+bank per reference plugin on loopback, invoices on demo-fixed, withholding on
+demo-delim) runs when asked (``--demo``), or when no file is found, and then
+the caller says so on standard error (:attr:`ConfigChoice.notice`): a
+forgotten ``--config`` must never pass unnoticed.  ``docs/configuration.rst``
 documents every key.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -115,6 +120,34 @@ class BankConfig:
         return f"BankConfig(name={self.name!r}, plugin={self.plugin!r}, code={self.bank_code!r})"
 
 
+#: log levels, lowest first (``twisted.logger`` names; ``warning`` is read as ``warn``)
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+LOG_FORMATS = ("text", "json")
+LOG_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}  # 10MB = 10 MiB
+
+
+@dataclass
+class LogConfig:
+    """The ``[log]`` table: what is logged, in which form, where, and for how long.
+
+    ``levels`` maps a namespace (``bankgate.engine``, ``bankgate.store``,
+    ``twisted``) to its level; a namespace without an entry takes the level of
+    its nearest configured parent, else ``level``.  ``file`` empty: the log goes
+    where twistd's ``--logfile`` / ``--nodaemon`` says.  ``rotate``: ``daily``
+    (at local midnight), ``size`` (every ``max_bytes``) or
+    ``never``; ``keep`` rotated files are kept, older ones deleted.
+    ``bankgate/app/logs.py`` applies it.
+    """
+
+    level: str = "info"
+    levels: dict[str, str] = field(default_factory=dict)
+    format: str = "text"
+    file: str = ""
+    rotate: str = "daily"
+    max_bytes: int = 0  # with rotate == "size"
+    keep: int = 14
+
+
 @dataclass
 class Config:
     source: str = "<embedded default>"
@@ -129,6 +162,7 @@ class Config:
     n8: N8Mapping = field(default_factory=N8Mapping)
     console_listen: str | None = None  # reserved for the operator console (not built yet)
     log_frames: bool = False  # raw frames (masked) in the debug log
+    log: LogConfig = field(default_factory=LogConfig)
     banks: list[BankConfig] = field(default_factory=list)
     is_default: bool = False
 
@@ -192,6 +226,67 @@ def default_config(data_dir: str = DEFAULT_DATA_DIR) -> Config:
             ),
         ],
     )
+
+
+# -- finding the file ------------------------------------------------------------------
+
+#: the variable naming the configuration file when ``--config`` is not given
+CONFIG_ENV = "BANKGATE_CONFIG"
+#: where the configuration is looked for last; tests point this elsewhere, so they
+#: never depend on the machine's /etc
+SYSTEM_CONFIG = Path("/etc/bankgate/bankgate.toml")
+
+
+@dataclass(frozen=True)
+class ConfigChoice:
+    """Which configuration a process runs on, and why.
+
+    ``path`` is the file to load, ``None`` for the embedded demo; ``how`` says
+    where it came from: ``--config``, ``$BANKGATE_CONFIG``, the system path,
+    ``--demo``, or ``""`` (nothing found: the demo, unasked).
+    """
+
+    path: Path | None
+    how: str
+
+    @property
+    def is_demo(self) -> bool:
+        return self.path is None
+
+    def notice(self, data_dir: str | None = None) -> str | None:
+        """The one line to print on standard error when the demo runs unasked."""
+        if self.path is not None or self.how == "--demo":
+            return None
+        where = Path(data_dir or DEFAULT_DATA_DIR)
+        return (f"bankgate: WARNING: no configuration (no --config, no ${CONFIG_ENV}, no"
+                f" {SYSTEM_CONFIG}): running the embedded DEMO configuration, data in"
+                f" {where}/ (pass --demo to mean it)")
+
+
+def find_config(path: str | Path | None = None, *, demo: bool = False,
+                environ: dict | None = None) -> ConfigChoice:
+    """The configuration to run on: ``path`` (``--config``), else
+    ``$BANKGATE_CONFIG``, else :data:`SYSTEM_CONFIG` if it exists, else the
+    embedded demo.  ``demo`` (``--demo``) asks for the demo and excludes ``path``.
+
+    A file named by ``--config`` or ``$BANKGATE_CONFIG`` is never skipped: if
+    it cannot be read, loading it says so (no quiet fall-back to the demo).
+    """
+    if demo:
+        if path is not None:
+            raise ConfigError(str(path), "(--demo)",
+                              "give --config or --demo, not both")
+        return ConfigChoice(None, "--demo")
+    if path is not None:
+        return ConfigChoice(Path(path), "--config")
+    env = (os.environ if environ is None else environ).get(CONFIG_ENV, "")
+    if env:
+        if not Path(env).is_file():
+            raise ConfigError(env, "(file)", f"no such file (named by ${CONFIG_ENV})")
+        return ConfigChoice(Path(env), f"${CONFIG_ENV}")
+    if SYSTEM_CONFIG.exists():
+        return ConfigChoice(SYSTEM_CONFIG, str(SYSTEM_CONFIG))
+    return ConfigChoice(None, "")
 
 
 # -- loading and validation ----------------------------------------------------------
@@ -283,7 +378,12 @@ def _endpoint(sec: _Section, k: str, v: str) -> str:
 
 
 def load_config(path: str | Path | None, *, data_dir: str | None = None) -> Config:
-    """Load and validate ``path``; ``None`` gives the embedded default."""
+    """Load and validate ``path``; ``None`` gives the embedded default.
+
+    Which path a process loads is :func:`find_config`'s answer.  Besides the
+    keys, the database URL is checked here: a dialect SQLAlchemy does not know
+    or a driver that is not installed is a ``database.url`` error, with the
+    spelling to use (:func:`check_db_url`)."""
     if path is None:
         return default_config(data_dir or DEFAULT_DATA_DIR)
     source = str(path)
@@ -297,7 +397,97 @@ def load_config(path: str | Path | None, *, data_dir: str | None = None) -> Conf
         raise ConfigError(source, "(file)", "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(source, "(syntax)", str(e)) from None
-    return parse_config(data, source, data_dir=data_dir)
+    cfg = parse_config(data, source, data_dir=data_dir)
+    problem = check_db_url(cfg.db_url)
+    if problem:
+        raise ConfigError(source, "database.url", problem)
+    return cfg
+
+
+#: the URL spelling the gateway is tested or documented with, per database:
+#: (scheme to write, its driver's module, the ``bankgate[extra]`` installing it)
+DB_SPELLINGS = {
+    "sqlite": ("sqlite", "sqlite3", None),
+    "postgresql": ("postgresql+psycopg", "psycopg", "postgres"),
+    "mysql": ("mysql+pymysql", "pymysql", "mysql"),
+    "mariadb": ("mariadb+pymysql", "pymysql", "mysql"),
+    "mssql": ("mssql+pyodbc", "pyodbc", "mssql"),
+    "oracle": ("oracle+oracledb", "oracledb", "oracle"),
+    "db2": ("db2+ibm_db", "ibm_db", "db2"),
+}
+#: names people write for those databases that SQLAlchemy does not know
+_DB_ALIASES = {
+    "postgres": "postgresql", "pg": "postgresql", "pgsql": "postgresql",
+    "psql": "postgresql", "postgre": "postgresql", "sqlite3": "sqlite",
+    "sqllite": "sqlite", "sqlserver": "mssql", "sqlsrv": "mssql", "ibm_db_sa": "db2",
+    "ibmdb2": "db2", "oracledb": "oracle",
+}
+
+
+def check_db_url(url: str) -> str | None:
+    """What is wrong with ``url`` before connecting, or ``None``.
+
+    Catches a database name SQLAlchemy does not know (``postgres://``), and a
+    driver that is not installed (``mysql://`` means MySQLdb; this gateway
+    installs PyMySQL), each with the spelling to write instead.  Whether the
+    server answers is checked at start (:mod:`bankgate.app.startup`).
+    """
+    import logging
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        return "expected an SQLAlchemy URL like 'postgresql+psycopg://user@host/db'"
+    name = u.drivername
+    backend = name.split("+", 1)[0]
+    known = _DB_ALIASES.get(backend.lower(), backend.lower())
+    try:
+        dialect = u.get_dialect()
+    except NoSuchModuleError:
+        if known in DB_SPELLINGS:
+            return f"{name!r} is not a database SQLAlchemy knows: write {_spelling(known)}"
+        return (f"{name!r} is not a database SQLAlchemy knows (write one of "
+                f"{', '.join(repr(s + '://') for s, _, _ in DB_SPELLINGS.values())})")
+    # some dialects (ibm_db_sa) log a traceback of their own when the driver is missing
+    root = dialect.__module__.split(".")[0]
+    quiet = logging.getLogger(root if root != "sqlalchemy" else "bankgate.no-such-logger")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL + 1)
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        missing = getattr(e, "name", None) or str(e)
+        spell, module, _ = DB_SPELLINGS.get(known, (None, None, None))
+        if spell and spell != name and _importable(module):
+            return (f"{name!r} needs the driver {missing!r}, which is not installed:"
+                    f" write {_spelling(known)}")
+        extra = DB_SPELLINGS.get(known, (None, None, None))[2]
+        how = f" (pip install 'bankgate[{extra}]')" if extra else ""
+        return f"{name!r} needs the driver {missing!r}, which is not installed{how}"
+    finally:
+        quiet.setLevel(level)
+    return None
+
+
+def _spelling(backend: str) -> str:
+    spell, module, extra = DB_SPELLINGS[backend]
+    rest = ":///path/to/file.db" if backend == "sqlite" else "://user@host/database"
+    text = f"'{spell}{rest}'"
+    if not _importable(module):
+        text += f" and pip install 'bankgate[{extra}]'"
+    return text
+
+
+def _importable(module: str) -> bool:
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def parse_config(data: dict, source: str = "<config>", *, data_dir: str | None = None) -> Config:
@@ -361,6 +551,8 @@ def parse_config(data: dict, source: str = "<config>", *, data_dir: str | None =
     listen = console.get("listen", str)
     cfg.console_listen = _endpoint(console, "listen", listen) if listen else None
     console.finish()
+
+    cfg.log = _parse_log(top.section("log"))
 
     banks = top.get("bank", list, [], what="an array of tables ([[bank]])")
     names: set[str] = set()
@@ -531,6 +723,46 @@ def _parse_reconcile(sec: _Section, b: BankConfig) -> None:
     p.lock_stale = _seconds(r, "lock_stale", p.lock_stale, 60, 86400)
     r.finish()
     b.reconcile = p
+
+
+def _log_level(sec: _Section, k: str, v, key: str | None = None) -> str:
+    level = v.lower().replace("warning", "warn") if isinstance(v, str) else None
+    if level not in LOG_LEVELS:
+        raise ConfigError(sec.source, key or sec.key(k),
+                          f"expected one of {', '.join(LOG_LEVELS)}, got {v!r}")
+    return level
+
+
+def _parse_log(sec: _Section) -> LogConfig:
+    """The ``[log]`` table (``docs/configuration.rst``, *[log]*)."""
+    lc = LogConfig()
+    lc.level = _log_level(sec, "level", sec.get("level", str, lc.level))
+    levels = sec.section("levels")
+    for ns, v in levels.data.items():
+        levels.used.add(ns)
+        key = f'log.levels."{ns}"'
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*", ns):
+            raise ConfigError(sec.source, key, "expected a namespace like 'bankgate.engine'")
+        lc.levels[ns] = _log_level(levels, ns, v, key)
+    lc.format = _choice(sec, "format", LOG_FORMATS, lc.format)
+    lc.file = sec.get("file", str, "")
+    if lc.file and (lc.file.endswith(("/", "\\")) or Path(lc.file).is_dir()):
+        raise sec.err("file", f"expected a file name, got the folder {lc.file!r}")
+    rotate = sec.get("rotate", (str, int), lc.rotate, what="'daily', 'never' or a size")
+    if rotate in ("daily", "never"):
+        lc.rotate = rotate
+    else:
+        m = re.fullmatch(r"([0-9]+) ?([KMG]?)B?", str(rotate).strip().upper())
+        size = int(m.group(1)) * LOG_SIZE_UNITS[m.group(2)] if m else 0
+        if not 1024 <= size <= 1024 ** 4:
+            raise sec.err("rotate", "expected 'daily', 'never' or a size from 1KB to 1024GB"
+                                    f" like '10MB', got {rotate!r}")
+        lc.rotate, lc.max_bytes = "size", size
+    lc.keep = sec.get("keep", int, lc.keep)
+    if not 1 <= lc.keep <= 3650:
+        raise sec.err("keep", f"expected 1 to 3650 rotated files, got {lc.keep!r}")
+    sec.finish()
+    return lc
 
 
 def check_plugins(cfg: Config) -> dict:

@@ -10,6 +10,11 @@ down) and expires unconfirmed two-phase payments.  A :class:`ReconScheduler`
 runs each bank's nightly reconciliation at its ``reconcile_time`` (catching
 up missed nights in date order at start) and whenever a bank's statement
 notice (ref-fixed 1005, ref-delim 510) arrives.
+
+A start that fails says why in one line (:func:`bankgate.app.startup.describe_failure`),
+stops the reactor, removes twistd's pid file and exits with status 1; with
+twistd's daemon mode the waiting first process is told (``StartReport``).  What
+can be checked before twistd forks is checked there (``startup.preflight``).
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bankgate.app import wiring
+from bankgate.app import startup, wiring
+from bankgate.app.audit_tail import AuditTail
 from bankgate.app.carddebits import make_services as card_debit_services
 from bankgate.app.config import Config
+from bankgate.app.options import simulated_listen
 from bankgate.canon import messages as m
 from bankgate.domain.ledger import LedgerService
 from bankgate.domain.reconcile import ReconBusy, StatementError
@@ -57,13 +64,31 @@ class GatewayService(service.MultiService):
             factory.noisy = False
             self.factories[b.name] = factory
             for ep in b.listen:
-                svc = strports.service(ep, factory, reactor=reactor)
+                try:  # an ssl: key or certificate file is read here
+                    svc = strports.service(ep, factory, reactor=reactor)
+                except Exception as e:  # noqa: BLE001 - a file, a module, a parameter
+                    raise startup.StartupError(
+                        f"bank {b.name}: cannot listen on {ep}: {startup.one_line(e)}") from None
                 svc.setName(f"{b.name}@{ep}")
                 self.listeners.append((b.name, ep, svc))
         self.scheduler = Scheduler(self)
         self.recon = ReconScheduler(self)
         self.ledger_service.listeners.append(self.recon.on_request)
         self.ready = defer.Deferred()
+        self.lock: startup.DataLock | None = None  # the data folder's, from tap's preflight
+        self.report = startup.StartReport()  # tap gives it twistd's options
+        self.failure_reason: str | None = None
+
+    def listen_endpoints(self) -> list[tuple[str, str]]:
+        """``(who, endpoint)`` of everything this service will listen on: each
+        bank's listeners, and a simulated debit host where the demo plays one."""
+        out = [(f"bank {name}", ep) for name, ep, _ in self.listeners]
+        if self.demo is not None and getattr(self.demo, "simulated_host", None):
+            for b in self.cfg.banks:
+                opts = self.parts.withholding_options.get(b.name)
+                if opts is not None and opts.card_debit and opts.debit_host_simulate:
+                    out.append((f"bank {b.name}'s simulated debit host", simulated_listen(opts)))
+        return out
 
     def now(self) -> datetime:
         """Local wall-clock time in the configured zone, from the reactor's clock."""
@@ -73,8 +98,11 @@ class GatewayService(service.MultiService):
 
     def startService(self):
         service.Service.startService(self)
+        self.report.take()  # twistd has forked by now: the daemon answers its first process
+        if self.lock is not None:
+            self.lock.note_pid()
         self.store.start()
-        log.info("bankgate: opening database {url}", url=_safe_url(self.cfg.db_url))
+        log.info("bankgate: opening database {url}", url=startup.safe_url(self.cfg.db_url))
         d = self.store.call(prepare_database, self.parts, self.demo)
         d.addCallback(self._database_ready)
         d.addErrback(self._start_failed)
@@ -82,7 +110,7 @@ class GatewayService(service.MultiService):
     def _database_ready(self, summary):
         log.info("bankgate: database ready ({summary})", summary=summary)
         for name, ep, svc in self.listeners:
-            svc.setServiceParent(self)
+            _listen(svc, self, f"bank {name}", ep)
             log.info("bankgate: bank {bank} ({plugin}, code {code}) listening on {ep}",
                      bank=name, plugin=self.cfg.bank(name).plugin,
                      code=self.cfg.bank(name).bank_code, ep=ep)
@@ -91,7 +119,8 @@ class GatewayService(service.MultiService):
         self.card_debits, debit_services = card_debit_services(
             self, simulated_host=self.demo.simulated_host if self.demo else None)
         for svc in debit_services:
-            svc.setServiceParent(self)
+            _listen(svc, self, svc.name or "card debits", "")
+        AuditTail(self.store, self.reactor).setServiceParent(self)  # the CLI's actions, logged
         self.scheduler.start()
         self.recon.start()
         self.store.call(self.parts.invoices().low_stock)
@@ -101,16 +130,29 @@ class GatewayService(service.MultiService):
             gc.collect()
             gc.freeze()
         log.info("bankgate: ready, {n} bank(s)", n=len(self.cfg.banks))
+        self.report.ready()
         self.ready.callback(self)
 
     def _start_failed(self, failure):
-        log.failure("bankgate: cannot start", failure)
+        why = startup.describe_failure(failure.value, self.cfg.db_url)
+        if why is None:  # not one of the failures an operator fixes: keep the traceback
+            why = f"{type(failure.value).__name__}: {startup.one_line(failure.value)}"
+            log.critical("bankgate: cannot start: {why}", why=why)
+            log.failure("bankgate: the error in full", failure)
+        else:
+            log.critical("bankgate: cannot start: {why}", why=why)
+        self.failure_reason = why
         if not self.ready.called:
             self.ready.errback(failure)
         if self.reactor.running:
-            # twistd itself would exit 0: a supervisor must see the failure
-            self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failure)
+            # twistd itself would exit 0 and leave its pid file: a supervisor (or the
+            # shell waiting for twistd's daemon) must see the failure
+            self.reactor.addSystemEventTrigger("after", "shutdown", self._exit_failure)
             self.reactor.stop()
+
+    def _exit_failure(self) -> None:
+        self.report.failed(self.failure_reason or "cannot start")
+        _exit_failure()
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -118,19 +160,28 @@ class GatewayService(service.MultiService):
         self.recon.stop()
         yield defer.maybeDeferred(service.MultiService.stopService, self)
         self.store.stop()
+        if self.lock is not None:
+            self.lock.release()
         log.info("bankgate: stopped")
+
+
+def _listen(svc: service.Service, parent: GatewayService, who: str, ep: str) -> None:
+    """Start a listening service under ``parent``; a port that cannot be had is
+    a :class:`~bankgate.app.startup.StartupError` naming who wanted it."""
+    from twisted.internet.error import CannotListenError
+
+    try:
+        svc.setServiceParent(parent)
+    except CannotListenError as e:
+        where = f" on {ep}" if ep else ""
+        raise startup.StartupError(
+            f"{who}: cannot listen{where}: {startup.listen_problem(e)}") from None
 
 
 def _exit_failure() -> None:
     import os
 
     os._exit(1)
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def prepare_database(parts: wiring.Parts, demo=None) -> str:
@@ -141,10 +192,7 @@ def prepare_database(parts: wiring.Parts, demo=None) -> str:
     done = ["gateway schema up to date"]
     if not store.n8_exists():
         if not cfg.n8_create:
-            raise RuntimeError(
-                f"{cfg.source}: n8: the N8 table {store.n8['customer'].name!r} does not exist;"
-                " map [n8.tables] onto your N8 schema or set n8.create = true"
-            )
+            raise startup.StartupError(startup.n8_missing(cfg, store))
         store.create_n8_tables()
         done.append("reference N8 schema created")
     if cfg.demo_customers and store.customer_count() == 0:

@@ -1,6 +1,12 @@
 """``twistd bankgate``: the options and the service maker.
 
 The only place that touches the global reactor: it hands it to the service.
+It finds the configuration as the ``bankgate`` command does
+(:func:`~bankgate.app.config.find_config`: ``--config``, ``$BANKGATE_CONFIG``,
+``/etc/bankgate/bankgate.toml``; the demo only with ``--demo`` or, said loudly
+on standard error, when there is none), and checks what can be checked before
+twistd forks (:func:`~bankgate.app.startup.preflight`: the data folder's lock,
+the ports, the database), so that each failure is one line and exit status 1.
 """
 
 from __future__ import annotations
@@ -11,20 +17,31 @@ import sys
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
-from bankgate.app.config import ConfigError, load_config
+from bankgate.app import startup
+from bankgate.app.config import ConfigError, find_config, load_config
+from bankgate.app.logs import configure as configure_logging
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--data-dir DIR]"
+    synopsis = "[--config FILE | --demo] [--data-dir DIR]"
     longdesc = (
-        "Run the bankgate collection gateway.  Without --config it runs the embedded "
-        "default: SQLite under ./var/, demo customers, one demo bank per reference plugin "
-        "on loopback."
+        "Run the bankgate collection gateway.  The configuration is --config, else "
+        "$BANKGATE_CONFIG, else /etc/bankgate/bankgate.toml.  --demo runs the embedded "
+        "demo: SQLite under ./var/, demo customers, one demo bank per reference plugin "
+        "on loopback (it also runs, with a warning, when no configuration is found)."
     )
+    optFlags = [
+        ["demo", None, "run the embedded demo configuration"],
+    ]
     optParameters = [
-        ["config", "c", None, "the TOML configuration file"],
+        ["config", "c", None,
+         "the TOML configuration file (default: $BANKGATE_CONFIG, /etc/bankgate/bankgate.toml)"],
         ["data-dir", "d", None, "the data folder (default ./var or [gateway] data_dir)"],
     ]
+
+    def postOptions(self):
+        if self["demo"] and self["config"]:
+            raise usage.UsageError("give --config or --demo, not both")
 
 
 class _ToTwistedLog(logging.Handler):
@@ -66,11 +83,23 @@ def makeService(options):
     route_python_logging()
 
     try:
-        cfg = load_config(options["config"], data_dir=options["data-dir"])
-        return gateway(cfg, reactor)
+        choice = find_config(options["config"], demo=options["demo"])
+        notice = choice.notice(options["data-dir"])
+        if notice:
+            sys.stderr.write(notice + "\n")
+        cfg = load_config(choice.path, data_dir=options["data-dir"])
+        configure_logging(cfg, options)  # [log]: levels, form, file, rotation (app/logs.py)
+        gw = gateway(cfg, reactor)
+        # before twistd forks: the lock, the ports, the database -- one line each
+        gw.lock = startup.preflight(cfg, gw.store, gw.listen_endpoints())
+        gw.report = startup.StartReport(getattr(options, "parent", None))
+        return gw
     except ConfigError as e:
         sys.stderr.write(f"bankgate: configuration error: {e}\n")
         raise SystemExit(2) from None
-    except Exception as e:  # noqa: BLE001 - e.g. an unreadable TLS certificate
+    except startup.StartupError as e:
+        sys.stderr.write(f"bankgate: cannot start: {e}\n")
+        raise SystemExit(1) from None
+    except Exception as e:  # noqa: BLE001 - e.g. a data folder that cannot be created
         sys.stderr.write(f"bankgate: cannot start: {type(e).__name__}: {e}\n")
         raise SystemExit(1) from None

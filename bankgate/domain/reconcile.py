@@ -31,7 +31,13 @@ For one bank and settle date it
 A payment this reconciliation posted or reversed on an earlier run is
 reported again in its category with action ``NONE`` ("balanced by run N"):
 the same statement run twice gives the same items and the same error file,
-and changes nothing the second time.
+and changes nothing the second time.  An exception an operator resolved
+(``bankgate recon resolve``) that a later run of the same bank and date finds
+again -- same category, serial and amounts -- stays ``RESOLVED`` in that run.
+
+Runs are numbered per bank (``run_no``: 1, 2, ... for each bank); the
+database id stays the internal key.  A dry run takes no number, changes
+nothing, and reports what the real run would end as.
 
 Everything here is synchronous (it runs on the store's thread pool or in the
 ``bankgate reconcile`` command); SQL lives in :mod:`bankgate.store.recon`.
@@ -149,7 +155,8 @@ class Item:
     """One discrepancy (or a matched record needing an action) of a run."""
 
     __slots__ = ("category", "serial", "customer_no", "bank_amount", "our_amount", "action",
-                 "payment_id", "detail", "rec", "ours", "bank_side", "ours_side")
+                 "payment_id", "detail", "rec", "ours", "bank_side", "ours_side",
+                 "resolved_by", "resolved_at", "resolved_note")
 
     def __init__(self, category, serial, customer_no, bank_amount, our_amount, action,
                  payment_id=None, detail="", rec=None, ours=None, bank_side=False,
@@ -166,13 +173,22 @@ class Item:
         self.ours = ours  # payment tuple (see bankgate.store.recon.P_*)
         self.bank_side = bank_side  # the record counts in the statement's totals
         self.ours_side = ours_side  # the paired payment is standing on the settle date
+        self.resolved_by = self.resolved_at = self.resolved_note = None  # carried over
 
     def row(self) -> tuple:
         return (self.category, self.serial, self.customer_no, self.bank_amount,
                 self.our_amount, self.action, self.payment_id, self.detail)
 
+    def resolution(self) -> tuple:
+        return (self.resolved_by, self.resolved_at, self.resolved_note)
+
+    def key(self) -> tuple:
+        """What makes two runs' exceptions the same discrepancy."""
+        return (self.category, self.serial, self.bank_amount or 0, self.our_amount or 0)
+
     def as_dict(self) -> dict:
-        return dict(zip(sql.ITEM_COLUMNS, self.row(), strict=True))
+        return dict(zip(sql.ITEM_COLUMNS + sql.RESOLUTION_COLUMNS,
+                        self.row() + self.resolution(), strict=True))
 
     def __repr__(self) -> str:
         return (f"Item({self.category} {self.serial} {self.action} bank={self.bank_amount}"
@@ -219,9 +235,10 @@ def _undone_by_recon(o: tuple) -> bool:
 
 
 def classify(serial: str, idxs: list[int], o: tuple | None, recs: Records, d_ord: int,
-             d: date) -> list[Item]:
+             d: date, run_no: Callable[[int], object] = lambda run_id: run_id) -> list[Item]:
     """The items of one serial (the common plain match is handled by the
-    caller without an :class:`Item`, for speed)."""
+    caller without an :class:`Item`, for speed).  ``run_no`` names an earlier
+    run (by its id) as an operator knows it."""
     out: list[Item] = []
     on_day = [i for i in idxs if recs.dates[i] == d_ord]
     other = [i for i in idxs if recs.dates[i] != d_ord]
@@ -247,7 +264,8 @@ def classify(serial: str, idxs: list[int], o: tuple | None, recs: Records, d_ord
                                 bank_side=True, ours_side=True))
             elif o[P_SOURCE] == "recon":
                 out.append(Item(BANK_ONLY, serial, r.customer_no, r.amount, o[P_AMOUNT], NONE,
-                                o[P_ID], f"posted after the fact by run {o[P_RUN]}", rec=r,
+                                o[P_ID], f"posted after the fact by run {run_no(o[P_RUN])}",
+                                rec=r,
                                 ours=o, bank_side=True, ours_side=True))
             else:  # matched; a pending two-phase payment the bank settled is confirmed
                 out.append(Item(MATCHED, serial, r.customer_no, r.amount, o[P_AMOUNT],
@@ -255,7 +273,8 @@ def classify(serial: str, idxs: list[int], o: tuple | None, recs: Records, d_ord
                                 rec=r, ours=o, bank_side=True, ours_side=True))
         else:
             if _undone_by_recon(o):
-                why = (f"reversed locally by run {o[P_UNDO_RUN]}, but this statement lists it:"
+                why = (f"reversed locally by run {run_no(o[P_UNDO_RUN])}, but this statement"
+                       " lists it:"
                        " re-post it by hand if the bank collected it")
             else:
                 why = (f"{o[P_STATUS].lower()} at the utility"
@@ -281,7 +300,7 @@ def classify(serial: str, idxs: list[int], o: tuple | None, recs: Records, d_ord
                             o[P_ID], ours=o, ours_side=True))
         elif _undone_by_recon(o):
             out.append(Item(UTILITY_ONLY, serial, o[P_CUSTOMER], 0, o[P_AMOUNT], NONE, o[P_ID],
-                            f"reversed locally by run {o[P_UNDO_RUN]}", ours=o))
+                            f"reversed locally by run {run_no(o[P_UNDO_RUN])}", ours=o))
     return out
 
 
@@ -290,12 +309,15 @@ def classify(serial: str, idxs: list[int], o: tuple | None, recs: Records, d_ord
 
 @dataclass
 class RunReport:
-    run_id: int | None
+    run_id: int | None  # the database's key of the run
     bank: str
     bank_code: str
     settle_date: date
-    status: str = "RUNNING"  # BALANCED EXCEPTIONS FAILED
+    # BALANCED EXCEPTIONS FAILED; for a dry run, what the real run would end as
+    status: str = "RUNNING"
     dry_run: bool = False
+    run_no: int | None = None  # the bank's run number, as operators see it (None: dry run)
+    actor: str = "recon"  # who started it: "recon" (the service) or an operator
     file_name: str = ""
     source: str = ""
     sha256: str = ""
@@ -312,11 +334,19 @@ class RunReport:
     actions: dict = field(default_factory=dict)  # "CATEGORY/ACTION" -> [items, bank, ours]
     gap: tuple[int, int] = (0, 0)  # statement minus gateway: (count, amount)
     explained: tuple[int, int] = (0, 0)  # what the open exceptions account for
+    accepted: tuple[int, int] = (0, 0)  # what exceptions resolved by an operator account for
     items: list = field(default_factory=list)  # every Item but the plain MATCHED ones
     error: str = ""
     timings: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)  # kind -> path
-    resolved: int = 0  # earlier exceptions this run closed
+    resolved: int = 0  # earlier exceptions this run closed (it no longer has them)
+
+    @property
+    def label(self) -> str:
+        """The run as an operator names it: ``run 3``, or ``dry run``."""
+        if self.dry_run:
+            return "dry run"
+        return f"run {self.run_no if self.run_no is not None else '-'}"
 
     @property
     def exceptions(self) -> list:
@@ -327,12 +357,20 @@ class RunReport:
         return [i for i in self.items if i.action in (POSTED, REVERSED)]
 
     @property
+    def resolved_items(self) -> list:
+        """Exceptions an operator resolved on an earlier run, found again."""
+        return [i for i in self.items if i.action == RESOLVED]
+
+    @property
     def balanced(self) -> bool:
-        return self.gap == (0, 0) and not self.exceptions
+        """Nothing left for an operator, and the gateway's totals equal the
+        statement's but for what an operator resolved."""
+        return self.gap == self.accepted and not self.exceptions
 
     @property
     def gap_explained(self) -> bool:
-        return self.gap == self.explained
+        return self.gap == (self.explained[0] + self.accepted[0],
+                            self.explained[1] + self.accepted[1])
 
     def summary(self) -> dict:
         return {
@@ -340,7 +378,8 @@ class RunReport:
             "declared": [self.declared_count, self.declared_total],
             "counts": self.counts, "actions": self.actions,
             "ours_before": list(self.ours_before), "gap": list(self.gap),
-            "explained": list(self.explained), "error": self.error,
+            "explained": list(self.explained), "accepted": list(self.accepted),
+            "error": self.error, "run_no": self.run_no, "actor": self.actor,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "resolved": self.resolved,
         }
@@ -385,17 +424,21 @@ class Reconciler:
     def reconcile(self, data: bytes, settle_date: date, *, source: str = "",
                   file_name: str = "", dry_run: bool = False,
                   progress: Callable[[str, int, int | None], None] | None = None,
-                  outputs: bool = True) -> RunReport:
+                  outputs: bool = True, actor: str = "recon") -> RunReport:
         """Reconcile ``data`` (the statement's bytes) for ``settle_date``.
 
-        Raises :class:`StatementError` for an unusable file (a FAILED run is
-        recorded) and :class:`ReconBusy` when another run holds the date.
+        ``actor`` is who started it (an operator's name from ``bankgate
+        reconcile``, ``recon`` for the service): the cut-off, the posts and
+        reversals and the run are audited under it.  Raises
+        :class:`StatementError` for an unusable file (a FAILED run is recorded)
+        and :class:`ReconBusy` when another run holds the date.
         """
         progress = progress or (lambda phase, done, total: None)
         t0 = time.perf_counter()
         rep = RunReport(None, self.name, self.bank.bank_code, settle_date, dry_run=dry_run,
                         file_name=file_name or self.file_name(settle_date), source=source,
-                        sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+                        sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+                        actor=actor or "recon")
         progress("read", 0, None)
         try:
             st = self.format.read(data, self.bank.bank_code, settle_date)
@@ -418,10 +461,11 @@ class Reconciler:
                 self.store.run_sync(sql.lock_release, self.name, settle_date, self.holder)
 
     def record_failure(self, settle_date: date, error: str, *, source: str = "",
-                       file_name: str = "") -> RunReport:
+                       file_name: str = "", actor: str = "recon") -> RunReport:
         """Record a run that could not start (statement never appeared)."""
         rep = RunReport(None, self.name, self.bank.bank_code, settle_date, source=source,
-                        file_name=file_name or self.file_name(settle_date), error=error)
+                        file_name=file_name or self.file_name(settle_date), error=error,
+                        actor=actor)
         self._record_failure(rep)
         return rep
 
@@ -430,16 +474,18 @@ class Reconciler:
         now = self.now()
 
         def tx_fn(tx):
-            rid = sql.run_insert(tx, self.name, rep.settle_date, None, now, dry_run=rep.dry_run,
-                                 status="FAILED")
+            rid, no = sql.run_open(tx, self.name, rep.settle_date, None, now,
+                                   dry_run=rep.dry_run, status="FAILED")
+            rep.run_no = no
             sql.run_finish(tx, rid, "FAILED", now, summary=rep.summary())
-            tx.audit(now, "recon", "reconcile-failed", f"{self.name} {rep.settle_date}",
-                     {"run_id": rid, "error": rep.error[:300]})
-            return rid
+            tx.audit(now, rep.actor, "reconcile-failed", f"{self.name} {rep.settle_date}",
+                     {"run_id": rid, "run_no": no, "dry_run": rep.dry_run,
+                      "error": rep.error[:300]})
+            return rid, no
 
-        rep.run_id = self.store.run_sync(tx_fn)
-        log.error("reconciliation %s %s failed (run %s): %s", self.name, rep.settle_date,
-                  rep.run_id, rep.error)
+        rep.run_id, rep.run_no = self.store.run_sync(tx_fn)
+        log.error("reconciliation %s %s failed (%s): %s", self.name, rep.settle_date,
+                  rep.label, rep.error)
 
     # -- the lock ---------------------------------------------------------------------
 
@@ -470,10 +516,11 @@ class Reconciler:
             sql.statement_record, self.name, d, rep.source or rep.file_name, rep.sha256, rep.size,
             st.count, st.total, now)
         if not dry:
-            self.ledger.cutoff(self.name, d, reason="recon", actor="recon")
+            self.ledger.cutoff(self.name, d, reason="recon", actor=rep.actor)
         rep.ours_before = self.store.run_sync(sql.standing_totals, self.name, d)
-        rep.run_id = self.store.run_sync(sql.run_insert, self.name, d, rep.statement_id, now,
-                                         dry_run=dry, bank_count=st.count, bank_total=st.total)
+        rep.run_id, rep.run_no = self.store.run_sync(
+            sql.run_open, self.name, d, rep.statement_id, now, dry_run=dry, bank_count=st.count,
+            bank_total=st.total)
         try:
             t = time.perf_counter()
             items, matched = self._match(st, order, rep, progress)
@@ -498,7 +545,7 @@ class Reconciler:
                 self.store.run_sync(sql.run_finish, rep.run_id, "FAILED", self.now(),
                                     summary=rep.summary())
             except Exception:  # noqa: BLE001 - the database may be what failed
-                log.exception("cannot record the failure of run %s", rep.run_id)
+                log.exception("cannot record the failure of %s (id %s)", rep.label, rep.run_id)
             raise
         if outputs:
             t = time.perf_counter()
@@ -519,6 +566,11 @@ class Reconciler:
         total = len(recs)
         store_matched = self.policy.store_matched
         run_id = rep.run_id
+        numbers = self.store.run_sync(sql.run_numbers, self.name, d, readonly=True)
+
+        def run_no(rid):
+            no = numbers.get(rid)
+            return no if no is not None else f"#{rid}"
 
         def match(sort_in_python: bool):
             items: list[Item] = []
@@ -550,7 +602,7 @@ class Reconciler:
                                     progress("match", seen, total)
                             continue
                     seen += len(idxs)
-                    items.extend(classify(serial, idxs, o, recs, d_ord, d))
+                    items.extend(classify(serial, idxs, o, recs, d_ord, d, run_no))
             if batch:
                 self.store.run_sync(sql.items_insert, run_id, batch, ITEM_BATCH)
             progress("match", total, total)
@@ -629,6 +681,8 @@ class Reconciler:
                      "CONFIRM": (NONE, "dry run: would confirm")}
             for it in todo:
                 it.action, it.detail = would[it.action]
+                # what the real run would leave standing (see _finish)
+                it.ours_side = it.action == POSTED or (it.ours_side and it.action != REVERSED)
             return
         total = len(todo)
         progress("balance", 0, total)
@@ -671,7 +725,7 @@ class Reconciler:
                 origin, r.serial, r.customer_no, r.amount,
                 content=m.fingerprint("RECON", r.customer_no, r.amount, ",".join(r.bill_ids)),
                 bill_ids=r.bill_ids)
-            res = self.ledger.pay(req, source="recon", run_id=rep.run_id, actor="recon",
+            res = self.ledger.pay(req, source="recon", run_id=rep.run_id, actor=rep.actor,
                                   after_close=True, policy=self.policy.post_policy)
             if res.outcome is Outcome.OK and not res.retry:
                 it.action = POSTED
@@ -684,8 +738,8 @@ class Reconciler:
                 it.detail = self._post_refused(res, r)
         elif it.action == "REVERSE":
             res = self.ledger.reverse_local(
-                self.name, d, it.serial, run_id=rep.run_id, actor="recon",
-                reason=f"not in the bank's statement (run {rep.run_id})")
+                self.name, d, it.serial, run_id=rep.run_id, actor=rep.actor,
+                reason=f"not in the bank's statement ({rep.label})")
             if res.outcome is Outcome.OK:
                 it.action = REVERSED
                 it.ours_side = False
@@ -704,8 +758,9 @@ class Reconciler:
             if res.outcome is Outcome.OK:
                 it.action, it.detail = NONE, "two-phase payment confirmed by the statement"
                 self.store.run_sync(lambda tx: tx.audit(
-                    self.now(), "recon", "confirm", it.serial,
-                    {"bank": self.name, "serial": it.serial, "run_id": rep.run_id}))
+                    self.now(), rep.actor, "confirm", it.serial,
+                    {"bank": self.name, "serial": it.serial, "run_id": rep.run_id,
+                     "run_no": rep.run_no}))
             else:
                 it.action = EXCEPTION
                 it.detail = f"cannot confirm the pending payment: {res.outcome.value}"
@@ -732,36 +787,45 @@ class Reconciler:
         matched, matched_total = matched_sum
         d = rep.settle_date
         items.sort(key=lambda i: (i.category != TOTALS_DIFFER, i.serial or "", i.category))
-        if any(it.action == POSTED for it in items):
+        if any(it.action == POSTED for it in items) and not rep.dry_run:
             ids = self.store.run_sync(sql.payments_by_serials, self.name, d,
                                       [i.serial for i in items if i.action == POSTED])
             for it in items:
                 if it.action == POSTED and it.serial in ids:
                     it.payment_id = ids[it.serial][P_ID]
+        self._carry_resolutions(items, d)
         counts = {c: 0 for c in CATEGORIES}
         counts[MATCHED] = matched
         actions: dict[str, list[int]] = {}
         if matched:
             actions[f"{MATCHED}/{NONE}"] = [matched, matched_total, matched_total]
         gap_c = gap_a = 0
+        ok_c = ok_a = 0
         for it in items:
             counts[it.category] += 1
             a = actions.setdefault(f"{it.category}/{it.action}", [0, 0, 0])
             a[0] += 1
             a[1] += it.bank_amount or 0
             a[2] += it.our_amount or 0
-            if it.action == EXCEPTION and it.category != TOTALS_DIFFER:
-                gap_c += int(it.bank_side) - int(it.ours_side)
-                gap_a += (it.bank_amount if it.bank_side else 0) - (
-                    it.our_amount if it.ours_side else 0)
+            if it.category == TOTALS_DIFFER:
+                continue
+            side_c = int(it.bank_side) - int(it.ours_side)
+            side_a = (it.bank_amount if it.bank_side else 0) - (
+                it.our_amount if it.ours_side else 0)
+            if it.action == EXCEPTION:
+                gap_c, gap_a = gap_c + side_c, gap_a + side_a
+            elif it.action == RESOLVED:
+                ok_c, ok_a = ok_c + side_c, ok_a + side_a
         rep.counts = {k: v for k, v in counts.items() if v}
         rep.actions = actions
         rep.explained = (gap_c, gap_a)
+        rep.accepted = (ok_c, ok_a)
         rep.items = items
-        note = f"no longer an exception in run {rep.run_id}"
+        note = f"no longer an exception in {rep.label}"
 
         def tx_fn(tx):
-            sql.items_insert(tx, rep.run_id, (it.row() for it in items), ITEM_BATCH)
+            sql.items_insert(tx, rep.run_id, (it.row() + it.resolution() for it in items),
+                             ITEM_BATCH, resolutions=True)
             count, total = sql.standing_totals(tx, self.name, d)
             resolved = 0 if rep.dry_run else sql.resolve_superseded(tx, self.name, d,
                                                                     rep.run_id, note)
@@ -769,30 +833,60 @@ class Reconciler:
 
         progress("store", 0, len(items))
         rep.ours_count, rep.ours_total, rep.resolved = self.store.run_sync(tx_fn)
-        rep.gap = (rep.bank_count - rep.ours_count, rep.bank_total - rep.ours_total)
         if rep.dry_run:
-            rep.status = "BALANCED" if rep.gap == (0, 0) and not any(
-                i.action in (EXCEPTION, POSTED, REVERSED) for i in items) else "EXCEPTIONS"
-        else:
-            rep.status = "BALANCED" if rep.balanced else "EXCEPTIONS"
-            if not rep.gap_explained:
-                rep.error = (f"unexplained difference: statement minus gateway {rep.gap},"
-                             f" open exceptions account for {rep.explained}")
-                log.error("%s %s run %s: %s", self.name, d, rep.run_id, rep.error)
+            # nothing was changed: the gateway as the real run would leave it
+            posts = [i for i in items if i.action == POSTED]
+            revs = [i for i in items if i.action == REVERSED]
+            rep.ours_count += len(posts) - len(revs)
+            rep.ours_total += (sum(i.bank_amount or 0 for i in posts)
+                               - sum(i.our_amount or 0 for i in revs))
+        rep.gap = (rep.bank_count - rep.ours_count, rep.bank_total - rep.ours_total)
+        rep.status = "BALANCED" if rep.balanced else "EXCEPTIONS"
+        if not rep.gap_explained and not rep.dry_run:
+            rep.error = (f"unexplained difference: statement minus gateway {rep.gap},"
+                         f" open exceptions account for {rep.explained}"
+                         + (f", resolved ones for {rep.accepted}" if rep.accepted != (0, 0)
+                            else ""))
+            log.error("%s %s %s: %s", self.name, d, rep.label, rep.error)
         summary = rep.summary()
 
         def fin(tx):
             sql.run_finish(tx, rep.run_id, rep.status, self.now(), ours_count=rep.ours_count,
                            ours_total=rep.ours_total, summary=summary)
-            tx.audit(self.now(), "recon", "reconcile-dry-run" if rep.dry_run else "reconcile",
+            tx.audit(self.now(), rep.actor,
+                     "reconcile-dry-run" if rep.dry_run else "reconcile",
                      f"{self.name} {d:%Y-%m-%d}",
-                     {"run_id": rep.run_id, "status": rep.status, "counts": rep.counts,
+                     {"run_id": rep.run_id, "run_no": rep.run_no, "status": rep.status,
+                      "counts": rep.counts,
                       "posted": len([i for i in items if i.action == POSTED]),
                       "reversed": len([i for i in items if i.action == REVERSED]),
-                      "exceptions": len(rep.exceptions), "sha256": rep.sha256})
+                      "exceptions": len(rep.exceptions),
+                      "resolved_before": len(rep.resolved_items), "sha256": rep.sha256})
 
         self.store.run_sync(fin)
         progress("store", len(items), len(items))
+
+    def _carry_resolutions(self, items: list[Item], d: date) -> None:
+        """An exception an operator resolved on an earlier run of this bank and
+        date, found again (same category, serial and amounts): RESOLVED here too,
+        with who resolved it, when and why -- a statement sent again must not
+        reopen what was closed."""
+        if not any(it.action == EXCEPTION for it in items):
+            return
+        earlier: dict[tuple, dict] = {}
+        for r in self.store.run_sync(sql.resolutions, self.name, d, readonly=True):
+            earlier.setdefault((r["category"], r["serial"], r["bank_amount"] or 0,
+                                r["our_amount"] or 0), r)
+        for it in items:
+            r = earlier.get(it.key()) if it.action == EXCEPTION else None
+            if r is None:
+                continue
+            it.action = RESOLVED
+            it.resolved_by, it.resolved_at, it.resolved_note = (
+                r["resolved_by"], r["resolved_at"], r["resolved_note"])
+            when = f" on {r['resolved_at']:%Y-%m-%d}" if r["resolved_at"] else ""
+            it.detail = (f"resolved by {r['resolved_by']}{when} (run {r['run_no']}):"
+                         f" {r['resolved_note'] or ''} | {it.detail}")
 
     # -- outputs ------------------------------------------------------------------------
 
@@ -810,8 +904,8 @@ class Reconciler:
                 rep.outputs["error_file"] = str(
                     write_atomic(self.exchange_dir() / name, data))
         except OSError as e:
-            log.error("%s %s run %s: cannot write the outputs: %s", self.name, rep.settle_date,
-                      rep.run_id, e)
+            log.error("%s %s %s: cannot write the outputs: %s", self.name, rep.settle_date,
+                      rep.label, e)
             rep.outputs["error"] = str(e)
         return rep.outputs
 

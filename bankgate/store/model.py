@@ -165,12 +165,15 @@ statement = sa.Table(
 
 # One row per reconciliation run of a bank and settle date.  The lock row
 # (bank, settle_date) in bg_recon_lock keeps two gateway processes from
-# reconciling the same bank and date at once.
+# reconciling the same bank and date at once.  ``id`` is the internal key (items,
+# payments and undo rows point at it); ``run_no`` is the number an operator sees,
+# counted per bank from 1 (bg_recon_counter); a dry run takes none (NULL).
 recon_run = sa.Table(
     "bg_recon_run",
     metadata,
     _id(),
     sa.Column("bank", sa.String(BANK), nullable=False),
+    sa.Column("run_no", sa.Integer, nullable=True),
     sa.Column("settle_date", sa.Date, nullable=False),
     sa.Column("statement_id", sa.BigInteger, nullable=True),
     sa.Column("started_at", sa.DateTime, nullable=False),
@@ -183,6 +186,17 @@ recon_run = sa.Table(
     _money("ours_total"),
     sa.Column("summary", sa.Text, nullable=True),  # JSON: counts per category
     sa.Index("ix_bg_recon_run_bank_date", "bank", "settle_date"),
+    sa.Index("ix_bg_recon_run_no", "bank", "run_no"),
+)
+
+# The last run number given per bank: the next run takes last_no + 1 under this
+# row's lock, in the transaction that inserts the run (two runs of one bank on
+# different dates may start at once; the run lock is per bank and date).
+recon_counter = sa.Table(
+    "bg_recon_counter",
+    metadata,
+    sa.Column("bank", sa.String(BANK), primary_key=True),
+    sa.Column("last_no", sa.Integer, nullable=False),
 )
 
 recon_item = sa.Table(
@@ -200,6 +214,12 @@ recon_item = sa.Table(
     sa.Column("action", sa.String(10), nullable=False),
     sa.Column("payment_id", sa.BigInteger, nullable=True),
     sa.Column("detail", sa.String(200), nullable=True),
+    # an exception an operator closed (bankgate recon resolve): who, when, what was
+    # done; a later run of the same bank and date that finds the same discrepancy
+    # again carries it over (RESOLVED, not reopened)
+    sa.Column("resolved_by", sa.String(64), nullable=True),
+    sa.Column("resolved_at", sa.DateTime, nullable=True),
+    sa.Column("resolved_note", sa.String(200), nullable=True),
     sa.Index("ix_bg_recon_item_run", "run_id", "category"),
 )
 

@@ -25,6 +25,7 @@ from datetime import date, datetime, timedelta
 import sqlalchemy as sa
 
 from bankgate.store import model
+from bankgate.store.db import Retry
 from bankgate.store.tx import Tx
 
 STANDING = ("POSTED", "PENDING")
@@ -143,14 +144,49 @@ def statement_get(tx: Tx, statement_id: int) -> dict | None:
     return dict(rows[0]) if rows else None
 
 
+def next_run_no(tx: Tx, bank: str) -> int:
+    """The bank's next run number (1, 2, ...), taken from its ``bg_recon_counter``
+    row: the update locks the row until this transaction ends, so two runs of one
+    bank (two dates, two processes) never get the same number."""
+    c, rr = model.recon_counter, model.recon_run
+    if tx.conn.execute(c.update().where(c.c.bank == bank)
+                       .values(last_no=c.c.last_no + 1)).rowcount != 1:
+        last = tx.conn.execute(sa.select(sa.func.max(rr.c.run_no))
+                               .where(rr.c.bank == bank)).scalar()
+        try:
+            with tx.conn.begin_nested():
+                tx.conn.execute(c.insert().values(bank=bank, last_no=(last or 0) + 1))
+        except sa.exc.IntegrityError:
+            raise Retry() from None  # another run created the row meanwhile: again
+    return int(tx.conn.execute(sa.select(c.c.last_no).where(c.c.bank == bank)).scalar())
+
+
+def run_open(tx: Tx, bank: str, d: date, statement_id: int | None, now: datetime, *,
+             dry_run: bool, bank_count: int = 0, bank_total: int = 0,
+             status: str = "RUNNING") -> tuple[int, int | None]:
+    """Insert a run: ``(id, run_no)``.  A dry run takes no number (``None``)."""
+    run_no = None if dry_run else next_run_no(tx, bank)
+    r = tx.conn.execute(model.recon_run.insert().values(
+        bank=bank, run_no=run_no, settle_date=d, statement_id=statement_id, started_at=now,
+        status=status, dry_run=1 if dry_run else 0, bank_count=bank_count,
+        bank_total=bank_total,
+    ))
+    return int(r.inserted_primary_key[0]), run_no
+
+
 def run_insert(tx: Tx, bank: str, d: date, statement_id: int | None, now: datetime, *,
                dry_run: bool, bank_count: int = 0, bank_total: int = 0,
                status: str = "RUNNING") -> int:
-    r = tx.conn.execute(model.recon_run.insert().values(
-        bank=bank, settle_date=d, statement_id=statement_id, started_at=now, status=status,
-        dry_run=1 if dry_run else 0, bank_count=bank_count, bank_total=bank_total,
-    ))
-    return int(r.inserted_primary_key[0])
+    """:func:`run_open`, returning only the id."""
+    return run_open(tx, bank, d, statement_id, now, dry_run=dry_run, bank_count=bank_count,
+                    bank_total=bank_total, status=status)[0]
+
+
+def run_numbers(tx: Tx, bank: str, d: date) -> dict[int, int | None]:
+    """id -> run_no of the runs of (bank, d)."""
+    rr = model.recon_run
+    return {int(r[0]): r[1] for r in tx.conn.execute(
+        sa.select(rr.c.id, rr.c.run_no).where(rr.c.bank == bank, rr.c.settle_date == d))}
 
 
 def run_finish(tx: Tx, run_id: int, status: str, now: datetime, *, ours_count: int = 0,
@@ -208,20 +244,27 @@ def first_activity(tx: Tx, bank: str) -> date | None:
 
 ITEM_COLUMNS = ("category", "serial", "customer_no", "bank_amount", "our_amount", "action",
                 "payment_id", "detail")
+RESOLUTION_COLUMNS = ("resolved_by", "resolved_at", "resolved_note")
 
 
-def items_insert(tx: Tx, run_id: int, rows: Iterable[tuple], batch: int = 5000) -> int:
-    """Insert items (tuples in :data:`ITEM_COLUMNS` order) with executemany in
+def items_insert(tx: Tx, run_id: int, rows: Iterable[tuple], batch: int = 5000, *,
+                 resolutions: bool = False) -> int:
+    """Insert items (tuples in :data:`ITEM_COLUMNS` order, followed by the
+    :data:`RESOLUTION_COLUMNS` when ``resolutions``) with executemany in
     batches; returns how many."""
     if tx.store.dialect == "postgresql":
-        return _items_copy(tx, run_id, rows)
+        return _items_copy(tx, run_id, rows, resolutions)
     stmt = model.recon_item.insert()
     n = 0
     buf: list[dict] = []
     for r in rows:
-        buf.append({"run_id": run_id, "category": r[0], "serial": r[1], "customer_no": r[2],
-                    "bank_amount": r[3], "our_amount": r[4], "action": r[5],
-                    "payment_id": r[6], "detail": (r[7] or None) and r[7][:200]})
+        row = {"run_id": run_id, "category": r[0], "serial": r[1], "customer_no": r[2],
+               "bank_amount": r[3], "our_amount": r[4], "action": r[5],
+               "payment_id": r[6], "detail": (r[7] or None) and r[7][:200]}
+        if resolutions:
+            row.update(resolved_by=r[8], resolved_at=r[9],
+                       resolved_note=(r[10] or None) and r[10][:200])
+        buf.append(row)
         if len(buf) >= batch:
             tx.conn.execute(stmt, buf)
             n += len(buf)
@@ -232,10 +275,10 @@ def items_insert(tx: Tx, run_id: int, rows: Iterable[tuple], batch: int = 5000) 
     return n
 
 
-def _items_copy(tx: Tx, run_id: int, rows: Iterable[tuple]) -> int:
+def _items_copy(tx: Tx, run_id: int, rows: Iterable[tuple], resolutions: bool) -> int:
     """PostgreSQL: the same rows through COPY, in this transaction (a million
     matched items in seconds, not minutes)."""
-    cols = ("run_id",) + ITEM_COLUMNS
+    cols = ("run_id",) + ITEM_COLUMNS + (RESOLUTION_COLUMNS if resolutions else ())
     dbapi = tx.conn.connection.driver_connection
     n = 0
     with dbapi.cursor() as cur:
@@ -243,8 +286,11 @@ def _items_copy(tx: Tx, run_id: int, rows: Iterable[tuple]) -> int:
             write = cp.write_row
             for r in rows:
                 detail = r[7]
-                write((run_id, r[0], r[1], r[2], r[3], r[4], r[5], r[6],
-                       detail[:200] if detail else None))
+                row = (run_id, r[0], r[1], r[2], r[3], r[4], r[5], r[6],
+                       detail[:200] if detail else None)
+                if resolutions:
+                    row += (r[8], r[9], r[10][:200] if r[10] else None)
+                write(row)
                 n += 1
     return n
 
@@ -296,23 +342,53 @@ def resolve_superseded(tx: Tx, bank: str, d: date, run_id: int, note: str) -> in
     return tx.conn.execute(q).rowcount
 
 
+class DryRunItem(ValueError):
+    """An item of a dry run: nothing to resolve (a dry run leaves no exception)."""
+
+
 def item_resolve(tx: Tx, item_id: int, actor: str, note: str, now: datetime) -> dict | None:
-    """An operator closes one exception (after fixing it by hand): RESOLVED, audited."""
-    it = model.recon_item
-    rows = tx.conn.execute(sa.select(it).where(it.c.id == item_id)).mappings().all()
+    """An operator closes one exception (after fixing it by hand): RESOLVED, with
+    who, when and the note in its own columns (a later run of the same statement
+    keeps it resolved), audited.  Raises :class:`DryRunItem` for a dry run's item."""
+    it, rr = model.recon_item, model.recon_run
+    rows = tx.conn.execute(
+        sa.select(it, rr.c.bank, rr.c.settle_date, rr.c.run_no, rr.c.dry_run)
+        .join(rr, rr.c.id == it.c.run_id).where(it.c.id == item_id)).mappings().all()
     if not rows:
         return None
     row = dict(rows[0])
+    if row["dry_run"]:
+        raise DryRunItem(f"item {item_id} belongs to a dry run of {row['bank']}"
+                         f" {row['settle_date']}: a dry run changes nothing, nothing to resolve")
     if row["action"] != "EXCEPTION":
         return row
     detail = f"{row['detail'] or ''} | resolved by {actor}: {note}"[:200]
-    tx.conn.execute(it.update().where(it.c.id == item_id).values(action="RESOLVED",
-                                                                 detail=detail))
+    tx.conn.execute(it.update().where(it.c.id == item_id).values(
+        action="RESOLVED", detail=detail, resolved_by=actor[:64], resolved_at=now,
+        resolved_note=note[:200]))
     tx.audit(now, actor, "recon-resolve", f"item {item_id}",
-             {"run_id": row["run_id"], "serial": row["serial"], "category": row["category"],
-              "note": note})
-    row.update(action="RESOLVED", detail=detail)
+             {"run_id": row["run_id"], "run_no": row["run_no"], "bank": row["bank"],
+              "settle_date": f"{row['settle_date']}", "serial": row["serial"],
+              "category": row["category"], "note": note})
+    row.update(action="RESOLVED", detail=detail, resolved_by=actor[:64], resolved_at=now,
+               resolved_note=note[:200])
     return row
+
+
+def resolutions(tx: Tx, bank: str, d: date) -> list[dict]:
+    """The exceptions an operator resolved in earlier (not dry) runs of (bank, d),
+    oldest first (the run where the operator acted, then the runs that carried
+    it): category, serial, amounts, who, when, the note and the run."""
+    it, rr = model.recon_item, model.recon_run
+    q = (
+        sa.select(it.c.category, it.c.serial, it.c.bank_amount, it.c.our_amount,
+                  it.c.resolved_by, it.c.resolved_at, it.c.resolved_note, rr.c.run_no)
+        .join(rr, rr.c.id == it.c.run_id)
+        .where(rr.c.bank == bank, rr.c.settle_date == d, rr.c.dry_run == 0,
+               it.c.action == "RESOLVED", it.c.resolved_by.is_not(None))
+        .order_by(it.c.id)
+    )
+    return [dict(r) for r in tx.conn.execute(q).mappings()]
 
 
 def open_exceptions(tx: Tx, bank: str | None = None, d: date | None = None) -> list[dict]:
@@ -328,7 +404,7 @@ def open_exceptions(tx: Tx, bank: str | None = None, d: date | None = None) -> l
     if d is not None:
         latest = latest.where(rr.c.settle_date == d)
     q = (
-        sa.select(it, rr.c.bank, rr.c.settle_date)
+        sa.select(it, rr.c.bank, rr.c.settle_date, rr.c.run_no)
         .join(rr, rr.c.id == it.c.run_id)
         .where(it.c.run_id.in_(latest), it.c.action == "EXCEPTION")
         .order_by(rr.c.bank, rr.c.settle_date, it.c.serial)

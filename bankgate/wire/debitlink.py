@@ -29,13 +29,33 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from twisted.application.internet import ClientService
-from twisted.internet import defer, protocol
-from twisted.logger import Logger
+from twisted.internet import defer, error, protocol
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from bankgate.wire.framing import FrameReceiver, receiver_options
 
 log = Logger(namespace="bankgate.carddebit")
+
+
+@implementer(IStreamClientEndpoint)
+class _WatchedEndpoint:
+    """The host's endpoint, telling the link why a connection attempt failed.
+
+    The link says itself what an operator needs, once: the host cannot be reached
+    (a warning), and it can again (:meth:`DebitLink._connect_failed`,
+    :meth:`DebitLink._made`).  The reconnect after each idle close (once a minute)
+    is at debug, and so is Twisted's own ``ClientService`` line for it ("Scheduling
+    retry 1 to connect ..."), by the log's default levels (``app/logs.py``).
+    """
+
+    def __init__(self, endpoint, failed: Callable[[Failure], Failure]):
+        self.endpoint, self.failed = endpoint, failed
+
+    def connect(self, factory) -> defer.Deferred:
+        return self.endpoint.connect(factory).addErrback(self.failed)
 
 
 class LinkOptions(Protocol):
@@ -131,7 +151,9 @@ class DebitLink:
         self.connects = 0
         self.last_answer_at: float | None = None
         self.stray = 0  # answers that belonged to no request (late, duplicated)
-        self.service = ClientService(endpoint, _LinkFactory(self), retryPolicy=self.retry_delay,
+        self.failures = 0  # connection attempts failed in a row
+        self.service = ClientService(_WatchedEndpoint(endpoint, self._connect_failed),
+                                     _LinkFactory(self), retryPolicy=self.retry_delay,
                                      clock=clock)
         self.service.setName(f"{name}-debit-link")
 
@@ -206,12 +228,32 @@ class DebitLink:
 
     # -- connection events -------------------------------------------------------
 
+    def _connect_failed(self, failure: Failure) -> Failure:
+        """One warning when the host cannot be reached; the retries after it at debug
+        (ClientService goes on retrying with back-off)."""
+        if not failure.check(defer.CancelledError, error.ConnectingCancelledError):
+            self.failures += 1
+            log.emit(LogLevel.warn if self.failures == 1 else LogLevel.debug,
+                     "debit host {bank}: cannot connect ({reason}); retrying every"
+                     " {first:g} to {most:g} s (attempt {attempt})",
+                     bank=self.name, reason=failure.getErrorMessage(), attempt=self.failures,
+                     first=self.opts.debit_reconnect, most=self.opts.debit_reconnect_max)
+        return failure
+
     def _made(self, proto: DebitConnection) -> None:
         self.connects += 1
+        if self.failures:
+            log.info("debit host {bank}: connected again after {failures} failed attempt(s)",
+                     bank=self.name, failures=self.failures)
+        else:  # the first connection, or again after an idle close (once a minute)
+            log.emit(LogLevel.info if self.connects == 1 else LogLevel.debug,
+                     "debit host {bank}: connected", bank=self.name)
+        self.failures = 0
         self.proto = proto
         self._pump()
 
     def _lost(self, proto: DebitConnection) -> None:
+        log.debug("debit host {bank}: connection closed", bank=self.name)
         if proto is self.proto:
             self.proto = None
         ex = self.current

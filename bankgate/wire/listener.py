@@ -252,7 +252,8 @@ class BankProtocol(FrameReceiver):
         if self.closing:
             self.stats.unanswered += 1
             self._log_txn(
-                action.txname, action.log, action.request, outcome, started, answered=False
+                action.txname, action.log, action.request, outcome, started, answered=False,
+                result=result,
             )
             return
         try:
@@ -261,7 +262,8 @@ class BankProtocol(FrameReceiver):
         except Exception:  # noqa: BLE001 -- nor anything raised by encode()
             self._error(Failure(), f"codec failed to encode the {action.txname or 'result'}")
             return
-        self._log_txn(action.txname, action.log, action.request, outcome, started)
+        self._log_txn(action.txname, action.log, action.request, outcome, started,
+                      result=result)
         if self.one_per_connection:
             self.closeConnection()
         else:
@@ -297,26 +299,68 @@ class BankProtocol(FrameReceiver):
         outcome: Outcome | None,
         started: float,
         answered: bool = True,
+        result: Any = None,
     ) -> None:
+        """One info line per transaction: who, what, the payment it refers to, the
+        outcome and, for a refusal, why (the codec's reason or the ledger's message)."""
         ms = round((self.clock.seconds() - started) * 1000, 1)
         outcome_name = outcome.value if isinstance(outcome, Outcome) else str(outcome)
         self.stats.transactions += 1
         self.stats.outcomes[outcome_name] += 1
         fields = dict(fields or {})
 
-        def pick(key: str, attr: str) -> Any:
-            if key in fields:
-                return fields.pop(key)
-            return getattr(request, attr, None) if request is not None else None
+        def pick(keys: tuple[str, ...], *found: Any) -> Any:
+            """The codec's field (the first of ``keys`` it gave), else the first of
+            ``found`` that is set."""
+            for key in keys:
+                if key in fields:
+                    return fields.pop(key)
+            return next((v for v in found if v not in (None, "")), None)
 
+        def attr(obj: Any, name: str) -> Any:
+            return getattr(obj, name, None) if obj is not None else None
+
+        # what an answer to an earlier payment (reversal, status, confirm) names:
+        # the original's serial and date -- a reversal's is its own trade date
+        orig_serial = pick(("orig_serial",), attr(request, "orig_serial"),
+                           attr(result, "orig_serial"))
+        orig_date = pick(("orig_date",), attr(request, "orig_date"),
+                         attr(attr(request, "origin"), "trade_date")
+                         if orig_serial is not None else None)
+        event = {
+            "serial": pick(("serial",), attr(request, "serial")),
+            "customer": pick(("customer", "customer_no"), attr(request, "customer_no"),
+                             attr(result, "customer_no")),
+            "amount": pick(("amount",), attr(request, "amount")),
+            "orig_serial": orig_serial,
+            "orig_date": _iso(orig_date),
+            "receipt": pick(("receipt",), attr(result, "receipt_no")),
+            # why it was refused: the codec's reason, else the ledger's message
+            "reason": pick(("reason",), attr(result, "message")) if outcome != Outcome.OK
+            else None,
+        }
+        parts = ["{bank} {txname}"]
+        parts += [f"{k}={{{k}}}" for k in ("serial", "customer", "amount")
+                  if event[k] is not None]
+        if orig_serial is not None:
+            parts.append("orig_serial={orig_serial}" + (" of {orig_date}" if orig_date else ""))
+        if event["receipt"] is not None:
+            parts.append("receipt={receipt}")
+        # the codec's other fields (masked by it): shown, so a text log has them too.
+        # Keys starting with "_" are renderings for the text only (a JSON log skips them).
+        extra = " ".join(f"{k}={_quoted(v)}" for k, v in fields.items())
+        if extra:
+            parts.append("{_extra}")
+        parts.append("outcome={outcome}")
+        if event["reason"]:
+            parts.append("reason={_reason}")
         self.log.info(
-            "{bank} {txname} serial={serial} customer={customer} amount={amount} "
-            "outcome={outcome} {ms}ms{unanswered}",
+            " ".join(parts) + " {ms}ms{unanswered}",
+            _extra=extra,
+            _reason=_quoted(event["reason"]),
             bank=self.bank,
             txname=txname or (type(request).__name__ if request is not None else "?"),
-            serial=pick("serial", "serial"),
-            customer=pick("customer", "customer_no"),
-            amount=pick("amount", "amount"),
+            **event,
             outcome=outcome_name,
             ms=ms,
             answered=answered,
@@ -325,3 +369,16 @@ class BankProtocol(FrameReceiver):
             fields=fields,
             txn=True,
         )
+
+
+def _iso(day: Any) -> Any:
+    """A date as ``YYYY-MM-DD``; anything else (the codec's text, None) as it is."""
+    return day.isoformat() if hasattr(day, "isoformat") else day
+
+
+def _quoted(value: Any) -> str:
+    """A field's value for a ``key=value`` log text: quoted when it has spaces."""
+    text = str(value)
+    if not text or any(c.isspace() or c in '"=' for c in text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bankgate.app import wiring
-from bankgate.app.cli import common, invoices, recon, withholding
+from bankgate.app import startup, wiring
+from bankgate.app.cli import backup, common, invoices, recon, status, withholding
+from bankgate.app.cli.actor import add_actor
 from bankgate.app.cli.argtypes import date_arg as _date
 from bankgate.app.cli.common import _ledger, _load, _store  # noqa: F401 - the commands' own
+from bankgate.app.cli.status import describe_database
 from bankgate.app.config import ConfigError, load_config
 from bankgate.codec.registry import PluginError
 
@@ -28,7 +30,7 @@ def cmd_config_check(args) -> int:
     cfg = load_config(args.file)
     codecs, _, _ = wiring.check(cfg)
     print(f"{args.file}: OK")
-    print(f"  database: {cfg.db_url.split('@')[-1]}")
+    print(f"  database: {describe_database(cfg.db_url)}")
     for b in cfg.banks:
         print(f"  bank {b.name}: plugin {b.plugin}, code {b.bank_code}, policy {b.policy},"
               f" listen {', '.join(b.listen) or '-'}, MAC {_mac_text(b, codecs[b.plugin])}")
@@ -108,57 +110,172 @@ def cmd_simulate(args) -> int:
             return 2
         return recon.cmd_statement_write(args)
 
+    args.config = common.config_path(getattr(args, "config", None))  # found as every command
     return simulate_main(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every ``bankgate`` parser (sub-parsers inherit the class): descriptions and
+    "examples:" epilogs are printed as written, line by line."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kw)
+
+
+def version_text() -> str:
+    """``bankgate --version``: the gateway's version, then what it runs on."""
+    import platform
+
+    import sqlalchemy
+
+    import twisted
+    from bankgate import __version__
+
+    return (f"bankgate {__version__} (Python {platform.python_version()},"
+            f" Twisted {twisted.__version__}, SQLAlchemy {sqlalchemy.__version__})")
+
+
+DESCRIPTION = """\
+The bankgate command: operator and bank-IT tools beside `twistd bankgate`.
+
+Give it the same --config (and --data-dir) as the running gateway, before the
+command. `bankgate COMMAND --help` describes each command, with examples;
+docs/operator-guide.rst is the manual."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bankgate", description=__doc__)
+    p = _Parser(prog="bankgate", description=DESCRIPTION, epilog=(
+        "examples:\n"
+        "  bankgate -c /etc/bankgate/bankgate.toml status\n"
+        "  bankgate config check /etc/bankgate/bankgate.toml\n"
+        "  bankgate -c /etc/bankgate/bankgate.toml backup\n"
+        "  bankgate invoice --help"))
+    p.add_argument("--version", action="version", version=version_text(),
+                   help="print the version (and Python's, Twisted's, SQLAlchemy's) and exit")
     p.add_argument("--config", "-c", default=None,
-                   help="configuration file (default: the embedded default)")
+                   help="configuration file (default: $BANKGATE_CONFIG, else"
+                        " /etc/bankgate/bankgate.toml)")
+    p.add_argument("--demo", action="store_true",
+                   help="run on the embedded demo configuration (as twistd bankgate --demo)")
     p.add_argument("--data-dir", "-d", default=None,
                    help="the data folder, as given to twistd bankgate --data-dir")
     sub = p.add_subparsers(dest="command", required=True)
 
-    cfg = sub.add_parser("config", help="configuration")
+    cfg = sub.add_parser(
+        "config", help="configuration",
+        description="Check a configuration file before the gateway reads it.",
+        epilog="examples:\n  bankgate config check /etc/bankgate/bankgate.toml")
     cs = cfg.add_subparsers(dest="sub", required=True)
-    c = cs.add_parser("check", help="validate a configuration file")
-    c.add_argument("file")
+    c = cs.add_parser(
+        "check", help="validate a configuration file",
+        description=(
+            "Read a configuration file as the gateway would at start: its keys, the\n"
+            "plugins its banks name, every bank's options. Print the database (scheme,\n"
+            "driver and where; never the password) and each bank's plugin, code, policy,\n"
+            "listeners and MAC. Exit status 0 when valid; 2, naming the file, the key and\n"
+            "the problem, when not. The configuration is read at start only: check, then\n"
+            "restart."),
+        epilog=(
+            "examples:\n"
+            "  bankgate config check /etc/bankgate/bankgate.toml\n"
+            "  bankgate config check bankgate.toml.new && sudo systemctl restart bankgate"))
+    c.add_argument("file", help="the TOML configuration file to check")
     c.set_defaults(func=cmd_config_check)
 
-    db = sub.add_parser("db", help="database schema")
+    db = sub.add_parser(
+        "db", help="database schema",
+        description="The gateway's own tables (bg_*), created and upgraded by its migrations.",
+        epilog="examples:\n  bankgate -c /etc/bankgate/bankgate.toml db upgrade")
     ds = db.add_subparsers(dest="sub", required=True)
-    c = ds.add_parser("upgrade", help="create or upgrade the gateway's tables")
+    c = ds.add_parser(
+        "upgrade", help="create or upgrade the gateway's tables",
+        description=(
+            "Run the migrations: create the gateway's tables, or bring them to the current\n"
+            "revision, and print the revision. The gateway does the same at every start;\n"
+            "run it by hand to prepare a new database (with a role that may create tables)."),
+        epilog=(
+            "examples:\n"
+            "  bankgate -c /etc/bankgate/bankgate.toml db upgrade\n"
+            "  bankgate db upgrade --create-n8     # the embedded demo: also the reference N8"))
     c.add_argument("--create-n8", action="store_true",
                    help="also create the reference N8 schema if missing")
     c.set_defaults(func=cmd_db_upgrade)
 
-    demo = sub.add_parser("demo", help="demo data")
+    demo = sub.add_parser(
+        "demo", help="demo data",
+        description="Demo data in the reference N8 schema the gateway created (never a real N8).",
+        epilog="examples:\n  bankgate demo seed --customers 10000")
     dms = demo.add_subparsers(dest="sub", required=True)
-    c = dms.add_parser("seed", help="generate demo customers and bills")
-    c.add_argument("--customers", type=int, default=1000)
+    c = dms.add_parser(
+        "seed", help="generate demo customers and bills",
+        description=(
+            "Generate demo customers (numbered from 100000001) with open bills, some\n"
+            "overdue, and the tariffs. The same count gives the same data. Only into a\n"
+            "reference N8 schema the gateway created (n8.create = true); refused when N8's\n"
+            "customer table is not empty, unless --replace."),
+        epilog=(
+            "examples:\n"
+            "  bankgate demo seed --customers 100000\n"
+            "  bankgate -c demo.toml demo seed --customers 1000000 --replace"))
+    c.add_argument("--customers", type=int, default=1000,
+                   help="how many customers (default 1000)")
     c.add_argument("--replace", action="store_true", help="delete existing demo data first")
     c.set_defaults(func=cmd_demo_seed)
 
-    c = sub.add_parser("cutoff", help="close a bank's trade date")
-    c.add_argument("--bank", required=True)
-    c.add_argument("--date", type=_date, required=True)
-    c.add_argument("--actor", default="operator")
+    c = sub.add_parser(
+        "cutoff", help="close a bank's trade date",
+        description=(
+            "Close a bank's trade date now (扎帐), as its cut-off time would, and print the\n"
+            "count and total of its standing payments. Payments and reversals for a closed\n"
+            "date are refused; a closed date cannot be reopened; closing it again prints\n"
+            "its figures again. Safe while the gateway runs."),
+        epilog=(
+            "examples:\n"
+            "  bankgate -c /etc/bankgate/bankgate.toml cutoff --bank icbc-shenyang"
+            " --date 2026-11-27 --actor wang"))
+    c.add_argument("--bank", required=True, help="a configured bank")
+    c.add_argument("--date", type=_date, required=True, help="the trade date, YYYY-MM-DD")
+    add_actor(c)
     c.set_defaults(func=cmd_cutoff)
 
-    c = sub.add_parser("refund", help="refund (退单) a payment by its receipt number")
-    c.add_argument("receipt")
-    c.add_argument("--reason", required=True)
-    c.add_argument("--actor", required=True)
+    c = sub.add_parser(
+        "refund", help="refund (退单) a payment by its receipt number",
+        description=(
+            "Refund (退单) a posted payment at the utility's counter: undo it in N8 like a\n"
+            "reversal and record the actor and reason in bg_audit. Refused (exit status 1)\n"
+            "when the payment is no longer posted, or its invoice was printed (void the\n"
+            "invoice first: bankgate invoice void)."),
+        epilog=(
+            "examples:\n"
+            "  bankgate -c /etc/bankgate/bankgate.toml refund 20261128000000000002"
+            " --reason \"customer moved out\" --actor wang"))
+    c.add_argument("receipt", help="the receipt number the bank printed")
+    c.add_argument("--reason", required=True, help="why (recorded in bg_audit)")
+    add_actor(c)
     c.set_defaults(func=cmd_refund)
 
     recon.add_cli(sub)
 
-    pl = sub.add_parser("plugins", help="bank message plugins")
+    pl = sub.add_parser(
+        "plugins", help="bank message plugins",
+        description="The bank message plugins the gateway finds, and a checker for a new one.",
+        epilog="examples:\n  bankgate plugins list\n  bankgate plugins check my_bank.py")
     pls = pl.add_subparsers(dest="sub", required=True)
-    c = pls.add_parser("list", help="list the plugins found")
+    c = pls.add_parser(
+        "list", help="list the plugins found",
+        description=("List the plugins found in plugins/ and in gateway.plugin_dirs, with\n"
+                     "their descriptions: the names a bank's `plugin` key may take."),
+        epilog="examples:\n  bankgate -c /etc/bankgate/bankgate.toml plugins list")
     c.set_defaults(func=cmd_plugins_list)
-    c = pls.add_parser("check", help="load a plugin file and check its layouts and codes")
-    c.add_argument("file")
+    c = pls.add_parser(
+        "check", help="load a plugin file and check its layouts and codes",
+        description=(
+            "Load one plugin file and check it against the SDK: its declarations, message\n"
+            "layouts, response codes and declared capabilities. One line per finding;\n"
+            "exit status 1 if any line is a FAIL."),
+        epilog="examples:\n  bankgate plugins check /etc/bankgate/plugins/my_bank.py")
+    c.add_argument("file", help="the plugin's .py file")
     c.set_defaults(func=cmd_plugins_check)
 
     sim = sub.add_parser("simulate", help="play a bank against a running gateway")
@@ -172,12 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     invoices.add_cli(sub, _load, _ledger)
     withholding.add_cli(sub, _load, _ledger)
+    status.add_cli(sub)
+    backup.add_cli(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.demo and getattr(args, "config", None):
+        parser.error("give --config or --demo, not both")
     common.set_data_dir(args.data_dir)
+    common.set_demo(args.demo)
     try:
         return args.func(args)
     except PluginError as e:
@@ -189,6 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError) as e:
         print(f"bankgate: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        # a database that cannot be reached, or refuses the user: one line, not a traceback
+        if not startup.is_database_error(e):
+            raise
+        print(f"bankgate: {startup.database_problem(common.database_url(), e)}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 from bankgate.app import wiring
+from bankgate.app.cli.actor import add_actor
 from bankgate.domain.invoices import (
     DEFAULT_WIDTH,
     ISSUED,
@@ -41,16 +42,45 @@ def add_cli(subparsers, load_config: Callable, make_ledger: Callable) -> None:
                 return 1
         return func
 
-    p = subparsers.add_parser("invoice", help="invoices (发票): stock, print, reprint, void,"
-                                              " check against N8")
+    p = subparsers.add_parser(
+        "invoice", help="invoices (发票): stock, print, reprint, void, check against N8",
+        description=(
+            "Invoices (发票): the stock each bank and the counter hold, printing, reprints,\n"
+            "re-issues and voids, and a check against N8's invoice table.\n"
+            "docs/invoices.rst is the manual."),
+        epilog=(
+            "examples:\n"
+            "  bankgate invoice stock\n"
+            "  bankgate invoice print 20261127000000000042 --actor li\n"
+            "  bankgate invoice check"))
     sub = p.add_subparsers(dest="sub", required=True)
 
-    c = sub.add_parser("stock", help="remaining stock per holder (剩余)")
+    c = sub.add_parser(
+        "stock", help="remaining stock per holder (剩余)",
+        description=(
+            "Show each holder's (bank's or counter's) invoice numbers left: OK, LOW (at or\n"
+            "below its low-water mark) or EMPTY, the numbers issued, printed and void, and\n"
+            "each range with its next number."),
+        epilog=(
+            "examples:\n"
+            "  bankgate -c /etc/bankgate/bankgate.toml invoice stock\n"
+            "  bankgate invoice stock --holder icbc-shenyang"))
     c.add_argument("--holder", default=None, help="one bank or counter only")
     c.set_defaults(func=run(_cmd_stock))
 
-    c = sub.add_parser("issue", help="issue a range of invoice numbers to a bank or the"
-                                     " counter (领用)")
+    c = sub.add_parser(
+        "issue", help="issue a range of invoice numbers to a bank or the counter (领用)",
+        description=(
+            "Issue a range of invoice numbers to a bank or the counter (领用), and write\n"
+            "every number to N8's invoice table as unused, in one transaction. A range\n"
+            "sharing any number with an existing one, or with N8's table, is refused.\n"
+            "At most 100,000 numbers per command."),
+        epilog=(
+            "examples:\n"
+            "  bankgate invoice issue --to icbc-shenyang --code 2100 --first 1001"
+            " --last 2000 --actor zhang\n"
+            "  bankgate invoice issue --to counter --first 1 --last 500 --low-water 50"
+            " --actor li"))
     c.add_argument("--to", required=True, dest="holder",
                    help="a configured bank, or 'counter' / 'counter-NAME'")
     c.add_argument("--code", default="", help="invoice code (发票代码), up to 8 capitals/digits")
@@ -60,13 +90,25 @@ def add_cli(subparsers, load_config: Callable, make_ledger: Callable) -> None:
                    help=f"digits of the number (default {DEFAULT_WIDTH})")
     c.add_argument("--low-water", type=int, default=None,
                    help="warn at this many left (banks: options.invoice_low_water)")
-    c.add_argument("--actor", required=True)
+    add_actor(c)
     c.set_defaults(func=run(_cmd_issue))
 
-    c = sub.add_parser("print", help="print a payment's invoice to PDF (打印), or re-issue"
-                                     " it with a new number (重打)")
+    c = sub.add_parser(
+        "print", help="print a payment's invoice to PDF (打印), or re-issue it with a new"
+                      " number (重打)",
+        description=(
+            "Print a payment's invoice to a PDF (打印) and mark it printed: from then on the\n"
+            "bank's reversal and a refund are refused. A payment without an invoice gets a\n"
+            "number now. --reissue (重打) voids a spoilt printed invoice and prints the next\n"
+            "number in its place."),
+        epilog=(
+            "examples:\n"
+            "  bankgate invoice print 20261127000000000042 --actor li\n"
+            "  bankgate invoice print 20261127000000000042 --holder counter --actor li\n"
+            "  bankgate invoice print 210000000189 --reissue --reason \"printer jam\""
+            " --actor li"))
     c.add_argument("number", help="an invoice number or a payment's receipt number")
-    c.add_argument("--actor", required=True)
+    add_actor(c)
     c.add_argument("--holder", default=None,
                    help="take a new number from this holder's stock (default: the bank"
                         " paid at; re-issue: the old number's holder)")
@@ -76,20 +118,39 @@ def add_cli(subparsers, load_config: Callable, make_ledger: Callable) -> None:
     c.add_argument("--out", default=None, help="folder (default: DATA_DIR/invoices/HOLDER)")
     c.set_defaults(func=run(_cmd_print))
 
-    c = sub.add_parser("reprint", help="print a copy of a printed invoice, same number (补打)")
+    c = sub.add_parser(
+        "reprint", help="print a copy of a printed invoice, same number (补打)",
+        description=(
+            "Print a copy of a printed invoice with the same number (补打), marked as copy N\n"
+            "in its heading, footer and watermark. Every copy is audited."),
+        epilog="examples:\n  bankgate invoice reprint 210000000189 --actor li")
     c.add_argument("number", help="an invoice number or a payment's receipt number")
-    c.add_argument("--actor", required=True)
+    add_actor(c)
     c.add_argument("--out", default=None)
     c.set_defaults(func=run(_cmd_reprint))
 
-    c = sub.add_parser("void", help="void an invoice (作废)")
+    c = sub.add_parser(
+        "void", help="void an invoice (作废)",
+        description=(
+            "Void an invoice (作废), in the gateway and in N8, with the reason. The payment\n"
+            "then has no invoice, and may be reversed or refunded again: collect the\n"
+            "paper, void, then refund."),
+        epilog=(
+            "examples:\n"
+            "  bankgate invoice void 210000000190 --reason \"customer returned it\""
+            " --actor wang"))
     c.add_argument("number", help="an invoice number or a payment's receipt number")
     c.add_argument("--reason", required=True)
-    c.add_argument("--actor", required=True)
+    add_actor(c)
     c.set_defaults(func=run(_cmd_void))
 
-    c = sub.add_parser("check", help="compare the gateway's invoices with N8's (exit 1 on"
-                                     " any difference)")
+    c = sub.add_parser(
+        "check", help="compare the gateway's invoices with N8's (exit 1 on any difference)",
+        description=(
+            "Compare every number of every range with N8's invoice table; one line per\n"
+            "difference. Exit status 0 when everything agrees, 1 when something differs:\n"
+            "run it after manual work in N8 and nightly."),
+        epilog="examples:\n  bankgate -c /etc/bankgate/bankgate.toml invoice check")
     c.set_defaults(func=run(_cmd_check))
 
 

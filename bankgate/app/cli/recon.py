@@ -11,6 +11,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from bankgate.app.cli.actor import add_actor
 from bankgate.app.cli.argtypes import date_arg as _date
 from bankgate.app.cli.common import _load, _parts, _store
 from bankgate.app.config import Config
@@ -100,10 +101,10 @@ def cmd_reconcile(args) -> int:
         if bar is not None:
             with bar:
                 rep = rec.reconcile(data, args.date, source=source, file_name=name,
-                                    dry_run=args.dry_run, progress=progress)
+                                    dry_run=args.dry_run, progress=progress, actor=args.actor)
         else:
             rep = rec.reconcile(data, args.date, source=source, file_name=name,
-                                dry_run=args.dry_run)
+                                dry_run=args.dry_run, actor=args.actor)
     except StatementError as e:
         print(f"bankgate: statement refused: {e}", file=sys.stderr)
         return 2
@@ -141,10 +142,17 @@ def cmd_recon_runs(args) -> int:
     cfg = _load(args.config)
     store = _store(cfg)
     for r in store.run_sync(sql.runs, args.bank, args.date, args.limit):
-        print(f"run {r['id']:>6} {r['bank']:<16} {r['settle_date']} {r['status']:<10}"
-              f"{' dry' if r['dry_run'] else '    '} statement {r['bank_count']}/"
-              f"{r['bank_total'] / 100:.2f} gateway {r['ours_count']}/{r['ours_total'] / 100:.2f}"
-              f" {r['summary'].get('error', '')}")
+        # the bank's run number; a dry run has none, and its status is what the
+        # real run would have ended as
+        if r["dry_run"]:
+            name, status = "dry run ", f"would be {r['status']}"
+        else:
+            name, status = f"run {r['run_no'] if r['run_no'] is not None else '-':>4}", r["status"]
+        print(f"{r['bank']:<16} {name} {r['settle_date']} {status:<19}"
+              f" statement {r['bank_count']}/{r['bank_total'] / 100:.2f}"
+              f" gateway {r['ours_count']}/{r['ours_total'] / 100:.2f}"
+              f" {r['started_at']:%Y-%m-%d %H:%M} {r['summary'].get('actor', '')}"
+              f" {r['summary'].get('error', '')}".rstrip())
     return 0
 
 
@@ -155,7 +163,7 @@ def cmd_recon_exceptions(args) -> int:
     store = _store(cfg)
     rows = store.run_sync(sql.open_exceptions, args.bank, args.date)
     for r in rows:
-        print(f"item {r['id']:>8} {r['bank']:<16} {r['settle_date']} run {r['run_id']:<6}"
+        print(f"item {r['id']:>8} {r['bank']:<16} {r['settle_date']} run {r['run_no']!s:<5}"
               f" {r['category']:<15} {r['serial'] or '-':<20} bank {r['bank_amount'] / 100:.2f}"
               f" utility {r['our_amount'] / 100:.2f}  {r['detail'] or ''}")
     print(f"{len(rows)} open exception(s)")
@@ -171,7 +179,11 @@ def cmd_recon_resolve(args) -> int:
         return 2
     store = _store(cfg)
     now = datetime.now(cfg.tz).replace(tzinfo=None)
-    row = store.run_sync(sql.item_resolve, args.item, args.actor, args.note, now)
+    try:
+        row = store.run_sync(sql.item_resolve, args.item, args.actor, args.note, now)
+    except sql.DryRunItem as e:
+        print(f"bankgate: {e}", file=sys.stderr)
+        return 2
     if row is None:
         print(f"bankgate: no reconciliation item {args.item}", file=sys.stderr)
         return 2
@@ -181,20 +193,47 @@ def cmd_recon_resolve(args) -> int:
 
 def add_cli(sub) -> None:
     """Register the reconciliation commands on the ``bankgate`` parser."""
-    c = sub.add_parser("reconcile", help="reconcile a bank's statement for a date (对账)")
-    c.add_argument("--bank", required=True)
+    c = sub.add_parser(
+        "reconcile", help="reconcile a bank's statement for a date (对账)",
+        description=(
+            "Reconcile a bank's statement for a settle date (对账) by hand, as the nightly\n"
+            "run does: match it against the gateway's payments, balance what the rules\n"
+            "allow (补销, 抹账), leave the rest as exceptions, write the reports.\n"
+            "Exit status 0 balanced, 1 exceptions left for an operator, 2 the file or the\n"
+            "configuration is unusable, 4 another run holds this bank and date."),
+        epilog=(
+            "examples:\n"
+            "  bankgate reconcile --bank icbc-shenyang --date 2026-11-27\n"
+            "  bankgate reconcile --bank icbc-shenyang --date 2026-11-27 --dry-run\n"
+            "  bankgate reconcile --bank icbc-shenyang --date 2026-11-27"
+            " --file 10521020261127.DZ"))
+    c.add_argument("--bank", required=True, help="a configured bank")
     c.add_argument("--date", type=_date, required=True, help="the settle date")
     c.add_argument("--file", type=Path, default=None,
                    help="the statement file (default: fetch it from the bank's statement source)")
     c.add_argument("--dry-run", action="store_true",
                    help="classify and report, change nothing (no posting, reversing or cut-off)")
+    add_actor(c)
     c.set_defaults(func=cmd_reconcile)
 
-    st = sub.add_parser("statement", help="statement files")
+    st = sub.add_parser(
+        "statement", help="statement files",
+        description="Bank statement files, for demos and tests.",
+        epilog="examples:\n  bankgate statement write --bank demo-delim --date 2026-11-27")
     sts = st.add_subparsers(dest="sub", required=True)
-    c = sts.add_parser("write", help="write a bank's statement from the gateway's own journal")
-    c.add_argument("--bank", required=True)
-    c.add_argument("--date", type=_date, required=True)
+    c = sts.add_parser(
+        "write", help="write a bank's statement from the gateway's own journal",
+        description=(
+            "Write the statement file a bank would send for a date, from the gateway's own\n"
+            "payments, into the bank's exchange folder (demos, tests). --perturb adds\n"
+            "discrepancies for reconciliation to find."),
+        epilog=(
+            "examples:\n"
+            "  bankgate statement write --bank demo-delim --date 2026-11-27\n"
+            "  bankgate statement write --bank demo-delim --date 2026-11-27"
+            " --perturb bank-only,amount"))
+    c.add_argument("--bank", required=True, help="a configured bank")
+    c.add_argument("--date", type=_date, required=True, help="the settle date")
     c.add_argument("--perturb", nargs="?", const="all", default=None,
                    help="add discrepancies: 'all' or a comma list of bank-only, utility-only,"
                         " amount, date, totals")
@@ -202,19 +241,50 @@ def add_cli(sub) -> None:
     c.add_argument("--out", default=None, help="folder (default: the bank's exchange folder)")
     c.set_defaults(func=cmd_statement_write)
 
-    rc = sub.add_parser("recon", help="reconciliation runs and exceptions")
+    rc = sub.add_parser(
+        "recon", help="reconciliation runs and exceptions",
+        description="The reconciliation runs, their exceptions, and closing an exception.",
+        epilog=(
+            "examples:\n"
+            "  bankgate recon runs --bank icbc-shenyang\n"
+            "  bankgate recon exceptions"))
     rcs = rc.add_subparsers(dest="sub", required=True)
-    c = rcs.add_parser("runs", help="list reconciliation runs")
+    c = rcs.add_parser(
+        "runs", help="list reconciliation runs",
+        description=(
+            "List reconciliation runs, newest first: status (BALANCED, EXCEPTIONS, FAILED,\n"
+            "RUNNING), the statement's and the gateway's count and total, and the error of\n"
+            "a failed run."),
+        epilog=(
+            "examples:\n"
+            "  bankgate recon runs\n"
+            "  bankgate recon runs --bank icbc-shenyang --date 2026-11-27"))
     c.add_argument("--bank", default=None)
     c.add_argument("--date", type=_date, default=None)
     c.add_argument("--limit", type=int, default=30)
     c.set_defaults(func=cmd_recon_runs)
-    c = rcs.add_parser("exceptions", help="the open exceptions (latest run of each date)")
+    c = rcs.add_parser(
+        "exceptions", help="the open exceptions (latest run of each date)",
+        description=(
+            "The exceptions left for an operator by the latest run of each bank and date.\n"
+            "Exit status 1 when there are any (for cron), 0 when none."),
+        epilog=(
+            "examples:\n"
+            "  bankgate recon exceptions\n"
+            "  bankgate recon exceptions --bank icbc-shenyang --date 2026-11-27"))
     c.add_argument("--bank", default=None)
     c.add_argument("--date", type=_date, default=None)
     c.set_defaults(func=cmd_recon_exceptions)
-    c = rcs.add_parser("resolve", help="close an exception after handling it by hand")
-    c.add_argument("item", type=int)
-    c.add_argument("--note", required=True)
-    c.add_argument("--actor", required=True)
+    c = rcs.add_parser(
+        "resolve", help="close an exception after handling it by hand",
+        description=(
+            "Close an exception after handling it by hand, saying what was done;\n"
+            "recorded with the actor."),
+        epilog=(
+            "examples:\n"
+            "  bankgate recon resolve 1234 --actor wang --note \"posted by hand in N8, ticket"
+            " 5678\""))
+    c.add_argument("item", type=int, help="the item number (recon exceptions)")
+    c.add_argument("--note", required=True, help="what was done")
+    add_actor(c)
     c.set_defaults(func=cmd_recon_resolve)

@@ -201,8 +201,17 @@ MAX_DURATION = 3600.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``bankgate simulate`` arguments."""
-    parser.description = ("Play a bank against a running gateway: single transactions for "
-                          "integration tests, or paced load.")
+    parser.description = (
+        "Play a bank against a running gateway over TCP: single transactions for\n"
+        "integration tests, or paced load. It uses the plugin's own bank side and the\n"
+        "bank's code and keys from the configuration. Options of simulate go before the\n"
+        "transaction, the transaction's after it. Exit status 0 approved, 1 declined,\n"
+        "2 usage error, 3 no answer.")
+    parser.epilog = (
+        "examples:\n"
+        "  bankgate simulate --bank demo-fixed query 100000123\n"
+        "  bankgate -c gw.toml simulate --bank icbc-shenyang pay 100000123 100.00\n"
+        "  bankgate simulate --bank demo-fixed load --rate 100 --duration 60")
     parser.add_argument("--config", "-c", default=argparse.SUPPRESS,
                         help="configuration file (default: the embedded default)")
     parser.add_argument("--bank", "-b", help="the configured bank to play")
@@ -216,17 +225,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="sim_command", metavar="TRANSACTION")
     sub.required = True
 
-    c = sub.add_parser("query", help="bill query")
+    c = sub.add_parser(
+        "query", help="bill query",
+        description="Ask the gateway for a customer's bills, as the bank would.",
+        epilog="examples:\n  bankgate simulate --bank demo-fixed query 100000123")
     c.add_argument("customer")
     c.add_argument("--serial", help="bank serial / RRN (default: a fresh one)")
 
-    c = sub.add_parser("pay", help="payment (no amount: query first and pay what is due)")
+    c = sub.add_parser(
+        "pay", help="payment (no amount: query first and pay what is due)",
+        description=("Pay a customer's bills, as the bank would; without an amount, query first\n"
+                     "and pay what is due."),
+        epilog=(
+            "examples:\n"
+            "  bankgate simulate --bank demo-fixed pay 100000123\n"
+            "  bankgate simulate --bank demo-fixed pay 100000123 100.00 --serial BK001\n"
+            "  bankgate simulate --bank demo-delim pay 100000125 --bills B0000000249"))
     c.add_argument("customer")
     c.add_argument("amount", nargs="?", type=parse_amount, help="yuan, e.g. 1234.50")
     c.add_argument("--bills", help="bill ids to pay, comma-separated (plugins that name bills)")
     c.add_argument("--serial", help="bank serial / RRN (default: a fresh one)")
 
-    c = sub.add_parser("reverse", help="reversal of a payment")
+    c = sub.add_parser(
+        "reverse", help="reversal of a payment",
+        description="Reverse (冲正) an earlier payment by its serial, customer and amount.",
+        epilog=(
+            "examples:\n"
+            "  bankgate simulate --bank demo-fixed reverse BK001 100000123 100.00\n"
+            "  bankgate simulate --bank demo-iso8583 reverse RRN 100000123 1371.06 --advice"))
     c.add_argument("orig_serial")
     c.add_argument("customer")
     c.add_argument("amount", type=parse_amount, help="yuan, the original amount")
@@ -234,25 +260,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--advice", action="store_true", help="ISO 8583: send a 0420 repeat")
     c.add_argument("--orig-stan", help="ISO 8583: the original payment's STAN (field 90)")
 
-    c = sub.add_parser("status", help="payment status query")
+    c = sub.add_parser(
+        "status", help="payment status query",
+        description="Ask the status of an earlier payment by its serial (ref-fixed).",
+        epilog="examples:\n  bankgate simulate --bank demo-fixed status BK001 2026-11-28")
     c.add_argument("orig_serial")
     c.add_argument("date", nargs="?", type=_date, help="the original's trade date")
 
-    sub.add_parser("signin", help="sign-in with key exchange (ISO 8583)")
-    sub.add_parser("echo", help="echo / heartbeat")
+    sub.add_parser(
+        "signin", help="sign-in with key exchange (ISO 8583)",
+        description=("Sign in and receive a fresh MAC key under the ZMK (ref-iso8583; the\n"
+                     "other transactions sign in by themselves)."),
+        epilog="examples:\n  bankgate simulate --bank demo-iso8583 signin")
+    sub.add_parser(
+        "echo", help="echo / heartbeat",
+        description="Send an echo (heartbeat): is the gateway answering this bank?",
+        epilog="examples:\n  bankgate simulate --bank demo-fixed echo")
 
-    c = sub.add_parser("cutoff", help="declare a trade date closed (ref-delim 511)")
+    c = sub.add_parser(
+        "cutoff", help="declare a trade date closed (ref-delim 511)",
+        description="Declare the bank's trade date closed, as the bank would (ref-delim 511).",
+        epilog="examples:\n  bankgate simulate --bank demo-delim cutoff 2026-11-28")
     c.add_argument("date", type=_date)
 
-    c = sub.add_parser("notice", help="statement notice for a settlement date")
+    c = sub.add_parser(
+        "notice", help="statement notice for a settlement date",
+        description=("Tell the gateway the bank's statement for a date is ready (ref-fixed 1005,\n"
+                     "ref-delim 510): the gateway closes the date and reconciles it at once."),
+        epilog="examples:\n  bankgate simulate --bank demo-fixed notice 2026-11-28")
     c.add_argument("date", type=_date)
     c.add_argument("--file-name")
     c.add_argument("--count", type=int, default=0, help="records in the statement file")
     c.add_argument("--total", type=parse_amount, default=0, help="statement total, yuan")
 
-    c = sub.add_parser("statement", help="write the bank's statement file for a date from"
-                                          " what was posted (as the bank would), into the"
-                                          " bank's exchange folder")
+    c = sub.add_parser(
+        "statement", help="write the bank's statement file for a date from what was posted"
+                          " (as the bank would), into the bank's exchange folder",
+        description=(
+            "Not a message: write the statement file the bank would send for a date, from\n"
+            "what the gateway posted, into the bank's exchange folder (as bankgate\n"
+            "statement write). Needs no running gateway; reads the database."),
+        epilog=(
+            "examples:\n"
+            "  bankgate simulate --bank demo-fixed statement --date 2026-11-28 --perturb"))
     c.add_argument("--date", type=_date, required=True, help="the settle date")
     c.add_argument("--perturb", nargs="?", const="all", default=None,
                    help="add discrepancies: 'all' or a comma list of bank-only, utility-only,"
@@ -260,7 +310,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", default=None, help="folder (default: the bank's exchange folder)")
 
-    c = sub.add_parser("load", help="paced load with latency percentiles")
+    c = sub.add_parser(
+        "load", help="paced load with latency percentiles",
+        description=(
+            "Paced load against one or several banks: scenarios (query, pay, reverse) at a\n"
+            "rate, over connections, with latency percentiles at the end. Exit status 1 on\n"
+            "errors or unfinished scenarios."),
+        epilog=(
+            "examples:\n"
+            "  bankgate simulate --bank demo-fixed load --customers 100000001-100001000"
+            " --rate 100 --duration 60\n"
+            "  bankgate simulate load --banks demo-fixed,demo-delim --customers-from-db"
+            " --rate 0 --duration 30"))
     c.add_argument("--banks", help="several banks at once, comma-separated (instead of --bank)")
     c.add_argument("--rate", type=_rate, default=10.0,
                    help="scenarios started per second and bank (0: unpaced; default 10)")

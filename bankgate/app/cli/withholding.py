@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from bankgate.app import wiring
 from bankgate.app.carddebits import build
+from bankgate.app.cli.actor import add_actor
 from bankgate.app.cli.argtypes import date_arg as _date
 from bankgate.app.config import check_plugins
 from bankgate.app.options import parse_options, simulated_listen
@@ -38,6 +39,7 @@ from bankgate.domain.withholding import (
     result_reasons,
     write_report_csv,
 )
+from bankgate.store import audit
 from bankgate.store import withholding as sql
 
 # -- withholding: agreements, batch files, results -------------------------------------------
@@ -132,7 +134,10 @@ def cmd_batch(ctx: _Cli, args) -> int:
                       f" {fen_to_yuan(r['success_total']):>14}")
             return 0
         if args.rewrite:
-            print(f"{wh.rewrite_batch(args.bank, args.rewrite)}: written again")
+            path = wh.rewrite_batch(args.bank, args.rewrite)
+            ledger.store.run_sync(audit.record, ledger.now(), args.actor,
+                                  "withholding-batch-rewrite", path.name, {"bank": args.bank})
+            print(f"{path}: written again")
             return 0
         if args.cancel:
             row = wh.cancel_batch(args.bank, args.cancel, args.actor, args.reason or "")
@@ -329,6 +334,8 @@ def cmd_queue(ctx, args) -> int:
             debits._resume_all = True
             return debits.tick().addCallback(lambda _: 0)
 
+        store.run_sync(audit.record, datetime.now(cfg.tz).replace(tzinfo=None), args.actor,
+                       "card-debit-resend", args.bank or "all banks", {"bank": args.bank})
         _run(ctx, args, work)
     if args.all:
         rows = store.run_sync(sql.debits, args.bank, None, args.limit, readonly=True)
@@ -379,17 +386,42 @@ def cmd_simulate_host(ctx, args) -> int:
 
 def add_card_debit_commands(ws, ctx: _Cli) -> None:
     """``debit``, ``queue`` and ``simulate-host`` under ``bankgate withholding``."""
-    c = ws.add_parser("debit", help="real-time card debit (卡扣) of a customer's bill(s)")
+    c = ws.add_parser(
+        "debit", help="real-time card debit (卡扣) of a customer's bill(s)",
+        description=(
+            "Debit a signed-up customer's bill(s) now over the bank's debit host (560), and\n"
+            "post the payment. Exit status 0 DEBITED; 1 FAILED or REFUSED (the bill stays\n"
+            "open); 3 REVERSING: the outcome is unknown, a 561 reversal is pending and the\n"
+            "gateway repeats it -- never send the debit again. --serial S shows an earlier\n"
+            "debit's state and never sends a second 560."),
+        epilog=(
+            "examples:\n"
+            "  bankgate withholding debit --bank ccb-shenyang --customer 100000123\n"
+            "  bankgate withholding debit --bank ccb-shenyang --customer 100000123"
+            " --bills B0002,B0003"))
     c.add_argument("--bank", required=True)
     c.add_argument("--customer", required=True)
     c.add_argument("--bills", default=None,
                    help="comma-separated bill ids (default: the oldest open bill)")
     c.add_argument("--serial", default=None,
                    help="our serial (default: a fresh one); an existing one shows its state")
-    c.add_argument("--actor", default="operator")
+    add_actor(c)
     c.set_defaults(func=functools.partial(cmd_debit, ctx))
 
-    c = ws.add_parser("queue", help="pending card debit reversals (561) and unposted debits")
+    c = ws.add_parser(
+        "queue", help="pending card debit reversals (561) and unposted debits",
+        description=(
+            "The card debits whose outcome is open: pending 561 reversals, unanswered and\n"
+            "unposted debits. Exit status 1 while anything is pending. --resend sends the\n"
+            "pending reversals now; --abandon closes one by hand, only with the bank's\n"
+            "confirmation."),
+        epilog=(
+            "examples:\n"
+            "  bankgate withholding queue\n"
+            "  bankgate withholding queue --all\n"
+            "  bankgate withholding queue --resend\n"
+            "  bankgate withholding queue --abandon 42 --note \"bank confirmed reversal by"
+            " phone\" --actor wang.fang"))
     c.add_argument("--bank", default=None)
     c.add_argument("--all", action="store_true", help="recent debits of every status")
     c.add_argument("--limit", type=int, default=100)
@@ -397,10 +429,20 @@ def add_card_debit_commands(ws, ctx: _Cli) -> None:
     c.add_argument("--abandon", type=int, metavar="ID", default=None,
                    help="close a pending reversal by hand (needs --note and --actor)")
     c.add_argument("--note", default="")
-    c.add_argument("--actor", default="")
+    add_actor(c)
     c.set_defaults(func=functools.partial(cmd_queue, ctx))
 
-    c = ws.add_parser("simulate-host", help="play a bank's debit host (560/561) for demos")
+    c = ws.add_parser(
+        "simulate-host", help="play a bank's debit host (560/561) for demos",
+        description=(
+            "Play a bank's card-debit host (560 debits, 561 reversals) for demos and tests,\n"
+            "in the foreground until Ctrl-C; --mode makes it misbehave on purpose."),
+        epilog=(
+            "examples:\n"
+            "  bankgate withholding simulate-host --bank demo-delim\n"
+            "  bankgate withholding simulate-host --bank demo-delim --mode slow --delay 20\n"
+            "  bankgate withholding simulate-host --bank demo-delim --refuse"
+            " 6222020200012345678=101"))
     c.add_argument("--bank", required=True)
     c.add_argument("--listen", default=None,
                    help="server endpoint (default: from the bank's debit_host)")
@@ -426,34 +468,78 @@ def add_cli(subparsers, load_config: Callable, make_ledger: Callable,
     CLI's own; commands read ``args.config``."""
     ctx = _Cli(load_config, make_ledger, make_reactor)
     wp = subparsers.add_parser(
-        "withholding", help="withholding (代扣/卡扣/托收): agreements, batch files, card debits")
+        "withholding", help="withholding (代扣/卡扣/托收): agreements, batch files, card debits",
+        description=(
+            "Withholding (代扣/托收/卡扣): customers' agreements, the .PK batch files and the\n"
+            "bank's .PKJG results, real-time card debits and their reversal queue.\n"
+            "docs/withholding.rst is the manual."),
+        epilog=(
+            "examples:\n"
+            "  bankgate withholding batch --bank ccb-shenyang\n"
+            "  bankgate withholding result --bank ccb-shenyang\n"
+            "  bankgate withholding queue"))
     ws = wp.add_subparsers(dest="sub", required=True)
 
-    c = ws.add_parser("sign", help="sign a customer up for withholding (writes N8; audited)")
+    c = ws.add_parser(
+        "sign", help="sign a customer up for withholding (writes N8; audited)",
+        description=(
+            "Sign a customer up for withholding with a bank and an account, in N8's\n"
+            "customer record; replaces an agreement with another bank (and says so).\n"
+            "Audited with the actor."),
+        epilog=(
+            "examples:\n"
+            "  bankgate withholding sign 100000123 --bank ccb-shenyang"
+            " --account 6222020200012345678 --actor li.ming"))
     c.add_argument("customer")
     c.add_argument("--bank", required=True, help="the configured bank")
     c.add_argument("--account", required=True, help="the customer's account number")
-    c.add_argument("--actor", required=True)
+    add_actor(c)
     c.set_defaults(func=functools.partial(cmd_sign, ctx))
 
-    c = ws.add_parser("cancel", help="end a customer's withholding agreement (audited)")
+    c = ws.add_parser(
+        "cancel", help="end a customer's withholding agreement (audited)",
+        description=(
+            "End a customer's withholding agreement; says which bills still wait in a\n"
+            "file or a card debit (they are settled when the bank answers). Audited."),
+        epilog=(
+            "examples:\n"
+            "  bankgate withholding cancel 100000123 --actor li.ming --reason \"moved away\""))
     c.add_argument("customer")
-    c.add_argument("--actor", required=True)
+    add_actor(c)
     c.add_argument("--reason", default="")
     c.set_defaults(func=functools.partial(cmd_cancel, ctx))
 
-    c = ws.add_parser("list", help="list withholding agreements (accounts masked)")
+    c = ws.add_parser(
+        "list", help="list withholding agreements (accounts masked)",
+        description="List the customers signed up for withholding, account numbers masked.",
+        epilog=(
+            "examples:\n"
+            "  bankgate withholding list\n"
+            "  bankgate withholding list --bank ccb-shenyang"))
     c.add_argument("--bank", default=None)
     c.add_argument("--limit", type=int, default=None)
     c.set_defaults(func=functools.partial(cmd_list, ctx))
 
-    c = ws.add_parser("batch", help="write a bank's .PK batch file for a date (default today);"
-                                    " --list, --rewrite or --cancel a batch")
+    c = ws.add_parser(
+        "batch", help="write a bank's .PK batch file for a date (default today);"
+                      " --list, --rewrite or --cancel a batch",
+        description=(
+            "Write a bank's .PK batch file into its exchange folder: one line per open bill\n"
+            "of its active signed-up customers, not those already waiting elsewhere. Prints\n"
+            "the lines and total; writes nothing when there is nothing to collect.\n"
+            "--list shows the batches, --rewrite writes a waiting batch's file again,\n"
+            "--cancel withdraws one the bank will not process."),
+        epilog=(
+            "examples:\n"
+            "  bankgate withholding batch --bank ccb-shenyang\n"
+            "  bankgate withholding batch --bank ccb-shenyang --date 2026-11-27"
+            " --customers large\n"
+            "  bankgate withholding batch --bank ccb-shenyang --list"))
     c.add_argument("--bank", required=True)
     c.add_argument("--date", type=_date, default=None, help="the deduct date")
     c.add_argument("--customers", choices=CUSTOMER_CHOICES, default="all",
                    help="large: collection orders (托收) only; households: without them")
-    c.add_argument("--actor", default="operator")
+    add_actor(c)
     g = c.add_mutually_exclusive_group()
     g.add_argument("--list", action="store_true", help="list the bank's batches")
     g.add_argument("--rewrite", metavar="FILE", help="write a waiting batch's file again")
@@ -462,21 +548,41 @@ def add_cli(subparsers, load_config: Callable, make_ledger: Callable,
     c.add_argument("--limit", type=int, default=50)
     c.set_defaults(func=functools.partial(cmd_batch, ctx))
 
-    c = ws.add_parser("result", help="process .PKJG result files (default: every one waiting"
-                                     " in the exchange folder) and report failures by reason")
+    c = ws.add_parser(
+        "result", help="process .PKJG result files (default: every one waiting"
+                       " in the exchange folder) and report failures by reason",
+        description=(
+            "Process the bank's .PKJG result files: post every debited line, report the\n"
+            "failures by reason. A file that does not match its batch is refused whole.\n"
+            "Processing a file again is safe. Exit status 0 all posted, 1 failed or\n"
+            "unposted lines for an operator, 2 a file refused or unusable arguments."),
+        epilog=(
+            "examples:\n"
+            "  bankgate withholding result --bank ccb-shenyang\n"
+            "  bankgate withholding result --bank ccb-shenyang --csv failures.csv\n"
+            "  bankgate withholding result --bank ccb-shenyang --report 1032102026112701.PK"))
     c.add_argument("--bank", required=True)
     c.add_argument("files", nargs="*", help=".PKJG files")
     c.add_argument("--batch", default=None, help="the .PK a result file answers (if renamed)")
     c.add_argument("--report", metavar="FILE", default=None,
                    help="only show the report of a batch (its .PK name)")
     c.add_argument("--csv", default=None, help="also write failed and unposted lines as CSV")
-    c.add_argument("--actor", default="withholding")
+    add_actor(c)
     c.set_defaults(func=functools.partial(cmd_result, ctx))
 
     add_card_debit_commands(ws, ctx)
 
-    c = ws.add_parser("simulate-result",
-                      help="play the bank: write the .PKJG result for a .PK file (demo, tests)")
+    c = ws.add_parser(
+        "simulate-result",
+        help="play the bank: write the .PKJG result for a .PK file (demo, tests)",
+        description=(
+            "Play the bank: write the .PKJG result file for a .PK batch file, for demos and\n"
+            "tests, with chosen or random failures."),
+        epilog=(
+            "examples:\n"
+            "  bankgate withholding simulate-result --bank demo-delim 1032102026112701.PK\n"
+            "  bankgate withholding simulate-result --bank demo-delim 1032102026112701.PK"
+            " --fail-rate 0.1 --seed 1"))
     c.add_argument("--bank", required=True)
     c.add_argument("file", help="the .PK file (a name in the exchange folder, or a path)")
     c.add_argument("--fail", type=_pairs, default=None,
