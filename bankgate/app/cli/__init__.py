@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  bankgate -c /etc/bankgate/bankgate.toml db upgrade\n"
-            "  bankgate db upgrade --create-n8     # the embedded demo: also the reference N8"))
+            "  bankgate --demo db upgrade --create-n8   # the demo: also the reference N8"))
     c.add_argument("--create-n8", action="store_true",
                    help="also create the reference N8 schema if missing")
     c.set_defaults(func=cmd_db_upgrade)

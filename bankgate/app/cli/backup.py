@@ -26,7 +26,7 @@ from pathlib import Path
 from bankgate.app import wiring
 from bankgate.app.cli.common import _load
 from bankgate.app.cli.status import describe_database
-from bankgate.canon.files import _fsync_dir
+from bankgate.canon.files import fsync_dir
 from bankgate.store.model import GATEWAY_TABLES
 
 MIGRATIONS_TABLE = "bg_alembic_version"
@@ -90,7 +90,7 @@ def backup_sqlite(source: Path, out_dir: Path, now: datetime) -> tuple[Path, dic
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
     return target, counts
 
 
