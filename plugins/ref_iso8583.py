@@ -57,7 +57,7 @@ from bankgate.canon.messages import (
     fingerprint,
 )
 from bankgate.codec.base import Close, Dispatch, Framing, Reply, Session
-from bankgate.codec.capabilities import ALWAYS, KeyKind, SimulatorTraits
+from bankgate.codec.capabilities import ALWAYS, KeyKind, OptionSpec, SimulatorTraits
 from bankgate.codec.crypto import kcv, macs_equal, unwrap_key, wrap_key
 from bankgate.codec.fields import Counted, Fen, GbkText, Number, gbk_fit, packer
 from bankgate.codec.iso8583 import (
@@ -241,6 +241,9 @@ OUTCOME_CODES: dict[Outcome, str] = {
     Outcome.NOT_SIGNED_IN: "A7",
     Outcome.BUSY: "91",
     Outcome.ERROR: "96",
+    # two-phase outcomes: no ISO 8583 transaction here prepays, confirms or cancels
+    Outcome.EXPIRED: "96",
+    Outcome.STATE_NOT_ALLOWED: "96",
 }
 assert set(OUTCOME_CODES) == set(Outcome), "the outcome table must be total"
 _CODE_BYTES = {o: c.encode("ascii") for o, c in OUTCOME_CODES.items()}
@@ -371,7 +374,11 @@ class RefIso8583Codec:
         idle_timeout=60.0,
     )
     # [bank.options] this plugin reads: the channel code recorded for its payments
-    option_keys = ("channel",)
+    option_specs = (
+        OptionSpec("channel", str, Channel.DEBIT_CARD.value,
+                   "channel code recorded for the bank's payments (02 debit card)",
+                   choices=tuple(c.value for c in Channel if c.value < "90")),
+    )
 
     # -- gateway side ----------------------------------------------------------
 

@@ -111,31 +111,75 @@ def _unescape(lit: bytes) -> bytes:
     return bytes(out)
 
 
+def _stream(body: bytes, head: bytes) -> bytes:
+    body = body.strip()
+    if b"ASCII85Decode" in head:
+        body = base64.a85decode(body.removesuffix(b"~>"), adobe=False)
+    if b"FlateDecode" in head:
+        body = zlib.decompress(body)
+    return body
+
+
+def _to_unicode(cmap: bytes) -> dict[int, str]:
+    """A ToUnicode CMap (bfchar and bfrange sections) as code -> text."""
+    def text(hexs: bytes) -> str:
+        return bytes.fromhex(hexs.decode()).decode("utf-16-be")
+
+    out = {}
+    for sec in re.finditer(rb"beginbfchar(.*?)endbfchar", cmap, re.S):
+        for src, dst in re.findall(rb"<([0-9A-Fa-f]+)>\s*<([0-9A-Fa-f]+)>", sec.group(1)):
+            out[int(src, 16)] = text(dst)
+    for sec in re.finditer(rb"beginbfrange(.*?)endbfrange", cmap, re.S):
+        for lo, hi, dst in re.findall(rb"<([0-9A-Fa-f]+)>\s*<([0-9A-Fa-f]+)>\s*"
+                                      rb"(<[0-9A-Fa-f]+>|\[[^\]]*\])", sec.group(1)):
+            lo, hi = int(lo, 16), int(hi, 16)
+            if dst.startswith(b"["):
+                for i, d in enumerate(re.findall(rb"<([0-9A-Fa-f]+)>", dst)):
+                    out[lo + i] = text(d)
+            else:
+                first = text(dst[1:-1])
+                for i in range(hi - lo + 1):
+                    out[lo + i] = first[:-1] + chr(ord(first[-1]) + i)
+    return out
+
+
 def pdf_strings(data: bytes) -> str:
     """The text shown on the pages, read straight from the content streams
     (ASCII85 + Flate, as reportlab writes them; text in a CID font is
-    UTF-16BE): independent of any PDF library."""
-    cid = set()
-    for m in re.finditer(rb"\d+ 0 obj\s*<<(.*?)\nendobj", data, re.S):
-        if b"/Subtype /Type0" in m.group(1):
-            name = re.search(rb"/Name /(F\d+)", m.group(1))
-            if name:
-                cid.add(name.group(1))
+    UTF-16BE, text in an embedded TrueType subset goes through the font's
+    ToUnicode map): independent of any PDF library."""
+    streams, objs = {}, {}
+    for m in re.finditer(rb"(\d+) 0 obj\s*<<(.*?)\nendobj", data, re.S):
+        objs[m.group(1)] = m.group(2)
+        st = re.match(rb"(.*?)>>\s*stream\r?\n(.*?)endstream", m.group(2), re.S)
+        if st:
+            streams[m.group(1)] = _stream(st.group(2), st.group(1))
+    cid, maps = set(), {}
+    for body in objs.values():
+        name = re.search(rb"/Name /(F[\d+]+)", body)
+        if name is None or b"/Type /Font" not in body:
+            continue
+        if b"/Subtype /Type0" in body:
+            cid.add(name.group(1))
+        tu = re.search(rb"/ToUnicode (\d+) 0 R", body)
+        if tu and tu.group(1) in streams:
+            maps[name.group(1)] = _to_unicode(streams[tu.group(1)])
     texts = []
     for m in re.finditer(rb"<<([^<>]*)>>\s*stream\r?\n(.*?)endstream", data, re.S):
-        body = m.group(2).strip()
-        if b"ASCII85Decode" in m.group(1):
-            body = base64.a85decode(body.removesuffix(b"~>"), adobe=False)
-        if b"FlateDecode" in m.group(1):
-            body = zlib.decompress(body)
+        body = _stream(m.group(2), m.group(1))
         font = None
-        for t in re.finditer(rb"/(F\d+)\s+[\d.]+\s+Tf|\(((?:\\.|[^\\)])*)\)\s*Tj", body,
+        for t in re.finditer(rb"/(F[\d+]+)\s+[\d.]+\s+Tf|\(((?:\\.|[^\\)])*)\)\s*Tj", body,
                              re.S):
             if t.group(1):
                 font = t.group(1)
                 continue
             raw = _unescape(t.group(2))
-            texts.append(raw.decode("utf-16-be") if font in cid else raw.decode("latin-1"))
+            if font in cid:
+                texts.append(raw.decode("utf-16-be"))
+            elif font in maps:
+                texts.append("".join(maps[font].get(b, chr(b)) for b in raw))
+            else:
+                texts.append(raw.decode("latin-1"))
     return "\n".join(texts)
 
 

@@ -182,7 +182,7 @@ NOT_BACK_OFFICE = {
     "config check", "db upgrade", "demo seed", "statement write", "recon runs",
     "recon exceptions", "plugins list", "plugins check", "invoice stock", "invoice check",
     "withholding list", "withholding simulate-host", "withholding simulate-result",
-    "status", "backup",
+    "status", "backup", "report", "workorders list", "workorders export",
 }
 
 

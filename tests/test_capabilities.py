@@ -145,7 +145,9 @@ def test_malformed_declarations_are_named():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(name="Mac-Key"), "lower-case"),
     (dict(name="mac_kcv"), "_kcv"),
-    (dict(name="k", length=10), "DES key length"),
+    (dict(name="k", length=10), "3DES key length"),
+    (dict(name="k", algorithm="sm4", length=24), "SM4 key length"),
+    (dict(name="k", algorithm="rsa"), "algorithm"),
     (dict(name="k", check_length=9), "check value"),
     (dict(name="k", required="sometimes"), "required"),
 ])
@@ -237,12 +239,18 @@ def test_a_key_the_plugin_always_needs(tmp_path):
     assert ok.bank("b1").profile().keys == {"zmk": KEY}
 
 
-def test_a_key_the_configuration_cannot_hold_is_named(tmp_path):
+def test_any_key_the_plugin_declares_goes_in_bank_keys(tmp_path):
+    # a name other than mac_key / zmk is configured in [bank.keys] (no longer refused)
     cfg = config(tmp_path, "keyed", kinds='KeyKind("pin_key", required=ALWAYS)')
-    with pytest.raises(ConfigError, match=r"bank.b1.plugin: plugin 'keyed' needs key 'pin_key'"):
+    with pytest.raises(ConfigError, match=r"bank.b1.keys.pin_key: missing; required by the"):
         check_plugins(cfg)
-    cfg = config(tmp_path, "keyed", kinds='KeyKind("zmk", length=24)')
-    with pytest.raises(ConfigError, match="24 bytes"):
+    ok = config(tmp_path, "keyed", f'[bank.keys]\npin_key = "{KEY.hex()}"\npin_key_kcv = "08D7B4"',
+                kinds='KeyKind("pin_key", required=ALWAYS)')
+    check_plugins(ok)
+    assert ok.bank("b1").profile().keys.pin_key == KEY
+    cfg = config(tmp_path, "keyed", f'zmk = "{KEY.hex()}"\nzmk_kcv = "08D7B4"',
+                 kinds='KeyKind("zmk", length=24)')
+    with pytest.raises(ConfigError, match="bank.b1.zmk: expected a 3DES key of 24 bytes"):
         check_plugins(cfg)
 
 
@@ -252,7 +260,8 @@ def test_config_check_shows_the_mac_the_plugin_declares(tmp_path):
     cfg = load_config(None)
     codecs = check_plugins(cfg)
     assert {b.plugin: _mac_text(b, codecs[b.plugin]) for b in cfg.banks} == {
-        "ref-fixed": "on", "ref-delim": "off", "ref-iso8583": "on (MAK from sign-in under the ZMK)"}
+        "ref-fixed": "on", "ref-delim": "off", "ref-iso8583": "on (MAK from sign-in under the ZMK)",
+        "ref-xml": "on"}
     keyed = config(tmp_path, "keyed", kinds='KeyKind("zmk", required=ALWAYS, description="the'
                    ' session key")')
     codec = load_file(next((tmp_path / "plugins0").glob("*.py"))).CODEC
@@ -272,9 +281,10 @@ def test_plugins_check_lists_the_declared_capabilities():
     assert "ok    batch files: withholding request 1052102026112701.PK, answered by" \
            " 1052102026112701.PKJG" in delim
     assert any(r.startswith("ok    debit client") for r in delim)
-    assert any(r.startswith("ok    key mac_key: 16 bytes") for r in delim)
+    assert any(r.startswith("ok    key mac_key: a 3DES key of 16 bytes") for r in delim)
     iso = check_plugin_file(root / "plugins" / "ref_iso8583.py")
-    assert any(r.startswith("ok    key zmk: 16 bytes, 3-byte check value zmk_kcv, always")
+    assert any(r.startswith("ok    key zmk: a 3DES key of 16 bytes, 3-byte check value zmk_kcv,"
+                            " always")
                for r in iso)
     assert any("signs in with 'signin' first" in r for r in iso)
     mini = check_plugin_file(root / "docs" / "examples" / "plugins" / "example_mini.py")

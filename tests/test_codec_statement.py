@@ -104,10 +104,109 @@ def test_reader_format_reads_every_shape_of_a_plugin_reader(out):
     assert not fmt.has_header and not fmt.names_bills
 
 
-def test_reader_format_errors_and_it_cannot_write():
+def test_reader_format_errors_and_without_a_writer_it_says_what_it_lacks():
     with pytest.raises(S.StatementError, match="line 2: not a record"):
         S.ReaderFormat(_Reader([])).read(b"bad", "105210", D)
     with pytest.raises(S.StatementError, match="bank '103210'"):
         S.ReaderFormat(_Reader(({"bank_code": "103210"}, []))).read(b"x", "105210", D)
-    with pytest.raises(NotImplementedError, match="mini: writing statements"):
-        S.ReaderFormat(_Reader([])).write("105210", D, [])
+    fmt = S.ReaderFormat(_Reader([]))
+    assert not fmt.can_write and not S.can_write(fmt)
+    with pytest.raises(S.NoWriter) as e:
+        fmt.write("105210", D, [])
+    assert str(e.value) == ("plugin 'mini' cannot write statements: it has statement_name and"
+                            " read_statement but no write_statement (nor a statement_format)")
+    assert isinstance(e.value, S.StatementError)  # one line for the CLI, never a traceback
+
+
+def _csv_line(r) -> str:
+    return f"{r['serial']},{r['trade_date']:%Y%m%d},{r['customer_no']},{r['amount']}\n"
+
+
+class _CsvReader(_Reader):
+    """A reader of ``serial,YYYYMMDD,customer,fen`` lines."""
+
+    def __init__(self):
+        super().__init__(None)
+
+    def read_statement(self, data):
+        out = []
+        for n, line in enumerate(data.decode().splitlines(), 1):
+            try:
+                s, d, c, a = line.split(",")
+                out.append(dict(serial=s, trade_date=date(int(d[:4]), int(d[4:6]), int(d[6:])),
+                                customer_no=c, amount=int(a)))
+            except ValueError as e:
+                raise ValueError(f"line {n}: {e}") from None
+        return out
+
+
+class _Writer3(_CsvReader):
+    def write_statement(self, bank_code, settle_date, records):
+        assert bank_code == "105210" and settle_date == D
+        return "".join(map(_csv_line, records)).encode()
+
+
+class _Writer2(_CsvReader):
+    @staticmethod
+    def write_statement(settle_date, records):
+        assert settle_date == D
+        return "".join(map(_csv_line, records)).encode()
+
+
+class _Writer1(_CsvReader):
+    @staticmethod
+    def write_statement(records):
+        return "".join(map(_csv_line, records)).encode()
+
+
+RECS = [dict(REC, serial="S1"), dict(REC, serial="S2", amount=250, trade_date=date(2026, 11, 26))]
+
+
+@pytest.mark.parametrize("codec", [_Writer3(), _Writer2(), _Writer1()],
+                         ids=["bank-date-records", "date-records", "records"])
+def test_reader_format_writes_with_the_plugins_write_statement(codec):
+    fmt = S.ReaderFormat(codec)
+    assert fmt.can_write
+    data = fmt.write("105210", D, RECS)
+    assert data == b"S1,20261127,1,100\nS2,20261126,1,250\n"
+    st = fmt.read(data, "105210", D)
+    assert [(r.serial, r.trade_date, r.amount) for r in st.records] == [
+        ("S1", D, 100), ("S2", date(2026, 11, 26), 250)]
+    with pytest.raises(ValueError, match="no totals to misstate"):
+        fmt.write("105210", D, RECS, declared=(3, 1))
+
+
+def test_reader_format_refuses_a_writer_that_returns_no_bytes():
+    class Text(_CsvReader):
+        @staticmethod
+        def write_statement(bank_code, d, records):
+            return "S1,20261127,1,100\n"
+
+    with pytest.raises(S.StatementError, match="write_statement returned str, not bytes"):
+        S.ReaderFormat(Text()).write("105210", D, RECS)
+
+
+def test_the_contract_example_in_the_docs_keeps_the_contract():
+    """docs/reconciliation.rst's smallest format passes the checks of plugins check."""
+    import textwrap
+    from pathlib import Path
+
+    from bankgate.codec import check
+    from bankgate.codec.capabilities import StatementFormat
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "reconciliation.rst").read_text(
+        encoding="utf-8")
+    section = text[text.index("The statement contract for a plugin\n---"):]
+    block = section[section.index(".. code-block:: python"):].split("\n\n", 1)[1]
+    lines = []
+    for ln in block.splitlines():
+        if ln and not ln.startswith("   "):
+            break
+        lines.append(ln)
+    ns: dict = {}
+    exec(textwrap.dedent("\n".join(lines)), ns)  # noqa: S102 - the docs' own example
+    fmt = ns["CsvFormat"]()
+    assert isinstance(fmt, StatementFormat)
+    assert check._round_trip(fmt).startswith("ok    statement write and read: one record")
+    with pytest.raises(S.StatementError, match="line 1: "):
+        fmt.read(b"S1,2026-11-27,2026-11-27,1,x\n", "105210", D)

@@ -33,10 +33,13 @@ def write(tmp_path, text: str) -> Path:
 def test_no_file_is_the_embedded_default():
     cfg = load_config(None)
     assert cfg.is_default and cfg.db_url.startswith("sqlite:///")
-    assert [b.plugin for b in cfg.banks] == ["ref-fixed", "ref-delim", "ref-iso8583"]
+    assert [b.plugin for b in cfg.banks] == ["ref-fixed", "ref-delim", "ref-iso8583",
+                                            "ref-xml"]
     assert all(b.listen[0].endswith("interface=127.0.0.1") for b in cfg.banks)
     assert cfg.demo_customers > 0
-    assert set(check_plugins(cfg)) >= {"ref-fixed", "ref-delim", "ref-iso8583"}
+    assert set(check_plugins(cfg)) >= {"ref-fixed", "ref-delim", "ref-iso8583", "ref-xml"}
+    xml = cfg.bank("demo-xml")  # the SM4 key set in code: its length checked, no KCV to compare
+    assert (xml.two_phase, xml.confirm_timeout, len(xml.profile().keys.mac_key)) == (True, 600, 16)
 
 
 def test_the_shipped_example_is_valid():
@@ -278,3 +281,49 @@ def test_config_check_catches_a_misspelt_database(tmp_path, capsys):
     assert line == (f"bankgate: configuration error: {path}: database.url: 'postgres' is not"
                     " a database SQLAlchemy knows: write"
                     " 'postgresql+psycopg://user@host/database'")
+
+
+# -- --data-dir and [gateway] data_dir ------------------------------------------------------
+
+
+def test_data_dir_from_the_file_the_flag_or_both(tmp_path, capsys, monkeypatch):
+    """The flag wins over the file; with both, neither the service start nor
+    ``config check`` refuses the file (it once said ``gateway.data_dir: unknown
+    key`` at start while ``config check`` said OK)."""
+    from bankgate.app import tap
+
+    in_file, on_flag = (tmp_path / "from-file").as_posix(), (tmp_path / "from-flag").as_posix()
+    both = write(tmp_path, f'[gateway]\ndata_dir = "{in_file}"\n' + BANK)
+    assert load_config(both).data_dir == in_file  # the file only
+    assert str(Path(in_file) / "bankgate.db") in load_config(both).db_url
+    cfg = load_config(both, data_dir=on_flag)  # both: the flag wins
+    assert cfg.data_dir == on_flag and str(Path(on_flag) / "bankgate.db") in cfg.db_url
+    plain = tmp_path / "plain.toml"
+    plain.write_text(BANK, encoding="utf-8")
+    assert load_config(plain, data_dir=on_flag).data_dir == on_flag  # the flag only
+    # a wrong data_dir in the file is still refused, flag or not
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gateway]\ndata_dir = 3\n" + BANK, encoding="utf-8")
+    for flag in (None, on_flag):
+        with pytest.raises(ConfigError, match="gateway.data_dir: expected a string"):
+            load_config(bad, data_dir=flag)
+
+    # bankgate config check and twistd bankgate agree, in every combination
+    for path, flag, want in ((both, None, in_file), (both, on_flag, on_flag),
+                             (plain, on_flag, on_flag)):
+        argv = ["-d", flag] if flag else []
+        assert cli([*argv, "config", "check", str(path)]) == 0
+        assert f"  data folder: {want}\n" in capsys.readouterr().out
+        seen = []
+
+        def gateway(cfg, reactor, seen=seen):
+            seen.append(cfg.data_dir)
+            raise RuntimeError("stop here: the configuration was accepted")
+
+        monkeypatch.setattr(tap, "gateway", gateway)
+        opts = tap.Options()
+        opts.parseOptions(["--config", str(path), *(["--data-dir", flag] if flag else [])])
+        with pytest.raises(SystemExit):
+            tap.makeService(opts)
+        assert seen == [want], capsys.readouterr().err
+        assert "the configuration was accepted" in capsys.readouterr().err

@@ -6,15 +6,21 @@ import warnings
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from cryptography.hazmat.primitives.ciphers.algorithms import SM4
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bankgate.codec import crypto
 from bankgate.codec.crypto import (
     X919,
+    check_value,
+    hmac_sha256,
     kcv,
     macs_equal,
     parse_hex_key,
+    sm4_ecb_decrypt,
+    sm4_ecb_encrypt,
+    sm4_mac,
     tdes_ecb_decrypt,
     tdes_ecb_encrypt,
     unwrap_key,
@@ -226,3 +232,103 @@ def test_public_api():
         "macs_equal",
     ):
         assert callable(getattr(crypto, name))
+
+
+# -- SM4 (GB/T 32907) and its MAC (ISO/IEC 9797-1 algorithm 1), ref-xml §3 ------------
+
+SM4_KEY = KEY  # ref-xml's test key is the same 32 hex digits
+
+
+def test_sm4_standard_vector():
+    # GB/T 32907-2016 appendix A: the key encrypting itself
+    assert sm4_ecb_encrypt(SM4_KEY, SM4_KEY).hex().upper() == "681EDF34D206965E86B3E94F536E4246"
+    assert sm4_ecb_decrypt(SM4_KEY, bytes.fromhex("681EDF34D206965E86B3E94F536E4246")) == SM4_KEY
+
+
+def test_check_values_of_either_cipher():
+    assert check_value("sm4", SM4_KEY).hex().upper() == "2677F4"
+    assert check_value("3des", KEY).hex().upper() == "08D7B4" == kcv(KEY).hex().upper()
+    assert check_value("sm4", SM4_KEY, 16) == sm4_ecb_encrypt(SM4_KEY, bytes(16))
+    with pytest.raises(ValueError, match="algorithm 'aes'"):
+        check_value("aes", SM4_KEY)
+    with pytest.raises(ValueError):
+        check_value("sm4", SM4_KEY, 17)
+
+
+def test_sm4_mac_spec_vectors():
+    assert sm4_mac(SM4_KEY, b"").hex().upper() == "8C338E5A27E349BE"
+    assert sm4_mac(SM4_KEY, b"a" * 16).hex().upper() == "D14FB37E5215CC72"
+
+
+def test_sm4_mac_of_the_ref_xml_request():
+    frame = ('000259<?xml version="1.0" encoding="GBK"?><ROOT><HEAD><TxCode>3001</TxCode>'
+             '<BankCode>301210</BankCode><TxDate>20261205</TxDate><TxTime>101500</TxTime>'
+             '<BankSeq>X000000000000001</BankSeq></HEAD><BODY><CustNo>100000123</CustNo>'
+             '</BODY><MAC>2865B1C9BB2107A1</MAC></ROOT>').encode("ascii")
+    mab = frame[6:frame.index(b"<MAC>")]
+    assert sm4_mac(SM4_KEY, mab).hex().upper() == "2865B1C9BB2107A1"
+
+
+def _sm4_block(key: bytes, block: bytes) -> bytes:
+    e = Cipher(SM4(key), modes.ECB()).encryptor()
+    return e.update(block) + e.finalize()
+
+
+def reference_sm4_mac(key: bytes, data: bytes) -> bytes:
+    """ISO/IEC 9797-1 MAC algorithm 1, padding method 2, block by block."""
+    padded = data + b"\x80" + b"\0" * ((15 - len(data)) % 16)
+    chain = bytes(16)
+    for i in range(0, len(padded), 16):
+        chain = _sm4_block(key, bytes(a ^ b for a, b in zip(chain, padded[i:i + 16],
+                                                            strict=True)))
+    return chain[:8]
+
+
+@settings(max_examples=200)
+@given(st.binary(min_size=16, max_size=16), st.binary(max_size=200))
+def test_sm4_mac_is_the_last_cbc_block(key, data):
+    assert sm4_mac(key, data) == reference_sm4_mac(key, data)
+
+
+@settings(max_examples=100)
+@given(st.binary(min_size=16, max_size=16), st.binary(max_size=100))
+def test_sm4_mac_padding_is_unambiguous(key, data):
+    # method 2 always pads, so data and data + its own padding differ, and a
+    # trailing zero byte is never confused with padding (unlike X9.19's zeros)
+    assert sm4_mac(key, data) != sm4_mac(key, data + b"\x00")
+    pad = b"\x80" + bytes(-(len(data) + 1) % 16)
+    assert 1 <= len(pad) <= 16 and (len(data) + len(pad)) % 16 == 0
+    assert sm4_mac(key, data) == _cbc_chain(key, data + pad)[:8]
+
+
+def _cbc_chain(key: bytes, padded: bytes) -> bytes:
+    e = Cipher(SM4(key), modes.CBC(bytes(16))).encryptor()
+    return (e.update(padded) + e.finalize())[-16:]
+
+
+@pytest.mark.parametrize("bad", [b"", bytes(8), bytes(15), bytes(17), bytes(24)])
+def test_sm4_wrong_key_lengths(bad):
+    with pytest.raises(ValueError, match="16 bytes"):
+        sm4_mac(bad, b"data")
+    with pytest.raises(ValueError):
+        sm4_ecb_encrypt(bad, bytes(16))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        sm4_ecb_encrypt(SM4_KEY, bytes(8))
+
+
+# -- HMAC-SHA256 -------------------------------------------------------------------------
+
+
+def test_hmac_sha256_rfc4231():
+    # RFC 4231 test cases 1 and 2
+    assert hmac_sha256(b"\x0b" * 20, b"Hi There").hex() == (
+        "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")
+    assert hmac_sha256(b"Jefe", b"what do ya want for nothing?").hex() == (
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+    with pytest.raises(TypeError):
+        hmac_sha256("Jefe", b"x")  # type: ignore[arg-type]
+
+
+def test_public_api_new():
+    for name in ("sm4_ecb_encrypt", "sm4_mac", "check_value", "hmac_sha256"):
+        assert name in crypto.__all__ and callable(getattr(crypto, name))

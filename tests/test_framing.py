@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from bankgate.codec.base import Framing
 from bankgate.wire.framing import (
     Ascii4Receiver,
+    Ascii6Receiver,
     Ascii8Receiver,
     FrameReceiver,
     FrameTooLong,
@@ -132,6 +133,65 @@ def test_ascii8_max_65536_accepted():
     p, t, _ = connect(Ascii8Receiver)
     p.dataReceived(b"00065536" + b"z" * 65536)
     assert p.frames == [b"z" * 65536] and not t.disconnecting
+
+
+# -- ascii6 (ref-xml) ---------------------------------------------------------
+
+
+def test_ascii6_frames_and_send():
+    p, t, _ = connect(Ascii6Receiver)
+    p.dataReceived(b"000003abc000001")
+    p.dataReceived(b"d")
+    assert p.frames == [b"abc", b"d"] and p.max_length == 8192
+    p.sendFrame(b"<x/>")
+    assert t.value() == b"000004<x/>"
+
+
+@pytest.mark.parametrize("prefix", [b"00008a", b" 00003", b"+00003", b"0000-3", b"00\x0003"])
+def test_ascii6_prefix_not_6_digits_closes_unanswered(prefix):
+    p, t, _ = connect(Ascii6Receiver)
+    p.dataReceived(prefix + b"abc")
+    assert t.disconnecting and p.frames == [] and t.value() == b""
+    assert p.errors == ["bad length prefix"]
+
+
+def test_ascii6_8192_accepted_8193_closes():
+    p, t, _ = connect(Ascii6Receiver)
+    p.dataReceived(b"008192" + b"x" * 8192)
+    assert len(p.frames) == 1 and not t.disconnecting
+    p, t, _ = connect(Ascii6Receiver)
+    p.dataReceived(b"008193")  # refused on the prefix: the bytes are not awaited
+    assert t.disconnecting and p.frames == [] and t.value() == b""
+    p, t, _ = connect(Ascii6Receiver)
+    p.dataReceived(b"000000")
+    assert t.disconnecting and p.errors == ["zero length"]
+
+
+def test_ascii6_deadline_is_not_reset_by_bytes():
+    """A request must be complete within 30 s of the connection, however the
+    bytes trickle in."""
+    p, t, clock = connect(Ascii6Receiver, idle_timeout=30)
+    for b in b"000010abcdefg":
+        clock.advance(2)
+        p.dataReceived(bytes([b]))
+    assert not t.disconnecting
+    clock.advance(30 - 2 * 13 - 0.1)
+    assert not t.disconnecting
+    clock.advance(0.2)
+    assert t.disconnecting and p.frames == []
+
+
+def test_ascii6_options_from_the_declaration():
+    framing = Framing("ascii6", 8192, one_per_connection=True, idle_timeout=30.0)
+    assert receiver_class(framing) is Ascii6Receiver
+    opts = receiver_options(framing)
+    assert opts["idle_from_start"] is True and opts["max_length"] == 8192
+    assert receiver_options(Framing("ascii4", 9999))["idle_from_start"] is False
+    p = recording(FrameReceiver)(Clock(), **opts)
+    t = StringTransport()
+    p.makeConnection(t)
+    p.dataReceived(b"000002ok")
+    assert p.frames == [b"ok"]
 
 
 # -- tpdu2 (ref-iso8583) ------------------------------------------------------
@@ -255,7 +315,7 @@ def test_receiver_class_and_options():
     assert receiver_class(Framing("ascii8", 65536)) is Ascii8Receiver
     assert receiver_class(Framing("tpdu2", 4096)) is Tpdu2Receiver
     with pytest.raises(ValueError):
-        receiver_class(Framing("ascii6", 10))
+        receiver_class(Framing("ascii5", 10))
     opts = receiver_options(Framing("ascii8", 65536, idle_timeout=30.0))
     assert opts["max_length"] == 65536 and opts["idle_timeout"] == 30.0
     assert receiver_options(Framing("ascii8", 65536), idle_timeout=5)["idle_timeout"] == 5
@@ -268,7 +328,7 @@ def test_receiver_class_and_options():
 
 # -- property tests -------------------------------------------------------------
 
-KINDS = [Ascii4Receiver, Ascii8Receiver, Tpdu2Receiver]
+KINDS = [Ascii4Receiver, Ascii8Receiver, Ascii6Receiver, Tpdu2Receiver]
 
 
 def chunks(data: bytes, cuts: list[int]) -> list[bytes]:

@@ -239,7 +239,7 @@ def test_two_phase_confirm_and_expiry(ledger, store, clock):
     assert bills(store)["B0001"] == before["B0001"]
     assert bills(store)["B0010"] == (1000000, 0)
     late = ledger.confirm(m.ConfirmRequest(rev(None, "T1", bank="twophase").origin, "T1", TODAY))
-    assert late.outcome is Outcome.ALREADY_REVERSED
+    assert late.outcome is Outcome.EXPIRED  # tests/test_twophase.py has the full rules
     check_books(store)
 
 

@@ -622,7 +622,7 @@ def test_reports_on_disk(ledger, store, tmp_path):
     assert any(",S003,100000200,301.00,300.00,EXCEPTION," in r for r in rows)
     assert len(rows) == 1 + 6
     pdf = Path(out["pdf"]).read_bytes()
-    assert pdf.startswith(b"%PDF") and b"STSong-Light" in pdf
+    assert pdf.startswith(b"%PDF") and b"+WenQuanYiMicroHei" in pdf  # embedded, not named
 
 
 def test_merge_refuses_a_database_that_does_not_sort_by_code_point():

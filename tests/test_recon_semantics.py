@@ -248,7 +248,7 @@ def test_migration_0004_numbers_the_existing_runs_per_bank(backend, tmp_path):
             for bank, dry in made:
                 c.execute(runs.insert().values(bank=bank, settle_date=TODAY, started_at=NOW,
                                                status="BALANCED", dry_run=dry))
-        assert migrations.upgrade(s.engine) == "0004"
+        assert migrations.upgrade(s.engine, "0004") == "0004"
         rr = model.recon_run
         with s.engine.connect() as c:
             got = [tuple(r) for r in c.execute(

@@ -61,8 +61,8 @@ def test_starts_database_first_then_listens_on_every_bank(gateway):
     result = reactor.pump_until(gw.ready)
     assert result is gw
     ports = sorted(s[0] for s in reactor.tcpServers)
-    # the three banks, and the bank host demo-delim's card debits go to (simulated)
-    assert ports == [9101, 9102, 9103, 9202]
+    # the four banks, and the bank host demo-delim's card debits go to (simulated)
+    assert ports == [9101, 9102, 9103, 9104, 9202]
     assert [(c[0], c[1]) for c in reactor.tcpClients] == [("127.0.0.1", 9202)]
     assert {s[3] for s in reactor.tcpServers} == {"127.0.0.1"}
     assert gw.store.customer_count() == 150
@@ -104,7 +104,7 @@ def test_scheduler_closes_due_dates_and_catches_up(gateway):
         reactor.pump_until(gw.scheduler._running)
     closed = gw.ledger.store.run_sync(lambda tx: tx.closed_dates("demo-fixed"))
     assert [c["trade_date"] for c in closed] == [date(2026, 11, d) for d in range(20, 27)]
-    assert gw.scheduler.run_due(datetime(2026, 11, 27, 23, 31)) == 3  # today, three banks
+    assert gw.scheduler.run_due(datetime(2026, 11, 27, 23, 31)) == 4  # today, four banks
     assert gw.scheduler.run_due(datetime(2026, 11, 27, 23, 32)) == 0  # nothing twice
     assert gw.ledger.store.run_sync(lambda tx: tx.is_closed("demo-delim", date(2026, 11, 27)))
     assert gw.cfg.bank("demo-fixed").cutoff_time == time(23, 30)
@@ -235,5 +235,6 @@ def test_the_service_knows_every_address_it_will_listen_on(gateway):
         ("bank demo-fixed", "tcp:9101:interface=127.0.0.1"),
         ("bank demo-delim", "tcp:9102:interface=127.0.0.1"),
         ("bank demo-iso8583", "tcp:9103:interface=127.0.0.1"),
+        ("bank demo-xml", "tcp:9104:interface=127.0.0.1"),
         ("bank demo-delim's simulated debit host", "tcp:9202:interface=127.0.0.1"),
     ]

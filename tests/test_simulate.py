@@ -555,7 +555,12 @@ def test_prepare_resolves_the_bank_from_the_config(cfg):
     (["simulate", "--bank", "demo-delim", "status", "S1"], "no status"),
     (["simulate", "--bank", "demo-fixed", "signin"], "no signin"),
     (["simulate", "--bank", "demo-iso8583", "cutoff", "2026-11-27"], "no cutoff"),
-    (["simulate", "--bank", "demo-fixed", "reverse", "S", "C", "1", "--advice"], "no reverse"),
+    (["simulate", "--bank", "demo-fixed", "reverse", "S", "C", "1", "--advice"], "no advice"),
+    (["simulate", "--bank", "demo-fixed", "confirm", "P1"],
+     r"^bank demo-fixed \(plugin ref-fixed\) has no confirm operation; it supports: query,"
+     r" pay, reverse, status, notice, echo$"),
+    (["simulate", "--bank", "demo-delim", "prepay", "1"], "no prepay operation"),
+    (["simulate", "--bank", "demo-iso8583", "cancel", "P1"], "no cancel operation"),
     (["simulate", "--bank", "demo-fixed", "load"], "--customers"),
     (["simulate", "--bank", "demo-fixed", "load", "--banks", "demo-delim",
       "--customers", "1-2"], "not both"),
@@ -767,3 +772,272 @@ def test_customers_with_open_bills_come_through_the_mapping(tmp_path, renamed):
         assert sim.customers_with_open_bills(store, limit=3) == got[:3]
     finally:
         store.stop()
+
+
+# -- two-phase banks: prepay, confirm, cancel ------------------------------------------------------
+
+#: a made-up two-phase spec: JSON over a 4-digit length; the gateway side is the test's
+TWO_PHASE = """
+import json
+from datetime import date
+
+from bankgate.canon.messages import Outcome
+from bankgate.codec.base import Framing
+from bankgate.codec.capabilities import SimulatorTraits
+
+CODES = {Outcome.OK: "00", Outcome.NOT_FOUND: "10", Outcome.EXPIRED: "24",
+         Outcome.STATE_NOT_ALLOWED: "23"}
+
+
+class Codec:
+    name = "NAME"
+    framing = Framing(kind="ascii4", max_length=9999)
+    simulator_traits = SimulatorTraits(OPS, two_phase=True)
+
+    def decode(self, frame, session):
+        raise NotImplementedError  # the tests play the gateway
+
+    def outcome_code(self, outcome):
+        return CODES.get(outcome, "99")
+
+    def client_encode(self, txn, values, session):
+        return json.dumps({"txn": txn, **values}, default=str).encode()
+
+    def client_decode(self, frame, session):
+        return json.loads(frame)
+
+    def layouts(self):
+        return {}
+
+
+CODEC = Codec()
+"""
+ALL_OPS = '{"query": "Q", "prepay": "PP", "confirm": "CF", "cancel": "CX", "status": "ST"}'
+
+
+def two_phase_codec(ops: str = ALL_OPS, name: str = "two-phase"):
+    ns: dict = {}
+    exec(TWO_PHASE.replace("NAME", name).replace("OPS", ops), ns)  # noqa: S102 - the test's
+    return ns["CODEC"]
+
+
+TP_BANK = BankProfile(name="tp-bank", plugin="two-phase", bank_code="900001")
+
+
+class JsonGateway:
+    """The gateway's side for the made-up spec: frames in, answers out, by hand."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.proto = self.transport = None
+        self.seen: list[dict] = []
+
+    def request(self) -> dict:
+        import json
+
+        if self.proto is None:
+            self.proto, self.transport = accept(self.reactor)
+        [frame] = split_frames("ascii4", self.transport.value())
+        self.transport.clear()
+        self.seen.append(json.loads(frame))
+        return self.seen[-1]
+
+    def answer(self, **fields) -> None:
+        import json
+
+        self.proto.dataReceived(prefix("ascii4", json.dumps(fields).encode()))
+
+
+def test_pay_on_a_two_phase_bank_prepays_then_confirms_that_prepay():
+    reactor = MemoryReactorClock()
+    s = sim.BankSimulator(client(reactor, two_phase_codec(), TP_BANK))
+    seen = []
+    s.observer = lambda op, a, e, t: seen.append((op, a.code))
+    r = results(defer.ensureDeferred(s.pay_due("100000001")))
+    gw = JsonGateway(reactor)
+    q = gw.request()
+    assert q["txn"] == "Q" and q["customer_no"] == "100000001"
+    gw.answer(code="00", customer_no="100000001", total_due=4321, late_fee=100)
+    pre = gw.request()
+    assert pre["txn"] == "PP" and pre["amount"] == 4421 and len(pre["serial"]) == 20
+    gw.answer(code="00", order_no="20261127000000000042", expire_time="20261127094015")
+    conf = gw.request()
+    assert conf["txn"] == "CF"
+    assert (conf["orig_serial"], conf["orig_date"], conf["order_no"]) == (
+        pre["serial"], "2026-11-27", "20261127000000000042")
+    assert conf["serial"] != pre["serial"]  # the confirm's own serial
+    gw.answer(code="00", receipt_no="20261127000000000042", invoice_no="INV7")
+    [[query, prepay, confirm]] = r
+    assert [a.op for a in (query, prepay, confirm)] == ["query", "prepay", "confirm"]
+    assert confirm.approved and confirm.fields["invoice_no"] == "INV7"
+    assert seen == [("query", "00"), ("prepay", "00"), ("confirm", "00")]
+
+
+def test_a_declined_prepay_is_not_confirmed():
+    reactor = MemoryReactorClock()
+    s = sim.BankSimulator(client(reactor, two_phase_codec(), TP_BANK))
+    r = results(defer.ensureDeferred(s.settle("100000001", 500)))
+    gw = JsonGateway(reactor)
+    assert gw.request()["txn"] == "PP"
+    gw.answer(code="10")
+    [[prepay]] = r
+    assert not prepay.approved and prepay.meaning == "customer not found"
+    assert gw.transport.value() == b""  # nothing more was sent
+
+
+@pytest.mark.parametrize("op,txn", [("confirm", "CF"), ("cancel", "CX")])
+def test_confirm_and_cancel_are_single_transactions_naming_the_prepay(op, txn):
+    reactor = MemoryReactorClock()
+    s = sim.BankSimulator(client(reactor, two_phase_codec(), TP_BANK))
+    r = results(defer.ensureDeferred(getattr(s, op)("P0001", date(2026, 11, 26), "ORD1",
+                                                    serial="C0001")))
+    gw = JsonGateway(reactor)
+    req = gw.request()
+    assert req == {"txn": txn, "orig_serial": "P0001", "orig_date": "2026-11-26",
+                   "order_no": "ORD1", "serial": "C0001"}
+    gw.answer(code="24")
+    [answer] = r
+    assert not answer.approved and answer.meaning == "order expired"
+    # no date: the trade date; no order number: none sent
+    r = results(defer.ensureDeferred(getattr(s, op)("P0002")))
+    req = gw.request()
+    assert req["orig_date"] == "2026-11-27" and "order_no" not in req
+    gw.answer(code="23")
+    assert r[0].meaning == "the payment's state does not allow this"
+
+
+def test_a_two_phase_bank_without_confirm_cannot_pay():
+    reactor = MemoryReactorClock()
+    codec = two_phase_codec('{"query": "Q", "prepay": "PP"}')
+    s = sim.BankSimulator(client(reactor, codec, TP_BANK))
+    r = results(defer.ensureDeferred(s.settle("100000001", 500)))
+    assert r[0].check(sim.SimulateError)
+    assert str(r[0].value) == ("bank tp-bank (plugin two-phase) has no confirm operation;"
+                               " it supports: query, prepay")
+    assert not reactor.tcpClients  # refused before connecting
+
+
+TP_CONFIG = """
+[gateway]
+data_dir = "{data}"
+plugin_dirs = ["{plugins}"]
+
+[[bank]]
+name = "tp"
+plugin = "{name}"
+bank_code = "900001"
+listen = ["tcp:19911:interface=127.0.0.1"]
+"""
+
+
+@pytest.fixture
+def tp_cfg(tmp_path):
+    """A configuration with one bank of the made-up two-phase plugin, from a plugin folder."""
+    from bankgate.app.config import load_config
+
+    def make(ops: str = ALL_OPS):
+        n = len(list(tmp_path.glob("plugins*")))
+        folder = tmp_path / f"plugins{n}"
+        folder.mkdir()
+        name = f"tp-{tmp_path.name}-{n}".replace("_", "-").lower()
+        (folder / f"{name.replace('-', '_')}.py").write_text(
+            TWO_PHASE.replace("NAME", name).replace("OPS", ops), encoding="utf-8")
+        f = tmp_path / f"bankgate{n}.toml"
+        f.write_text(TP_CONFIG.format(data=(tmp_path / "var").as_posix(),
+                                      plugins=folder.as_posix(), name=name), encoding="utf-8")
+        c = load_config(f)
+        return c, check_plugins(c)
+
+    return make
+
+
+def test_arguments_of_prepay_confirm_and_cancel():
+    a = parse(["simulate", "--bank", "b", "prepay", "100000001", "12.5", "--serial", "P1"])
+    assert (a.sim_command, a.customer, a.amount, a.serial) == ("prepay", "100000001", 1250, "P1")
+    for op in ("confirm", "cancel"):
+        a = parse(["simulate", "--bank", "b", op, "P1", "--order", "O1", "--date", "2026-11-26",
+                   "--serial", "C1"])
+        assert (a.sim_command, a.orig_serial, a.order_no, a.orig_date, a.serial) == (
+            op, "P1", "O1", date(2026, 11, 26), "C1")
+        a = parse(["simulate", "--bank", "b", op, "P1"])
+        assert a.order_no is None and a.orig_date is None
+
+
+def test_prepare_checks_the_operations_the_plugin_maps(tp_cfg):
+    c, codecs = tp_cfg()
+    for argv in (["confirm", "P1"], ["cancel", "P1"], ["prepay", "1"], ["pay", "1", "5"],
+                 ["status", "P1"]):
+        simcli.prepare(parse(["simulate", "--bank", "tp", *argv]), c, codecs)
+    with pytest.raises(sim.SimulateError, match=r"bank tp \(plugin tp-.*\) has no reverse"
+                                                r" operation; it supports: query, prepay,"
+                                                r" confirm, cancel, status$"):
+        simcli.prepare(parse(["simulate", "--bank", "tp", "reverse", "P1", "1", "5"]), c,
+                       codecs)
+    c, codecs = tp_cfg('{"prepay": "PP", "confirm": "CF"}')
+    with pytest.raises(sim.SimulateError, match="has no query operation"):  # pay what is due
+        simcli.prepare(parse(["simulate", "--bank", "tp", "pay", "1"]), c, codecs)
+    simcli.prepare(parse(["simulate", "--bank", "tp", "pay", "1", "5.00"]), c, codecs)
+    c, codecs = tp_cfg('{"query": "Q", "prepay": "PP"}')
+    with pytest.raises(sim.SimulateError, match="has no confirm operation"):
+        simcli.prepare(parse(["simulate", "--bank", "tp", "pay", "1", "5.00"]), c, codecs)
+
+
+def test_simulate_pay_on_a_two_phase_bank_shows_both_answers(tp_cfg):
+    from rich.console import Console
+
+    c, codecs = tp_cfg()
+    plan = simcli.prepare(parse(["simulate", "--bank", "tp", "pay", "100000001", "12.34",
+                                 "--serial", "P0001"]), c, codecs)
+    reactor = MemoryReactorClock()
+    console = Console(record=True, width=120)
+    r = results(defer.ensureDeferred(simcli.run_plan(reactor, plan, console)))
+    gw = JsonGateway(reactor)
+    pre = gw.request()
+    assert (pre["txn"], pre["serial"], pre["amount"]) == ("PP", "P0001", 1234)
+    gw.answer(code="00", order_no="ORD9")
+    conf = gw.request()
+    assert (conf["txn"], conf["orig_serial"], conf["order_no"]) == ("CF", "P0001", "ORD9")
+    gw.answer(code="00", receipt_no="ORD9", invoice_no="")
+    gw.proto.connectionLost(Failure(ConnectionDone()))
+    assert r == [0]
+    text = console.export_text()
+    assert text.index("→ prepay") < text.index("→ confirm")
+    assert text.count("approved") == 2 and "ORD9" in text
+
+
+def test_simulate_confirm_exits_1_when_declined(tp_cfg):
+    from rich.console import Console
+
+    c, codecs = tp_cfg()
+    plan = simcli.prepare(parse(["simulate", "--bank", "tp", "confirm", "P0001", "--order",
+                                 "ORD9"]), c, codecs)
+    reactor = MemoryReactorClock()
+    console = Console(record=True, width=120)
+    r = results(defer.ensureDeferred(simcli.run_plan(reactor, plan, console)))
+    gw = JsonGateway(reactor)
+    assert gw.request()["order_no"] == "ORD9"
+    gw.answer(code="23")
+    gw.proto.connectionLost(Failure(ConnectionDone()))
+    assert r == [1]
+    assert "the payment's state does not allow this" in console.export_text()
+
+
+def test_load_pays_a_two_phase_bank_with_prepay_and_confirm():
+    """The load runner's payment scenario goes through :meth:`BankSimulator.pay_due`:
+    a two-phase payment is remembered (for a later reversal) only once confirmed."""
+    reactor = MemoryReactorClock()
+    s = sim.BankSimulator(client(reactor, two_phase_codec(), TP_BANK))
+    runner = sim.LoadRunner(reactor, [s], ["100000001"], {"pay": 1.0}, rate=0, duration=5,
+                            rng=random.Random(0))
+    d = defer.ensureDeferred(runner._scenario(s, "pay"))
+    gw = JsonGateway(reactor)
+    gw.request()
+    gw.answer(code="00", total_due=700, late_fee=0)
+    gw.request()
+    gw.answer(code="00", order_no="ORD1")
+    conf = gw.request()
+    assert conf["txn"] == "CF"
+    gw.answer(code="00", receipt_no="ORD1")
+    assert results(d) == [None]
+    [paid] = runner.paid
+    assert paid.amount == 700 and paid.serial == gw.seen[1]["serial"]

@@ -22,7 +22,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bankgate.codec.base import BankKeys, BankProfile
+from bankgate.codec.capabilities import BANK_DEFAULT_TYPES
 from bankgate.domain.ledger import POLICIES, BankPolicy
+from bankgate.domain.supply import SupplySettings
 from bankgate.store.n8 import REFERENCE, N8Mapping
 
 DEFAULT_DATA_DIR = "var"
@@ -76,6 +78,10 @@ class BankConfig:
     mac: bool = False
     mac_key: bytes | None = None
     zmk: bytes | None = None
+    keys: dict[str, bytes] = field(default_factory=dict)  # [bank.keys]: other names
+    # every key read from the file: name -> (its check value as written, or None;
+    # where it was written: "" for [[bank]] itself, "keys." for [bank.keys])
+    stated_keys: dict[str, tuple[str | None, str]] = field(default_factory=dict)
     latest_only_reversal: bool = False
     two_phase: bool = False
     confirm_timeout: float = 300.0
@@ -94,6 +100,20 @@ class BankConfig:
     reconcile_time: time | None = None  # local time the nightly run starts
     reconcile_days_back: int = 1  # at reconcile_time on day T, reconcile T - this
     reconcile: ReconPolicy = field(default_factory=ReconPolicy)
+    # the entries of BANK_DEFAULT_TYPES the bank's table left out: the plugin's
+    # bank_defaults fill them in (check_plugins); a bank built in code states all
+    defaulted: frozenset[str] = frozenset()
+
+    def all_keys(self) -> BankKeys:
+        """Every configured key: ``mac_key``, ``zmk`` and those of ``[bank.keys]``."""
+        return BankKeys({**self.keys, **{k: getattr(self, k) for k in KEY_ENTRIES
+                                         if getattr(self, k) is not None}})
+
+    def key_entry(self, name: str, check: bool = False) -> str:
+        """The configuration key naming the key ``name`` (or its check value):
+        ``bank.NAME.mac_key``, ``bank.NAME.keys.hmac_key_kcv``."""
+        where = self.stated_keys.get(name, (None, "" if name in KEY_ENTRIES else "keys."))[1]
+        return f"bank.{self.name}.{where}{name}{'_kcv' if check else ''}"
 
     def statement_dir(self, data_dir: str = DEFAULT_DATA_DIR) -> str:
         """The local drop folder: the exchange folder (or ``{data_dir}/exchange/{name}``)."""
@@ -104,9 +124,10 @@ class BankConfig:
     def profile(self) -> BankProfile:
         return BankProfile(
             name=self.name, plugin=self.plugin, bank_code=self.bank_code,
-            keys=BankKeys({k: getattr(self, k) for k in KEY_ENTRIES}), mac=self.mac,
+            keys=self.all_keys(), mac=self.mac,
             allow=tuple(self.allow), latest_only_reversal=self.latest_only_reversal,
             idle_timeout=self.idle_timeout, options=dict(self.options),
+            two_phase=self.two_phase, confirm_timeout=self.confirm_timeout,
         )
 
     def policy_(self) -> BankPolicy:
@@ -149,6 +170,26 @@ class LogConfig:
 
 
 @dataclass
+class ReportsConfig:
+    """The ``[reports]`` table: custom report definitions (``docs/custom-reports.rst``).
+
+    ``dir``: the folder of definition files (``*.toml``) that ``bankgate report NAME``
+    finds and the service schedules; default ``{data_dir}/reports.d``.  ``output_dir``:
+    where scheduled runs write, ``<output_dir>/<name>/<name>_<date>.<ext>``; default
+    ``{data_dir}/reports``.
+    """
+
+    dir: str = ""
+    output_dir: str = ""
+
+    def definitions_dir(self, data_dir: str) -> str:
+        return self.dir or str(Path(data_dir) / "reports.d")
+
+    def outputs_dir(self, data_dir: str) -> str:
+        return self.output_dir or str(Path(data_dir) / "reports")
+
+
+@dataclass
 class Config:
     source: str = "<embedded default>"
     data_dir: str = DEFAULT_DATA_DIR
@@ -163,6 +204,8 @@ class Config:
     console_listen: str | None = None  # reserved for the operator console (not built yet)
     log_frames: bool = False  # raw frames (masked) in the debug log
     log: LogConfig = field(default_factory=LogConfig)
+    supply: SupplySettings = field(default_factory=SupplySettings)  # [supply]
+    reports: ReportsConfig = field(default_factory=ReportsConfig)  # [reports]
     banks: list[BankConfig] = field(default_factory=list)
     is_default: bool = False
 
@@ -182,7 +225,8 @@ class Config:
 
 # -- the embedded default ------------------------------------------------------
 
-DEFAULT_PORTS = {"demo-fixed": 9101, "demo-delim": 9102, "demo-iso8583": 9103}
+DEFAULT_PORTS = {"demo-fixed": 9101, "demo-delim": 9102, "demo-iso8583": 9103,
+                 "demo-xml": 9104}
 
 
 def default_config(data_dir: str = DEFAULT_DATA_DIR) -> Config:
@@ -222,6 +266,15 @@ def default_config(data_dir: str = DEFAULT_DATA_DIR) -> Config:
                 # a payment may cover part of what is due (oldest first)
                 policy="partial", mac=True, zmk=key, cutoff_time=time(23, 30),
                 exchange_dir=str(Path(data_dir) / "exchange" / "demo-iso8583"),
+                reconcile_time=time(2, 0),
+            ),
+            BankConfig(
+                name="demo-xml", plugin="ref-xml", bank_code="301210",
+                listen=["tcp:9104:interface=127.0.0.1"], allow=["127.0.0.0/8"],
+                # two-phase: a prepay waits 600 s for its confirm; SM4 MAC, KCV 2677F4
+                policy="exact", mac=True, mac_key=key, two_phase=True, confirm_timeout=600,
+                cutoff_time=time(23, 30),
+                exchange_dir=str(Path(data_dir) / "exchange" / "demo-xml"),
                 reconcile_time=time(2, 0),
             ),
         ],
@@ -338,36 +391,79 @@ def _names(types) -> str:
     return " or ".join(names.get(t, t.__name__) for t in _tuple(types))
 
 
-#: the [[bank]] entries holding keys, each with its check value ``<entry>_kcv``:
-#: 16-byte keys as 32 hex digits, 3-byte check values.  Which of them a bank
-#: needs is its plugin's declaration (``KeyKind``), checked by :func:`check_plugins`.
+#: the entries a key may be written under directly in ``[[bank]]`` (as before
+#: ``[bank.keys]`` existed), each with its check value ``<entry>_kcv``.  Any other
+#: key a plugin declares goes in ``[bank.keys]``.  Which keys a bank needs, their
+#: lengths and check values are its plugin's declaration (``KeyKind``), checked by
+#: :func:`check_plugins` once the plugins are loaded; parsing checks the spelling.
 KEY_ENTRIES = ("mac_key", "zmk")
-KEY_LENGTH = 16
-KCV_LENGTH = 3
+KEY_NAME = re.compile(r"[a-z][a-z0-9_]{0,30}")
+_KEY_TEXT = ("hex digits (32 hex digits for a double-length 3DES or an SM4 key), 'text:...'"
+             " or 'base64:...'")
 
 
-def _hex_key(sec: _Section, k: str) -> bytes | None:
-    v = sec.get(k, str)
+def _key_value(sec: _Section, k: str) -> bytes | None:
+    """A key as written: hex digits, ``text:`` + UTF-8 text, or ``base64:`` +
+    base64.  The error never repeats what was written (it may be a real key)."""
+    v = sec.get(k, str, what="a string of " + _KEY_TEXT)
     if v is None:
         return None
-    if not re.fullmatch(r"[0-9A-Fa-f]{32}", v):
-        raise sec.err(k, "expected 32 hex digits (a double-length 3DES key)")
-    return bytes.fromhex(v)
+    if v.startswith("text:"):
+        if len(v) == 5:
+            raise sec.err(k, "empty after 'text:'")
+        return v[5:].encode("utf-8")
+    if v.startswith("base64:"):
+        import base64
+        import binascii
+
+        try:
+            out = base64.b64decode(v[7:].strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise sec.err(k, "not valid base64 after 'base64:'") from None
+        if not out:
+            raise sec.err(k, "empty after 'base64:'")
+        return out
+    t = v.strip()
+    if not t or len(t) % 2 or not re.fullmatch(r"[0-9A-Fa-f]+", t):
+        raise sec.err(k, "expected " + _KEY_TEXT)
+    return bytes.fromhex(t)
 
 
-def _check_kcv(sec: _Section, k: str, key: bytes | None, n: int) -> None:
-    kcv_key = k + "_kcv"
-    v = sec.get(kcv_key, str)
-    if key is None:
-        if v is not None:
-            raise sec.err(kcv_key, f"given without {k}")
-        return
-    if v is None:
-        raise sec.err(kcv_key, f"missing; expected the check value of {k} ({2 * n} hex digits)")
-    from bankgate.codec.crypto import kcv
+def _check_text(sec: _Section, k: str) -> str | None:
+    v = sec.get(k, str)
+    if v is not None and not re.fullmatch(r"[0-9A-Fa-f]{2,32}", v.strip()):
+        raise sec.err(k, "expected the key's check value in hex digits (like '08D7B4')")
+    return v
 
-    if v.upper() != kcv(key, n).hex().upper():
-        raise sec.err(kcv_key, f"does not match {k}: the key is wrong or mistyped")
+
+def _parse_keys(sec: _Section, b: BankConfig) -> None:
+    """``mac_key`` / ``zmk`` in ``[[bank]]`` and any name in ``[bank.keys]``,
+    each with its ``_kcv``: the spelling only (see :func:`check_plugins`)."""
+    for k in KEY_ENTRIES:
+        key, check = _key_value(sec, k), _check_text(sec, k + "_kcv")
+        if key is None and check is not None:
+            raise sec.err(k + "_kcv", f"given without {k}")
+        if key is not None:
+            setattr(b, k, key)
+            b.stated_keys[k] = (check, "")
+    ks = sec.section("keys")
+    for k in ks.data:
+        if k.endswith("_kcv"):
+            continue
+        if not KEY_NAME.fullmatch(k):
+            raise ks.err(k, "expected a key name: lower-case letters, digits and '_'")
+        if k in b.stated_keys:
+            raise ks.err(k, f"given twice: as bank.{b.name}.{k} and in [bank.keys]")
+        key, check = _key_value(ks, k), _check_text(ks, k + "_kcv")
+        if k in KEY_ENTRIES:
+            setattr(b, k, key)
+        else:
+            b.keys[k] = key
+        b.stated_keys[k] = (check, "keys.")
+    for k in ks.data:
+        if k.endswith("_kcv") and k[:-4] not in ks.data:
+            raise ks.err(k, f"given without {k[:-4]}")
+    ks.finish()
 
 
 def _endpoint(sec: _Section, k: str, v: str) -> str:
@@ -495,7 +591,10 @@ def parse_config(data: dict, source: str = "<config>", *, data_dir: str | None =
     cfg = Config(source=source)
 
     g = top.section("gateway")
+    # --data-dir (``data_dir``) wins over the file's; the file's is still read and checked
     cfg.data_dir = data_dir or g.get("data_dir", str, DEFAULT_DATA_DIR)
+    if data_dir:
+        g.get("data_dir", str)
     cfg.timezone = g.get("timezone", str, "Asia/Shanghai")
     try:
         ZoneInfo(cfg.timezone)
@@ -553,6 +652,11 @@ def parse_config(data: dict, source: str = "<config>", *, data_dir: str | None =
     console.finish()
 
     cfg.log = _parse_log(top.section("log"))
+    cfg.supply = _parse_supply(top.section("supply"), cfg.n8_create)
+    rep = top.section("reports")
+    cfg.reports = ReportsConfig(dir=rep.get("dir", str, ""),
+                                output_dir=rep.get("output_dir", str, ""))
+    rep.finish()
 
     banks = top.get("bank", list, [], what="an array of tables ([[bank]])")
     names: set[str] = set()
@@ -598,12 +702,11 @@ def _parse_bank(sec: _Section, names: set[str]) -> BankConfig:
     if b.policy not in POLICIES:
         raise sec.err("policy", f"expected one of {', '.join(POLICIES)}, got {b.policy!r}")
     b.mac = sec.get("mac", bool, False)
-    for k in KEY_ENTRIES:  # which of them the bank needs: check_plugins, from its plugin
-        setattr(b, k, _hex_key(sec, k))
-        _check_kcv(sec, k, getattr(b, k), KCV_LENGTH)
+    _parse_keys(sec, b)  # which of them the bank needs: check_plugins, from its plugin
+    b.defaulted = frozenset(k for k in BANK_DEFAULT_TYPES if k not in sec.data)
     b.latest_only_reversal = sec.get("latest_only_reversal", bool, False)
     b.two_phase = sec.get("two_phase", bool, False)
-    b.confirm_timeout = float(sec.get("confirm_timeout", (int, float), 300))
+    b.confirm_timeout = _seconds(sec, "confirm_timeout", 300, 1, 7 * 86400)
     idle = sec.get("idle_timeout", (int, float))
     if idle is not None and not 1 <= idle <= 86400:
         raise sec.err("idle_timeout", "expected seconds between 1 and 86400")
@@ -765,14 +868,49 @@ def _parse_log(sec: _Section) -> LogConfig:
     return lc
 
 
+def _parse_supply(sec: _Section, n8_create: bool) -> SupplySettings:
+    """The ``[supply]`` table (``docs/supply.rst``): where valve states are read, and
+    the rule by which a payment settles the season's heating fee.  ``source``
+    defaults to ``n8`` where the gateway creates the reference N8 (it has the valve
+    table), to ``gateway`` against a real N8 (which may have none)."""
+    from bankgate.domain.supply import RULES, SOURCES
+
+    enabled = sec.get("enabled", bool, True)
+    source = _choice(sec, "source", SOURCES, "n8" if n8_create else "gateway")
+    rule = _choice(sec, "rule", RULES, "full")
+    share = sec.get("share", (int, float), 0.6)
+    if not 0 < share <= 1:
+        raise sec.err("share", f"expected a part of the season's heating fee above 0 and at"
+                               f" most 1 (0.6 = 60%), got {share!r}")
+    if "share" in sec.data and rule != "share":
+        raise sec.err("share", "given with rule = \"full\"; set rule = \"share\" to use it")
+    fee_type = sec.get("fee_type", str, "01")
+    if not re.fullmatch(r"[0-9A-Za-z]{1,2}", fee_type):
+        raise sec.err("fee_type", f"expected N8's heating fee type like '01', got {fee_type!r}")
+    sec.finish()
+    return SupplySettings(enabled=enabled, source=source, rule=rule, share=float(share),
+                          fee_type=fee_type)
+
+
 def check_plugins(cfg: Config) -> dict:
     """Load the plugins the banks name; returns name -> codec.  Errors name the key.
 
-    Each bank has the keys its plugin declares it needs
-    (:func:`bankgate.codec.capabilities.key_kinds`), in a form the
-    configuration holds (:data:`KEY_ENTRIES`).
+    What each bank's plugin declares (:mod:`bankgate.codec.capabilities`) is
+    checked here, once the plugins are loaded, and settled into the bank:
+
+    - its keys (``KeyKind``): each needed key is there, each configured key is
+      one the plugin declares (or ``mac_key`` / ``zmk``, which a plugin may
+      ignore), of the declared length, with the right check value;
+    - its ``bank_defaults``: the values of entries the bank's table left out;
+    - its options (``OptionSpec``): every ``[bank.options]`` key is known (to
+      the plugin, invoices or withholding), of the declared type, the
+      plugin's ``validate_options`` hook finds no problem, and an option the
+      bank does not state takes its declared default.
+
+    Both the service start and ``bankgate config check`` call this (through
+    :func:`bankgate.app.wiring.check`).  Running it twice changes nothing more.
     """
-    from bankgate.codec.capabilities import CapabilityError, key_kinds
+    from bankgate.codec.capabilities import CapabilityError
     from bankgate.codec.registry import PluginError, discover
 
     try:
@@ -785,20 +923,111 @@ def check_plugins(cfg: Config) -> dict:
                 cfg.source, f"bank.{b.name}.plugin",
                 f"no plugin named {b.plugin!r} (found: {', '.join(sorted(codecs))})",
             )
+        codec = codecs[b.plugin]
         try:
-            kinds = key_kinds(codecs[b.plugin])
+            _check_keys(cfg, b, codec)
+            _apply_bank_defaults(b, codec)
+            check_bank_options(cfg, b, codec)
         except CapabilityError as e:
             raise ConfigError(cfg.source, f"bank.{b.name}.plugin", str(e)) from None
-        keys = b.profile().keys
-        for kind in kinds:
-            if (kind.name not in KEY_ENTRIES or kind.length != KEY_LENGTH
-                    or kind.check_length != KCV_LENGTH):
-                raise ConfigError(
-                    cfg.source, f"bank.{b.name}.plugin",
-                    f"plugin {b.plugin!r} needs key {kind.name!r} of {kind.length} bytes with a"
-                    f" {kind.check_length}-byte check value; a [[bank]] table holds"
-                    f" {', '.join(KEY_ENTRIES)}: {KEY_LENGTH} bytes, {KCV_LENGTH}-byte check"
-                    " values")
-            if kind.needed(b.mac) and kind.name not in keys:
-                raise ConfigError(cfg.source, f"bank.{b.name}.{kind.name}", kind.missing)
     return codecs
+
+
+def _check_keys(cfg: Config, b: BankConfig, codec) -> None:
+    """The bank's keys against its plugin's ``KeyKind`` declarations.  No
+    message holds a key or its right check value."""
+    from bankgate.codec.capabilities import KeyKind, key_kinds
+
+    kinds = {k.name: k for k in key_kinds(codec)}
+    keys = b.all_keys()
+    for name in keys:
+        kind = kinds.get(name)
+        if kind is None:
+            if name not in KEY_ENTRIES:
+                declared = ", ".join(kinds) or "none"
+                raise ConfigError(cfg.source, b.key_entry(name),
+                                  f"plugin {b.plugin!r} declares no key {name!r}"
+                                  f" (it declares: {declared})")
+            kind = KeyKind(name)  # mac_key / zmk the plugin ignores: checked as before
+        problem = kind.length_problem(keys[name])
+        if problem:
+            raise ConfigError(cfg.source, b.key_entry(name), problem)
+        if name in b.stated_keys:  # a key set in code has no check value to compare
+            check = b.stated_keys[name][0]
+            if check is not None and not kind.has_check:
+                raise ConfigError(cfg.source, b.key_entry(name, check=True),
+                                  f"{name} is a secret and has no check value (remove it)")
+            problem = _check_problem(kind, keys[name], check)
+            if problem:
+                raise ConfigError(cfg.source, b.key_entry(name, check=True), problem)
+    for kind in kinds.values():
+        if kind.needed(b.mac) and kind.name not in keys:
+            raise ConfigError(cfg.source, b.key_entry(kind.name), kind.missing)
+
+
+def _check_problem(kind, key: bytes, check: str | None) -> str | None:
+    """What is wrong with the stated check value ``check`` of ``key``, or
+    ``None``; the text names neither the key nor the right check value."""
+    from bankgate.codec.crypto import check_value
+
+    if not kind.has_check:
+        return None
+    if check is None:
+        return (f"missing; expected the check value of {kind.name}"
+                f" ({2 * kind.check_length} hex digits)")
+    if check.strip().upper() != check_value(kind.algorithm, key, kind.check_length).hex().upper():
+        return f"does not match {kind.name}: the key is wrong or mistyped"
+    return None
+
+
+def _apply_bank_defaults(b: BankConfig, codec) -> None:
+    """The plugin's ``bank_defaults`` for the entries the bank's table left out."""
+    from bankgate.codec.capabilities import bank_defaults
+
+    for k, v in bank_defaults(codec).items():
+        if k in b.defaulted:
+            setattr(b, k, v)
+
+
+def plugin_option_names(codec) -> tuple[str, ...]:
+    """The ``[bank.options]`` keys a plugin reads (its ``option_specs``)."""
+    from bankgate.codec.capabilities import option_specs
+
+    return tuple(o.name for o in option_specs(codec))
+
+
+def check_bank_options(cfg: Config, b: BankConfig, codec) -> None:
+    """One bank's ``[bank.options]`` against what reads it: the plugin's
+    declaration and hook, invoices and withholding (their values are checked
+    by :mod:`bankgate.app.options`).  Fills in the plugin's defaults."""
+    from bankgate.codec.capabilities import option_problems, option_specs
+    from bankgate.domain.invoices import OPTION_KEYS as INVOICE_KEYS
+    from bankgate.domain.withholding import OPTION_KEYS as WITHHOLDING_KEYS
+
+    specs = {o.name: o for o in option_specs(codec)}
+    mine = plugin_option_names(codec)
+    known = {*INVOICE_KEYS, *WITHHOLDING_KEYS, *mine}
+
+    def err(key: str, problem: str) -> ConfigError:
+        return ConfigError(cfg.source, f"bank.{b.name}.options{'.' + key if key else ''}",
+                           problem)
+
+    for key in b.options:
+        if key not in known:
+            own = f"; plugin {b.plugin!r} reads: {', '.join(mine)}" if mine else ""
+            raise err(key, f"unknown option (misspelt?){own}; the gateway reads:"
+                           f" {', '.join(sorted({*INVOICE_KEYS, *WITHHOLDING_KEYS}))}")
+        spec = specs.get(key)
+        problem = spec.problem(b.options[key]) if spec else None
+        if problem:
+            raise err(key, problem)
+    for spec in specs.values():
+        if spec.default is not None and spec.name not in b.options:
+            b.options[spec.name] = spec.default
+    problems = option_problems(codec, {k: b.options[k] for k in mine if k in b.options})
+    if problems:
+        first = problems[0]
+        head, sep, rest = first.partition(": ")
+        key, problem = (head, rest) if sep and head in known else ("", first)
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise err(key, f"{problem}{more}")

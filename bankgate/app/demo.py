@@ -26,9 +26,9 @@ class Demo:
 
     @staticmethod
     def seed(store, customers: int, invoices) -> list[str]:
-        """Runs on the store's thread, into an empty reference N8: demo customers
-        and bills, and 2,000 demo invoice numbers for each invoicing bank."""
-        seed(store, customers)
+        """Runs on the store's thread, into an empty reference N8: demo customers,
+        bills and valve states, and 2,000 demo invoice numbers for each invoicing bank."""
+        seed(store, customers, supply=True)  # with the season's valve states
         done = [f"{customers} demo customers seeded"]
         for name, settings in invoices.settings.items():
             if settings.enabled and not any(r["ranges"] for r in invoices.stock_report(name)):

@@ -2,7 +2,8 @@
 
 A bank's options table is shared: invoices (``invoice*``), withholding and
 card debits (``withholding``, ``utility_code``, ``debit_*``), and the bank's
-plugin (its ``option_keys``).  This module turns it into the parsed objects
+plugin (its declared ``option_specs``, checked with its ``validate_options`` hook
+by :func:`bankgate.app.config.check_plugins`).  This module turns it into the parsed objects
 the domain is handed -- :class:`~bankgate.domain.invoices.InvoiceSettings`,
 :class:`~bankgate.domain.withholding.WithholdingOptions` -- and refuses a key
 nobody reads.  Every error is a :class:`~bankgate.app.config.ConfigError`
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from bankgate.app.config import BankConfig, Config, ConfigError
+from bankgate.app.config import BankConfig, Config, ConfigError, check_bank_options
 from bankgate.codec.capabilities import batch_files, debit_client
 from bankgate.domain.invoices import (
     DEFAULT_LOW_WATER,
@@ -24,7 +25,6 @@ from bankgate.domain.invoices import (
     InvoiceSettings,
 )
 from bankgate.domain.invoices import OPTION_KEYS as INVOICE_KEYS
-from bankgate.domain.withholding import OPTION_KEYS as WITHHOLDING_KEYS
 from bankgate.domain.withholding import WithholdingOptions
 
 # -- every key is read by someone --------------------------------------------------
@@ -32,15 +32,12 @@ from bankgate.domain.withholding import WithholdingOptions
 
 def check_options(cfg: Config, codecs: dict) -> None:
     """Every ``[bank.options]`` key is one that something reads: invoices,
-    withholding, or the bank's plugin (``CODEC.option_keys``).  A misspelt key
-    would otherwise switch nothing on, silently."""
+    withholding, or the bank's plugin (``CODEC.option_specs``).  A misspelt key
+    would otherwise switch nothing on, silently.  (:func:`check_plugins` runs
+    the same check; this is for a caller holding codecs already.)"""
     for b in cfg.banks:
-        known = {*INVOICE_KEYS, *WITHHOLDING_KEYS,
-                 *getattr(codecs.get(b.plugin), "option_keys", ())}
-        for key in b.options:
-            if key not in known:
-                raise ConfigError(cfg.source, f"bank.{b.name}.options.{key}",
-                                  f"unknown option (misspelt?); known: {', '.join(sorted(known))}")
+        if b.plugin in codecs:
+            check_bank_options(cfg, b, codecs[b.plugin])
 
 
 # -- invoices ----------------------------------------------------------------------

@@ -32,6 +32,7 @@ from bankgate.app.audit_tail import AuditTail
 from bankgate.app.carddebits import make_services as card_debit_services
 from bankgate.app.config import Config
 from bankgate.app.options import simulated_listen
+from bankgate.app.report_schedule import ReportScheduler
 from bankgate.canon import messages as m
 from bankgate.domain.ledger import LedgerService
 from bankgate.domain.reconcile import ReconBusy, StatementError
@@ -73,6 +74,7 @@ class GatewayService(service.MultiService):
                 self.listeners.append((b.name, ep, svc))
         self.scheduler = Scheduler(self)
         self.recon = ReconScheduler(self)
+        self.reports = ReportScheduler.for_service(self)  # [reports] dir, scheduled ones
         self.ledger_service.listeners.append(self.recon.on_request)
         self.ready = defer.Deferred()
         self.lock: startup.DataLock | None = None  # the data folder's, from tap's preflight
@@ -123,6 +125,7 @@ class GatewayService(service.MultiService):
         AuditTail(self.store, self.reactor).setServiceParent(self)  # the CLI's actions, logged
         self.scheduler.start()
         self.recon.start()
+        self.reports.start()  # a broken definition is logged here, at start
         self.store.call(self.parts.invoices().low_stock)
         # everything loaded so far lives as long as the process: keep it out of
         # the collector's full passes (their pauses show in the latency tail)
@@ -158,6 +161,7 @@ class GatewayService(service.MultiService):
     def stopService(self):
         self.scheduler.stop()
         self.recon.stop()
+        self.reports.stop()
         yield defer.maybeDeferred(service.MultiService.stopService, self)
         self.store.stop()
         if self.lock is not None:

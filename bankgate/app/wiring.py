@@ -20,6 +20,7 @@ from bankgate.codec.capabilities import statement_format
 from bankgate.domain.invoices import Invoices, InvoiceSettings, make_hook
 from bankgate.domain.ledger import Ledger
 from bankgate.domain.reconcile import Reconciler
+from bankgate.domain.supply import make_hook as make_supply_hook
 from bankgate.domain.withholding import Withholding, WithholdingOptions
 from bankgate.store.db import Store
 
@@ -95,5 +96,5 @@ def build(cfg: Config, *, reactor=None, now: Callable[[], datetime] | None = Non
     now = now or wall_clock(cfg)
     db = store(cfg, reactor=reactor)
     ledger = Ledger(db, {b.name: b.policy_() for b in cfg.banks}, now=now,
-                    hooks=list(filter(None, [make_hook(inv)])))
+                    hooks=list(filter(None, [make_hook(inv), make_supply_hook(cfg.supply)])))
     return Parts(cfg, codecs, inv, wh, db, ledger, now)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 
 
 class Outcome(enum.StrEnum):
@@ -29,6 +29,10 @@ class Outcome(enum.StrEnum):
     REVERSAL_NOT_ALLOWED = "REVERSAL_NOT_ALLOWED"  # invoice printed, not latest, drawn
     ALREADY_REVERSED = "ALREADY_REVERSED"
     REVERSED_FIRST = "REVERSED_FIRST"  # payment refused: its reversal came first
+    EXPIRED = "EXPIRED"  # two-phase: the pending payment is past its deadline (undone)
+    # the payment's state does not allow this: confirm of a cancelled one, cancel of a
+    # confirmed one, a confirmed-only reversal of a pending one
+    STATE_NOT_ALLOWED = "STATE_NOT_ALLOWED"
     DATE_CLOSED = "DATE_CLOSED"
     FORMAT_ERROR = "FORMAT_ERROR"
     MAC_ERROR = "MAC_ERROR"
@@ -89,7 +93,8 @@ class PaymentStatus(enum.StrEnum):
     PENDING = "PENDING"  # two-phase: waiting for confirmation
     REVERSED = "REVERSED"
     REFUNDED = "REFUNDED"
-    EXPIRED = "EXPIRED"  # two-phase: never confirmed, undone
+    EXPIRED = "EXPIRED"  # two-phase: never confirmed, undone at its deadline
+    CANCELLED = "CANCELLED"  # two-phase: the bank cancelled it while pending, undone
     NOT_FOUND = "NOT_FOUND"
 
 
@@ -156,9 +161,36 @@ class PaymentRequest:
 
 @dataclass(frozen=True)
 class ConfirmRequest:
+    """Make the pending (two-phase) payment ``orig_serial`` of ``orig_date`` final.
+
+    ``serial`` is the confirm's own serial when the spec journals it under its
+    own key (a retry answers the first answer; other content under the same
+    key is ``DUPLICATE_MISMATCH``); ``None`` when it is idempotent by the
+    original alone.  ``order_no`` is the prepay's receipt number as the bank
+    names it: ``""`` is not checked, anything else must equal it or the answer
+    is ``ORIGINAL_NOT_FOUND``.  ``content`` is the repeat check's fingerprint.
+    """
+
     origin: Origin
     orig_serial: str
     orig_date: date
+    serial: str | None = None
+    order_no: str = ""
+    content: str = ""
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """Undo the pending (two-phase) payment ``orig_serial`` of ``orig_date``
+    before it is confirmed: the bank's customer walked away.  The fields mean
+    what they mean in :class:`ConfirmRequest`."""
+
+    origin: Origin
+    orig_serial: str
+    orig_date: date
+    serial: str | None = None
+    order_no: str = ""
+    content: str = ""
 
 
 @dataclass(frozen=True)
@@ -177,6 +209,10 @@ class ReversalRequest:
     serial: str | None = None
     content: str = ""
     latest_only: bool = False  # only the customer's latest standing payment
+    # only a confirmed (posted) payment may be reversed: a pending one is
+    # STATE_NOT_ALLOWED (the bank must cancel it), and so is one cancelled,
+    # expired, reversed or refunded.  False: the older specs' rules, unchanged.
+    confirmed_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -246,6 +282,28 @@ class PaymentResult:
     invoice_no: str = ""
     remaining_due: int = 0
     retry: bool = False  # this answer repeats the first one
+    expires_at: datetime | None = None  # a prepay's deadline (gateway local time)
+
+
+@dataclass(frozen=True)
+class ConfirmResult:
+    outcome: Outcome
+    customer_no: str = ""
+    amount: int = 0
+    receipt_no: str = ""  # the prepay's receipt number (its order number)
+    invoice_no: str = ""  # the invoice number taken for the payment, "" if none
+    retry: bool = False
+    message: str = ""  # why refused, for the log (not sent, not journaled)
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    outcome: Outcome
+    customer_no: str = ""
+    amount: int = 0
+    receipt_no: str = ""
+    retry: bool = False
+    message: str = ""  # why refused, for the log (not sent, not journaled)
 
 
 @dataclass(frozen=True)
@@ -260,6 +318,9 @@ class ReversalResult:
 
 @dataclass(frozen=True)
 class StatusResult:
+    """A payment's state.  A pending payment past its deadline is ``EXPIRED``
+    even before the sweeper has undone it: it can no longer be confirmed."""
+
     outcome: Outcome
     status: PaymentStatus = PaymentStatus.NOT_FOUND
     amount: int = 0
@@ -286,6 +347,7 @@ Request = (
     QueryRequest
     | PaymentRequest
     | ConfirmRequest
+    | CancelRequest
     | ReversalRequest
     | StatusRequest
     | CutoffRequest

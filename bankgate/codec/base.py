@@ -70,8 +70,9 @@ Action = Close | Reply | Dispatch
 class Framing:
     """How a codec's frames travel.
 
-    ``kind``: ``"ascii4"`` (4-digit length), ``"ascii8"`` (8-digit length) or
-    ``"tpdu2"`` (2-byte binary length; the codec handles the TPDU itself).
+    ``kind``: ``"ascii4"`` (4-digit length), ``"ascii8"`` (8-digit length),
+    ``"ascii6"`` (6-digit length, idle timeout counted from the connection's
+    start) or ``"tpdu2"`` (2-byte binary length; the codec handles the TPDU itself).
     """
 
     kind: str
@@ -132,7 +133,14 @@ class BankKeys(Mapping[str, bytes]):
 
 @dataclass(frozen=True)
 class BankProfile:
-    """The parts of a bank's configuration a codec needs."""
+    """The parts of a bank's configuration a codec needs.
+
+    ``two_phase``: the bank's payments are prepays (pending until confirmed);
+    ``confirm_timeout``: seconds a prepay waits for its confirm.  Both are the
+    effective values: the bank's table, else the plugin's ``bank_defaults``.
+    ``options``: the bank's ``[bank.options]``, with the defaults of the
+    plugin's ``option_specs`` filled in.
+    """
 
     name: str
     plugin: str
@@ -143,6 +151,8 @@ class BankProfile:
     latest_only_reversal: bool = False
     idle_timeout: float | None = None
     options: dict = field(default_factory=dict)
+    two_phase: bool = False
+    confirm_timeout: float = 300.0
 
     def address_allowed(self, host: str | None) -> bool:
         if not self.allow:

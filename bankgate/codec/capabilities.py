@@ -14,6 +14,9 @@ capability                    on ``CODEC``                     the core asks wit
 :class:`DebitClient`          ``encode_debit`` ...             :func:`debit_client`
 :class:`SimulatorTraits`      ``simulator_traits``             :func:`simulator_traits`
 :class:`KeyKind` (a tuple)    ``key_kinds``                    :func:`key_kinds`
+:class:`OptionSpec` (a tuple) ``option_specs``,                :func:`option_specs`,
+                              ``validate_options`` (optional)  :func:`option_problems`
+defaults for its banks        ``bank_defaults`` (a dict)       :func:`bank_defaults`
 ============================  ===============================  ==========================
 
 A plugin without ``statement_format`` but with ``statement_name`` and
@@ -171,7 +174,9 @@ class SimulatorTraits:
     characters of a bank serial.  ``rrn``: the serial is ISO 8583 field 37
     (``rrn`` value, an12) and a reversal names its original by that field.
     ``signin``: the transaction to send first on every new connection.
-    ``pay_names_bills``: a payment lists the bills it pays.
+    ``pay_names_bills``: a payment lists the bills it pays.  ``two_phase``:
+    a payment is a prepay then a confirm (``simulate pay`` sends both; ``ops``
+    maps ``prepay``, ``confirm`` and ``cancel``).
     """
 
     ops: Mapping[str, str]
@@ -179,6 +184,7 @@ class SimulatorTraits:
     rrn: bool = False
     signin: str | None = None
     pay_names_bills: bool = False
+    two_phase: bool = False
 
 
 # -- keys -------------------------------------------------------------------------------
@@ -186,25 +192,42 @@ class SimulatorTraits:
 ALWAYS = "always"  # every bank of the plugin needs the key
 WITH_MAC = "mac"  # only a bank configured with ``mac = true``
 
+#: the key algorithms a plugin may declare, with the key lengths (bytes) each takes
+#: and the largest check value (bytes): ``secret`` (an HMAC secret) has none
+KEY_ALGORITHMS = {"3des": ((16, 24), 8), "sm4": ((16,), 16), "secret": ((), 0)}
+SECRET_LENGTHS = (16, 128)  # a secret's length when the plugin does not state one
+
 
 @dataclass(frozen=True)
 class KeyKind:
     """A key the plugin's banks are configured with.
 
-    ``name``: the entry of the ``[[bank]]`` table holding it (``mac_key``);
-    its check value is the entry ``name + "_kcv"``.  ``length``: bytes
-    (16: a double-length 3DES key).  ``check_length``: bytes of the check
-    value (KCV, 3DES of zeros) the configuration states.  ``required``:
-    :data:`ALWAYS` or :data:`WITH_MAC`.  ``description``: one line for
-    ``bankgate config check`` (what the key secures).  ``why``: the reason a
-    bank without the key is refused (default: the ``required`` rule).
+    ``name``: the key's configuration entry (``mac_key``), in the bank's
+    ``[bank.keys]`` table (``mac_key`` and ``zmk`` also directly in
+    ``[[bank]]``); its check value is the entry ``name + "_kcv"``.
+
+    ``algorithm`` decides the length rule and the check value:
+
+    - ``"3des"``: a double- (16 bytes, the default) or triple-length (24)
+      3DES key; check value: 3DES-ECB of 8 zero bytes;
+    - ``"sm4"``: a 16-byte SM4 key; check value: SM4-ECB of 16 zero bytes;
+    - ``"secret"``: an HMAC (or other) secret of any length -- 16 to 128
+      bytes unless ``length`` states one; no check value.
+
+    ``length``: bytes (``None``: the algorithm's default).  ``check_length``:
+    bytes of the check value the configuration states (``None``: 3; 0 for a
+    secret).  ``required``: :data:`ALWAYS` or :data:`WITH_MAC`.
+    ``description``: one line for ``bankgate config check`` and ``plugins
+    check`` (what the key secures).  ``why``: the reason a bank without the
+    key is refused (default: the ``required`` rule).
 
     The codec reads the key as ``session.bank.keys[name]`` (or ``.name``).
     """
 
     name: str
-    length: int = 16
-    check_length: int = 3
+    algorithm: str = "3des"
+    length: int | None = None
+    check_length: int | None = None
     required: str = WITH_MAC
     description: str = ""
     why: str = ""
@@ -213,12 +236,31 @@ class KeyKind:
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", self.name) or self.name.endswith("_kcv"):
             raise CapabilityError(f"key name {self.name!r}: lower-case letters, digits and"
                                   " '_', not ending in '_kcv'")
-        if self.length not in (8, 16, 24):
-            raise CapabilityError(f"key {self.name}: {self.length} bytes is not a DES key length"
-                                  " (8, 16, 24)")
-        if not 1 <= self.check_length <= 8:
-            raise CapabilityError(f"key {self.name}: check value of {self.check_length} bytes"
-                                  " (1-8)")
+        if self.algorithm not in KEY_ALGORITHMS:
+            raise CapabilityError(f"key {self.name}: algorithm {self.algorithm!r} is not one of"
+                                  f" {', '.join(KEY_ALGORITHMS)}")
+        lengths, max_check = KEY_ALGORITHMS[self.algorithm]
+        if self.algorithm == "secret":
+            if self.length is not None and (isinstance(self.length, bool)
+                                            or not 1 <= self.length <= 1024):
+                raise CapabilityError(f"key {self.name}: a secret of {self.length} bytes"
+                                      " (1-1024)")
+            if self.check_length:
+                raise CapabilityError(f"key {self.name}: a secret has no check value"
+                                      " (leave check_length out)")
+            object.__setattr__(self, "check_length", 0)
+        else:
+            length = lengths[0] if self.length is None else self.length
+            if length not in lengths:
+                what = "a 3DES" if self.algorithm == "3des" else "an SM4"
+                raise CapabilityError(f"key {self.name}: {length} bytes is not {what} key"
+                                      f" length ({', '.join(map(str, lengths))})")
+            n = 3 if self.check_length is None else self.check_length
+            if isinstance(n, bool) or not 1 <= n <= max_check:
+                raise CapabilityError(f"key {self.name}: check value of {n} bytes"
+                                      f" (1-{max_check})")
+            object.__setattr__(self, "length", length)
+            object.__setattr__(self, "check_length", n)
         if self.required not in (ALWAYS, WITH_MAC):
             raise CapabilityError(f"key {self.name}: required is {ALWAYS!r} or {WITH_MAC!r},"
                                   f" not {self.required!r}")
@@ -227,6 +269,18 @@ class KeyKind:
     def check_name(self) -> str:
         """The configuration entry of the key's check value."""
         return f"{self.name}_kcv"
+
+    @property
+    def has_check(self) -> bool:
+        """Whether the configuration states a check value for the key."""
+        return bool(self.check_length)
+
+    @property
+    def lengths(self) -> tuple[int, int]:
+        """The smallest and largest key length (bytes) accepted."""
+        if self.length is None:
+            return SECRET_LENGTHS
+        return (self.length, self.length)
 
     def needed(self, mac: bool) -> bool:
         """Whether a bank with ``mac`` on or off must have this key."""
@@ -239,12 +293,113 @@ class KeyKind:
                            else "required by the bank's plugin")
         return f"missing; {why}"
 
+    def length_problem(self, key: bytes) -> str | None:
+        """What is wrong with the length of ``key`` (never its value), or ``None``."""
+        low, high = self.lengths
+        if low <= len(key) <= high:
+            return None
+        if low == high:
+            return (f"expected {self._what} of {low} bytes ({2 * low} hex digits),"
+                    f" got {len(key)} bytes")
+        return f"expected {self._what} of {low} to {high} bytes, got {len(key)} bytes"
+
+    @property
+    def _what(self) -> str:
+        return {"3des": "a 3DES key", "sm4": "an SM4 key", "secret": "a secret"}[self.algorithm]
+
     def summary(self) -> str:
         """One line for ``bankgate plugins check``."""
         when = "always required" if self.required == ALWAYS else "required when mac = true"
-        text = (f"{self.name}: {self.length} bytes, {self.check_length}-byte check value"
-                f" {self.check_name}, {when}")
+        low, high = self.lengths
+        size = f"{low} bytes" if low == high else f"{low}-{high} bytes"
+        check = (f"{self.check_length}-byte check value {self.check_name}" if self.has_check
+                 else "no check value")
+        text = f"{self.name}: {self._what} of {size}, {check}, {when}"
         return text + (f" ({self.description})" if self.description else "")
+
+
+# -- plugin options ([bank.options]) -------------------------------------------------------
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               list: "a list", dict: "a table"}
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One ``[bank.options]`` key the plugin reads.
+
+    ``type``: ``str``, ``int``, ``float`` (an integer is accepted), ``bool``,
+    ``list`` or ``dict``.  ``default``: the value a bank that does not state
+    the option gets (``None``: absent).  ``description``: one line for
+    ``bankgate plugins check`` and the docs.  ``choices``: the values allowed
+    (``None``: any of the type).  ``minimum`` / ``maximum``: bounds of a
+    number.  A plugin's ``validate_options(options)`` hook checks what the
+    declaration cannot say (one option against another).
+    """
+
+    name: str
+    type: type = str
+    default: Any = None
+    description: str = ""
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", self.name):
+            raise CapabilityError(f"option name {self.name!r}: lower-case letters, digits"
+                                  " and '_'")
+        if self.type not in _TYPE_NAMES:
+            raise CapabilityError(f"option {self.name}: type {self.type!r} is not one of"
+                                  " str, int, float, bool, list, dict")
+        if self.choices is not None:
+            object.__setattr__(self, "choices", tuple(self.choices))
+            for c in self.choices:
+                if self.problem(c, check_choices=False):
+                    raise CapabilityError(f"option {self.name}: choice {c!r} is not"
+                                          f" {self.type_name}")
+        if self.default is not None and self.problem(self.default):
+            raise CapabilityError(f"option {self.name}: default {self.default!r}:"
+                                  f" {self.problem(self.default)}")
+
+    @property
+    def type_name(self) -> str:
+        return _TYPE_NAMES[self.type]
+
+    def problem(self, value: Any, check_choices: bool = True) -> str | None:
+        """What is wrong with ``value`` for this option, or ``None``."""
+        t = self.type
+        ok = (isinstance(value, bool) if t is bool
+              else not isinstance(value, bool) and isinstance(value, (int, float) if t is float
+                                                              else t))
+        if not ok:
+            return f"expected {self.type_name}, got {value!r}"
+        if check_choices and self.choices is not None and value not in self.choices:
+            return f"expected one of {', '.join(map(repr, self.choices))}, got {value!r}"
+        if self.minimum is not None and value < self.minimum:
+            return f"expected at least {self.minimum:g}, got {value!r}"
+        if self.maximum is not None and value > self.maximum:
+            return f"expected at most {self.maximum:g}, got {value!r}"
+        return None
+
+    def summary(self) -> str:
+        """One line for ``bankgate plugins check``."""
+        text = f"{self.name}: {self.type_name}"
+        if self.choices is not None:
+            text += f", one of {', '.join(map(repr, self.choices))}"
+        if self.minimum is not None or self.maximum is not None:
+            low = "" if self.minimum is None else f"{self.minimum:g}"
+            high = "" if self.maximum is None else f"{self.maximum:g}"
+            text += f", {low}..{high}"
+        text += ", no default" if self.default is None else f", default {self.default!r}"
+        return text + (f" -- {self.description}" if self.description else "")
+
+
+# -- a plugin's defaults for its banks ----------------------------------------------------------
+
+#: the ``[[bank]]`` entries a plugin's ``bank_defaults`` may set, with their types
+BANK_DEFAULT_TYPES = {"two_phase": (bool,), "confirm_timeout": (int, float),
+                      "latest_only_reversal": (bool,), "idle_timeout": (int, float)}
 
 
 # -- what the core calls ---------------------------------------------------------------------
@@ -300,13 +455,72 @@ def key_kinds(codec: Any) -> tuple[KeyKind, ...]:
     return kinds
 
 
+def option_specs(codec: Any) -> tuple[OptionSpec, ...]:
+    """The ``[bank.options]`` keys the codec declares it reads (none: none)."""
+    if getattr(codec, "option_keys", None):  # the undocumented attribute before OptionSpec
+        raise CapabilityError(f"{_name(codec)}: option_keys is no longer read; declare"
+                              " option_specs = (OptionSpec(name, type, default,"
+                              " description), ...)")
+    specs = tuple(getattr(codec, "option_specs", None) or ())
+    bad = [o for o in specs if not isinstance(o, OptionSpec)]
+    if bad:
+        raise CapabilityError(f"{_name(codec)}: option_specs holds {bad[0]!r}, not an OptionSpec")
+    names = [o.name for o in specs]
+    if len(set(names)) != len(names):
+        raise CapabilityError(f"{_name(codec)}: option_specs names an option twice")
+    hook = getattr(codec, "validate_options", None)
+    if hook is not None and not callable(hook):
+        raise CapabilityError(f"{_name(codec)}: validate_options is not callable")
+    return specs
+
+
+def option_problems(codec: Any, options: Mapping[str, Any]) -> list[str]:
+    """The codec's ``validate_options(options)`` problems (each ``"key: problem"``),
+    ``[]`` when it has no hook.  A hook that raises is itself the problem."""
+    hook = getattr(codec, "validate_options", None)
+    if hook is None:
+        return []
+    try:
+        problems = hook(dict(options))
+    except Exception as e:  # noqa: BLE001 - a plugin's bug must not become a traceback
+        return [f"validate_options raised {type(e).__name__}: {e}"]
+    if problems is None:
+        return []
+    if isinstance(problems, str):
+        return [problems]
+    return [str(p) for p in problems]
+
+
+def bank_defaults(codec: Any) -> dict[str, Any]:
+    """The ``[[bank]]`` values the codec declares for banks that do not state
+    them (``bank_defaults = {"two_phase": True, "confirm_timeout": 600}``)."""
+    declared = getattr(codec, "bank_defaults", None) or {}
+    if not isinstance(declared, Mapping):
+        raise CapabilityError(f"{_name(codec)}: bank_defaults is not a dict")
+    out = {}
+    for k, v in declared.items():
+        types = BANK_DEFAULT_TYPES.get(k)
+        if types is None:
+            raise CapabilityError(f"{_name(codec)}: bank_defaults names {k!r}; a plugin may"
+                                  f" set {', '.join(BANK_DEFAULT_TYPES)}")
+        if (isinstance(v, bool) and bool not in types) or not isinstance(v, types):
+            raise CapabilityError(f"{_name(codec)}: bank_defaults[{k!r}] = {v!r} is not"
+                                  f" {'true or false' if bool in types else 'a number'}")
+        if k in ("confirm_timeout", "idle_timeout") and not 1 <= v <= 7 * 86400:
+            raise CapabilityError(f"{_name(codec)}: bank_defaults[{k!r}] = {v!r}: expected"
+                                  " seconds between 1 and 604800")
+        out[k] = float(v) if k.endswith("_timeout") else v
+    return out
+
+
 def _name(codec: Any) -> str:
     return f"plugin {getattr(codec, 'name', type(codec).__name__)!r}"
 
 
 __all__ = [
-    "ALWAYS", "WITH_MAC", "BatchFiles", "CapabilityError", "DebitClient", "KeyKind",
-    "SimulatorTraits", "StatementErrorFile", "StatementFormat", "StatementReader",
-    "batch_files", "debit_client", "key_kinds", "simulator_traits", "statement_error_file",
-    "statement_format",
+    "ALWAYS", "BANK_DEFAULT_TYPES", "KEY_ALGORITHMS", "WITH_MAC", "BatchFiles",
+    "CapabilityError", "DebitClient", "KeyKind", "OptionSpec", "SimulatorTraits",
+    "StatementErrorFile", "StatementFormat", "StatementReader", "bank_defaults", "batch_files",
+    "debit_client", "key_kinds", "option_problems", "option_specs", "simulator_traits",
+    "statement_error_file", "statement_format",
 ]

@@ -6,8 +6,9 @@ canonical outcome, and round-trips every construct layout it declares
 (build a sample, parse it back, build again: the bytes must be equal).
 Then it lists the optional capabilities the plugin declares
 (:mod:`bankgate.codec.capabilities`): its statement file (written and read
-back), its error file, batch files, real-time debit, simulator traits and
-keys; a capability declared in part is a failure.
+back), its error file, batch files, real-time debit, simulator traits,
+keys, ``[bank.options]`` and bank defaults; a capability declared in part is
+a failure.
 Each line of the report starts with ``ok``, ``skip`` or ``FAIL``.
 """
 
@@ -23,11 +24,11 @@ from bankgate.codec import capabilities as cap
 from bankgate.codec import fields
 from bankgate.codec.base import Framing
 from bankgate.codec.registry import PluginError, load_file
-from bankgate.codec.statement import CATEGORIES, ReaderFormat
+from bankgate.codec.statement import CATEGORIES, ReaderFormat, StatementError, can_write
 
 REQUIRED = ("name", "framing", "decode", "outcome_code", "client_encode", "client_decode",
             "layouts")
-FRAMINGS = ("ascii4", "ascii8", "tpdu2")
+FRAMINGS = ("ascii4", "ascii8", "ascii6", "tpdu2")
 
 
 class NoSample(Exception):
@@ -143,6 +144,7 @@ SAMPLE_BANK = "105210"
 SAMPLE_DATE = date(2026, 11, 27)
 SAMPLE_RECORD = dict(serial="S00000000001", trade_date=SAMPLE_DATE, trade_time="101500",
                      customer_no="100000123", amount=12345, channel="01", bill_ids=("B1",),
+                     receipt_no="20261127000000000001", status="POSTED",
                      pan_masked="622202******1234", terminal_id="ATM00001")
 
 
@@ -195,14 +197,50 @@ def check_capabilities(codec) -> list[str]:
                        " transaction names)")
         else:
             out.append("ok    simulator traits: " + _traits_text(traits))
+    return out + check_keys_and_options(codec)
+
+
+def check_keys_and_options(codec) -> list[str]:
+    """The keys, the ``[bank.options]`` and the ``bank_defaults`` the plugin
+    declares, one line each; the ``validate_options`` hook is run on the
+    declared defaults (a hook that refuses them, or raises, fails)."""
+    out = []
     try:
         kinds = cap.key_kinds(codec)
     except cap.CapabilityError as e:
-        return out + [f"FAIL  keys: {e}"]
-    out.extend(f"ok    key {k.summary()}" for k in kinds)
-    if not kinds:
-        out.append("skip  keys: none declared (its banks are configured without keys)")
+        out.append(f"FAIL  keys: {e}")
+    else:
+        out.extend(f"ok    key {k.summary()}" for k in kinds)
+        if not kinds:
+            out.append("skip  keys: none declared (its banks are configured without keys)")
+    try:
+        specs = cap.option_specs(codec)
+    except cap.CapabilityError as e:
+        out.append(f"FAIL  options: {e}")
+    else:
+        out.extend(f"ok    option {o.summary()}" for o in specs)
+        hook = getattr(codec, "validate_options", None) is not None
+        if hook:
+            defaults = {o.name: o.default for o in specs if o.default is not None}
+            problems = cap.option_problems(codec, defaults)
+            out.append(f"FAIL  validate_options refuses the declared defaults: {problems[0]}"
+                       if problems else "ok    validate_options: accepts the declared defaults")
+        if not specs and not hook:
+            out.append("skip  options: none declared ([bank.options] holds only the"
+                       " gateway's invoice and withholding keys)")
+    try:
+        defaults = cap.bank_defaults(codec)
+    except cap.CapabilityError as e:
+        out.append(f"FAIL  bank defaults: {e}")
+    else:
+        if defaults:
+            out.append("ok    bank defaults (where the [[bank]] table is silent): "
+                       + ", ".join(f"{k} = {_toml(v)}" for k, v in defaults.items()))
     return out
+
+
+def _toml(v) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else f"{v:g}"
 
 
 def _traits_text(t: cap.SimulatorTraits) -> str:
@@ -214,6 +252,8 @@ def _traits_text(t: cap.SimulatorTraits) -> str:
         text += f"; signs in with {t.signin!r} first"
     if t.pay_names_bills:
         text += "; a payment names its bills"
+    if t.two_phase:
+        text += "; two-phase: `simulate pay` prepays, then confirms"
     return text
 
 
@@ -236,10 +276,14 @@ def check_statement(codec) -> list[str]:
         what += ", records name their bills"
     out = [f"ok    statement file {name}: {what}"]
     if isinstance(fmt, ReaderFormat):
-        out.append("ok    statement read: read_statement, the whole file at once;"
-                   " skip write (no statement_format declared)")
-    else:
+        out.append("ok    statement read: read_statement, the whole file at once"
+                   " (no statement_format declared)")
+    if can_write(fmt):
         out.append(_round_trip(fmt))
+    else:
+        out.append("skip  statement write: no write_statement (nor a statement_format):"
+                   " reconciliation reads its files, but `statement write` and `simulate"
+                   " ... statement` refuse its banks")
     errors = cap.statement_error_file(fmt)
     if errors is None:
         out.append("skip  statement error file: not declared")
@@ -251,18 +295,69 @@ def check_statement(codec) -> list[str]:
 
 
 def _round_trip(fmt) -> str:
+    """Write one record and read it back (the same serial, date, customer and
+    amount); read it for another settle date (refused); with totals, write them
+    misstated and read them back as declared (not refused)."""
     try:
         data = fmt.write(SAMPLE_BANK, SAMPLE_DATE, [dict(SAMPLE_RECORD)])
+    except NotImplementedError:
+        return ("skip  statement write: its statement_format's write raises"
+                " NotImplementedError: reconciliation reads its files, but `statement"
+                " write` and `simulate ... statement` refuse its banks")
+    except Exception as e:  # noqa: BLE001 - report whatever the plugin raises
+        return f"FAIL  statement write: {type(e).__name__}: {e}"
+    try:
         st = fmt.read(data, SAMPLE_BANK, SAMPLE_DATE)
     except Exception as e:  # noqa: BLE001 - report whatever the plugin raises
-        return f"FAIL  statement write and read: {type(e).__name__}: {e}"
+        return f"FAIL  statement write and read: reading back raises {type(e).__name__}: {e}"
     recs = list(st.records)
     want = (SAMPLE_RECORD["serial"], SAMPLE_DATE, SAMPLE_RECORD["customer_no"],
             SAMPLE_RECORD["amount"])
     if len(recs) != 1 or (recs[0].serial, recs[0].trade_date, recs[0].customer_no,
                           recs[0].amount) != want:
         return f"FAIL  statement write and read: wrote {want}, read back {recs}"
-    return f"ok    statement write and read: one record, {len(data)} bytes"
+    text = f"ok    statement write and read: one record, {len(data)} bytes"
+    if not isinstance(fmt, ReaderFormat):
+        problem = _other_date(fmt, data)
+        if problem:
+            return problem
+        text += "; another date's file refused"
+    if fmt.has_header:
+        problem = _misstated(fmt)
+        if problem:
+            return problem
+        text += "; misstated totals read as declared"
+    return text
+
+
+def _other_date(fmt, data: bytes) -> str | None:
+    """A FAIL line unless reading the sample for another settle date is refused."""
+    other = SAMPLE_DATE.replace(day=SAMPLE_DATE.day + 1)
+    try:
+        fmt.read(data, SAMPLE_BANK, other)
+    except StatementError:
+        return None
+    except Exception as e:  # noqa: BLE001 - report whatever the plugin raises
+        return (f"FAIL  statement read: another date's file raises {type(e).__name__}: {e}"
+                " (a StatementError naming the line is expected)")
+    return (f"FAIL  statement read: the file for {SAMPLE_DATE} was read as {other}'s"
+            " (read must check the settle date)")
+
+
+def _misstated(fmt) -> str | None:
+    """A FAIL line unless totals written misstated read back as declared."""
+    declared = (2, SAMPLE_RECORD["amount"] + 1)
+    try:
+        st = fmt.read(fmt.write(SAMPLE_BANK, SAMPLE_DATE, [dict(SAMPLE_RECORD)], declared),
+                      SAMPLE_BANK, SAMPLE_DATE)
+    except Exception as e:  # noqa: BLE001 - report whatever the plugin raises
+        return (f"FAIL  statement totals: a file whose totals differ raises"
+                f" {type(e).__name__}: {e} (read returns them as declared_count and"
+                " declared_total; reconciliation reports TOTALS_DIFFER)")
+    if (st.declared_count, st.declared_total) != declared or not st.totals_differ:
+        return (f"FAIL  statement totals: wrote {declared} as the totals, read back"
+                f" {(st.declared_count, st.declared_total)}")
+    return None
 
 
 def _try(what: str, text) -> str:

@@ -1,11 +1,86 @@
-"""Bank statements (对账文件) as the reconciler sees them, and the machinery a
-plugin's statement format is built from.
+"""Bank statements (对账文件): the contract a plugin's statement format keeps,
+and the machinery it is built from.
 
-A bank plugin declares its statement file as a
-:class:`bankgate.codec.capabilities.StatementFormat`; this module holds what
-every such format shares, so the reference plugins keep only their spec's
-rules (``docs/specs/ref-fixed.rst`` §8, ``docs/specs/ref-delim.rst`` §5,
-``docs/specs/ref-iso8583.rst`` §6):
+The contract
+============
+
+A bank plugin that can be reconciled declares ``CODEC.statement_format``, an
+object with the members of :class:`bankgate.codec.capabilities.StatementFormat`.
+Everything that touches a statement goes through it and through nothing else:
+the nightly reconciliation and ``bankgate reconcile`` (:meth:`read`),
+``bankgate statement write`` and ``bankgate simulate ... statement``
+(:meth:`write`, from the gateway's own journal), ``bankgate plugins check``
+(a one-record ``write`` then ``read``) and the error file back to the bank.
+``docs/reconciliation.rst`` ("The statement contract for a plugin") is the
+same contract for bank IT.
+
+``has_header``
+    The file states its record count and total amount (a header or a trailer
+    line).  :meth:`write` can then be told to misstate them (a
+    ``TOTALS_DIFFER`` file for tests).
+``names_bills``
+    A record lists the bills it paid (``bill_ids``): a payment the bank alone
+    has is posted against those bills, not against everything due.
+``file_name(bank_code, d) -> str``
+    The file's exact name for a bank code and settle date: what the statement
+    source fetches and what a statement notice must name.
+``read(data, bank_code, d, chunk=CHUNK) -> Statement``
+    ``data`` is the whole file as fetched.  It must check, and refuse with a
+    :class:`StatementError` whose text names the line of the *whole file*
+    (``"line 1234: amount 'x' is not a number"``):
+
+    - that the file is this bank's (where it names a bank) and this settle
+      date's (where it names one; a record naming another settle date too):
+      :func:`check_head`;
+    - that every line is well formed, in the file's encoding.
+
+    It must *not* refuse a file because the header's or trailer's count or
+    total disagrees with the details: it returns them as
+    ``Statement.declared_count`` / ``declared_total`` (``None`` where the
+    format has no totals) and the reconciliation reports ``TOTALS_DIFFER``.
+    Nor does it look for a serial listed twice, sort, or touch the database:
+    the reconciliation does that.  It returns a :class:`Statement` for
+    settle date ``d`` whose :class:`Records` hold per detail line the bank's
+    serial of the payment (for a two-phase payment: the prepay's), its own
+    trade date (another day than ``d`` is a ``DATE_DIFFERS`` case, not an
+    error), customer number, amount in fen, channel, ``HHMMSS`` trade time
+    and, with ``names_bills``, the bill ids.  Anything else it raises is a
+    bug of the plugin; the reconciliation treats a ``ValueError`` as a
+    refused file.
+
+    Large files (a million records) are read ``chunk`` lines at a time: read
+    the header with :func:`first_line`, cut the rest with :func:`blocks`,
+    parse each block with the plugin's own line reader, add its records to
+    the compact columns (:meth:`Records.extend`, :func:`add_record`; about
+    200 bytes a record) and move a block's line number to the file's with
+    :func:`renumber`.  Never build the whole file's records as dicts.
+``write(bank_code, d, records, declared=None) -> bytes``
+    The file the bank would send.  ``records`` are dicts in serial order,
+    one per payment the gateway holds as standing for that bank and date:
+    ``serial``, ``trade_date``, ``trade_time`` (``HHMMSS``), ``customer_no``,
+    ``amount`` (fen), ``channel``, ``bill_ids`` (a tuple), ``receipt_no`` (the
+    gateway's receipt number: a two-phase payment's order number),
+    ``status`` (``POSTED`` or ``PENDING``), ``pan_masked`` and
+    ``terminal_id``; a format uses what its file has and ignores the rest.
+    ``declared``: ``(count, total)`` to state instead of the true totals; a
+    format without totals raises ``ValueError`` for it.  What :meth:`write`
+    writes, :meth:`read` must read back to the same serial, trade date,
+    customer and amount.  A format that cannot write raises
+    ``NotImplementedError``: the commands that write then say so in one line
+    (:class:`NoWriter`).
+``error_file(bank_code, d, items) -> (name, bytes)`` (optional)
+    The error file back to the bank
+    (:class:`bankgate.codec.capabilities.StatementErrorFile`): ``items`` are the
+    run's items, each with ``category`` (one of :data:`CATEGORIES`) and
+    ``serial``; the format picks the categories its bank wants.
+
+A plugin that declares no ``statement_format`` but has ``statement_name(bank_code,
+d)`` and ``read_statement(data)`` -- and, to be written, ``write_statement(bank_code,
+d, records)`` -- gets :class:`ReaderFormat`: the whole file to its reader at once,
+no totals, no error file.
+
+What is here
+============
 
 - the normalised statement: :class:`Statement` over compact columns
   (:class:`Records`, one :class:`StatementRecord` per detail line), and
@@ -17,19 +92,21 @@ rules (``docs/specs/ref-fixed.rst`` §8, ``docs/specs/ref-delim.rst`` §5,
   :func:`blocks`, :func:`renumber`), checking a header (:func:`check_head`),
   adding a reader's record dict (:func:`add_record`) and finding a field in
   a fixed-width layout (:func:`field_slice`);
-- :class:`ReaderFormat`: the format of a plugin that declares no
-  ``statement_format`` but has ``statement_name`` and ``read_statement``
-  (a third party's plugin, say): read whole, never written.
+- :class:`ReaderFormat`, the format of a plugin with only the reader
+  functions, and :func:`can_write`.
 
-Standard library only (and the plugin's own layouts): nothing here knows a
-bank or a database.
+The reference plugins keep only their spec's rules on top of this
+(``docs/specs/ref-fixed.rst`` §8, ``docs/specs/ref-delim.rst`` §5,
+``docs/specs/ref-iso8583.rst`` §6).  Standard library only (and the plugin's
+own layouts): nothing here knows a bank or a database.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, NamedTuple
@@ -49,6 +126,10 @@ CHUNK = 50_000  # statement lines handed to the plugin's reader at once
 
 class StatementError(ValueError):
     """The statement file cannot be used (malformed, wrong bank or date)."""
+
+
+class NoWriter(StatementError):
+    """The plugin's statement format cannot write files (it only reads them)."""
 
 
 # -- the statement, normalised --------------------------------------------------------
@@ -238,14 +319,40 @@ def field_slice(layout, name: str) -> slice:
 # -- the generic format -----------------------------------------------------------------
 
 
+def _plugin(codec: Any) -> str:
+    return f"plugin {getattr(codec, 'name', type(codec).__name__)!r}"
+
+
+def _writer_call(writer: Any) -> Callable[[str, date, list], Any]:
+    """``write_statement`` called the documented way, ``(bank_code, settle_date,
+    records)``; the shorter ``(settle_date, records)`` and ``(records)`` of
+    older plugins are taken too (the reference plugins' module functions)."""
+    try:
+        params = [p for p in inspect.signature(writer).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):  # no signature to see: call it the documented way
+        params = [None, None, None]
+    n = len(params)
+    if n >= 3:
+        return lambda code, d, recs: writer(code, d, recs)
+    if n == 2:
+        return lambda code, d, recs: writer(d, recs)
+    if n == 1:
+        return lambda code, d, recs: writer(recs)
+    raise TypeError("write_statement takes (bank_code, settle_date, records)")
+
+
 class ReaderFormat:
     """The statement format of a plugin that has only ``statement_name`` and
-    ``read_statement`` (:class:`bankgate.codec.capabilities.StatementReader`).
+    ``read_statement`` (:class:`bankgate.codec.capabilities.StatementReader`),
+    and maybe ``write_statement``.
 
     The whole file goes to the plugin's reader at once, whatever its shape:
     a list of records, or ``(header, records)`` / ``(records, header)`` where
     the header dict may hold ``settle_date``, ``bank_code``, ``record_count``
-    and ``total_amount``.  Such a format cannot write statements.
+    and ``total_amount``.  It writes with the plugin's ``write_statement``
+    (bytes for the records, see the module's contract); without one it
+    cannot write (:class:`NoWriter`).
     """
 
     has_header = False
@@ -253,6 +360,10 @@ class ReaderFormat:
 
     def __init__(self, codec: Any):
         self.codec = codec
+
+    @property
+    def can_write(self) -> bool:
+        return callable(getattr(self.codec, "write_statement", None))
 
     def file_name(self, bank_code: str, d: date) -> str:
         return self.codec.statement_name(bank_code, d)
@@ -278,4 +389,23 @@ class ReaderFormat:
 
     def write(self, bank_code: str, d: date, records: list[dict],
               declared: tuple[int, int] | None = None) -> bytes:
-        raise NotImplementedError(f"{self.codec.name}: writing statements is not supported")
+        """The plugin's ``write_statement`` for ``records``; :class:`NoWriter`
+        when it has none, ``ValueError`` for ``declared`` (no totals to misstate)."""
+        if not self.can_write:
+            raise NoWriter(f"{_plugin(self.codec)} cannot write statements: it has"
+                           " statement_name and read_statement but no write_statement"
+                           " (nor a statement_format)")
+        if declared is not None:
+            raise ValueError(f"{_plugin(self.codec)}: its statements state no totals to"
+                             " misstate")
+        data = _writer_call(self.codec.write_statement)(bank_code, d, list(records))
+        if not isinstance(data, bytes | bytearray):
+            raise StatementError(f"{_plugin(self.codec)}: write_statement returned"
+                                 f" {type(data).__name__}, not bytes")
+        return bytes(data)
+
+
+def can_write(fmt: Any) -> bool:
+    """Whether a statement format says it can write (a declared format is
+    taken at its word until its ``write`` raises ``NotImplementedError``)."""
+    return bool(getattr(fmt, "can_write", True))

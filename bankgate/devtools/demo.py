@@ -287,6 +287,55 @@ class _Gen:
         return customers, bills
 
 
+# -- supply status (开栓/停栓): valve states of the current season ---------------------------
+
+LEAK = 0.05  # households owing the season's heating whose valve is open anyway
+PAID_HEATING = 0.70  # households without an open heating bill of the season that paid it
+COMPLAINTS = 0.06  # of those, the ones whose valve is still closed
+
+
+class _Valves:
+    """Valve states for the season of ``today``, drawn from a ``random.Random`` of their
+    own (the customers and open bills are the same with or without them).
+
+    A household with an open heating bill of the season is closed, or open (the leak)
+    for :data:`LEAK` of them; of the others, :data:`PAID_HEATING` get the season's
+    heating bill, paid in full, and an open valve -- closed (the complaints) for
+    :data:`COMPLAINTS` of them; the rest get no valve row (not heated this season).
+    """
+
+    def __init__(self, seed: int, today: date, day: Callable):
+        self.rng = random.Random(seed * 1_000_003 + 77)
+        s = today.year if today.month >= 7 else today.year - 1
+        self.season, self.s = f"{s}-{s + 1}", s
+        self.due = day(date(s, 10, 31))
+        self.stats = {"supply_season": self.season, "valves_open": 0, "valves_closed": 0,
+                      "paid_heating_bills": 0, "leak": 0, "complaints": 0}
+
+    def chunk(self, customers: list[tuple], bills: list[tuple]) -> tuple[list, list]:
+        rnd, season, st = self.rng.random, self.season, self.stats
+        owing = {b[1] for b in bills if b[2] == "01" and b[3] == season}
+        paid_bills, valves = [], []
+        for c in customers:
+            no, cls = c[0], c[3]
+            if no in owing:
+                state = "open" if rnd() < LEAK else "closed"
+                st["leak"] += state == "open"
+            elif rnd() < PAID_HEATING:
+                area_c = round(Decimal(str(c[5])) * 100)
+                amount = (TARIFFS[("01", cls)][0] * area_c + 50) // 100
+                paid_bills.append((f"P{no}-{self.s}", no, "01", season, amount, amount, 0,
+                                   self.due))
+                state = "closed" if rnd() < COMPLAINTS else "open"
+                st["complaints"] += state == "closed"
+            else:
+                continue
+            st["valves_open" if state == "open" else "valves_closed"] += 1
+            valves.append((season, no, state, None))
+        st["paid_heating_bills"] += len(paid_bills)
+        return paid_bills, valves
+
+
 # -- writing paths ---------------------------------------------------------------------
 
 
@@ -422,6 +471,9 @@ def _demo_customer(c: sa.Table):
 def _delete_demo(conn: sa.Connection, n8: dict[str, sa.Table]) -> None:
     """Delete the demo customers with their bills and N8 payment records."""
     c, b, p, pi = n8["customer"], n8["bill"], n8["payment"], n8["payment_item"]
+    v = n8.get("valve")
+    if v is not None and sa.inspect(conn).has_table(v.name, schema=v.schema):
+        conn.execute(v.delete().where(_demo_customer(v)))  # their valve states
     demo = _demo_customer(c)
     others = conn.execute(
         sa.select(sa.func.count()).select_from(c).where(sa.not_(demo))
@@ -452,6 +504,7 @@ def seed(
     replace: bool = False,
     today: date | None = None,
     method: str = "auto",
+    supply: bool = False,
 ) -> dict:
     """Generate ``customers`` demo customers with tariffs and open bills into ``store.n8``.
 
@@ -462,6 +515,9 @@ def seed(
     the periods and which bills are overdue.  ``method`` forces a writing
     path: ``auto`` (default), ``core``, ``copy`` (psycopg) or ``executemany``
     (pysqlite).  ``progress(done, total)`` is called after every batch.
+    ``supply`` adds the current season's valve states (N8's ``valve`` table,
+    created if missing) and, for most households without an open heating bill of
+    the season, that bill paid in full (:class:`_Valves`).
 
     Returns statistics: counts by class, suspended, large, withholding,
     bills, overdue bills, the outstanding principal in fen, seconds, method.
@@ -490,12 +546,19 @@ def seed(
                                       t.c.customer_class.in_(CLASSES)))
         _CoreWriter.write(w, "tariff", [(f, k, p, ppm) for (f, k), (p, ppm) in TARIFFS.items()])
         gen = _Gen(seed, today, w.area, w.day)
+        valves = _Valves(seed, today, w.day) if supply else None
+        if valves is not None:
+            n8["valve"].create(conn, checkfirst=True)  # a reference N8 made before it existed
         done = 0
         while done < customers:
             n = min(CHUNK, customers - done)
             cust_rows, bill_rows = gen.chunk(FIRST_CUSTOMER + done, n)
             w.write("customer", cust_rows)
             w.write("bill", bill_rows)
+            if valves is not None:
+                paid_rows, valve_rows = valves.chunk(cust_rows, bill_rows)
+                w.write("bill", paid_rows)
+                w.write("valve", valve_rows)
             done += n
             if progress is not None:
                 progress(done, customers)
@@ -504,9 +567,11 @@ def seed(
         with store.engine.connect() as aconn:
             aconn = aconn.execution_options(isolation_level="AUTOCOMMIT")
             prep = aconn.dialect.identifier_preparer
-            for tt in (c, n8["bill"], t):
+            for tt in (c, n8["bill"], t, *([n8["valve"]] if supply else [])):
                 aconn.exec_driver_sql(f"ANALYZE {prep.format_table(tt)}")
     stats = dict(gen.stats)
+    if valves is not None:
+        stats.update(valves.stats)
     stats["tariffs"] = len(TARIFFS)
     stats["as_of"] = today.isoformat()
     stats["method"] = w.method

@@ -20,11 +20,15 @@ Layers, each usable on its own (tests, benchmarks, the CLI):
   one connection.  A codec that needs a sign-in (``ref-iso8583``) signs in on
   every new connection before anything else.
 - :class:`BankSimulator` -- bank operations in one vocabulary for every
-  plugin (``query``, ``pay``, ``reverse``, ``status``, ``signin``, ``echo``,
-  ``cutoff``, ``notice``), fresh serial numbers, answers as :class:`Answer`.
+  plugin (``query``, ``pay``, ``prepay``, ``confirm``, ``cancel``,
+  ``reverse``, ``status``, ``signin``, ``echo``, ``cutoff``, ``notice``, or
+  any other the plugin maps), fresh serial numbers, answers as
+  :class:`Answer`.  Which operations a bank has is the plugin's
+  ``SimulatorTraits.ops``, nothing else; a payment on a bank whose traits
+  say ``two_phase`` is a prepay, then the confirm of that prepay.
 - :class:`LoadRunner` -- paced load over several connections on the reactor's
   clock, with latency percentiles (:class:`LoadStats`).
-- :func:`add_arguments` / :func:`main` -- ``bankgate simulate``.
+- :mod:`bankgate.app.cli.simulate` -- ``bankgate simulate``, on top of these.
 
 The reactor is passed in everywhere; :func:`main` is the only place that
 takes the global one (through :func:`twisted.internet.task.react`).
@@ -104,6 +108,8 @@ OUTCOME_TEXT: dict[Outcome, str] = {
     Outcome.REVERSAL_NOT_ALLOWED: "reversal not allowed",
     Outcome.ALREADY_REVERSED: "already reversed",
     Outcome.REVERSED_FIRST: "payment refused: its reversal came first",
+    Outcome.EXPIRED: "order expired",
+    Outcome.STATE_NOT_ALLOWED: "the payment's state does not allow this",
     Outcome.DATE_CLOSED: "trade date closed",
     Outcome.FORMAT_ERROR: "format error",
     Outcome.MAC_ERROR: "MAC error",
@@ -162,6 +168,7 @@ _SECRET_FIELDS = {52, 62, 64, 96, 128}  # PIN block, keys, MACs
 _SECRET_KEYS = {"mac", "mak", "zmk", "mac_key", "key", "keys", "pin"}
 _AMOUNT_KEYS = {"amount", "total_due", "late_fee", "remaining_due", "total", "total_amount",
                 "prepaid_balance"}
+_ORDER_KEYS = ("order_no", "receipt_no")  # a prepay answer's order number, as codecs name it
 
 
 def flatten(decoded: dict) -> dict:
@@ -540,9 +547,30 @@ class BankClient:
 
 # -- bank operations -------------------------------------------------------------------
 
-OPS = ("query", "pay", "reverse", "advice", "status", "signin", "signout", "echo", "cutoff",
-       "notice")
-_SERIAL_OPS = {"query", "pay", "reverse", "status", "echo", "cutoff", "notice"}
+#: the operations the simulator knows the values of, in the order they are listed; a
+#: plugin's ``SimulatorTraits.ops`` says which of them (and which others) a bank has
+OPS = ("query", "pay", "prepay", "confirm", "cancel", "reverse", "advice", "status", "signin",
+       "signout", "echo", "cutoff", "notice")
+_NO_SERIAL_OPS = {"advice", "signin", "signout"}  # the rest get a fresh serial of their own
+
+
+def supported_ops(traits: Traits) -> list[str]:
+    """The operations a plugin's traits map, in the order they declare them."""
+    return list(traits.ops)
+
+
+def unsupported(bank: str, codec, traits: Traits, op: str) -> SimulateError:
+    """The one-line error for an operation the bank's plugin does not map."""
+    have = ", ".join(supported_ops(traits)) or "none"
+    return SimulateError(f"bank {bank} (plugin {codec.name}) has no {op} operation;"
+                         f" it supports: {have}")
+
+
+def missing_ops(traits: Traits, op: str) -> list[str]:
+    """The operations ``op`` needs that the traits do not map (``pay`` on a
+    two-phase bank: ``prepay`` and ``confirm``)."""
+    need = ("prepay", "confirm") if op == "pay" and traits.two_phase else (op,)
+    return [o for o in need if o not in traits.ops]
 
 Observer = Callable[[str, "Answer | None", "Exception | None", float], None]
 
@@ -585,19 +613,18 @@ class BankSimulator:
                     v["rrn"] = v.pop("orig_serial")
                 v.pop("serial", None)
                 v.pop("customer_no", None)
-            elif op in ("query", "pay"):
+            elif op in ("query", "pay", "prepay"):
                 if "serial" in v:
                     v["rrn"] = v.pop("serial")
                 v.setdefault("rrn", self.serials.serial(self.traits.serial_length))
-        elif op in _SERIAL_OPS:
+        elif op not in _NO_SERIAL_OPS:
             v.setdefault("serial", self.serials.serial(self.traits.serial_length))
         return v
 
     async def run(self, op: str, values: dict | None = None) -> Answer:
         txn = self.traits.ops.get(op)
         if txn is None:
-            have = ", ".join(o for o in OPS if o in self.traits.ops)
-            raise SimulateError(f"{self.codec.name} has no {op!r} transaction (it has: {have})")
+            raise unsupported(self.bank, self.codec, self.traits, op)
         cvalues = self.codec_values(op, values or {})
         if self.client.pipelined and cvalues.get("stan") is None:
             cvalues["stan"] = self.serials.stan()
@@ -625,13 +652,65 @@ class BankSimulator:
             v["bill_ids"] = tuple(bill_ids or ())
         return await self.run("pay", v)
 
+    async def prepay(self, customer_no: str, amount: int,
+                     bill_ids: Iterable[str] | None = None, **values) -> Answer:
+        """The first half of a two-phase payment: reserve ``amount`` (pending)."""
+        v = {"customer_no": customer_no, "amount": amount, **values}
+        if self.traits.pay_names_bills:
+            v["bill_ids"] = tuple(bill_ids or ())
+        return await self.run("prepay", v)
+
+    def _original(self, orig_serial: str, orig_date: date | None,
+                  order_no: str | None, values: dict) -> dict:
+        day = orig_date or self.trade_date or self.client.now().date()
+        return {"orig_serial": orig_serial, "orig_date": day, "order_no": order_no, **values}
+
+    async def confirm(self, orig_serial: str, orig_date: date | None = None,
+                      order_no: str | None = None, **values) -> Answer:
+        """Make the prepay ``orig_serial`` of ``orig_date`` (default: the trade
+        date) final; ``order_no``: the order number its answer gave."""
+        return await self.run("confirm", self._original(orig_serial, orig_date, order_no,
+                                                        values))
+
+    async def cancel(self, orig_serial: str, orig_date: date | None = None,
+                     order_no: str | None = None, **values) -> Answer:
+        """Undo the pending prepay ``orig_serial`` (as :meth:`confirm`)."""
+        return await self.run("cancel", self._original(orig_serial, orig_date, order_no,
+                                                       values))
+
+    async def confirm_prepay(self, prepay: Answer, op: str = "confirm") -> Answer:
+        """Confirm (or, ``op="cancel"``, cancel) the prepay that ``prepay`` answered."""
+        order = next((str(prepay.fields[k]) for k in _ORDER_KEYS if prepay.fields.get(k)),
+                     None)
+        day = prepay.request.get("trade_date")
+        day = day if isinstance(day, date) else None
+        return await self.run(op, self._original(prepay.serial, day, order, {}))
+
+    async def settle(self, customer_no: str, amount: int,
+                     bill_ids: Iterable[str] | None = None, **values) -> list[Answer]:
+        """A payment as the bank's traits make it: ``[payment]``, or on a
+        two-phase bank ``[prepay, confirm]`` (``[prepay]`` when the prepay is
+        declined: nothing to confirm)."""
+        if not self.traits.two_phase:
+            return [await self.pay(customer_no, amount, bill_ids, **values)]
+        missing = missing_ops(self.traits, "pay")
+        if missing:
+            raise unsupported(self.bank, self.codec, self.traits, missing[0])
+        pre = await self.prepay(customer_no, amount, bill_ids, **values)
+        if not pre.approved:
+            return [pre]
+        return [pre, await self.confirm_prepay(pre)]
+
     async def pay_due(self, customer_no: str, amount: int | None = None,
-                      bill_ids: Iterable[str] | None = None, **values) -> list[Answer]:
+                      bill_ids: Iterable[str] | None = None, *, prepay_only: bool = False,
+                      **values) -> list[Answer]:
         """Query, then pay what the query shows (or ``amount``) -- as a counter does.
 
         Returns ``[query]`` when the query is declined or shows nothing due,
-        else ``[query, payment]``.  For a plugin whose payment names its
-        bills, ``bill_ids`` picks some of the listed bills (default: all).
+        else ``[query, payment]`` -- ``[query, prepay, confirm]`` on a
+        two-phase bank (:meth:`settle`), ``[query, prepay]`` with
+        ``prepay_only``.  For a plugin whose payment names its bills,
+        ``bill_ids`` picks some of the listed bills (default: all).
         """
         q = await self.query(customer_no)
         if not q.approved:
@@ -651,8 +730,9 @@ class BankSimulator:
         amount = due if amount is None else amount
         if amount <= 0:
             return [q]
-        p = await self.pay(customer_no, amount, ids, **values)
-        return [q, p]
+        if prepay_only:
+            return [q, await self.prepay(customer_no, amount, ids, **values)]
+        return [q, *await self.settle(customer_no, amount, ids, **values)]
 
     async def reverse(self, orig_serial: str, customer_no: str | None, amount: int, *,
                       advice: bool = False, **values) -> Answer:
@@ -988,8 +1068,8 @@ class LoadRunner:
             await sim.reverse(p.serial, p.customer_no, p.amount, orig_stan=p.stan)
             return None
         answers = await sim.pay_due(customer)
-        pay = answers[-1] if len(answers) == 2 else None
-        if pay is None or not pay.approved:
+        pay = answers[1] if len(answers) >= 2 else None  # the payment (or the prepay)
+        if pay is None or not all(a.approved for a in answers[1:]):
             return None
         paid = _Paid(pay.serial, customer, int(pay.request.get("amount", 0)),
                      pay.request.get("stan"))
@@ -1136,5 +1216,6 @@ __all__ = [
     "Answer", "BankClient", "BankSimulator", "ConnectionClosed", "LoadRunner", "LoadStats",
     "ProtocolError", "RequestTimeout", "SerialGenerator", "SignInError", "SimulateError",
     "Traits", "code_meanings", "customers_with_open_bills", "endpoint_address", "flatten",
-    "latency_summary", "parse_customers", "parse_mix", "percentile", "resolve_target",
+    "latency_summary", "missing_ops", "parse_customers", "parse_mix", "percentile",
+    "resolve_target", "supported_ops", "unsupported",
 ]

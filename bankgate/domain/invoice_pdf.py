@@ -8,8 +8,9 @@ the gateway's receipt number.  A reprint (补打) says so in its heading, with
 the copy's number, and carries a "补打 COPY" watermark; a re-issue (重打)
 names the void number it replaces.
 
-Chinese text uses reportlab's built-in CID font ``STSong-Light`` (every PDF
-reader has it; nothing to ship).  Amounts are fen inside, yuan on paper.
+Chinese text is set in the gateway's own CJK font, embedded as a subset
+(``bankgate/domain/pdffonts.py``), so the invoice reads the same on a machine
+without Chinese fonts.  Amounts are fen inside, yuan on paper.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from bankgate.canon.money import chinese_capital, fen_to_yuan
-
-FONT = "STSong-Light"
+from bankgate.domain.pdffonts import cjk_font_name
 
 
 @dataclass
@@ -55,14 +55,7 @@ class InvoiceDoc:
 
 
 def _font() -> str:
-    from reportlab.pdfbase import pdfmetrics
-    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
-
-    try:
-        pdfmetrics.getFont(FONT)
-    except KeyError:
-        pdfmetrics.registerFont(UnicodeCIDFont(FONT))
-    return FONT
+    return cjk_font_name()
 
 
 def yuan(fen: int) -> str:
@@ -97,6 +90,7 @@ def render(doc: InvoiceDoc) -> bytes:
         buf, pagesize=page, leftMargin=10 * mm, rightMargin=10 * mm, topMargin=8 * mm,
         bottomMargin=10 * mm, title=f"发票 {doc.invoice_no}", author="bankgate",
         subject=f"receipt {doc.receipt_no}",
+        initialFontName=font,  # else each page names Helvetica, a font not embedded
     )
     width = page[0] - 20 * mm
     story = [Paragraph(f"{_esc(doc.payee)} 收费发票", title),

@@ -219,7 +219,8 @@ def _void(tx: Tx, inv: dict, payment: dict | None, reason: str, actor: str,
 class InvoiceHook:
     """The ledger's hook: a number per payment for banks with
     ``options.invoice = true``; the standing invoice voided when a payment is
-    reversed, refunded, expires or is reversed by reconciliation."""
+    reversed, refunded, cancelled (two-phase), expires or is reversed by
+    reconciliation."""
 
     def __init__(self, settings: dict[str, InvoiceSettings]):
         self.settings = settings

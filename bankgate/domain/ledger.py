@@ -183,6 +183,8 @@ class Ledger:
             return self.status(req)
         if isinstance(req, m.ConfirmRequest):
             return self.confirm(req)
+        if isinstance(req, m.CancelRequest):
+            return self.cancel(req)
         if isinstance(req, m.CutoffRequest):
             return self.cutoff(req.origin.bank, req.settle_date, reason="bank")
         if isinstance(req, m.StatementNotice):
@@ -251,14 +253,17 @@ class Ledger:
         row = tx.journal_get(o.bank, o.trade_date, req.serial)
         if row is None:  # the claim that beat ours rolled back: post afresh
             return None
-        result_type = m.PaymentResult if kind == "PAY" else m.ReversalResult
+        result_type = _RESULT_OF_KIND[kind]
         if row["kind"] == "BLOCK":
             if kind == "PAY":
                 return m.PaymentResult(Outcome.REVERSED_FIRST, customer_no=req.customer_no)
             return result_type(Outcome.DUPLICATE_MISMATCH)
         if row["kind"] != kind or (row["content"] or "") != req.content:
             return result_type(Outcome.DUPLICATE_MISMATCH)
-        return result_type(Outcome(row["outcome"]), retry=True, **row["result"])
+        fields = row["result"]
+        if fields.get("expires_at"):  # JSON keeps a prepay's deadline as ISO text
+            fields["expires_at"] = datetime.fromisoformat(fields["expires_at"])
+        return result_type(Outcome(row["outcome"]), retry=True, **fields)
 
     def _pay_tx(self, tx: Tx, req: m.PaymentRequest, source: str = "online", run_id=None,
                 actor: str = "", after_close: bool = False, policy_name: str | None = None):
@@ -267,10 +272,14 @@ class Ledger:
         now = self.now()
         jid = tx.claim(o.bank, o.trade_date, req.serial, "PAY", req.content, now)
 
-        def finish(outcome: Outcome, payment_id=None, **fields) -> m.PaymentResult:
+        def finish(outcome: Outcome, payment_id=None, expires_at=None,
+                   **fields) -> m.PaymentResult:
             fields.setdefault("customer_no", req.customer_no)
-            tx.journal_finish(jid, outcome.value, fields, payment_id)
-            return m.PaymentResult(outcome, **fields)
+            journaled = dict(fields)
+            if expires_at is not None:
+                journaled["expires_at"] = expires_at.isoformat()
+            tx.journal_finish(jid, outcome.value, journaled, payment_id)
+            return m.PaymentResult(outcome, expires_at=expires_at, **fields)
 
         cust = tx.customer_context(req.customer_no, o.bank, o.trade_date)
         known = cust["bg_closed"] if cust is not None else None
@@ -309,6 +318,8 @@ class Ledger:
             rows, excess = allocate(bills, req.amount)
         receipt_no = f"{o.trade_date:%Y%m%d}{jid:012d}"
         status = "PENDING" if req.two_phase or policy.two_phase else "POSTED"
+        expires_at = (now + timedelta(seconds=policy.confirm_timeout)
+                      if status == "PENDING" else None)
         principal = sum(r["principal"] for r in rows)
         late = sum(r["late_fee"] for r in rows)
         pid = tx.payment_insert(
@@ -316,9 +327,7 @@ class Ledger:
             customer_no=req.customer_no, amount=req.amount, principal=principal, late_fee=late,
             prepaid_in=excess, channel=o.channel, branch=o.branch[:20], teller=o.teller[:20],
             pan_masked=req.pan_masked, receipt_no=receipt_no, status=status, source=source,
-            run_id=run_id, created_at=now,
-            expires_at=now + timedelta(seconds=policy.confirm_timeout)
-            if status == "PENDING" else None,
+            run_id=run_id, created_at=now, expires_at=expires_at,
         )
         tx.allocations_insert(pid, rows)
         tx.apply_allocations(rows, +1)
@@ -341,8 +350,8 @@ class Ledger:
                      {"bank": o.bank, "serial": req.serial, "amount": req.amount,
                       "run_id": run_id})
         return finish(
-            Outcome.OK, pid, amount=req.amount, receipt_no=receipt_no, invoice_no=invoice_no,
-            remaining_due=total - (req.amount - excess),
+            Outcome.OK, pid, expires_at, amount=req.amount, receipt_no=receipt_no,
+            invoice_no=invoice_no, remaining_due=total - (req.amount - excess),
         )
 
     # -- reversal ---------------------------------------------------------------------------
@@ -400,6 +409,14 @@ class Ledger:
         ):
             return finish(Outcome.AMOUNT_REJECTED,
                           f"customer or amount differs from payment {p['receipt_no']}")
+        if p["status"] == "PENDING" and self._past_deadline(p, now):
+            p = self._expire(tx, p, now)  # as the sweeper would have: it is expired
+        if req.confirmed_only and p["status"] != "POSTED":
+            return finish(Outcome.STATE_NOT_ALLOWED,
+                          f"payment {p['receipt_no']} is {p['status'].lower()}"
+                          + (": cancel it, it is not confirmed" if p["status"] == "PENDING"
+                             else ""),
+                          customer_no=p["customer_no"])
         if p["status"] not in ("POSTED", "PENDING"):
             return finish(Outcome.ALREADY_REVERSED,
                           f"payment {p['receipt_no']} is {p['status'].lower()}",
@@ -458,7 +475,7 @@ class Ledger:
                  {"bank": bank, "serial": serial, "run_id": run_id, "reason": reason})
         return m.SimpleResult(Outcome.OK, p["receipt_no"], {"payment_id": p["id"]})
 
-    # -- status, confirmation, expiry ----------------------------------------------------
+    # -- status, two-phase (prepay, confirm, cancel), expiry ---------------------------
 
     def status(self, req: m.StatusRequest) -> m.StatusResult:
         if self._bad_identifier(req.orig_serial, MAX_SERIAL):
@@ -469,25 +486,109 @@ class Ledger:
         p = tx.payment_by_key(req.origin.bank, req.orig_date, req.orig_serial)
         if p is None:
             return m.StatusResult(Outcome.OK, m.PaymentStatus.NOT_FOUND)
+        status = p["status"]
+        if status == "PENDING" and self._past_deadline(p, self.now()):
+            status = "EXPIRED"  # no confirm can make it final any more
         return m.StatusResult(
-            Outcome.OK, m.PaymentStatus(p["status"]), p["amount"], p["receipt_no"],
+            Outcome.OK, m.PaymentStatus(status), p["amount"], p["receipt_no"],
             p["customer_no"],
         )
 
-    def confirm(self, req: m.ConfirmRequest) -> m.SimpleResult:
-        return self.store.run_sync(self._confirm_tx, req)
+    @staticmethod
+    def _past_deadline(p: dict, now: datetime) -> bool:
+        """A pending payment is expired from its deadline on, swept or not."""
+        return p["expires_at"] is not None and now >= p["expires_at"]
 
-    def _confirm_tx(self, tx: Tx, req: m.ConfirmRequest) -> m.SimpleResult:
-        p = tx.payment_by_key(req.origin.bank, req.orig_date, req.orig_serial, lock=True)
+    def _expire(self, tx: Tx, p: dict, now: datetime) -> dict:
+        """Undo a pending payment whose confirmation never came (the sweeper,
+        or a confirm / cancel / reversal that finds it past its deadline);
+        returns the payment as it now stands."""
+        if self._undo(tx, p, "EXPIRY", "EXPIRED", now, actor="system",
+                      reason="not confirmed") is not Outcome.OK:
+            return p  # its prepaid excess was drawn on: it stays, status says expired
+        tx.audit(now, "system", "expire", p["receipt_no"], {"bank": p["bank"]})
+        return {**p, "status": "EXPIRED", "undone_at": now}
+
+    def confirm(self, req: m.ConfirmRequest) -> m.ConfirmResult:
+        """Make a pending (two-phase) payment final; see ``docs/ledger.rst``."""
+        return self._settle(req, "CONFIRM")
+
+    def cancel(self, req: m.CancelRequest) -> m.CancelResult:
+        """Undo a pending (two-phase) payment before it is confirmed."""
+        return self._settle(req, "CANCEL")
+
+    def _settle(self, req, kind: str):
+        result_type = _RESULT_OF_KIND[kind]
+        self.bank(req.origin.bank)
+        if self._bad_identifier(req.orig_serial, MAX_SERIAL) or self._bad_identifier(
+            req.serial, MAX_SERIAL
+        ):
+            return result_type(Outcome.FORMAT_ERROR, message="serial empty, too long or"
+                               " not printable")
+        for _ in range(3):
+            try:
+                return self.store.run_sync(self._settle_tx, req, kind)
+            except Duplicate:
+                result = self.store.run_sync(self._repeat_tx, req, kind, readonly=True)
+                if result is not None:
+                    return result
+        raise StoreUnavailable("journal key kept changing under a repeat")
+
+    def _settle_tx(self, tx: Tx, req, kind: str):
+        """Confirm or cancel, in one transaction with its journal row (when the
+        request has a serial of its own)."""
+        o = req.origin
+        now = self.now()
+        jid = None
+        if req.serial is not None:
+            jid = tx.claim(o.bank, o.trade_date, req.serial, kind, req.content, now)
+        result_type = _RESULT_OF_KIND[kind]
+
+        def finish(outcome: Outcome, message: str = "", payment_id=None, **fields):
+            if jid is not None:
+                tx.journal_finish(jid, outcome.value, fields, payment_id)
+            return result_type(outcome, message=message, **fields)
+
+        p = tx.payment_by_key(o.bank, req.orig_date, req.orig_serial, lock=True)
         if p is None:
-            return m.SimpleResult(Outcome.ORIGINAL_NOT_FOUND)
-        if p["status"] == "POSTED":
-            return m.SimpleResult(Outcome.OK, "already confirmed")
-        if p["status"] != "PENDING":
-            return m.SimpleResult(Outcome.ALREADY_REVERSED, p["status"].lower())
-        tx.payment_set_status(p["id"], "POSTED", expires_at=None)
-        tx.n8_payment_set_status(p["receipt_no"], "N")
-        return m.SimpleResult(Outcome.OK)
+            return finish(Outcome.ORIGINAL_NOT_FOUND,
+                          f"no payment {req.orig_serial} of {req.orig_date:%Y-%m-%d}")
+        if req.order_no and req.order_no != p["receipt_no"]:
+            return finish(Outcome.ORIGINAL_NOT_FOUND,
+                          f"payment {req.orig_serial} of {req.orig_date:%Y-%m-%d} has another"
+                          " order number")
+        said = {"customer_no": p["customer_no"], "amount": p["amount"],
+                "receipt_no": p["receipt_no"]}
+        pid = p["id"]
+        if p["status"] == "PENDING" and self._past_deadline(p, now):
+            p = self._expire(tx, p, now)
+            if p["status"] == "PENDING":  # could not be undone: still past its deadline
+                p = {**p, "status": "EXPIRED"}
+        status = p["status"]
+        if status == "EXPIRED":
+            return finish(Outcome.EXPIRED, f"payment {p['receipt_no']} expired unconfirmed",
+                          pid, **said)
+        if kind == "CONFIRM":
+            if status == "PENDING":
+                tx.payment_set_status(pid, "POSTED", expires_at=None)
+                tx.n8_payment_set_status(p["receipt_no"], "N")
+                status = "POSTED"
+            if status == "POSTED":  # a confirm repeated under any serial answers the same
+                return finish(Outcome.OK, "", pid, invoice_no=p["invoice_no"] or "", **said)
+            return finish(Outcome.STATE_NOT_ALLOWED,
+                          f"payment {p['receipt_no']} is {status.lower()}", pid, **said)
+        if status == "PENDING":
+            outcome = self._undo(tx, p, "CANCEL", "CANCELLED", now, serial=req.serial)
+            if outcome is not Outcome.OK:
+                return finish(Outcome.STATE_NOT_ALLOWED, f"payment {p['receipt_no']}: its"
+                              " prepaid excess was drawn on since", pid, **said)
+            status = "CANCELLED"
+        if status == "CANCELLED":
+            return finish(Outcome.OK, "", pid, **said)
+        return finish(Outcome.STATE_NOT_ALLOWED,
+                      f"payment {p['receipt_no']} is {status.lower()}"
+                      + (": reverse it, it is confirmed" if status == "POSTED" else ""),
+                      pid, **said)
 
     def expire_pending(self) -> int:
         """Undo two-phase payments whose confirmation never came; returns how many."""
@@ -501,10 +602,7 @@ class Ledger:
         p = tx.payment_by_id(pid, lock=True)
         if p is None or p["status"] != "PENDING":
             return 0
-        now = self.now()
-        self._undo(tx, p, "EXPIRY", "EXPIRED", now, actor="system", reason="not confirmed")
-        tx.audit(now, "system", "expire", p["receipt_no"], {"bank": p["bank"]})
-        return 1
+        return int(self._expire(tx, p, self.now())["status"] == "EXPIRED")
 
     # -- refund (退单), by an operator on a later date ------------------------------------
 
@@ -598,12 +696,22 @@ class LedgerService:
         return busy_result(req, Outcome.BUSY if busy else Outcome.ERROR)
 
 
+_RESULT_OF_KIND = {
+    "PAY": m.PaymentResult,
+    "REV": m.ReversalResult,
+    "CONFIRM": m.ConfirmResult,
+    "CANCEL": m.CancelResult,
+}
+
+
 def busy_result(req, outcome: Outcome = Outcome.BUSY):
     kind = {
         m.QueryRequest: m.QueryResult,
         m.PaymentRequest: m.PaymentResult,
         m.ReversalRequest: m.ReversalResult,
         m.StatusRequest: m.StatusResult,
+        m.ConfirmRequest: m.ConfirmResult,
+        m.CancelRequest: m.CancelResult,
         m.CutoffRequest: m.CutoffResult,
     }.get(type(req), m.SimpleResult)
     return kind(outcome)

@@ -5,8 +5,9 @@ Input is a :class:`RunReport` of ``bankgate/domain/reconcile.py`` (duck-typed: t
 module does not import the plugin).  Amounts are fen inside and yuan on
 paper.  A run is named by its bank's run number (``run 3``); a dry run has
 none: its files are ``{bank}_{date}_dryrun.*`` and every one of them says
-``DRY RUN — nothing was changed``.  The PDF uses reportlab's built-in CJK
-font ``STSong-Light`` (a CID font every PDF reader has; nothing to ship).
+``DRY RUN — nothing was changed``.  The PDF is set in the gateway's own CJK
+font, embedded as a subset (``bankgate/domain/pdffonts.py``), so it reads the
+same on a machine without Chinese fonts.
 Files are written atomically (a temporary file, then renamed), so a reader
 never sees half a report.
 """
@@ -194,18 +195,10 @@ def csv_bytes(rep) -> bytes:
 
 # -- PDF ------------------------------------------------------------------------
 
-_FONT = "STSong-Light"
-
-
 def _font() -> str:
-    from reportlab.pdfbase import pdfmetrics
-    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+    from bankgate.domain.pdffonts import cjk_font_name
 
-    try:
-        pdfmetrics.getFont(_FONT)
-    except KeyError:
-        pdfmetrics.registerFont(UnicodeCIDFont(_FONT))
-    return _FONT
+    return cjk_font_name()
 
 
 def pdf_bytes(rep, generated_at=None) -> bytes:
@@ -228,6 +221,7 @@ def pdf_bytes(rep, generated_at=None) -> bytes:
         buf, pagesize=landscape(A4), leftMargin=12 * mm, rightMargin=12 * mm,
         topMargin=12 * mm, bottomMargin=12 * mm,
         title=f"对账报告 {rep.bank} {rep.settle_date:%Y-%m-%d}", author="bankgate",
+        initialFontName=font,  # else each page names Helvetica, a font not embedded
     )
     grid = TableStyle([
         ("FONTNAME", (0, 0), (-1, -1), font), ("FONTSIZE", (0, 0), (-1, -1), 8),

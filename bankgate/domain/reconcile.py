@@ -74,10 +74,12 @@ from bankgate.codec.statement import (  # the statement's vocabulary, shared wit
     MATCHED,
     TOTALS_DIFFER,
     UTILITY_ONLY,
+    NoWriter,
     Records,
     Statement,
     StatementError,
     StatementRecord,
+    can_write,
 )
 from bankgate.store import recon as sql
 from bankgate.store.recon import (
@@ -443,7 +445,7 @@ class Reconciler:
         try:
             st = self.format.read(data, self.bank.bank_code, settle_date)
             order = sort_order(st.records)
-        except StatementError as e:
+        except ValueError as e:  # StatementError, or a plugin's reader that raised its own
             rep.error = f"{rep.file_name}: {e}"
             self._record_failure(rep)
             raise StatementError(rep.error) from None
@@ -926,10 +928,13 @@ def statement_from_journal(ledger, bank, codec, d: date, perturb: Iterable[str] 
     rng = random.Random(seed)
     store = ledger.store
     fmt = statement_format(codec)
+    if not can_write(fmt):  # say so before reading anything: NoWriter, naming what it lacks
+        write_statement(fmt, codec, bank, d, [])
     rows = store.run_sync(sql.standing_for_statement, bank.name, d)
     recs = [dict(serial=r["serial"], trade_date=r["trade_date"],
                  trade_time=r["trade_time"] or "000000", customer_no=r["customer_no"],
                  amount=r["amount"], channel=r["channel"] or "01", bill_ids=r["bill_ids"],
+                 receipt_no=r.get("receipt_no") or "", status=r.get("status") or "POSTED",
                  pan_masked=r["pan_masked"] or "", terminal_id=(r["teller"] or "")[:8])
             for r in rows]
     notes: list[str] = []
@@ -983,5 +988,22 @@ def statement_from_journal(ledger, bank, codec, d: date, perturb: Iterable[str] 
         else:
             notes.append("totals: this format has no header to perturb")
     recs.sort(key=lambda r: r["serial"])
-    return (fmt.file_name(bank.bank_code, d), fmt.write(bank.bank_code, d, recs, declared),
-            notes)
+    return fmt.file_name(bank.bank_code, d), write_statement(fmt, codec, bank, d, recs,
+                                                              declared), notes
+
+
+def write_statement(fmt: StatementFormat, codec, bank, d: date, records: list[dict],
+                    declared: tuple[int, int] | None = None) -> bytes:
+    """``fmt.write`` for ``bank``: a format that cannot write, or a writer that
+    fails, is a :class:`StatementError` of one line naming the bank and plugin."""
+    who = f"bank {bank.name!r} (plugin {codec.name!r})"
+    try:
+        return fmt.write(bank.bank_code, d, records, declared)
+    except NotImplementedError:
+        raise NoWriter(f"{who}: its statement_format cannot write statements (write raises"
+                       " NotImplementedError)") from None
+    except StatementError as e:
+        raise type(e)(f"bank {bank.name!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a plugin's bug, said in one line
+        raise StatementError(f"{who}: writing the statement failed:"
+                             f" {type(e).__name__}: {e}") from None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.compiler import compiles
 
 
 def create_engine(url: str, *, pool_size: int = 4, echo: bool = False) -> sa.Engine:
@@ -105,3 +106,44 @@ def is_transient(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", None)
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     return code in ("40001", "40P01")
+
+
+class days_between(sa.sql.functions.FunctionElement):
+    """Whole days from the date ``start`` to the date ``end`` (``end - start``, an
+    integer; negative when ``end`` is earlier), rendered for each dialect: the reports'
+    ageing and late fees, computed in the database."""
+
+    type = sa.Integer()
+    inherit_cache = True
+    name = "days_between"
+
+
+@compiles(days_between)
+def _days_default(element, compiler, **kw):  # PostgreSQL, Oracle: date - date
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(CAST({end} AS DATE) - CAST({start} AS DATE))"
+
+
+@compiles(days_between, "sqlite")
+def _days_sqlite(element, compiler, **kw):
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(julianday({end}) - julianday({start}) AS INTEGER)"
+
+
+@compiles(days_between, "mysql")
+@compiles(days_between, "mariadb")
+def _days_mysql(element, compiler, **kw):
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    return f"DATEDIFF({end}, {start})"
+
+
+@compiles(days_between, "mssql")
+def _days_mssql(element, compiler, **kw):
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    return f"DATEDIFF(day, {start}, {end})"
+
+
+@compiles(days_between, "ibm_db_sa")
+def _days_db2(element, compiler, **kw):
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(DAYS({end}) - DAYS({start}))"

@@ -32,7 +32,8 @@ SERIAL = 40
 # The transaction journal: one row per money-changing request key.  The
 # unique key (bank, trade_date, serial) is what makes exactly-once hold; a
 # retry reads ``outcome`` and ``result`` back instead of posting again.
-# kind: PAY, REV, or BLOCK (a reversal arrived before this serial's payment).
+# kind: PAY, REV, CONFIRM or CANCEL (two-phase, under the confirm's or cancel's own
+# serial), or BLOCK (a reversal arrived before this serial's payment).
 journal = sa.Table(
     "bg_journal",
     metadata,
@@ -69,6 +70,7 @@ payment = sa.Table(
     sa.Column("receipt_no", sa.String(20), nullable=False),
     sa.Column("invoice_no", sa.String(20), nullable=True),
     sa.Column("invoice_printed", sa.Integer, nullable=False, server_default=sa.text("0")),
+    # POSTED, PENDING (two-phase, until expires_at), REVERSED, REFUNDED, EXPIRED, CANCELLED
     sa.Column("status", sa.String(10), nullable=False),
     sa.Column("source", sa.String(16), nullable=False, server_default="online"),
     sa.Column("run_id", sa.BigInteger, nullable=True),  # reconciliation run that posted it
@@ -79,6 +81,8 @@ payment = sa.Table(
     sa.UniqueConstraint("receipt_no", name="uq_bg_payment_receipt"),
     sa.Index("ix_bg_payment_customer", "customer_no", "id"),
     sa.Index("ix_bg_payment_status", "status", "expires_at"),
+    # reports over a range of trade dates, every bank (0007_report_indexes)
+    sa.Index("ix_bg_payment_date", "trade_date", "bank", "channel", "status"),
 )
 
 allocation = sa.Table(
@@ -96,13 +100,14 @@ allocation = sa.Table(
 # Oracle stores an empty string as NULL: every text column that may be empty
 # is nullable and the code reads NULL as "".
 # Everything that undid a payment: a bank's reversal, an operator's refund,
-# the expiry of an unconfirmed two-phase payment, a reconciliation 抹账.
+# the expiry of an unconfirmed two-phase payment, a bank's cancel of a pending
+# one, a reconciliation 抹账.
 undo = sa.Table(
     "bg_undo",
     metadata,
     _id(),
     sa.Column("payment_id", sa.BigInteger, nullable=False),
-    sa.Column("kind", sa.String(10), nullable=False),  # REVERSAL REFUND EXPIRY RECON
+    sa.Column("kind", sa.String(10), nullable=False),  # REVERSAL REFUND EXPIRY RECON CANCEL
     sa.Column("bank", sa.String(BANK), nullable=False),
     sa.Column("trade_date", sa.Date, nullable=False),
     sa.Column("serial", sa.String(SERIAL), nullable=True),
@@ -269,6 +274,7 @@ invoice = sa.Table(
     sa.Column("void_reason", sa.String(200), nullable=True),
     sa.Column("actor", sa.String(64), nullable=True),
     sa.Index("ix_bg_invoice_payment", "payment_id"),
+    sa.Index("ix_bg_invoice_created", "created_at"),  # invoice usage report (0007)
 )
 
 # -- withholding (代扣 / 卡扣) ---------------------------------------------------------
@@ -290,6 +296,7 @@ wh_batch = sa.Table(
     sa.Column("success_count", sa.Integer, nullable=False, server_default=sa.text("0")),
     _money("success_total"),
     sa.UniqueConstraint("bank", "deduct_date", "seq", name="uq_bg_wh_batch_seq"),
+    sa.Index("ix_bg_wh_batch_date", "deduct_date"),  # withholding report (0007)
 )
 
 wh_line = sa.Table(
@@ -335,6 +342,43 @@ debit = sa.Table(
     sa.Column("updated_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("bank", "utility_serial", name="uq_bg_debit_serial"),
     sa.Index("ix_bg_debit_status", "status", "next_attempt_at"),
+)
+
+# -- supply status (开栓/停栓) and work orders (工单) -------------------------------------
+
+# The valve state of each household per heating season, where the gateway keeps it
+# (``[supply] source = "gateway"``: N8 has no valve table).  A household without a
+# row is closed.  The same shape as N8's logical table ``valve`` (bankgate/store/n8.py).
+valve = sa.Table(
+    "bg_valve",
+    metadata,
+    sa.Column("season", sa.String(16), primary_key=True),
+    sa.Column("customer_no", sa.String(32), primary_key=True),
+    sa.Column("state", sa.String(8), nullable=False),  # open closed
+    sa.Column("changed_at", sa.DateTime, nullable=True),
+    sa.Column("changed_by", sa.String(64), nullable=True),
+    sa.Index("ix_bg_valve_state", "season", "state"),
+)
+
+# Work orders for the service team: open the valve of a household whose payment
+# settled the season's heating fee (open_valve), or look again at one whose payment
+# was undone after its valve was opened (review).  ``receipt_no`` is the payment's.
+work_order = sa.Table(
+    "bg_work_order",
+    metadata,
+    _id(),
+    sa.Column("customer_no", sa.String(32), nullable=False),
+    sa.Column("season", sa.String(16), nullable=False),
+    sa.Column("kind", sa.String(12), nullable=False),  # open_valve review
+    sa.Column("state", sa.String(10), nullable=False),  # open done cancelled
+    sa.Column("receipt_no", sa.String(20), nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("done_at", sa.DateTime, nullable=True),  # done or cancelled
+    sa.Column("done_by", sa.String(64), nullable=True),
+    sa.Column("note", sa.String(400), nullable=True),
+    sa.Index("ix_bg_work_order_household", "customer_no", "season", "kind", "state"),
+    sa.Index("ix_bg_work_order_receipt", "receipt_no"),
+    sa.Index("ix_bg_work_order_state", "state", "season", "id"),
 )
 
 GATEWAY_TABLES = [t.name for t in metadata.sorted_tables]

@@ -100,9 +100,31 @@ REFERENCE: dict[str, tuple[str, list[tuple[str, object, dict]]]] = {
             ("issued_at", sa.DateTime, {"nullable": True}),
         ],
     ),
+    # The valve (阀门) of each household per heating season, where N8 keeps it
+    # (一户一阀): read by the supply hook and reports when [supply] source = "n8";
+    # never written by the gateway.  No row for a household and season: closed.
+    "valve": (
+        "n8_valve",
+        [
+            ("season", sa.String(16), {"primary_key": True}),  # the heating bills' period
+            ("customer_no", sa.String(32), {"primary_key": True}),
+            ("state", sa.String(8), {"nullable": False}),  # open closed
+            ("changed_at", sa.DateTime, {"nullable": True}),
+        ],
+    ),
 }
 
 LOGICAL_TABLES = tuple(REFERENCE)
+
+# Indexes of the reference schema beyond its keys: what the reports read by
+# (bankgate/store/reports.py).  Created with the reference schema only; a real N8
+# is indexed by its DBA (docs/reports.rst lists what the reports need).
+REFERENCE_INDEXES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+    "bill": [("fee_due", ("fee_type", "due_date")), ("due", ("due_date",)),
+             # supply status: a season's heating bills per household (bankgate/store/supply.py)
+             ("season", ("fee_type", "period", "customer_no"))],
+    "customer": [("district", ("district", "customer_class"))],
+}
 
 
 class MappingError(ValueError):
@@ -153,4 +175,7 @@ def build_tables(mapping: N8Mapping, metadata: sa.MetaData | None = None) -> dic
         out[logical] = sa.Table(
             mapping.table_name(logical), md, *columns, schema=mapping.schema
         )
+        for suffix, keys in REFERENCE_INDEXES.get(logical, ()):
+            sa.Index(f"ix_{mapping.table_name(logical).lower()}_{suffix}",
+                     *[out[logical].c[k] for k in keys])
     return out

@@ -527,7 +527,8 @@ def standing_for_statement(tx: Tx, bank: str, d: date) -> list[dict]:
     p, a = model.payment, model.allocation
     rows = [dict(r) for r in tx.conn.execute(
         sa.select(p.c.id, p.c.serial, p.c.trade_date, p.c.trade_time, p.c.customer_no,
-                  p.c.amount, p.c.channel, p.c.pan_masked, p.c.teller, p.c.branch)
+                  p.c.amount, p.c.channel, p.c.pan_masked, p.c.teller, p.c.branch,
+                  p.c.receipt_no, p.c.status)
         .where(p.c.bank == bank, p.c.trade_date == d, p.c.status.in_(STANDING))
         .order_by(p.c.serial)
     ).mappings()]

@@ -29,7 +29,8 @@ LAST_SEEN_DAYS = 7
 
 def day_payments(tx: Tx, bank: str, trade_date: date) -> dict[str, tuple[int, int]]:
     """The bank's payments of ``trade_date`` by status (``POSTED``, ``PENDING``,
-    ``REVERSED``, ``REFUNDED``, ``EXPIRED``): ``{status: (count, amount in fen)}``."""
+    ``REVERSED``, ``REFUNDED``, ``EXPIRED``, ``CANCELLED``): ``{status: (count, amount in
+    fen)}``."""
     p = model.payment
     q = (
         sa.select(p.c.status, sa.func.count(), sa.func.coalesce(sa.func.sum(p.c.amount), 0))

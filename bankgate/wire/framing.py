@@ -6,6 +6,9 @@ the frames they send, in the manner of
 
 - ``ascii4``: 4 ASCII digits, 0001-9999 (``ref-fixed``);
 - ``ascii8``: 8 ASCII digits, 1..max_length (``ref-delim``);
+- ``ascii6``: 6 ASCII digits, 1..max_length (``ref-xml``, 8192); its idle
+  timeout is a deadline from the connection's start (see
+  :attr:`FrameReceiver.idle_from_start`);
 - ``tpdu2``: 2-byte big-endian length; ``0`` is a keep-alive, ignored
   (``ref-iso8583``).  The frame handed up still starts with the TPDU.
 
@@ -70,6 +73,7 @@ class BinaryPrefix:
 PREFIXES = {
     "ascii4": AsciiPrefix(4),
     "ascii8": AsciiPrefix(8),
+    "ascii6": AsciiPrefix(6),
     "tpdu2": BinaryPrefix(2),
 }
 
@@ -88,6 +92,10 @@ class FrameReceiver(Protocol):
     idle_timeout: float | None = 60.0
     #: bytes left waiting while paused before the transport itself is paused
     max_buffered: int = 65536
+    #: the idle timeout runs from the connection's start and is not reset by
+    #: bytes received: a request must be complete within it (a peer sending one
+    #: byte at a time cannot hold the connection open)
+    idle_from_start: bool = False
 
     def __init__(
         self,
@@ -97,6 +105,7 @@ class FrameReceiver(Protocol):
         idle_timeout: float | None = None,
         keepalive_empty: bool | None = None,
         prefix: AsciiPrefix | BinaryPrefix | None = None,
+        idle_from_start: bool | None = None,
     ):
         self.clock = clock
         if prefix is not None:
@@ -107,6 +116,8 @@ class FrameReceiver(Protocol):
             self.idle_timeout = idle_timeout
         if keepalive_empty is not None:
             self.keepalive_empty = keepalive_empty
+        if idle_from_start is not None:
+            self.idle_from_start = idle_from_start
         self.max_length = min(self.max_length, self.prefix.limit)
         self._buffer = bytearray()
         self._idle_call: IDelayedCall | None = None
@@ -138,7 +149,8 @@ class FrameReceiver(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
-        self.resetIdleTimer()
+        if not self.idle_from_start:
+            self.resetIdleTimer()
         self._buffer += data
         self._deliver()
         if (
@@ -256,6 +268,12 @@ class Ascii8Receiver(FrameReceiver):
     max_length = 65536
 
 
+class Ascii6Receiver(FrameReceiver):
+    prefix = PREFIXES["ascii6"]
+    max_length = 8192
+    idle_from_start = True
+
+
 class Tpdu2Receiver(FrameReceiver):
     prefix = PREFIXES["tpdu2"]
     max_length = 4096
@@ -265,6 +283,7 @@ class Tpdu2Receiver(FrameReceiver):
 RECEIVERS: dict[str, type[FrameReceiver]] = {
     "ascii4": Ascii4Receiver,
     "ascii8": Ascii8Receiver,
+    "ascii6": Ascii6Receiver,
     "tpdu2": Tpdu2Receiver,
 }
 
@@ -285,4 +304,5 @@ def receiver_options(framing: Framing, idle_timeout: float | None = None) -> dic
         "max_length": framing.max_length,
         "idle_timeout": idle_timeout if idle_timeout is not None else framing.idle_timeout,
         "keepalive_empty": framing.keepalive_empty or cls.keepalive_empty,
+        "idle_from_start": cls.idle_from_start,
     }

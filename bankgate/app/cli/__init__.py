@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from bankgate.app import startup, wiring
-from bankgate.app.cli import backup, common, invoices, recon, status, withholding
+from bankgate.app.cli import backup, common, invoices, recon, status, withholding, workorders
+from bankgate.app.cli import report as report_cli
 from bankgate.app.cli.actor import add_actor
 from bankgate.app.cli.argtypes import date_arg as _date
 from bankgate.app.cli.common import _ledger, _load, _store  # noqa: F401 - the commands' own
@@ -27,9 +28,11 @@ def _mac_text(b, codec) -> str:
 
 
 def cmd_config_check(args) -> int:
-    cfg = load_config(args.file)
+    # as twistd bankgate reads it: the global --data-dir wins over [gateway] data_dir
+    cfg = load_config(args.file, data_dir=common.data_dir())
     codecs, _, _ = wiring.check(cfg)
     print(f"{args.file}: OK")
+    print(f"  data folder: {cfg.data_dir}")
     print(f"  database: {describe_database(cfg.db_url)}")
     for b in cfg.banks:
         print(f"  bank {b.name}: plugin {b.plugin}, code {b.bank_code}, policy {b.policy},"
@@ -59,11 +62,11 @@ def cmd_demo_seed(args) -> int:
     try:
         from rich.progress import Progress
     except ImportError:  # pragma: no cover
-        stats = seed(store, args.customers, replace=args.replace)
+        stats = seed(store, args.customers, replace=args.replace, supply=True)
     else:
         with Progress() as progress:
             task = progress.add_task("seeding customers", total=args.customers)
-            stats = seed(store, args.customers, replace=args.replace,
+            stats = seed(store, args.customers, replace=args.replace, supply=True,
                          progress=lambda done, total: progress.update(task, completed=done))
     print(", ".join(f"{k}: {v}" for k, v in stats.items()))
     return 0
@@ -211,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
         "seed", help="generate demo customers and bills",
         description=(
             "Generate demo customers (numbered from 100000001) with open bills, some\n"
-            "overdue, and the tariffs. The same count gives the same data. Only into a\n"
+            "overdue, and the tariffs; and the current heating season's valve states\n"
+            "(开栓/停栓), most paid households open, a few unpaid ones open (the leak)\n"
+            "and a few paid ones closed. The same count gives the same data. Only into a\n"
             "reference N8 schema the gateway created (n8.create = true); refused when N8's\n"
             "customer table is not empty, unless --replace."),
         epilog=(
@@ -289,8 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     invoices.add_cli(sub, _load, _ledger)
     withholding.add_cli(sub, _load, _ledger)
+    workorders.add_cli(sub, _load, _ledger)
     status.add_cli(sub)
     backup.add_cli(sub)
+    report_cli.add_cli(sub)
     return p
 
 

@@ -21,6 +21,11 @@ def set_data_dir(data_dir: str | None) -> None:
     _DATA_DIR = data_dir
 
 
+def data_dir() -> str | None:
+    """The global ``--data-dir`` (``None``: the configuration's ``[gateway] data_dir``)."""
+    return _DATA_DIR
+
+
 def set_demo(demo: bool) -> None:
     """The global ``--demo``; also starts a new command (nothing warned, nothing loaded)."""
     global _DEMO, _WARNED, _DB_URL

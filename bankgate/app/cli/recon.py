@@ -28,7 +28,8 @@ def _reconciler(cfg: Config, bank_name: str):
     rec = _parts(cfg).reconcilers().get(bank.name)
     if rec is None:
         raise StatementError(
-            f"bank {bank.name!r}: plugin {bank.plugin!r} declares no statement format:"
+            f"bank {bank.name!r}: plugin {bank.plugin!r} declares no statement format"
+            " (neither statement_format nor statement_name and read_statement):"
             " its banks cannot be reconciled")
     return bank, rec
 
@@ -118,16 +119,23 @@ def cmd_reconcile(args) -> int:
 
 
 def cmd_statement_write(args) -> int:
+    """Exit status: 0 written, 2 the bank's plugin cannot write statements (or
+    has none), or the configuration is unusable.  Through the plugin's
+    statement format, as the reconciliation reads it."""
     from bankgate.canon.files import write_atomic
 
     cfg = _load(args.config)
-    bank, rec = _reconciler(cfg, args.bank)
     perturb = []
     if args.perturb:
         perturb = list(PERTURBATIONS) if args.perturb == "all" else [
             p.strip() for p in args.perturb.split(",") if p.strip()]
-    name, data, notes = statement_from_journal(rec.ledger, bank, rec.codec, args.date,
-                                               perturb, seed=args.seed)
+    try:
+        bank, rec = _reconciler(cfg, args.bank)
+        name, data, notes = statement_from_journal(rec.ledger, bank, rec.codec, args.date,
+                                                   perturb, seed=args.seed)
+    except StatementError as e:
+        print(f"bankgate: {e}", file=sys.stderr)
+        return 2
     folder = Path(args.out) if args.out else rec.exchange_dir()
     path = write_atomic(folder / name, data)
     print(f"{path}: {len(data)} bytes")
@@ -226,7 +234,9 @@ def add_cli(sub) -> None:
         description=(
             "Write the statement file a bank would send for a date, from the gateway's own\n"
             "payments, into the bank's exchange folder (demos, tests). --perturb adds\n"
-            "discrepancies for reconciliation to find."),
+            "discrepancies for reconciliation to find. It is written by the bank plugin's\n"
+            "statement format, the one the reconciliation reads. Exit status 0 written,\n"
+            "2 the plugin cannot write statements or the configuration is unusable."),
         epilog=(
             "examples:\n"
             "  bankgate statement write --bank demo-delim --date 2026-11-27\n"

@@ -27,7 +27,6 @@ from bankgate.canon.money import fen_to_yuan
 # -- errors --------------------------------------------------------------------
 from bankgate.devtools.simulate import (
     _AMOUNT_KEYS,
-    OPS,
     Answer,
     BankClient,
     BankSimulator,
@@ -40,10 +39,12 @@ from bankgate.devtools.simulate import (
     customers_with_open_bills,
     host_allowed,
     latency_summary,
+    missing_ops,
     parse_customers,
     parse_mix,
     resolve_target,
     traits_for,
+    unsupported,
 )
 
 
@@ -204,13 +205,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Play a bank against a running gateway over TCP: single transactions for\n"
         "integration tests, or paced load. It uses the plugin's own bank side and the\n"
-        "bank's code and keys from the configuration. Options of simulate go before the\n"
+        "bank's code and keys from the configuration; the transactions a bank has are\n"
+        "those its plugin's simulator traits map. Options of simulate go before the\n"
         "transaction, the transaction's after it. Exit status 0 approved, 1 declined,\n"
-        "2 usage error, 3 no answer.")
+        "2 usage error (or a transaction the bank does not have), 3 no answer.")
     parser.epilog = (
         "examples:\n"
         "  bankgate simulate --bank demo-fixed query 100000123\n"
         "  bankgate -c gw.toml simulate --bank icbc-shenyang pay 100000123 100.00\n"
+        "  bankgate simulate --bank demo-xml prepay 100000123\n"
+        "  bankgate simulate --bank demo-xml confirm SIM101500123000000001"
+        " --order 20261205000000000001\n"
         "  bankgate simulate --bank demo-fixed load --rate 100 --duration 60")
     parser.add_argument("--config", "-c", default=argparse.SUPPRESS,
                         help="configuration file (default: the embedded default)")
@@ -235,7 +240,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c = sub.add_parser(
         "pay", help="payment (no amount: query first and pay what is due)",
         description=("Pay a customer's bills, as the bank would; without an amount, query first\n"
-                     "and pay what is due."),
+                     "and pay what is due. On a two-phase bank (its plugin's traits say so) a\n"
+                     "payment is a prepay and then the confirm of that prepay: both answers\n"
+                     "are shown."),
         epilog=(
             "examples:\n"
             "  bankgate simulate --bank demo-fixed pay 100000123\n"
@@ -245,6 +252,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("amount", nargs="?", type=parse_amount, help="yuan, e.g. 1234.50")
     c.add_argument("--bills", help="bill ids to pay, comma-separated (plugins that name bills)")
     c.add_argument("--serial", help="bank serial / RRN (default: a fresh one)")
+
+    c = sub.add_parser(
+        "prepay", help="two-phase: reserve a payment (pending until confirmed)",
+        description=(
+            "The first half of a two-phase payment (缴费预处理): the gateway reserves the\n"
+            "amount as a pending payment and answers with its order number and deadline.\n"
+            "Without an amount, query first and prepay what is due. Then send confirm or\n"
+            "cancel with the prepay's serial and order number."),
+        epilog=(
+            "examples:\n"
+            "  bankgate simulate --bank demo-xml prepay 100000123\n"
+            "  bankgate simulate --bank demo-xml prepay 100000123 1371.06 --serial P0001"))
+    c.add_argument("customer")
+    c.add_argument("amount", nargs="?", type=parse_amount, help="yuan, e.g. 1234.50")
+    c.add_argument("--bills", help="bill ids to pay, comma-separated (plugins that name bills)")
+    c.add_argument("--serial", help="bank serial (default: a fresh one)")
+
+    for name, what, text in (
+            ("confirm", "make a prepay final (two-phase)",
+             "Confirm (缴费确认) a pending prepay, named by its serial and trade date: the\n"
+             "payment becomes final and the answer carries the receipt and invoice numbers."),
+            ("cancel", "cancel a pending prepay (two-phase)",
+             "Cancel (撤销) a pending prepay, named by its serial and trade date: the bills\n"
+             "are open again.")):
+        c = sub.add_parser(
+            name, help=what, description=text,
+            epilog=(
+                "examples:\n"
+                f"  bankgate simulate --bank demo-xml {name} P0001 --order 20261205000000000001\n"
+                f"  bankgate simulate --bank demo-xml {name} P0001 --date 2026-12-05"
+                " --serial C0001"))
+        c.add_argument("orig_serial", help="the prepay's serial")
+        c.add_argument("--order", dest="order_no",
+                       help="the order number the prepay's answer gave (default: none sent)")
+        c.add_argument("--date", dest="orig_date", type=_date,
+                       help="the prepay's trade date (default: the trade date)")
+        c.add_argument("--serial", help=f"the {name}'s own serial (default: a fresh one)")
 
     c = sub.add_parser(
         "reverse", help="reversal of a payment",
@@ -398,17 +442,19 @@ def prepare(args: argparse.Namespace, cfg=None, codecs: dict | None = None) -> P
         raise SimulateError("a bank is named twice")
     targets = [resolve_target(cfg, codecs, n, args.host, args.port) for n in names]
     plan = Plan(command=command, targets=targets, cfg=cfg, args=args)
-    op = {"load": None, "pay": "pay", "query": "query", "reverse": "reverse",
-          "status": "status", "signin": "signin", "echo": "echo", "cutoff": "cutoff",
-          "notice": "notice"}[command]
+    op = None if command == "load" else command  # the command is the operation
     if command == "reverse" and args.advice:
         op = "advice"
+    if command in ("prepay", "pay") and args.amount is None:
+        op_needed = ("query", op)  # query first, then pay what is due
+    else:
+        op_needed = (op,) if op else ()
     for t in targets:
         traits = traits_for(t.codec)
-        if op is not None and op not in traits.ops:
-            have = ", ".join(o for o in OPS if o in traits.ops)
-            raise SimulateError(f"bank {t.name} ({t.codec.name}) has no {command} "
-                                f"transaction (it has: {have})")
+        for o in op_needed:
+            missing = missing_ops(traits, o)
+            if missing:
+                raise unsupported(t.name, t.codec, traits, missing[0])
     if command == "load":
         allowed = configured_hosts(cfg)
         for t in targets:
@@ -496,15 +542,11 @@ async def run_plan(reactor, plan: Plan, console) -> int:
     try:
         if plan.command == "query":
             show(await sim.query(a.customer, serial=a.serial))
-        elif plan.command == "pay":
-            bills = [b.strip() for b in (a.bills or "").split(",") if b.strip()]
-            if a.amount is not None and (bills or not sim.traits.pay_names_bills):
-                show(await sim.pay(a.customer, a.amount, bills, serial=a.serial))
-            else:
-                for ans in await sim.pay_due(a.customer, a.amount, bills, serial=a.serial):
-                    show(ans)
-                if shown and shown[-1].op == "query" and shown[-1].approved:
-                    console.print("nothing due: no payment sent")
+        elif plan.command in ("pay", "prepay"):
+            await _pay(sim, a, show, shown, console, prepay=plan.command == "prepay")
+        elif plan.command in ("confirm", "cancel"):
+            run = sim.confirm if plan.command == "confirm" else sim.cancel
+            show(await run(a.orig_serial, a.orig_date, a.order_no, serial=a.serial))
         elif plan.command == "reverse":
             show(await sim.reverse(a.orig_serial, a.customer, a.amount, advice=a.advice,
                                    serial=a.serial, orig_stan=a.orig_stan))
@@ -530,6 +572,22 @@ async def run_plan(reactor, plan: Plan, console) -> int:
     finally:
         await client.close()
     return 0 if shown and shown[-1].approved else 1
+
+
+async def _pay(sim: BankSimulator, a, show, shown: list, console, *, prepay: bool) -> None:
+    """``pay`` (a prepay and its confirm on a two-phase bank) or ``prepay``;
+    without an amount (or bills to name) query first and pay what is due."""
+    bills = [b.strip() for b in (a.bills or "").split(",") if b.strip()]
+    if a.amount is not None and (bills or not sim.traits.pay_names_bills):
+        answers = ([await sim.prepay(a.customer, a.amount, bills, serial=a.serial)] if prepay
+                   else await sim.settle(a.customer, a.amount, bills, serial=a.serial))
+    else:
+        answers = await sim.pay_due(a.customer, a.amount, bills, prepay_only=prepay,
+                                    serial=a.serial)
+    for ans in answers:
+        show(ans)
+    if shown and shown[-1].op == "query" and shown[-1].approved:
+        console.print("nothing due: no payment sent")
 
 
 async def run_load(reactor, plan: Plan, console) -> int:
@@ -598,6 +656,13 @@ def run_cli(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None
+    if args.sim_command == "statement":  # not a message: the bank's file, as `bankgate` does
+        from bankgate.app.cli.recon import cmd_statement_write
+
+        if not args.bank:
+            print("bankgate simulate statement: --bank is required", file=sys.stderr)
+            return 2
+        return cmd_statement_write(args)
     return main(args)
 
 

@@ -33,7 +33,7 @@ BACKEND_NAMES = {
     "mariadb": "MariaDB", "oracle": "Oracle", "mssql": "SQL Server", "ibm_db_sa": "DB2",
     "db2": "DB2",
 }
-UNDONE = ("REVERSED", "REFUNDED", "EXPIRED")
+UNDONE = ("REVERSED", "REFUNDED", "EXPIRED", "CANCELLED")
 
 
 class Unreadable(Exception):

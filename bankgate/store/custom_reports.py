@@ -1,0 +1,326 @@
+"""The SQL of custom reports (按用户要求定制的报表), built from plain query shapes.
+
+A custom report definition (``bankgate/domain/custom_reports.py``, documented in
+``docs/custom-reports.rst``) names logical N8 columns -- ``customer.district``,
+``bill.amount`` -- never SQL.  The domain validates it against :data:`CATALOG` and
+hands this module a :class:`Query` of catalog keys; here the keys become the
+mapped physical tables and columns (:mod:`bankgate.store.n8`), joined along the
+schema's declared keys, with every value a bound parameter.  A name that is not a
+catalog key is a ``KeyError`` here, so no text of a definition ever reaches the SQL.
+
+Joins only go from a *fact* table (what is counted: a customer, a bill, a payment,
+a payment item) to the rows it belongs to (many to one: a bill's customer, an item's
+payment and bill, a payment's gateway record), so a measure is never counted twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import sqlalchemy as sa
+
+from bankgate.store import model
+from bankgate.store.n8 import REFERENCE
+from bankgate.store.tx import Tx
+
+# -- what may be reported on -------------------------------------------------------
+
+KINDS = ("text", "int", "fen", "area", "date")
+NUMERIC = ("int", "fen", "area")
+
+FACTS = ("customer", "bill", "payment", "payment_item")
+"""Tables a report may count, from the least detailed to the most."""
+
+# table -> {parent table: (column of table, column of parent)}: many-to-one joins
+PARENTS: dict[str, dict[str, tuple[str, str]]] = {
+    "customer": {},
+    "bill": {"customer": ("customer_no", "customer_no")},
+    "payment": {"customer": ("customer_no", "customer_no"),
+                "gateway_payment": ("pay_id", "receipt_no")},
+    "payment_item": {"payment": ("pay_id", "pay_id"), "bill": ("bill_id", "bill_id")},
+    "gateway_payment": {},
+}
+
+# columns not offered: an account number is not a report dimension; a payment's
+# posting time is its pay_date for reports (dates group portably, times do not)
+HIDDEN = {("customer", "withholding_account"), ("payment", "created_at")}
+
+# the gateway's own record of a payment (bg_payment), one per N8 payment: what N8's
+# payment row lacks (the principal / late-fee split, the configured bank name)
+GATEWAY_PAYMENT = {
+    "bank": "bank", "principal": "principal", "late_fee": "late_fee",
+    "prepaid_in": "prepaid_in", "status": "status", "source": "source",
+    "trade_date": "trade_date",
+}
+
+# computed columns: logical name -> (kind, the columns of its table it is made of)
+VIRTUAL = {("bill", "outstanding"): ("fen", ("amount", "paid_amount"))}
+
+
+def _kind(t: str, c: str, type_) -> str:
+    if isinstance(type_, type):
+        type_ = type_()
+    if isinstance(type_, sa.BigInteger):
+        return "fen"  # every BIGINT of N8 and bg_payment named here is money in fen
+    if isinstance(type_, sa.Integer):
+        return "int"
+    if isinstance(type_, sa.Numeric):
+        return "area"
+    if isinstance(type_, sa.Date):
+        return "date"
+    return "text"
+
+
+def _catalog() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for t in ("customer", "bill", "payment", "payment_item"):
+        for c, type_, _opts in REFERENCE[t][1]:
+            if (t, c) not in HIDDEN:
+                out[f"{t}.{c}"] = _kind(t, c, type_)
+    for c, physical in GATEWAY_PAYMENT.items():
+        out[f"gateway_payment.{c}"] = _kind("gateway_payment", c,
+                                            model.payment.c[physical].type)
+    for (t, c), (kind, _parts) in VIRTUAL.items():
+        out[f"{t}.{c}"] = kind
+    return out
+
+
+CATALOG: dict[str, str] = _catalog()
+"""Every reportable logical column, ``"table.column"`` -> its kind (:data:`KINDS`)."""
+
+
+def reach(fact: str) -> list[str]:
+    """The tables a report counting ``fact`` may read: the fact and, transitively,
+    the rows each of its rows belongs to."""
+    out = [fact]
+    for t in out:
+        for parent in PARENTS[t]:
+            if parent not in out:
+                out.append(parent)
+    return out
+
+
+def one_to_one(fact: str) -> set[str]:
+    """Tables with exactly one row per row of ``fact`` (a measure over their
+    columns counts each fact once)."""
+    return {"gateway_payment"} if fact == "payment" else set()
+
+
+# -- the query shape ---------------------------------------------------------------
+
+GRAINS = ("day", "month", "year")
+FUNCTIONS = ("count", "count_distinct", "sum", "avg", "min", "max")
+OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "in", "between", "like")
+
+
+@dataclass(frozen=True)
+class Dim:
+    field: str  # a CATALOG key
+    grain: str | None = None  # dates: "day" | "month" | "year"
+
+
+@dataclass(frozen=True)
+class Measure:
+    fn: str  # FUNCTIONS
+    field: str | None = None  # None: count the fact's rows
+
+
+@dataclass(frozen=True)
+class Cond:
+    field: str
+    op: str  # OPERATORS
+    value: object  # checked by the domain: of the column's kind; a list for in / between
+
+
+@dataclass(frozen=True)
+class Query:
+    fact: str
+    dims: tuple[Dim, ...]
+    measures: tuple[Measure, ...]
+    conds: tuple[Cond, ...] = ()
+    order: tuple[tuple[int, bool], ...] = ()  # (output column position, descending)
+    limit: int | None = None
+
+
+# -- building the SQL --------------------------------------------------------------
+
+# date grains: (format per dialect); constants of this module, never a definition's text
+_GRAIN_FORMATS = {
+    "sqlite": ("strftime", {"month": "'%Y-%m'", "year": "'%Y'"}, True),
+    "postgresql": ("to_char", {"month": "'YYYY-MM'", "year": "'YYYY'"}, False),
+    "oracle": ("to_char", {"month": "'YYYY-MM'", "year": "'YYYY'"}, False),
+    "mysql": ("date_format", {"month": "'%Y-%m'", "year": "'%Y'"}, False),
+    "mariadb": ("date_format", {"month": "'%Y-%m'", "year": "'%Y'"}, False),
+    "mssql": ("format", {"month": "'yyyy-MM'", "year": "'yyyy'"}, False),
+}
+
+
+def _grain(col, grain: str | None, dialect: str):
+    if grain in (None, "day"):
+        return col
+    fn, formats, format_first = _GRAIN_FORMATS.get(dialect, _GRAIN_FORMATS["postgresql"])
+    fmt = sa.literal_column(formats[grain])
+    args = (fmt, col) if format_first else (col, fmt)
+    return getattr(sa.func, fn)(*args, type_=sa.String)
+
+
+class _Tables:
+    """The physical tables of one query: N8's under the mapping, and bg_payment."""
+
+    def __init__(self, n8: dict[str, sa.Table]):
+        self.n8 = n8
+
+    def table(self, logical: str) -> sa.Table:
+        return model.payment if logical == "gateway_payment" else self.n8[logical]
+
+    def column(self, field: str):
+        if field not in CATALOG:
+            raise KeyError(f"{field!r} is not a reportable column")
+        t, c = field.split(".", 1)
+        tab = self.table(t)
+        if (t, c) in VIRTUAL:
+            a, b = VIRTUAL[(t, c)][1]
+            return tab.c[a] - tab.c[b]
+        if t == "gateway_payment":
+            return tab.c[GATEWAY_PAYMENT[c]]
+        return tab.c[c]
+
+
+def _tables_of(q: Query) -> set[str]:
+    fields = [d.field for d in q.dims] + [m.field for m in q.measures if m.field]
+    fields += [c.field for c in q.conds]
+    return {f.split(".", 1)[0] for f in fields}
+
+
+def _paths(fact: str) -> dict[str, tuple[str, str, str]]:
+    """How each table :func:`reach` finds from ``fact`` is joined: ``{table: (the
+    table it is reached from, that table's column, this table's column)}`` (the
+    first way found: a payment item's customer through its payment)."""
+    via: dict[str, tuple[str, str, str]] = {}
+    for t in reach(fact):
+        for parent, (mine, theirs) in PARENTS[t].items():
+            if parent != fact and parent not in via:
+                via[parent] = (t, mine, theirs)
+    return via
+
+
+def _from_clause(tables: _Tables, fact: str, needed: set[str]):
+    """The fact table outer-joined to each parent a column needs, in join order."""
+    order = reach(fact)
+    missing = needed - set(order)
+    if missing:
+        raise KeyError(f"a report counting {fact} rows cannot read {', '.join(sorted(missing))}")
+    via = _paths(fact)
+    wanted: set[str] = set()
+    for t in needed:
+        while t != fact and t not in wanted:
+            wanted.add(t)
+            t = via[t][0]
+    frm = tables.table(fact)
+    for t in order:  # parents after the tables they are reached from
+        if t in wanted:
+            child, mine, theirs = via[t]
+            frm = frm.outerjoin(tables.table(t), tables.table(child).c[mine]
+                                == tables.table(t).c[theirs])
+    return frm
+
+
+def _measure(tables: _Tables, fact: str, m: Measure):
+    if m.fn == "count":
+        return sa.func.count()
+    col = tables.column(m.field)
+    if m.fn == "count_distinct":
+        return sa.func.count(sa.distinct(col))
+    if m.fn == "sum":
+        return sa.func.coalesce(sa.func.sum(col), 0)
+    return getattr(sa.func, m.fn)(col)
+
+
+def _condition(tables: _Tables, c: Cond):
+    col = tables.column(c.field)
+    v = c.value
+    if c.op == "=":
+        return col == v
+    if c.op == "!=":
+        return col != v
+    if c.op == "<":
+        return col < v
+    if c.op == "<=":
+        return col <= v
+    if c.op == ">":
+        return col > v
+    if c.op == ">=":
+        return col >= v
+    if c.op == "in":
+        return col.in_(list(v))
+    if c.op == "between":
+        lo, hi = v
+        return col.between(lo, hi)
+    if c.op == "like":
+        return col.like(v)
+    raise KeyError(f"unknown operator {c.op!r}")
+
+
+def build(n8: dict[str, sa.Table], q: Query, dialect: str, *, grouped: bool = True):
+    """The SELECT of ``q`` over the mapped tables ``n8``: the dimensions then the
+    measures, labelled ``d0.. m0..``; ``grouped=False`` gives the totals (no
+    dimensions, no order, no limit)."""
+    if q.fact not in FACTS:
+        raise KeyError(f"{q.fact!r} is not a table a report can count")
+    tables = _Tables(n8)
+    frm = _from_clause(tables, q.fact, _tables_of(q))
+    dims = [_grain(tables.column(d.field), d.grain, dialect).label(f"d{i}")
+            for i, d in enumerate(q.dims)] if grouped else []
+    measures = [_measure(tables, q.fact, m).label(f"m{i}") for i, m in enumerate(q.measures)]
+    sel = sa.select(*dims, *measures).select_from(frm)
+    conds = [_condition(tables, c) for c in q.conds]
+    if conds:
+        sel = sel.where(*conds)
+    if not grouped:
+        return sel
+    if dims:
+        sel = sel.group_by(*[d.element for d in dims])
+    outputs = dims + measures
+    order = [sa.desc(outputs[i]) if desc else sa.asc(outputs[i]) for i, desc in q.order]
+    seen = {i for i, _ in q.order}
+    order += [sa.asc(d) for i, d in enumerate(dims) if i not in seen]  # a stable order
+    if order:
+        sel = sel.order_by(*order)
+    if q.limit is not None:
+        sel = sel.limit(q.limit)
+    return sel
+
+
+def sql_shape(n8: dict[str, sa.Table], q: Query, dialect: sa.engine.Dialect) -> str:
+    """The SQL of ``q`` as the database would get it, with placeholders where the
+    values go (``report check`` prints it; no value is shown)."""
+    stmt = build(n8, q, dialect.name)
+    return str(stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}))
+
+
+def _plain(v):
+    """Database values as the report's: Decimal sums and averages as int, dates as date."""
+    if v is None or isinstance(v, (int, str, date)):
+        return v
+    try:
+        import decimal
+
+        if isinstance(v, (decimal.Decimal, float)):
+            return int(round(v))
+    except (TypeError, ValueError):  # pragma: no cover
+        pass
+    return v
+
+
+def run(tx: Tx, q: Query, totals: bool = False) -> tuple[list[tuple], tuple | None]:
+    """The rows of ``q`` (and, with ``totals``, the one row of its measures over
+    everything selected), as plain tuples."""
+    dialect = tx.conn.dialect.name
+    n8 = tx.n8
+    rows = [tuple(_plain(v) for v in r) for r in tx.conn.execute(build(n8, q, dialect))]
+    total = None
+    if totals:
+        r = tx.conn.execute(build(n8, q, dialect, grouped=False)).one()
+        total = tuple(_plain(v) for v in r)
+    return rows, total

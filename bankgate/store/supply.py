@@ -1,0 +1,272 @@
+"""The SQL of supply status (开栓/停栓): valve states, heating bills per season,
+work orders (工单), and the two supply reports.
+
+Every function takes a :class:`~bankgate.store.tx.Tx` first (the ledger's hooks run
+them inside a payment's own transaction; ``store.run_sync(fn, ...)`` runs them in a
+transaction of their own) and returns plain values.  Nothing here decides anything:
+:mod:`bankgate.domain.supply` does.
+
+The valve table is N8's logical table ``valve`` (``tx.n8["valve"]``, through the
+mapping) with ``source = "n8"``, or the gateway's ``bg_valve`` with ``source =
+"gateway"``; both have the logical columns ``season customer_no state changed_at``.
+A household without a row is closed.  "Settled" (the rule) is passed in as
+``share_bp``: the paid share of the season's billed heating principal, in basis
+points, that counts as paid -- 10000 is "paid in full".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from bankgate.store import model
+from bankgate.store.dialects import lock_rows
+from bankgate.store.tx import Tx
+
+OPEN, CLOSED = "open", "closed"
+STANDING = ("POSTED", "PENDING")
+FULL_BP = 10000
+
+
+def _dicts(result) -> list[dict]:
+    return [dict(r) for r in result.mappings()]
+
+
+def valve_table(tx_or_store, source: str) -> sa.Table:
+    """The valve table of ``source``: N8's (mapped) or the gateway's ``bg_valve``."""
+    return tx_or_store.n8["valve"] if source == "n8" else model.valve
+
+
+def valve_table_exists(tx: Tx, source: str) -> bool:
+    """Whether the valve table is there (N8's may not be, in an N8 the gateway did
+    not create, or in a reference N8 created before the table existed)."""
+    if source != "n8":
+        return True
+    t = tx.n8["valve"]
+    return sa.inspect(tx.conn).has_table(t.name, schema=t.schema)
+
+
+# -- valve state ------------------------------------------------------------------------
+
+
+def valve_state(tx: Tx, source: str, customer_no: str, season: str) -> str:
+    v = valve_table(tx, source)
+    row = tx.conn.execute(sa.select(v.c.state).where(
+        v.c.season == season, v.c.customer_no == customer_no)).first()
+    return row[0] if row is not None and row[0] else CLOSED
+
+
+def valve_set(tx: Tx, customer_no: str, season: str, state: str, now: datetime,
+              actor: str) -> str:
+    """Set the gateway's valve state (``bg_valve``); returns the state it had."""
+    v = model.valve
+    q = sa.select(v.c.state).where(v.c.season == season, v.c.customer_no == customer_no)
+    if tx.lock:
+        q = lock_rows(q, v)
+    row = tx.conn.execute(q).first()
+    if row is None:
+        tx.conn.execute(v.insert().values(season=season, customer_no=customer_no, state=state,
+                                          changed_at=now, changed_by=actor))
+        return CLOSED
+    tx.conn.execute(v.update().where(v.c.season == season, v.c.customer_no == customer_no)
+                    .values(state=state, changed_at=now, changed_by=actor))
+    return row[0]
+
+
+# -- heating bills ----------------------------------------------------------------------
+
+
+def heating_periods(tx: Tx, bill_ids: list[str], fee_type: str) -> list[str]:
+    """The periods (seasons) of those of ``bill_ids`` that are heating bills."""
+    if not bill_ids:
+        return []
+    b = tx.n8["bill"]
+    rows = tx.conn.execute(sa.select(b.c.period).distinct().where(
+        b.c.bill_id.in_(bill_ids), b.c.fee_type == fee_type)).all()
+    return sorted(r[0] for r in rows)
+
+
+def season_heating(tx: Tx, customer_no: str, season: str, fee_type: str) -> tuple[int, int]:
+    """(billed, paid) heating principal of a household in a season, as it stands
+    in this transaction; (0, 0) when it has no heating bill for the season."""
+    b = tx.n8["bill"]
+    row = tx.conn.execute(sa.select(
+        sa.func.coalesce(sa.func.sum(b.c.amount), 0),
+        sa.func.coalesce(sa.func.sum(b.c.paid_amount), 0),
+    ).where(b.c.customer_no == customer_no, b.c.period == season,
+            b.c.fee_type == fee_type)).first()
+    return int(row[0]), int(row[1])
+
+
+def settling_receipt(tx: Tx, customer_no: str, season: str, fee_type: str) -> str | None:
+    """The latest standing payment of the household that paid heating principal of
+    the season, by its receipt number: the payment a new open-valve order names."""
+    p, a, b = model.payment, model.allocation, tx.n8["bill"]
+    heating = sa.select(b.c.bill_id).where(
+        b.c.customer_no == customer_no, b.c.period == season, b.c.fee_type == fee_type)
+    q = (sa.select(p.c.receipt_no)
+         .join(a, a.c.payment_id == p.c.id)
+         .where(p.c.customer_no == customer_no, p.c.status.in_(STANDING),
+                a.c.principal > 0, a.c.bill_id.in_(heating))
+         .order_by(p.c.id.desc()).limit(1))
+    row = tx.conn.execute(q).first()
+    return row[0] if row is not None else None
+
+
+def payment_standing(tx: Tx, receipt_no: str | None) -> bool:
+    if not receipt_no:
+        return False
+    p = model.payment
+    row = tx.conn.execute(sa.select(p.c.status).where(p.c.receipt_no == receipt_no)).first()
+    return row is not None and row[0] in STANDING
+
+
+# -- work orders --------------------------------------------------------------------------
+
+
+def orders(tx: Tx, *, customer_no: str | None = None, season: str | None = None,
+           kind: str | None = None, state: str | None = None, receipt_no: str | None = None,
+           lock: bool = False) -> list[dict]:
+    """Work orders matching every given filter, oldest first."""
+    w = model.work_order
+    q = sa.select(w)
+    for col, v in (("customer_no", customer_no), ("season", season), ("kind", kind),
+                   ("state", state), ("receipt_no", receipt_no)):
+        if v is not None:
+            q = q.where(w.c[col] == v)
+    q = q.order_by(w.c.id)
+    if lock and tx.lock:
+        q = lock_rows(q, w)
+    return _dicts(tx.conn.execute(q))
+
+
+def order_get(tx: Tx, order_id: int, lock: bool = False) -> dict | None:
+    w = model.work_order
+    q = sa.select(w).where(w.c.id == order_id)
+    if lock and tx.lock:
+        q = lock_rows(q, w)
+    rows = _dicts(tx.conn.execute(q))
+    return rows[0] if rows else None
+
+
+def order_insert(tx: Tx, **values) -> int:
+    r = tx.conn.execute(model.work_order.insert().values(**values))
+    return r.inserted_primary_key[0]
+
+
+def order_set(tx: Tx, order_id: int, **values) -> None:
+    w = model.work_order
+    tx.conn.execute(w.update().where(w.c.id == order_id).values(**values))
+
+
+def order_list(tx: Tx, *, state: str | None = None, district: str | None = None,
+               season: str | None = None, kind: str | None = None,
+               limit: int | None = None) -> Iterator[tuple]:
+    """Work orders with the household's name, address and district (from N8),
+    newest first: (id, customer_no, name, district, address, season, kind, state,
+    receipt_no, created_at, done_at, done_by, note)."""
+    w, c = model.work_order, tx.n8["customer"]
+    q = (sa.select(w.c.id, w.c.customer_no, c.c.name, c.c.district, c.c.address, w.c.season,
+                   w.c.kind, w.c.state, w.c.receipt_no, w.c.created_at, w.c.done_at,
+                   w.c.done_by, w.c.note)
+         .select_from(w.outerjoin(c, c.c.customer_no == w.c.customer_no)))
+    if state is not None:
+        q = q.where(w.c.state == state)
+    if season is not None:
+        q = q.where(w.c.season == season)
+    if kind is not None:
+        q = q.where(w.c.kind == kind)
+    if district is not None:
+        q = q.where(c.c.district == district)
+    q = q.order_by(w.c.id.desc())
+    if limit is not None:
+        q = q.limit(limit)
+    for r in tx.conn.execute(q):
+        yield tuple(r)
+
+
+# -- reports ------------------------------------------------------------------------------
+
+
+def _season_heating(tx: Tx, season: str, fee_type: str) -> sa.Subquery:
+    """Per household: the season's billed and paid heating principal."""
+    b = tx.n8["bill"]
+    return (sa.select(b.c.customer_no.label("customer_no"),
+                      sa.func.sum(b.c.amount).label("billed"),
+                      sa.func.sum(b.c.paid_amount).label("paid"))
+            .where(b.c.fee_type == fee_type, b.c.period == season)
+            .group_by(b.c.customer_no)
+            .subquery("h"))
+
+
+def _settled(h, share_bp: int):
+    """The rule in SQL: paid in full, or paid share >= share (integers only)."""
+    if share_bp >= FULL_BP:
+        return h.c.paid >= h.c.billed
+    return h.c.paid * FULL_BP >= h.c.billed * share_bp
+
+
+def supplied_unpaid(tx: Tx, source: str, season: str, fee_type: str,
+                    share_bp: int) -> list[tuple]:
+    """The leak, by district: households whose valve is open for the season but whose
+    heating bills of the season are not settled by the rule.  Rows: (district,
+    households, billed, paid, outstanding), by district."""
+    h, v, c = _season_heating(tx, season, fee_type), valve_table(tx, source), tx.n8["customer"]
+    district = sa.func.coalesce(c.c.district, "")
+    q = (sa.select(district.label("district"), sa.func.count().label("households"),
+                   sa.func.sum(h.c.billed), sa.func.sum(h.c.paid),
+                   sa.func.sum(h.c.billed - h.c.paid))
+         .select_from(h.join(v, sa.and_(v.c.customer_no == h.c.customer_no,
+                                        v.c.season == season))
+                      .outerjoin(c, c.c.customer_no == h.c.customer_no))
+         .where(v.c.state == OPEN, sa.not_(_settled(h, share_bp)))
+         .group_by(district).order_by(district))
+    return [(r[0], int(r[1]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0))
+            for r in tx.conn.execute(q)]
+
+
+def paid_closed(tx: Tx, source: str, season: str, fee_type: str,
+                share_bp: int) -> list[tuple]:
+    """The complaints, by district: households whose heating bills of the season are
+    settled by the rule but whose valve is not open.  Rows: (district, households,
+    with an open open-valve order, without one, paid)."""
+    h, v, c = _season_heating(tx, season, fee_type), valve_table(tx, source), tx.n8["customer"]
+    w = model.work_order
+    ordered = (sa.select(w.c.customer_no).where(
+        w.c.season == season, w.c.kind == "open_valve", w.c.state == "open")
+        .distinct().subquery("o"))
+    district = sa.func.coalesce(c.c.district, "")
+    has_order = sa.case((ordered.c.customer_no.is_not(None), 1), else_=0)
+    q = (sa.select(district.label("district"), sa.func.count().label("households"),
+                   sa.func.sum(has_order), sa.func.sum(1 - has_order), sa.func.sum(h.c.paid))
+         .select_from(h.outerjoin(v, sa.and_(v.c.customer_no == h.c.customer_no,
+                                             v.c.season == season))
+                      .outerjoin(ordered, ordered.c.customer_no == h.c.customer_no)
+                      .outerjoin(c, c.c.customer_no == h.c.customer_no))
+         .where(_settled(h, share_bp), sa.or_(v.c.state.is_(None), v.c.state != OPEN))
+         .group_by(district).order_by(district))
+    return [(r[0], int(r[1]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0))
+            for r in tx.conn.execute(q)]
+
+
+def households(tx: Tx, source: str, season: str, fee_type: str, share_bp: int,
+               which: str, district: str | None = None) -> Iterator[tuple]:
+    """The households behind either report (``which``: "supplied-unpaid" or
+    "paid-closed"): (customer_no, name, district, address, billed, paid, valve)."""
+    h, v, c = _season_heating(tx, season, fee_type), valve_table(tx, source), tx.n8["customer"]
+    state = sa.func.coalesce(v.c.state, CLOSED)
+    q = (sa.select(h.c.customer_no, c.c.name, c.c.district, c.c.address, h.c.billed,
+                   h.c.paid, state)
+         .select_from(h.outerjoin(v, sa.and_(v.c.customer_no == h.c.customer_no,
+                                             v.c.season == season))
+                      .outerjoin(c, c.c.customer_no == h.c.customer_no)))
+    if which == "supplied-unpaid":
+        q = q.where(v.c.state == OPEN, sa.not_(_settled(h, share_bp)))
+    else:
+        q = q.where(_settled(h, share_bp), sa.or_(v.c.state.is_(None), v.c.state != OPEN))
+    if district is not None:
+        q = q.where(c.c.district == district)
+    for r in tx.conn.execute(q.order_by(c.c.district, h.c.customer_no)):
+        yield (r[0], r[1] or "", r[2] or "", r[3] or "", int(r[4] or 0), int(r[5] or 0), r[6])
