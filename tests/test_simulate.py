@@ -1041,3 +1041,23 @@ def test_load_pays_a_two_phase_bank_with_prepay_and_confirm():
     assert results(d) == [None]
     [paid] = runner.paid
     assert paid.amount == 700 and paid.serial == gw.seen[1]["serial"]
+
+
+def test_a_request_the_codec_cannot_build_is_a_simulate_error_naming_what_is_missing():
+    """A plugin's client_encode refusing the values (say, a confirm without the order
+    number its spec requires) is the user's mistake: a SimulateError (exit 2), not
+    "no answer from the gateway"."""
+    reactor = MemoryReactorClock()
+    codec = two_phase_codec()
+
+    def refuse(txn, values, session):
+        raise ValueError("order_no is required")
+
+    codec.client_encode = refuse
+    s = sim.BankSimulator(client(reactor, codec, TP_BANK))
+    r = results(defer.ensureDeferred(s.confirm("P0001")))
+    _proto, transport = accept(reactor)  # the connection is made; nothing is sent on it
+    [failure] = r
+    assert transport.value() == b""
+    assert failure.check(sim.SimulateError)
+    assert str(failure.value) == "cannot build the CF request: order_no is required"

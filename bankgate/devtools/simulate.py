@@ -528,7 +528,10 @@ class BankClient:
     async def _exchange(self, conn: _Connection, txn: str, values: dict) -> tuple[dict, float]:
         if conn.closing:
             raise ConnectionClosed("the connection to the gateway is closed")
-        frame = self.codec.client_encode(txn, values, conn.session)
+        try:
+            frame = self.codec.client_encode(txn, values, conn.session)
+        except (ValueError, KeyError) as e:  # a value the bank's message needs is missing
+            raise SimulateError(f"cannot build the {txn} request: {e}") from None
         key = _stan_key(values["stan"]) if self.pipelined else None
         d = conn.expect(key)
         started = self.reactor.seconds()

@@ -81,7 +81,7 @@ payment = sa.Table(
     sa.UniqueConstraint("receipt_no", name="uq_bg_payment_receipt"),
     sa.Index("ix_bg_payment_customer", "customer_no", "id"),
     sa.Index("ix_bg_payment_status", "status", "expires_at"),
-    # reports over a range of trade dates, every bank (0007_report_indexes)
+    # reports over a range of trade dates, every bank (0006_report_indexes)
     sa.Index("ix_bg_payment_date", "trade_date", "bank", "channel", "status"),
 )
 

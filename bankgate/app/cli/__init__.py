@@ -36,7 +36,8 @@ def cmd_config_check(args) -> int:
     print(f"  database: {describe_database(cfg.db_url)}")
     for b in cfg.banks:
         print(f"  bank {b.name}: plugin {b.plugin}, code {b.bank_code}, policy {b.policy},"
-              f" listen {', '.join(b.listen) or '-'}, MAC {_mac_text(b, codecs[b.plugin])}")
+              f" listen {', '.join(b.listen) or '-'}, MAC {_mac_text(b, codecs[b.plugin])}"
+              + (f", two-phase (confirm within {b.confirm_timeout:g} s)" if b.two_phase else ""))
     return 0
 
 

@@ -7,14 +7,14 @@ N8's tables are not the gateway's to migrate: the reference schema declares its 
 report indexes (``bankgate.store.n8.REFERENCE_INDEXES``), and docs/reports.rst lists
 the ones a real N8's DBA should add.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0006
+Revises: 0005
 """
 
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0006"
+down_revision = "0005"
 
 
 def upgrade():

@@ -6,14 +6,14 @@ review orders the ledger's supply hook writes.  The indexes serve the hook's loo
 (household and season, payment receipt), the work-order list (state, season) and the
 supply reports over a season (season, state).
 
-Revision ID: 0006
-Revises: 0004 (the coordinator re-points it at 0005 when that lands)
+Revision ID: 0005
+Revises: 0004
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
+revision = "0005"
 down_revision = "0004"
 
 
