@@ -203,13 +203,15 @@ def test_arrears_by_district_class_and_ageing(data):
     got = {(r[0], r[1], r[2]): r[3:] for r in rows}
     b = reports.BUCKET_LABELS
     assert got == {
-        (HP, "I", b[1]): (1, 1, 600000, 11000),
-        (HP, "R", b[0]): (1, 1, 15000, 0),
-        (HP, "R", b[1]): (1, 1, 1000, 1),  # 0.5 fen rounded half up
-        (HP, "R", b[3]): (1, 1, 100000, 5150),
-        (TX, "R", b[4]): (1, 1, 80000, 15800),
+        (HP, "I", b[1]): (1, 600000, 11000),
+        (HP, "R", b[0]): (1, 15000, 0),
+        (HP, "R", b[1]): (1, 1000, 1),  # 0.5 fen rounded half up
+        (HP, "R", b[3]): (1, 100000, 5150),
+        (TX, "R", b[4]): (1, 80000, 15800),
     }
-    assert t.totals == ("合计 total", None, None, 5, 3, 796000, 31951)
+    assert [c.name for c in t.columns] == ["district", "customer_class", "bucket", "bills",
+                                       "principal", "late_fee"]
+    assert t.totals == ("合计 total", None, None, 5, 796000, 31951)  # summed from the rows
     # the same late fees as the ledger charges
     assert (late_fee(100000, date(2026, 8, 19), AS_OF, 500, 0),
             late_fee(600000, date(2026, 11, 10), AS_OF, 1000, 1000),
@@ -219,7 +221,7 @@ def test_arrears_by_district_class_and_ageing(data):
 
 def test_arrears_from_limits_the_due_dates(data):
     t, rows = run(data, "arrears", **{"from": date(2026, 11, 1), "to": AS_OF})
-    assert t.totals[3:] == (3, 2, 616000, 11001)  # B2, B3, B6
+    assert t.totals[3:] == (3, 616000, 11001)  # B2, B3, B6
 
 
 def test_arrears_by_customer_lists_each_customer(data):
@@ -394,7 +396,66 @@ def test_xlsx_read_back(tmp_path):
     assert rows[3] == ("合计 total", None, 3, 1234.51, 0.25)
     cells = list(ws.iter_rows(min_row=2, max_row=2))[0]
     assert cells[3].number_format == "#,##0.00" and cells[4].number_format == "0.00%"
+    assert cells[1].number_format == "yyyy-mm-dd" and cells[2].number_format == "0"
+    heading, _, _, totals = ws.iter_rows()
+    assert all(c.font.b for c in heading) and not any(c.font.b for c in cells)
+    assert all(c.font.b for c in totals) and totals[3].number_format == "#,##0.00"
+    about = list(load_workbook(path)["about"].iter_rows(values_only=True))
+    assert about == [("收费统计 Collections", None), ("report", "demo"),
+                     ("from", "2026-11-01"), ("to", "2026-11-30"), ("by", "district"),
+                     ("note", "a note"), ("rows", 2)]
     assert list(path.parent.glob(".r.xlsx.*")) == []  # no temporary file left
+
+
+def _xml_parts(path) -> dict:
+    """Every part of the package, parsed by the standard library's XML parser (a reader
+    other than openpyxl: each part must be well-formed XML)."""
+    import zipfile
+    from xml.etree import ElementTree
+
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None
+        return {name: ElementTree.fromstring(z.read(name)) for name in z.namelist()}
+
+
+def test_xlsx_text_is_escaped_and_round_trips(tmp_path):
+    from openpyxl import load_workbook
+
+    nasty = "a<b & c>d \"q\" 'x' 和平区 供热\x00\x01\x1f\x7f\ufffe end\ttab\nline"
+    kept = "a<b & c>d \"q\" 'x' 和平区 供热\x7f end\ttab\nline"  # XML 1.0 cannot hold the rest
+    t = ReportTable("x&y", "标题 <title> & more", {"name": nasty}, COLUMNS,
+                    [(nasty, date(2026, 11, 2), 1, 1, 0.1), ("  spaced  ", None, None, None,
+                                                            None)], notes=(nasty,))
+    path = tmp_path / "nasty.xlsx"
+    assert reporting.write_xlsx(t, path) == 2
+    parts = _xml_parts(path)
+    assert {"[Content_Types].xml", "_rels/.rels", "xl/workbook.xml", "xl/styles.xml",
+            "xl/_rels/workbook.xml.rels", "xl/worksheets/sheet1.xml",
+            "xl/worksheets/sheet2.xml"} <= set(parts)
+    ns = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+    texts = [e.text for e in parts["xl/worksheets/sheet1.xml"].iter(ns + "t")]
+    assert kept in texts and "  spaced  " in texts
+    wb = load_workbook(path)
+    assert wb.sheetnames == ["report", "about"]
+    rows = list(wb["report"].iter_rows(values_only=True))
+    assert rows[1][0] == kept and rows[2] == ("  spaced  ", None, None, None, None)
+    about = list(wb["about"].iter_rows(values_only=True))
+    assert about[0][0] == "标题 <title> & more" and ("name", kept) in about
+    assert ("note", kept) in about and ("report", "x&y") in about
+
+
+def test_xlsx_of_an_empty_report_has_its_headings(tmp_path, store):
+    from openpyxl import load_workbook
+
+    path = tmp_path / "empty.xlsx"
+    assert reporting.write_xlsx(_table([]), path) == 0
+    _xml_parts(path)
+    rows = list(load_workbook(path)["report"].iter_rows(values_only=True))
+    assert rows == [tuple(c.label for c in COLUMNS), ("合计 total", None, 3, 1234.51, 0.25)]
+    t = reports.find("arrears").run(store, {"to": AS_OF})  # an empty database
+    assert reporting.write_xlsx(t, path) == 0
+    rows = list(load_workbook(path)["report"].iter_rows(values_only=True))
+    assert rows == [tuple(c.label for c in t.columns), ("合计 total", None, None, 0, 0, 0)]
 
 
 def test_export_refuses_a_binary_format_to_a_stream():

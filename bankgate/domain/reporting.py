@@ -18,11 +18,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import Decimal
 from pathlib import Path
 
 from bankgate.canon.files import fsync_dir
 from bankgate.canon.money import fen_to_yuan
+from bankgate.domain import xlsx
 
 COLUMN_KINDS = ("text", "int", "fen", "date", "ratio", "days")
 CHART_KINDS = ("bar", "line", "stacked_bar")
@@ -174,69 +174,34 @@ def write_json(table: ReportTable, fileobj) -> int:
     return n
 
 
-# -- XLSX (openpyxl write-only: rows go to the file as they come) ----------------------
-
-XLSX_FORMATS = {"fen": "#,##0.00", "ratio": "0.00%", "date": "yyyy-mm-dd", "int": "0",
-                "days": "0"}
+# -- XLSX (bankgate.domain.xlsx: the sheet's XML streamed into the zip) ----------------
 
 
 def write_xlsx(table: ReportTable, path) -> int:
-    """A workbook: sheet ``report`` with the headings (labels), the rows (money as numbers
-    in yuan with a 0.00 format, ratios as percentages, dates as dates) and the totals;
-    sheet ``about`` with the title, parameters and notes.  Written in openpyxl's
-    write-only mode, row by row, so memory stays flat however many rows; atomically.
-    Returns the number of rows."""
-    from openpyxl import Workbook
-    from openpyxl.cell import WriteOnlyCell
-    from openpyxl.styles import Font
-
-    wb = Workbook(write_only=True)
-    ws = wb.create_sheet("report")
-    bold = Font(bold=True)
+    """A workbook: sheet ``report`` with the headings (labels, bold), the rows (money as
+    numbers in yuan with a ``#,##0.00`` format, ratios as percentages, dates as dates)
+    and the totals (bold); sheet ``about`` with the title, parameters, notes and the row
+    count.  Rows are written as they come (:mod:`bankgate.domain.xlsx`), so memory stays
+    flat however many; atomically.  Returns the number of rows."""
     kinds = [c.kind for c in table.columns]
-    # one cell object per column, reused row after row: a write-only sheet serialises
-    # each row as it is appended
-    cells = []
-    for k in kinds:
-        cell = WriteOnlyCell(ws)
-        if k in XLSX_FORMATS:
-            cell.number_format = XLSX_FORMATS[k]
-        cells.append(cell)
-
-    def header(text):
-        c = WriteOnlyCell(ws, value=text)
-        c.font = bold
-        return c
-
-    def values(row):
-        for cell, k, v in zip(cells, kinds, row, strict=True):
-            cell.value = (Decimal(v).scaleb(-2) if k == "fen" and isinstance(v, int)
-                          else v)
-        return cells
-
-    ws.append([header(c.label) for c in table.columns])
     n = 0
-    for row in table.rows:
-        ws.append(values(row))
-        n += 1
-    if table.totals is not None:
-        out = values(table.totals)
-        styled = []
-        for c in out:
-            t = WriteOnlyCell(ws, value=c.value)
-            t.number_format, t.font = c.number_format, bold
-            styled.append(t)
-        ws.append(styled)
-    about = wb.create_sheet("about")
-    about.append([table.title])
-    about.append(["report", table.name])
-    for k, v in table.params.items():
-        about.append([k, _text("", ",".join(v) if isinstance(v, tuple) else v)])
-    for note in table.notes:
-        about.append(["note", note])
-    about.append(["rows", n])
-    with _atomic(path) as tmp:
-        wb.save(tmp)
+    with _atomic(path) as tmp, xlsx.Book(tmp) as book:
+        with book.sheet("report") as ws:
+            ws.row([c.label for c in table.columns], bold=True)
+            for row in table.rows:
+                ws.row(row, kinds)
+                n += 1
+            if table.totals is not None:
+                ws.row(table.totals, kinds, bold=True)
+        with book.sheet("about") as about:
+            about.row([table.title], bold=True)
+            about.row(["report", table.name])
+            for k, v in table.params.items():
+                about.row([k, _text("", ",".join(map(str, v)) if isinstance(v, (tuple, list))
+                                    else v)])
+            for note in table.notes:
+                about.row(["note", note])
+            about.row(["rows", n])
     return n
 
 

@@ -191,7 +191,6 @@ ARREARS_COLUMNS = (
     DIM_COLUMNS["district"], DIM_COLUMNS["customer_class"],
     Column("bucket", "账龄 ageing (days past due)", "text"),
     Column("bills", "账单数 bills", "int"),
-    Column("customers", "户数 customers", "int"),
     Column("principal", "欠费本金 outstanding", "fen"),
     Column("late_fee", "滞纳金 late fees", "fen"),
 )
@@ -239,22 +238,20 @@ def _arrears(store, params: dict, rep: Report) -> ReportTable:
         if len(params["by"]) > 1:
             raise ReportError("--by customer lists each customer: name it alone")
         return _arrears_by_customer(store, params, rep)
-    rows_q, totals_q = sql.arrears_queries(store, params["to"], params["from"])
-    totals = sql.one_row(store, totals_q)
-
-    def rows():
-        for district, klass, bucket, *vals in sql.iter_rows(store, rows_q):
-            yield (district, klass, BUCKET_LABELS[int(bucket)], *(_int(v) for v in vals))
-
+    # a few hundred rows (districts x classes x buckets): read whole, and the totals --
+    # every measure adds up -- summed here rather than by a second pass over the bills
+    rows = [(district, klass, BUCKET_LABELS[int(bucket)], *(_int(v) for v in vals))
+            for district, klass, bucket, *vals in sql.iter_rows(
+                store, sql.arrears_query(store, params["to"], params["from"]))]
+    totals = tuple(sum(r[i] for r in rows) for i in range(3, len(ARREARS_COLUMNS)))
     notes = [f"as of {params['to']}: ageing and late fees counted to that date over the"
              " bills' outstanding principal now"]
     if params["from"] is not None:
         notes.append(f"bills due on or after {params['from']}")
-    if not _int(totals[0] if totals else 0):
+    if not rows:
         notes.append("empty: no arrears")
-    t = totals or (0, 0, 0, 0)
-    return _table(rep, params, ARREARS_COLUMNS, rows(),
-                  (TOTAL_LABEL, None, None, *(_int(v) for v in t)), notes)
+    return _table(rep, params, ARREARS_COLUMNS, rows, (TOTAL_LABEL, None, None, *totals),
+                  notes)
 
 
 RATE_COLUMNS = (
