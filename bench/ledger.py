@@ -7,7 +7,11 @@ hand on the raw DBAPI driver (psycopg or sqlite3, no SQLAlchemy) with the same
 thread count, and prints ledger/baseline ratios.  ``--profile`` adds a
 single-threaded cProfile of a short ledger run (top 25 by cumulative time, and
 own time summed by layer); ``--lean`` (PostgreSQL) also times the same work in
-the fewest round trips the database allows -- the headroom left.
+the fewest round trips the database allows -- the headroom left.  ``--hooks``
+builds the ledger as the service does (``bankgate.app.wiring`` on the embedded
+default configuration, bank ``bench`` invoicing like ``demo-fixed``): the
+invoice-number and supply-status hooks run inside every payment, as they do in
+production; without it the ledger has no hooks.
 
     .venv/bin/python bench/ledger.py                       # SQLite file under /tmp
     .venv/bin/python bench/ledger.py --threads 4 --seconds 10 \\
@@ -527,6 +531,31 @@ class Phase:
                 f"{self.pct(0.99):>8.2f} {cpu:>8.3f}  {oc}{flags}{errs}")
 
 
+def hooked_ledger(url: str, threads: int, tag: str, stock: int) -> tuple[Store, Ledger]:
+    """The store and ledger as ``bankgate.app.wiring.build`` makes them for the
+    embedded default configuration on ``url``, with one bank ``bench`` (policy
+    ``any``) that takes an invoice number per payment like ``demo-fixed``; issues
+    it ``stock`` fresh invoice numbers (code ``B`` + the run's tag), so that no
+    payment goes without one."""
+    import dataclasses
+    import tempfile
+
+    from bankgate.app import wiring
+    from bankgate.app.config import default_config
+
+    cfg = default_config(tempfile.mkdtemp(prefix="bankgate-bench-"))
+    demo_bank = next(b for b in cfg.banks if b.options.get("invoice"))
+    bench = dataclasses.replace(demo_bank, name=BANK.name, bank_code=BANK.bank_code,
+                                policy=BANK.policy, listen=[])
+    cfg = dataclasses.replace(cfg, db_url=url, db_threads=threads, banks=[bench])
+    parts = wiring.build(cfg)
+    code = f"B{tag[:7].upper()}"
+    for first in range(1, stock + 1, 100_000):
+        parts.invoices().issue_stock(BANK.name, first, min(stock, first + 99_999), code=code,
+                                     width=8, actor="bench")
+    return parts.store, parts.ledger
+
+
 # -- the benchmark ------------------------------------------------------------------------
 
 
@@ -577,10 +606,12 @@ def main(argv=None) -> int:
                     help="also cProfile a short single-threaded ledger run")
     ap.add_argument("--profile-seconds", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    ap.add_argument("--hooks", action="store_true",
+                    help="build the ledger as the service does (bankgate.app.wiring): with "
+                         "its invoice and supply-status hooks")
     a = ap.parse_args(argv)
 
     store, population = prepare(a.url, a.customers, a.threads, a.reseed)
-    ledger = Ledger(store, {"bench": BANK})
     trade_date = date.today()
     rng = random.Random(a.seed)
     tag = f"{rng.randrange(36**6):06x}{int(time.time()) % 100000:05d}"
@@ -588,9 +619,17 @@ def main(argv=None) -> int:
     # enough customers for the fastest phase (SQLite's baseline passes 4,000/s)
     per_phase = a.pool or int((a.seconds + a.warmup) * (10000 if store.dialect == "sqlite"
                                                          else 6000))
+    if a.hooks:
+        store.stop()
+        store, ledger = hooked_ledger(a.url, a.threads, tag, stock=per_phase + int(
+            a.profile_seconds * 3000) * a.profile)
+    else:
+        ledger = Ledger(store, {"bench": BANK})
     taken: set[str] = set()
 
-    print(f"\nbankgate ledger benchmark: {store.engine.url.render_as_string()}")
+    print(f"\nbankgate ledger benchmark: {store.engine.url.render_as_string()}"
+          + (f", hooks: {', '.join(type(h).__name__ for h in ledger.hooks)}" if a.hooks
+             else ", no hooks"))
     print(f"  {population:,} customers, {a.threads} threads, {a.seconds:g} s per phase "
           f"(+{a.warmup:g} s warm-up), trade date {trade_date}, python "
           f"{sys.version.split()[0]}, sqlalchemy {sa.__version__}, {os.cpu_count()} CPUs")

@@ -67,23 +67,29 @@ class _Bill:
     late: int
 
 
+def _row(b: _Bill) -> dict:
+    return {"bill_id": b.bill_id, "fee_type": b.fee_type, "period": b.period, "principal": 0,
+            "late_fee": 0}
+
+
 def allocate(bills: list[_Bill], amount: int) -> tuple[list[dict], int]:
     """Late fees first (oldest bill first), then principal oldest first.
 
-    Returns the allocation rows and the excess left over.
+    Returns the allocation rows and the excess left over.  A row also carries its
+    bill's ``fee_type`` and ``period``, for the hooks (the store takes only its columns).
     """
     rows: dict[str, dict] = {}
     left = amount
     for b in bills:
         take = min(left, b.late)
         if take:
-            rows.setdefault(b.bill_id, {"bill_id": b.bill_id, "principal": 0, "late_fee": 0})
+            rows.setdefault(b.bill_id, _row(b))
             rows[b.bill_id]["late_fee"] += take
             left -= take
     for b in bills:
         take = min(left, b.outstanding)
         if take:
-            rows.setdefault(b.bill_id, {"bill_id": b.bill_id, "principal": 0, "late_fee": 0})
+            rows.setdefault(b.bill_id, _row(b))
             rows[b.bill_id]["principal"] += take
             left -= take
     order = {b.bill_id: i for i, b in enumerate(bills)}
@@ -103,6 +109,7 @@ class Ledger:
         # Objects with after_post(tx, payment, allocations, now) -> dict | None
         # and after_undo(tx, payment, kind, now), run inside the payment's own
         # transaction (invoices: a number per payment, voided on a reversal).
+        # allocations are allocate()'s rows: bill_id, fee_type, period, principal, late_fee.
         self.hooks = list(hooks or ())
         self.banks = banks
         self.now = now

@@ -116,21 +116,29 @@ class SupplyHook:
         self.s = settings
         self._valves: bool | None = None  # is the valve table there (checked once)
 
-    def _valve_open(self, tx: Tx, customer_no: str, season: str) -> bool:
+    def _valve_source(self, tx: Tx) -> str | None:
+        """The valve source, or None when its table is not there (checked once)."""
         if self._valves is None:
             self._valves = sql.valve_table_exists(tx, self.s.source)
             if not self._valves:
                 log.error("[supply] source = \"n8\" but N8 has no valve table %r: every"
                           " valve reads as closed; map [n8.tables] valve, or set [supply]"
                           " source = \"gateway\"", tx.n8["valve"].name)
-        if not self._valves:
-            return False
-        return sql.valve_state(tx, self.s.source, customer_no, season) == sql.OPEN
+        return self.s.source if self._valves else None
 
     def after_post(self, tx: Tx, payment: dict, allocations: list[dict], now: datetime):
-        paid = [a["bill_id"] for a in allocations if a.get("principal", 0) > 0]
+        fee = self.s.fee_type
+        paid = [a for a in allocations if a.get("principal", 0) > 0]
+        if all("fee_type" in a and "period" in a for a in paid):
+            # the ledger's rows name their bill's fee type and period: no query, and
+            # a payment of no heating bill costs nothing here
+            seasons = sorted({a["period"] for a in paid if a["fee_type"] == fee})
+        else:
+            seasons = sql.heating_periods(tx, [a["bill_id"] for a in paid], fee)
+        if not seasons:
+            return None
         current = season_of(now.date())
-        for season in sql.heating_periods(tx, paid, self.s.fee_type):
+        for season in seasons:
             if season >= current:  # a past season's arrears open no valve
                 self.settle(tx, payment["customer_no"], season, payment["receipt_no"], now)
         return None
@@ -138,18 +146,26 @@ class SupplyHook:
     def settle(self, tx: Tx, customer_no: str, season: str, receipt_no: str | None,
                now: datetime, note: str = "") -> int | None:
         """An open-valve order for the household if the season is settled and nothing
-        stands for it yet; returns the new order's id."""
-        billed, paid = sql.season_heating(tx, customer_no, season, self.s.fee_type)
+        stands for it yet; returns the new order's id.
+
+        One round trip reads the season's totals and the valve (and, where the
+        transaction holds the whole database -- SQLite -- the standing orders too);
+        elsewhere the open-valve orders are read by a second query, under a row lock.
+        """
+        billed, paid, valve, standing = sql.season_state(
+            tx, self._valve_source(tx), customer_no, season, self.s.fee_type,
+            orders=not tx.lock)
         if not self.s.settled(billed, paid):
             return None
-        standing = sql.orders(tx, customer_no=customer_no, season=season, kind=OPEN_VALVE,
-                              lock=True)
-        if any(o["state"] == OPEN for o in standing):
-            return None
-        if any(o["state"] == DONE and sql.payment_standing(tx, o["receipt_no"])
-               for o in standing):
-            return None  # opened for a payment that still stands
-        if self._valve_open(tx, customer_no, season):
+        if standing is None:
+            orders = sql.orders(tx, customer_no=customer_no, season=season, kind=OPEN_VALVE,
+                                lock=True)
+            standing = any(o["state"] == OPEN for o in orders) or any(
+                o["state"] == DONE and sql.payment_standing(tx, o["receipt_no"])
+                for o in orders)
+        if standing:
+            return None  # an open order, or one done for a payment that still stands
+        if valve == sql.OPEN:
             return None
         return sql.order_insert(
             tx, customer_no=customer_no, season=season, kind=OPEN_VALVE, state=OPEN,
@@ -160,8 +176,7 @@ class SupplyHook:
         receipt, customer = payment["receipt_no"], payment["customer_no"]
         what = UNDONE.get(kind, kind.lower())
         mine = sql.orders(tx, receipt_no=receipt, kind=OPEN_VALVE, lock=True)
-        paid = [a["bill_id"] for a in tx.allocations(payment["id"]) if a["principal"] > 0]
-        seasons = set(sql.heating_periods(tx, paid, self.s.fee_type))
+        seasons = set(sql.paid_seasons(tx, payment["id"], self.s.fee_type))
         seasons |= {o["season"] for o in mine}
         for season in sorted(seasons):
             self._undone(tx, customer, season, receipt, what, now,

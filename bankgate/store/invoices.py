@@ -31,6 +31,47 @@ def _dicts(result) -> list[dict]:
     return [dict(r) for r in result.mappings()]
 
 
+class InvoiceStatements:
+    """What the ledger's invoice hook runs inside every invoiced payment, built
+    once per store with bind parameters (as :class:`~bankgate.store.tx.HotStatements`):
+    building a statement costs more than running it.  ``ranges`` variants are
+    built on first use."""
+
+    def __init__(self, n8: dict[str, sa.Table]):
+        s, i, p, t = model.invoice_stock, model.invoice, model.payment, n8["invoice"]
+        self.range_advance = s.update().where(
+            s.c.id == sa.bindparam("k_id"), s.c.next_no == sa.bindparam("k_taken")
+        ).values(next_no=sa.bindparam("k_next"))
+        self.invoice_insert = i.insert()
+        self.payment_set_invoice = p.update().where(p.c.id == sa.bindparam("k_pid")).values(
+            invoice_no=sa.bindparam("k_no"), invoice_printed=sa.bindparam("k_printed"))
+        self.n8_use = t.update().where(
+            t.c.invoice_no == sa.bindparam("k_no"), t.c.status == "U"
+        ).values(status="I", pay_id=sa.bindparam("k_pay"), customer_no=sa.bindparam("k_cust"),
+                 amount=sa.bindparam("k_amount"), issued_at=sa.bindparam("k_now"))
+        self._ranges: dict[tuple, sa.Select] = {}
+
+    def ranges(self, holder: bool, open_only: bool, lock: bool) -> sa.Select:
+        key = (holder, open_only, lock)
+        q = self._ranges.get(key)
+        if q is None:
+            s = model.invoice_stock
+            q = sa.select(s)
+            if holder:
+                q = q.where(s.c.bank == sa.bindparam("k_holder"))
+            if open_only:
+                q = q.where(s.c.next_no <= s.c.last_no)
+            q = q.order_by(s.c.id)
+            if lock:
+                q = lock_rows(q, s)
+            q = self._ranges.setdefault(key, q)
+        return q
+
+
+def _st(tx: Tx) -> InvoiceStatements:
+    return tx.sql.more(InvoiceStatements)
+
+
 def _n8_select(t: sa.Table) -> sa.Select:
     return sa.select(*[c.label(c.key) for c in t.c])
 
@@ -47,16 +88,8 @@ def ranges(tx: Tx, holder: str | None = None, *, open_only: bool = False,
            lock: bool = False) -> list[dict]:
     """Stock ranges, oldest first; ``open_only`` those with numbers left;
     ``lock`` takes the rows (SELECT ... FOR UPDATE) until the transaction ends."""
-    s = model.invoice_stock
-    q = sa.select(s)
-    if holder is not None:
-        q = q.where(s.c.bank == holder)
-    if open_only:
-        q = q.where(s.c.next_no <= s.c.last_no)
-    q = q.order_by(s.c.id)
-    if lock and tx.lock:
-        q = lock_rows(q, s)
-    rows = _dicts(tx.conn.execute(q))
+    q = _st(tx).ranges(holder is not None, open_only, bool(lock and tx.lock))
+    rows = _dicts(tx.conn.execute(q, {"k_holder": holder} if holder is not None else {}))
     for r in rows:
         r["prefix"] = r["prefix"] or ""
     return rows
@@ -78,10 +111,8 @@ def range_get(tx: Tx, stock_id: int) -> dict | None:
 
 def range_advance(tx: Tx, stock_id: int, taken: int) -> bool:
     """Move the range past ``taken``; False if someone else moved it first."""
-    s = model.invoice_stock
-    r = tx.conn.execute(
-        s.update().where(s.c.id == stock_id, s.c.next_no == taken).values(next_no=taken + 1)
-    )
+    r = tx.conn.execute(_st(tx).range_advance,
+                        {"k_id": stock_id, "k_taken": taken, "k_next": taken + 1})
     return r.rowcount == 1
 
 
@@ -89,7 +120,7 @@ def range_advance(tx: Tx, stock_id: int, taken: int) -> bool:
 
 
 def invoice_insert(tx: Tx, **values) -> None:
-    tx.conn.execute(model.invoice.insert().values(**values))
+    tx.conn.execute(_st(tx).invoice_insert, values)
 
 
 def invoice_get(tx: Tx, invoice_no: str, lock: bool = False) -> dict | None:
@@ -166,11 +197,8 @@ def unknown_invoice_numbers(tx: Tx) -> list[dict]:
 
 def payment_set_invoice(tx: Tx, payment_id: int, invoice_no: str | None,
                         printed: int) -> None:
-    p = model.payment
-    tx.conn.execute(
-        p.update().where(p.c.id == payment_id)
-        .values(invoice_no=invoice_no or None, invoice_printed=printed)
-    )
+    tx.conn.execute(_st(tx).payment_set_invoice,
+                    {"k_pid": payment_id, "k_no": invoice_no or None, "k_printed": printed})
 
 
 def payments_with_invoice_marks(tx: Tx) -> list[dict]:
@@ -236,11 +264,9 @@ def n8_use(tx: Tx, invoice_no: str, pay_id: str, customer_no: str, amount: int,
     that keeps no unused stock) is inserted.
     """
     t = tx.n8["invoice"]
-    r = tx.conn.execute(
-        t.update().where(t.c.invoice_no == invoice_no, t.c.status == "U")
-        .values(status="I", pay_id=pay_id, customer_no=customer_no, amount=amount,
-                issued_at=now)
-    )
+    r = tx.conn.execute(_st(tx).n8_use, {"k_no": invoice_no, "k_pay": pay_id,
+                                          "k_cust": customer_no, "k_amount": amount,
+                                          "k_now": now})
     if r.rowcount == 1:
         return None
     row = n8_get(tx, invoice_no)

@@ -28,10 +28,108 @@ from bankgate.store.tx import Tx
 OPEN, CLOSED = "open", "closed"
 STANDING = ("POSTED", "PENDING")
 FULL_BP = 10000
+ORDER_FILTERS = ("customer_no", "season", "kind", "state", "receipt_no")
 
 
 def _dicts(result) -> list[dict]:
     return [dict(r) for r in result.mappings()]
+
+
+def _p(name: str) -> sa.BindParameter:
+    return sa.bindparam(name)
+
+
+class SupplyStatements:
+    """The statements the ledger's hook runs inside every heating payment, built
+    once per store (per N8 mapping) with bind parameters and executed with plain
+    dicts, as :class:`~bankgate.store.tx.HotStatements` are: building a statement
+    and its cache key costs more than SQLite takes to run it.  Variants (valve
+    source, order filters) are built on first use."""
+
+    def __init__(self, n8: dict[str, sa.Table]):
+        self.n8 = n8
+        b, a, p = n8["bill"], model.allocation, model.payment
+        self.heating = (b.c.customer_no == _p("s_cust"), b.c.period == _p("s_season"),
+                        b.c.fee_type == _p("s_fee"))
+        self.season_heating = sa.select(
+            sa.func.coalesce(sa.func.sum(b.c.amount), 0),
+            sa.func.coalesce(sa.func.sum(b.c.paid_amount), 0),
+        ).where(*self.heating)
+        self.heating_periods = sa.select(b.c.period).distinct().where(
+            b.c.bill_id.in_(sa.bindparam("s_bills", expanding=True)), b.c.fee_type == _p("s_fee"))
+        # the seasons whose heating principal a payment paid, from its allocations
+        self.paid_seasons = (
+            sa.select(b.c.period).distinct()
+            .select_from(a.join(b, b.c.bill_id == a.c.bill_id))
+            .where(a.c.payment_id == _p("s_pid"), a.c.principal > 0,
+                   b.c.fee_type == _p("s_fee")))
+        self.payment_standing = sa.select(p.c.status).where(p.c.receipt_no == _p("s_receipt"))
+        self.order_insert = model.work_order.insert()
+        self._valve: dict[str, sa.Select] = {}
+        self._season: dict[tuple, sa.Select] = {}
+        self._orders: dict[tuple, sa.Select] = {}
+
+    def valve_state(self, source: str) -> sa.Select:
+        q = self._valve.get(source)
+        if q is None:
+            v = valve_table(self, source)
+            q = self._valve.setdefault(source, sa.select(v.c.state).where(
+                v.c.season == _p("s_season"), v.c.customer_no == _p("s_cust")))
+        return q
+
+    def season(self, source: str | None, orders: bool) -> sa.Select:
+        """One row: the household's (billed, paid) heating principal of the season,
+        its valve state (NULL: no row, or ``source`` None: no valve table) and, with
+        ``orders``, how many open-valve orders stand (open, or done for a standing
+        payment).  A derived table and scalar subqueries: one round trip on every
+        database the store supports."""
+        key = (source, orders)
+        q = self._season.get(key)
+        if q is None:
+            q = self._season.setdefault(key, self._build_season(source, orders))
+        return q
+
+    def _build_season(self, source: str | None, orders: bool) -> sa.Select:
+        b, w, p = self.n8["bill"], model.work_order, model.payment
+        h = sa.select(
+            sa.func.coalesce(sa.func.sum(b.c.amount), 0).label("billed"),
+            sa.func.coalesce(sa.func.sum(b.c.paid_amount), 0).label("paid"),
+        ).where(*self.heating).subquery("h")
+        cols = [h.c.billed, h.c.paid]
+        if source is not None:
+            v = valve_table(self, source)
+            # max(): one row however many the table holds (it is keyed by both)
+            cols.append(sa.select(sa.func.max(v.c.state)).where(
+                v.c.season == _p("s_season"), v.c.customer_no == _p("s_cust"))
+                .scalar_subquery().label("valve"))
+        else:
+            cols.append(sa.null().label("valve"))
+        if orders:
+            # OR, not IN: an IN list of constants is expanded at every execution
+            standing_payment = sa.exists().where(
+                p.c.receipt_no == w.c.receipt_no, sa.or_(*[p.c.status == s for s in STANDING]))
+            cols.append(sa.select(sa.func.count()).select_from(w).where(
+                w.c.customer_no == _p("s_cust"), w.c.season == _p("s_season"),
+                w.c.kind == "open_valve",
+                sa.or_(w.c.state == "open", sa.and_(w.c.state == "done", standing_payment)))
+                .scalar_subquery().label("standing"))
+        return sa.select(*cols).select_from(h)
+
+    def orders(self, filters: tuple[str, ...], lock: bool) -> sa.Select:
+        """Work orders matching ``filters`` (bound as ``w_<column>``), oldest first."""
+        key = (filters, lock)
+        q = self._orders.get(key)
+        if q is None:
+            w = model.work_order
+            q = sa.select(w).where(*[w.c[f] == _p(f"w_{f}") for f in filters]).order_by(w.c.id)
+            if lock:
+                q = lock_rows(q, w)
+            q = self._orders.setdefault(key, q)
+        return q
+
+
+def _st(tx: Tx) -> SupplyStatements:
+    return tx.sql.more(SupplyStatements)
 
 
 def valve_table(tx_or_store, source: str) -> sa.Table:
@@ -52,9 +150,8 @@ def valve_table_exists(tx: Tx, source: str) -> bool:
 
 
 def valve_state(tx: Tx, source: str, customer_no: str, season: str) -> str:
-    v = valve_table(tx, source)
-    row = tx.conn.execute(sa.select(v.c.state).where(
-        v.c.season == season, v.c.customer_no == customer_no)).first()
+    row = tx.conn.execute(_st(tx).valve_state(source),
+                          {"s_season": season, "s_cust": customer_no}).first()
     return row[0] if row is not None and row[0] else CLOSED
 
 
@@ -82,22 +179,39 @@ def heating_periods(tx: Tx, bill_ids: list[str], fee_type: str) -> list[str]:
     """The periods (seasons) of those of ``bill_ids`` that are heating bills."""
     if not bill_ids:
         return []
-    b = tx.n8["bill"]
-    rows = tx.conn.execute(sa.select(b.c.period).distinct().where(
-        b.c.bill_id.in_(bill_ids), b.c.fee_type == fee_type)).all()
+    rows = tx.conn.execute(_st(tx).heating_periods,
+                           {"s_bills": list(bill_ids), "s_fee": fee_type}).all()
+    return sorted(r[0] for r in rows)
+
+
+def paid_seasons(tx: Tx, payment_id: int, fee_type: str) -> list[str]:
+    """The periods (seasons) of the heating bills whose principal the payment paid,
+    from its allocations (one round trip)."""
+    rows = tx.conn.execute(_st(tx).paid_seasons, {"s_pid": payment_id, "s_fee": fee_type}).all()
     return sorted(r[0] for r in rows)
 
 
 def season_heating(tx: Tx, customer_no: str, season: str, fee_type: str) -> tuple[int, int]:
     """(billed, paid) heating principal of a household in a season, as it stands
     in this transaction; (0, 0) when it has no heating bill for the season."""
-    b = tx.n8["bill"]
-    row = tx.conn.execute(sa.select(
-        sa.func.coalesce(sa.func.sum(b.c.amount), 0),
-        sa.func.coalesce(sa.func.sum(b.c.paid_amount), 0),
-    ).where(b.c.customer_no == customer_no, b.c.period == season,
-            b.c.fee_type == fee_type)).first()
+    row = tx.conn.execute(_st(tx).season_heating,
+                          {"s_cust": customer_no, "s_season": season, "s_fee": fee_type}).first()
     return int(row[0]), int(row[1])
+
+
+def season_state(tx: Tx, source: str | None, customer_no: str, season: str, fee_type: str,
+                 orders: bool) -> tuple[int, int, str, int | None]:
+    """What settling a season needs to know, in one round trip: (billed, paid) as
+    :func:`season_heating`, the valve state as :func:`valve_state` (closed when
+    ``source`` is None: no valve table), and with ``orders`` the number of
+    open-valve orders that stand (open, or done for a payment that still stands;
+    None without ``orders``).  The orders are read without a row lock: for a
+    database that locks the whole file per transaction (SQLite); elsewhere read
+    them with :func:`orders` (``lock=True``)."""
+    row = tx.conn.execute(_st(tx).season(source, orders),
+                          {"s_cust": customer_no, "s_season": season, "s_fee": fee_type}).first()
+    return (int(row[0]), int(row[1]), row[2] or CLOSED,
+            int(row[3]) if orders else None)
 
 
 def settling_receipt(tx: Tx, customer_no: str, season: str, fee_type: str) -> str | None:
@@ -118,8 +232,7 @@ def settling_receipt(tx: Tx, customer_no: str, season: str, fee_type: str) -> st
 def payment_standing(tx: Tx, receipt_no: str | None) -> bool:
     if not receipt_no:
         return False
-    p = model.payment
-    row = tx.conn.execute(sa.select(p.c.status).where(p.c.receipt_no == receipt_no)).first()
+    row = tx.conn.execute(_st(tx).payment_standing, {"s_receipt": receipt_no}).first()
     return row is not None and row[0] in STANDING
 
 
@@ -130,16 +243,10 @@ def orders(tx: Tx, *, customer_no: str | None = None, season: str | None = None,
            kind: str | None = None, state: str | None = None, receipt_no: str | None = None,
            lock: bool = False) -> list[dict]:
     """Work orders matching every given filter, oldest first."""
-    w = model.work_order
-    q = sa.select(w)
-    for col, v in (("customer_no", customer_no), ("season", season), ("kind", kind),
-                   ("state", state), ("receipt_no", receipt_no)):
-        if v is not None:
-            q = q.where(w.c[col] == v)
-    q = q.order_by(w.c.id)
-    if lock and tx.lock:
-        q = lock_rows(q, w)
-    return _dicts(tx.conn.execute(q))
+    given = {f: v for f, v in zip(ORDER_FILTERS, (customer_no, season, kind, state, receipt_no),
+                                  strict=True) if v is not None}
+    q = _st(tx).orders(tuple(given), bool(lock and tx.lock))
+    return _dicts(tx.conn.execute(q, {f"w_{f}": v for f, v in given.items()}))
 
 
 def order_get(tx: Tx, order_id: int, lock: bool = False) -> dict | None:
@@ -152,7 +259,7 @@ def order_get(tx: Tx, order_id: int, lock: bool = False) -> dict | None:
 
 
 def order_insert(tx: Tx, **values) -> int:
-    r = tx.conn.execute(model.work_order.insert().values(**values))
+    r = tx.conn.execute(_st(tx).order_insert, values)
     return r.inserted_primary_key[0]
 
 

@@ -8,13 +8,17 @@ Rows come back as dicts (or tuples of dicts), never as live result objects.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import date, datetime
+from typing import TypeVar
 
 import sqlalchemy as sa
 
 from bankgate.canon.messages import Outcome
 from bankgate.store import model
 from bankgate.store.dialects import lock_rows
+
+T = TypeVar("T")
 
 
 class Duplicate(Exception):
@@ -45,6 +49,8 @@ class HotStatements:
     def __init__(self, store):
         j, c, p, a, pp = model.journal, model.cutoff, model.payment, model.allocation, model.prepaid
         n8 = store.n8
+        self._n8 = n8
+        self._more: dict = {}
         b = n8["bill"]
         key = (j.c.bank == _p("k_bank"), j.c.trade_date == _p("k_date"),
                j.c.serial == _p("k_serial"))
@@ -107,6 +113,15 @@ class HotStatements:
             status=_p("k_status"))
         self.undo_insert = model.undo.insert()
         self.audit = model.audit.insert()
+
+    def more(self, build: Callable[[dict[str, sa.Table]], T]) -> T:
+        """Another store module's hot statements, ``build(n8_tables)`` (e.g.
+        :class:`bankgate.store.supply.SupplyStatements`): built on first use, then
+        kept here, so once per store like these."""
+        st = self._more.get(build)
+        if st is None:
+            st = self._more.setdefault(build, build(self._n8))
+        return st
 
 
 class Tx:
