@@ -349,6 +349,9 @@ url = "sqlite:///var/bankgate.db"
 create = true
 demo_customers = 1000
 
+[console]
+listen = "tcp:{console}:interface=127.0.0.1"
+
 [[bank]]
 name = "demo-fixed"
 plugin = "ref-fixed"
@@ -433,11 +436,15 @@ def workspace_config(ports: dict) -> str:
 def test_the_workspace_runs_the_embedded_demo_on_other_ports():
     """The docs speak of the demo (``make run``): if the demo changes, this says so,
     and :data:`DEMO_CONFIG` follows it."""
-    ports = {"fixed": 1, "delim": 2, "iso": 3, "xml": 4, "host": 5}
+    ports = {"fixed": 1, "delim": 2, "iso": 3, "xml": 4, "host": 5, "console": 6}
     ours = parse_config(tomllib.loads(workspace_config(ports)), "DEMO_CONFIG")
     demo = default_config("var")
     for k in ("data_dir", "timezone", "db_url", "n8_create", "demo_customers"):
         assert getattr(ours, k) == getattr(demo, k), k
+    assert dataclasses.replace(ours.console, listen="P") == dataclasses.replace(
+        demo.console, listen="P"), "update DEMO_CONFIG: the demo's [console]"
+    assert re.sub(r"^tcp:\d+:", "tcp:P:", ours.console.listen) == re.sub(
+        r"^tcp:\d+:", "tcp:P:", demo.console.listen)
     assert ours.bank_names() == demo.bank_names(), "update DEMO_CONFIG: the demo's banks"
 
     def values(bank) -> dict:
@@ -461,7 +468,8 @@ class Workspace:
         (path / ".venv").symlink_to(VENV, target_is_directory=True)
         # the checkout's docs/ (its example plugins and files), as in the folder of make run
         (path / "docs").symlink_to(ROOT / "docs", target_is_directory=True)
-        self.ports = {name: free_port() for name in ("fixed", "delim", "iso", "xml", "host")}
+        self.ports = {name: free_port()
+                      for name in ("fixed", "delim", "iso", "xml", "host", "console")}
         self.config = path / "bankgate.toml"
         self.config.write_text(workspace_config(self.ports))
         self.gateway = GatewayProcess(self.config, list(self.ports.values()),

@@ -61,8 +61,8 @@ def test_starts_database_first_then_listens_on_every_bank(gateway):
     result = reactor.pump_until(gw.ready)
     assert result is gw
     ports = sorted(s[0] for s in reactor.tcpServers)
-    # the four banks, and the bank host demo-delim's card debits go to (simulated)
-    assert ports == [9101, 9102, 9103, 9104, 9202]
+    # the four banks, the bank host demo-delim's card debits go to (simulated), the console
+    assert ports == [9101, 9102, 9103, 9104, 9180, 9202]
     assert [(c[0], c[1]) for c in reactor.tcpClients] == [("127.0.0.1", 9202)]
     assert {s[3] for s in reactor.tcpServers} == {"127.0.0.1"}
     assert gw.store.customer_count() == 150
@@ -236,5 +236,6 @@ def test_the_service_knows_every_address_it_will_listen_on(gateway):
         ("bank demo-delim", "tcp:9102:interface=127.0.0.1"),
         ("bank demo-iso8583", "tcp:9103:interface=127.0.0.1"),
         ("bank demo-xml", "tcp:9104:interface=127.0.0.1"),
+        ("console", "tcp:9180:interface=127.0.0.1"),
         ("bank demo-delim's simulated debit host", "tcp:9202:interface=127.0.0.1"),
     ]

@@ -189,6 +189,29 @@ class ReportsConfig:
         return self.output_dir or str(Path(data_dir) / "reports")
 
 
+#: where the embedded demo serves the console (``make run``: http://127.0.0.1:9180/)
+DEFAULT_CONSOLE_LISTEN = "tcp:9180:interface=127.0.0.1"
+
+
+@dataclass
+class ConsoleConfig:
+    """The ``[console]`` table (``docs/console.rst``): the operator console.
+
+    A file without a ``[console]`` table runs no console (``enabled`` false); with
+    the table, ``enabled`` defaults to true and ``listen`` to loopback port 9180.
+    ``metrics_listen``: serve ``/healthz`` and ``/metrics`` on this endpoint instead
+    (without signing in) and not on ``listen``.  Sessions end after
+    ``session_idle`` seconds without a request, and after ``session_lifetime`` in
+    any case.
+    """
+
+    enabled: bool = False
+    listen: str = DEFAULT_CONSOLE_LISTEN
+    metrics_listen: str | None = None
+    session_idle: float = 1800.0
+    session_lifetime: float = 12 * 3600.0
+
+
 @dataclass
 class Config:
     source: str = "<embedded default>"
@@ -201,7 +224,7 @@ class Config:
     n8_create: bool = True  # create the reference N8 schema when it is missing
     demo_customers: int = 0  # seed this many demo customers into a new N8 schema
     n8: N8Mapping = field(default_factory=N8Mapping)
-    console_listen: str | None = None  # reserved for the operator console (not built yet)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)  # [console]
     log_frames: bool = False  # raw frames (masked) in the debug log
     log: LogConfig = field(default_factory=LogConfig)
     supply: SupplySettings = field(default_factory=SupplySettings)  # [supply]
@@ -237,6 +260,7 @@ def default_config(data_dir: str = DEFAULT_DATA_DIR) -> Config:
         db_url=f"sqlite:///{Path(data_dir) / 'bankgate.db'}",
         demo_customers=1000,
         is_default=True,
+        console=ConsoleConfig(enabled=True, listen=DEFAULT_CONSOLE_LISTEN),
         banks=[
             BankConfig(
                 name="demo-fixed", plugin="ref-fixed", bank_code="105210",
@@ -646,10 +670,7 @@ def parse_config(data: dict, source: str = "<config>", *, data_dir: str | None =
     n8.finish()
     cfg.n8 = N8Mapping(tables=dict(tables.data), columns=colmap, schema=schema)
 
-    console = top.section("console")
-    listen = console.get("listen", str)
-    cfg.console_listen = _endpoint(console, "listen", listen) if listen else None
-    console.finish()
+    cfg.console = _parse_console(top, "console" in data)
 
     cfg.log = _parse_log(top.section("log"))
     cfg.supply = _parse_supply(top.section("supply"), cfg.n8_create)
@@ -866,6 +887,25 @@ def _parse_log(sec: _Section) -> LogConfig:
         raise sec.err("keep", f"expected 1 to 3650 rotated files, got {lc.keep!r}")
     sec.finish()
     return lc
+
+
+def _parse_console(top: _Section, present: bool) -> ConsoleConfig:
+    """The ``[console]`` table (``docs/console.rst``); absent: no console."""
+    sec = top.section("console")
+    c = ConsoleConfig(enabled=present)
+    c.enabled = sec.get("enabled", bool, c.enabled)
+    c.listen = _endpoint(sec, "listen", sec.get("listen", str, c.listen))
+    metrics = sec.get("metrics_listen", str)
+    c.metrics_listen = _endpoint(sec, "metrics_listen", metrics) if metrics else None
+    if c.metrics_listen is not None and c.metrics_listen == c.listen:
+        raise sec.err("metrics_listen", "the same endpoint as listen: give another one, or"
+                                        " leave it out to serve /healthz and /metrics there")
+    c.session_idle = _seconds(sec, "session_idle", c.session_idle, 60, 86400)
+    c.session_lifetime = _seconds(sec, "session_lifetime", c.session_lifetime, 300, 7 * 86400)
+    if c.session_lifetime < c.session_idle:
+        raise sec.err("session_lifetime", "expected at least session_idle")
+    sec.finish()
+    return c
 
 
 def _parse_supply(sec: _Section, n8_create: bool) -> SupplySettings:

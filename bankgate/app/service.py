@@ -72,6 +72,16 @@ class GatewayService(service.MultiService):
                         f"bank {b.name}: cannot listen on {ep}: {startup.one_line(e)}") from None
                 svc.setName(f"{b.name}@{ep}")
                 self.listeners.append((b.name, ep, svc))
+        self.console = None  # the operator console ([console]; bankgate/app/console)
+        if cfg.console.enabled:
+            from bankgate.app.console.server import console_service
+
+            try:  # an ssl: key or certificate file is read here
+                self.console = console_service(self)
+            except Exception as e:  # noqa: BLE001 - a file, a module, a parameter
+                raise startup.StartupError(
+                    f"console: cannot listen on {cfg.console.listen}:"
+                    f" {startup.one_line(e)}") from None
         self.scheduler = Scheduler(self)
         self.recon = ReconScheduler(self)
         self.reports = ReportScheduler.for_service(self)  # [reports] dir, scheduled ones
@@ -85,6 +95,10 @@ class GatewayService(service.MultiService):
         """``(who, endpoint)`` of everything this service will listen on: each
         bank's listeners, and a simulated debit host where the demo plays one."""
         out = [(f"bank {name}", ep) for name, ep, _ in self.listeners]
+        if self.console is not None:
+            out.append(("console", self.cfg.console.listen))
+            if self.cfg.console.metrics_listen:
+                out.append(("console /healthz and /metrics", self.cfg.console.metrics_listen))
         if self.demo is not None and getattr(self.demo, "simulated_host", None):
             for b in self.cfg.banks:
                 opts = self.parts.withholding_options.get(b.name)
@@ -106,6 +120,7 @@ class GatewayService(service.MultiService):
         self.store.start()
         log.info("bankgate: opening database {url}", url=startup.safe_url(self.cfg.db_url))
         d = self.store.call(prepare_database, self.parts, self.demo)
+        d.addCallback(self._console_accounts)
         d.addCallback(self._database_ready)
         d.addErrback(self._start_failed)
 
@@ -122,6 +137,11 @@ class GatewayService(service.MultiService):
             self, simulated_host=self.demo.simulated_host if self.demo else None)
         for svc in debit_services:
             _listen(svc, self, svc.name or "card debits", "")
+        if self.console is not None:
+            from bankgate.app.console.server import address
+
+            _listen(self.console, self, "console", self.cfg.console.listen)
+            log.info("bankgate: console at {url}", url=address(self.cfg.console.listen))
         AuditTail(self.store, self.reactor).setServiceParent(self)  # the CLI's actions, logged
         self.scheduler.start()
         self.recon.start()
@@ -135,6 +155,14 @@ class GatewayService(service.MultiService):
         log.info("bankgate: ready, {n} bank(s)", n=len(self.cfg.banks))
         self.report.ready()
         self.ready.callback(self)
+
+    def _console_accounts(self, summary):
+        """The console's first administrator, when it has no user yet."""
+        if self.console is None:
+            return summary
+        from bankgate.app.console.server import first_start
+
+        return first_start(self).addCallback(lambda _: summary)
 
     def _start_failed(self, failure):
         why = startup.describe_failure(failure.value, self.cfg.db_url)

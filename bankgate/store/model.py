@@ -381,4 +381,22 @@ work_order = sa.Table(
     sa.Index("ix_bg_work_order_state", "state", "season", "id"),
 )
 
+# -- the operator console (docs/console.rst) --------------------------------------------
+
+# Console accounts.  ``password`` is an scrypt hash ("scrypt$n$r$p$salt$hash",
+# bankgate/app/console/auth.py), never the password; ``disabled_at`` set: cannot sign
+# in.  ``changed_at``: the last change of role, password or state, so that the running
+# console ends the sessions it started before.  Sessions live in the console's memory.
+console_user = sa.Table(
+    "bg_console_user",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("role", sa.String(10), nullable=False),  # viewer operator admin
+    sa.Column("password", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("changed_at", sa.DateTime, nullable=False),
+    sa.Column("disabled_at", sa.DateTime, nullable=True),
+    sa.Column("last_login_at", sa.DateTime, nullable=True),
+)
+
 GATEWAY_TABLES = [t.name for t in metadata.sorted_tables]

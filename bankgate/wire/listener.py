@@ -129,6 +129,12 @@ class BankFactory(Factory):
         self.log = log
         self.framing = codec.framing
         self.stats = BankStats()
+        #: ``f(bank, txname, outcome, seconds)`` after each transaction is answered
+        #: (``seconds``: from its frame received to its answer written), and with
+        #: outcome ``"REJECTED"`` or ``"ERROR"`` and ``seconds=None`` when a frame is
+        #: refused or a codec or the ledger fails (the console's metrics and live
+        #: figures).  They run on every request: keep them cheap.
+        self.observers: list[Callable[[str, str, str, float | None], None]] = []
 
     def buildProtocol(self, addr) -> BankProtocol:
         p = BankProtocol(self)
@@ -180,6 +186,7 @@ class BankProtocol(FrameReceiver):
 
     def _rejected(self, reason: str) -> None:
         self.stats.rejected += 1
+        self._observe("", "REJECTED", None)
         self.log.emit(
             LogLevel.warn,
             "{bank}: closing connection from {peer}: {reason}",
@@ -277,6 +284,7 @@ class BankProtocol(FrameReceiver):
 
     def _error(self, failure: Failure | None, why: str) -> None:
         self.stats.errors += 1
+        self._observe("", "ERROR", None)
         if failure is not None:
             self.log.failure(
                 "{bank}: {why}; closing connection",
@@ -288,6 +296,13 @@ class BankProtocol(FrameReceiver):
         else:
             self.log.error("{bank}: {why}; closing connection", bank=self.bank, why=why)
         self.closeConnection()
+
+    def _observe(self, txname: str, outcome: str, seconds: float | None) -> None:
+        for f in self.factory.observers:
+            try:
+                f(self.bank, txname, outcome, seconds)
+            except Exception:  # noqa: BLE001 -- a figure must never cost an answer
+                self.log.failure("{bank}: an observer failed", bank=self.bank)
 
     # -- the transaction log line ------------------------------------------
 
@@ -303,10 +318,13 @@ class BankProtocol(FrameReceiver):
     ) -> None:
         """One info line per transaction: who, what, the payment it refers to, the
         outcome and, for a refusal, why (the codec's reason or the ledger's message)."""
-        ms = round((self.clock.seconds() - started) * 1000, 1)
+        elapsed = self.clock.seconds() - started
+        ms = round(elapsed * 1000, 1)
         outcome_name = outcome.value if isinstance(outcome, Outcome) else str(outcome)
         self.stats.transactions += 1
         self.stats.outcomes[outcome_name] += 1
+        txname = txname or (type(request).__name__ if request is not None else "?")
+        self._observe(txname, outcome_name, elapsed)
         fields = dict(fields or {})
 
         def pick(keys: tuple[str, ...], *found: Any) -> Any:
@@ -359,7 +377,7 @@ class BankProtocol(FrameReceiver):
             _extra=extra,
             _reason=_quoted(event["reason"]),
             bank=self.bank,
-            txname=txname or (type(request).__name__ if request is not None else "?"),
+            txname=txname,
             **event,
             outcome=outcome_name,
             ms=ms,

@@ -8,6 +8,7 @@ import sys
 from bankgate.app import startup, wiring
 from bankgate.app.cli import backup, common, invoices, recon, status, withholding, workorders
 from bankgate.app.cli import report as report_cli
+from bankgate.app.cli import user as user_cli
 from bankgate.app.cli.actor import add_actor
 from bankgate.app.cli.argtypes import date_arg as _date
 from bankgate.app.cli.common import _ledger, _load, _store  # noqa: F401 - the commands' own
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_cli(sub)
     backup.add_cli(sub)
     report_cli.add_cli(sub)
+    user_cli.add_cli(sub, _load, _store)
     return p
 
 
