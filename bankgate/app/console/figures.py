@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.server import NOT_DONE_YET
@@ -38,12 +39,18 @@ class OverviewFigures(resource.Resource):
         self.store, self.today = store, today
         self.banks, self.settings = list(banks), dict(invoice_settings or {})
 
+    def fetch(self) -> defer.Deferred:
+        """The figures as this resource sends them (read on the store's pool); the
+        overview page renders them before its script polls for newer ones."""
+        d = self.store.call(overview.overview, self.store, self.today(), self.banks,
+                            self.settings)
+        return d.addCallback(lambda f: json.loads(json.dumps(f, default=_plain)))
+
     def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         finished: list = []
         request.notifyFinish().addBoth(finished.append)
-        d = self.store.call(overview.overview, self.store, self.today(), self.banks,
-                            self.settings)
+        d = self.fetch()
 
         def ok(figures):
             return json.dumps(figures, default=_plain, ensure_ascii=False).encode("utf-8")

@@ -41,6 +41,7 @@ from twisted.web import pages, resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from bankgate.app.console import auth
+from bankgate.app.console.overview import OverviewPage
 
 log = Logger(namespace="bankgate.console")
 
@@ -123,7 +124,8 @@ class Console(resource.Resource):
         self.public: dict[str, resource.Resource] = {}  # path -> resource (healthz, metrics)
         self.putChild(b"login", LoginPage(self))
         self.putChild(b"static", _Static(STATIC))
-        self.mount("", OverviewPage(self), role="viewer")
+        self.overview = OverviewPage(self)  # the service gives it the live and day figures
+        self.mount("", self.overview, role="viewer")
         self.mount("logout", LogoutPage(self), role="viewer")
 
     # -- mounting ------------------------------------------------------------------
@@ -421,23 +423,6 @@ class LogoutPage(resource.Resource):
         return b""
 
 
-class OverviewPage(resource.Resource):
-    """``/``: the overview.  Today the configured banks; the live figures, the day's
-    totals and the alerts are mounted beside it as they are built."""
-
-    isLeaf = True
-
-    def __init__(self, console: Console):
-        super().__init__()
-        self.console = console
-
-    def render_GET(self, request):
-        if request.postpath not in ([], [b""]):
-            return pages.notFound().render(request)
-        return self.console.page(request, "overview.html", title="Overview",
-                                 banks=self.console.banks)
-
-
 # -- the site and the service ------------------------------------------------------
 
 
@@ -558,8 +543,12 @@ def console_service(gw) -> ConsoleService:
     helpdesk.mount(site.console, gw.parts.store, lambda: gw.parts.now().date())
     from bankgate.app.console import figures  # W3: the day's figures from the database
 
-    figures.mount(site.console, gw.parts.store, lambda: gw.parts.now().date(),
-                  [b.name for b in gw.cfg.banks], gw.parts.invoice_settings)
+    day = figures.mount(site.console, gw.parts.store, lambda: gw.parts.now().date(),
+                        [b.name for b in gw.cfg.banks], gw.parts.invoice_settings)
+    from bankgate.app.console.live import live_for
+
+    site.console.overview.live = live_for(gw).snapshot  # the overview page, rendered first
+    site.console.overview.figures = day.fetch
     return ConsoleService(site, c.listen, gw.reactor, gw.reactor, metrics_listen=c.metrics_listen)
 
 
