@@ -182,7 +182,7 @@ NOT_BACK_OFFICE = {
     "config check", "db upgrade", "demo seed", "statement write", "recon runs",
     "recon exceptions", "plugins list", "plugins check", "invoice stock", "invoice check",
     "withholding list", "withholding simulate-host", "withholding simulate-result",
-    "status", "backup", "report", "workorders list", "workorders export",
+    "status", "backup", "report", "workorders list", "workorders export", "user list",
 }
 
 
@@ -365,8 +365,9 @@ def test_the_gateway_service_follows_the_trail_while_it_runs(tmp_path):
                           {"reason": "customer moved out"})
         reactor.advance(5)
         pump_while(lambda: not any("wang refund" in s for s in seen))
-        assert seen[-1] == ("audit: wang refund 20261127000000000002:"
-                            " reason=customer moved out")
+        # once, in its own words (the start's catch-up cut-offs may be logged around it)
+        assert seen.count("audit: wang refund 20261127000000000002:"
+                          " reason=customer moved out") == 1
         reactor.pump_until(gw.stopService())
         assert not tail.running
     finally:

@@ -411,18 +411,19 @@ def test_e2e_sign_in_to_the_running_gateway(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as e:
             opener.open(base + "/login", form)
         assert e.value.code == 401
-        token = re.search(r'name="csrf" value="([^"]+)"', e.value.read().decode()).group(1)
+        with e.value:  # an HTTPError holds the connection until closed
+            token = re.search(r'name="csrf" value="([^"]+)"', e.value.read().decode()).group(1)
         form = urllib.parse.urlencode({"csrf": token, "name": "admin", "password": password,
                                        "next": "/"}).encode()
-        overview = opener.open(base + "/login", form)
-        text = overview.read().decode()
+        with opener.open(base + "/login", form) as overview:
+            text = overview.read().decode()
         assert overview.url == base + "/" and "demo-delim" in text and "admin (admin)" in text
         log = (tmp_path / "gw.log").read_text()
         assert log.count(password) == 1 and "nope" not in log  # only the first start's line
-        health = urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/healthz")
-        assert health.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/healthz") as health:
+            assert health.status == 200
         # on the console's own port, /healthz is not public: a stranger is sent to sign in
-        stranger = urllib.request.urlopen(base + "/healthz")
-        assert stranger.url == base + "/login?next=/healthz"
+        with urllib.request.urlopen(base + "/healthz") as stranger:
+            assert stranger.url == base + "/login?next=/healthz"
     finally:
         gw.stop()

@@ -51,11 +51,11 @@ class GatewayProcess:
         return env
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", self.runner, str(self.config), *self.twistd_args],
-            cwd=self.cwd, env=self.env(), stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        with self.log.open("wb") as log:  # the child keeps its own copy of the file
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", self.runner, str(self.config), *self.twistd_args],
+                cwd=self.cwd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + self.start_timeout
         waiting = set(self.ports)
         while waiting:  # an event wait: each listener accepting, bounded
