@@ -206,8 +206,9 @@ def test_without_live_and_day_figures_the_page_lists_the_configured_banks(site):
 def test_the_navigation(site):
     _, _, page = get(site, "/")
     nav = re.search(r"<nav[^>]*>(.*?)</nav>", page, re.S).group(1)
-    assert re.findall(r'href="([^"]+)">([^<]+)<', nav) == [("/", "Overview"),
-                                                           ("/helpdesk", "Help desk")]
+    assert re.findall(r'href="([^"]+)">([^<]+)<', nav) == [
+        ("/", "Overview"), ("/helpdesk", "Help desk"), ("/reports", "Reports"),
+        ("/workorders", "Work orders")]
     assert 'action="/logout"' in page and "Sign out" in page
 
 

@@ -545,6 +545,12 @@ def console_service(gw) -> ConsoleService:
 
     day = figures.mount(site.console, gw.parts.store, lambda: gw.parts.now().date(),
                         [b.name for b in gw.cfg.banks], gw.parts.invoice_settings)
+    from bankgate.app.console import reports, workorders  # W5: reports and work orders
+    from bankgate.domain.supply import WorkOrders
+
+    reports.mount(site.console, gw.parts.store, [b.name for b in gw.cfg.banks],
+                  lambda: gw.parts.now().date())
+    workorders.mount(site.console, WorkOrders(gw.parts.store, gw.cfg.supply, gw.parts.now))
     from bankgate.app.console.live import live_for
 
     site.console.overview.live = live_for(gw).snapshot  # the overview page, rendered first
