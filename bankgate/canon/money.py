@@ -26,6 +26,12 @@ def fen_to_yuan(fen: int) -> str:
     return f"{fen // 100}.{fen % 100:02d}"
 
 
+def grouped_yuan(fen: int) -> str:
+    """Yuan as people read them, thousands grouped: ``1234567`` -> ``12,345.67``."""
+    whole, cents = divmod(abs(fen), 100)
+    return f"{'-' if fen < 0 else ''}{whole:,}.{cents:02d}"
+
+
 _DIGITS = "零壹贰叁肆伍陆柒捌玖"
 _SMALL = ("", "拾", "佰", "仟")
 CAPITAL_LIMIT = 10**18  # fen: up to 9999万亿 yuan, far above MAX_FEN

@@ -24,7 +24,7 @@ with such a spec uses, so the plugin keeps only its declarations:
   :class:`Row` with its line number.  Memory stays bounded by the nesting
   depth and the longest text, not by the file.
 
-Standard library, ``defusedxml`` and the canonical money limit; nothing here knows a
+Standard library, ``defusedxml`` and the canonical money helpers; nothing here knows a
 bank.
 """
 
@@ -42,6 +42,7 @@ from xml.parsers.expat import ExpatError
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
 
+from bankgate.canon import money
 from bankgate.canon.money import MAX_FEN
 
 __all__ = [
@@ -313,7 +314,7 @@ def fen_to_yuan(fen: int) -> str:
     """Fen as yuan with two decimals: ``137106`` -> ``1371.06``."""
     if isinstance(fen, bool) or not isinstance(fen, int) or fen < 0:
         raise ValueError(f"an amount in fen expected, not {fen!r}")
-    return f"{fen // 100}.{fen % 100:02d}"
+    return money.fen_to_yuan(fen)
 
 
 # -- building ---------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import io
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-from bankgate.canon.money import chinese_capital, fen_to_yuan
+from bankgate.canon.money import chinese_capital
+from bankgate.canon.money import grouped_yuan as yuan
 from bankgate.domain.pdffonts import cjk_font_name
 
 
@@ -56,13 +57,6 @@ class InvoiceDoc:
 
 def _font() -> str:
     return cjk_font_name()
-
-
-def yuan(fen: int) -> str:
-    """1234567 -> 12,345.67"""
-    whole, _, cents = fen_to_yuan(fen).partition(".")
-    sign = "-" if whole.startswith("-") else ""
-    return f"{sign}{int(whole.lstrip('-')):,}.{cents}"
 
 
 def _esc(text: str) -> str:

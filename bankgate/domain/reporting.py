@@ -21,7 +21,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from bankgate.canon.files import fsync_dir
-from bankgate.canon.money import fen_to_yuan
+from bankgate.canon.money import fen_to_yuan, grouped_yuan
 from bankgate.domain import xlsx
 
 COLUMN_KINDS = ("text", "int", "fen", "date", "ratio", "days")
@@ -82,9 +82,7 @@ def _shown(kind: str, v) -> str:
     if v is None:
         return ""
     if kind == "fen" and isinstance(v, int):
-        y = fen_to_yuan(abs(v))
-        whole, _, cents = y.partition(".")
-        return ("-" if v < 0 else "") + f"{int(whole):,}.{cents}"
+        return grouped_yuan(v)
     if kind == "ratio" and isinstance(v, (int, float)):
         return f"{v * 100:.2f}%"
     if kind in ("int", "days") and isinstance(v, int):
