@@ -281,6 +281,8 @@ class Session:
     csrf: str
     created: float  # clock seconds
     seen: float
+    # what an action did, shown once on the next page (the page it redirected to)
+    notices: list[str] = field(default_factory=list)
 
 
 class Sessions:

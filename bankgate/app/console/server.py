@@ -212,7 +212,18 @@ class Console(resource.Resource):
         context.setdefault("session", s)
         context.setdefault("csrf", s.csrf if s else "")
         context.setdefault("title", "bankgate")
+        context.setdefault("notices", s.notices[:] if s else [])
+        if s is not None:
+            s.notices.clear()  # each notice is shown once
         return self.templates.get_template(template).render(**context).encode("utf-8")
+
+    @staticmethod
+    def notify(request, text: str) -> None:
+        """Say ``text`` once, on the next page the request's session opens (what
+        an action did, shown on the page it redirects to)."""
+        s = current(request)
+        if s is not None:
+            s.notices.append(text)
 
     # -- the accounts behind the sessions ------------------------------------------------
 
@@ -551,6 +562,11 @@ def console_service(gw) -> ConsoleService:
     reports.mount(site.console, gw.parts.store, [b.name for b in gw.cfg.banks],
                   lambda: gw.parts.now().date())
     workorders.mount(site.console, WorkOrders(gw.parts.store, gw.cfg.supply, gw.parts.now))
+    from bankgate.app.console import admin, payment_actions, recon_actions  # back office
+
+    payment_actions.mount(site.console, gw)  # counter payment, reversal, refund
+    recon_actions.mount(site.console, gw)  # exceptions, invoices, card debits
+    admin.mount(site.console, gw)  # users, the audit trail
     from bankgate.app.console.live import live_for
 
     site.console.overview.live = live_for(gw).snapshot  # the overview page, rendered first
