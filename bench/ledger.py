@@ -4,10 +4,18 @@ Measures :class:`bankgate.domain.ledger.Ledger` (``pay`` and ``query``, bank ``b
 under the ``any`` policy) from N Python threads on distinct customers, then
 the *same* SQL -- statement for statement what the ledger issues -- written by
 hand on the raw DBAPI driver (psycopg or sqlite3, no SQLAlchemy) with the same
-thread count, and prints ledger/baseline ratios.  ``--profile`` adds a
-single-threaded cProfile of a short ledger run (top 25 by cumulative time, and
-own time summed by layer); ``--lean`` (PostgreSQL) also times the same work in
-the fewest round trips the database allows -- the headroom left.  ``--hooks``
+thread count, and prints ledger/baseline ratios.  On PostgreSQL the ledger takes
+the store's hot path (``bankgate/store/pghot.py``: a query in one statement, a
+payment in two) and the baseline runs those very statements (the text comes from
+the store); ``--generic`` also times the generic path every other database takes
+(a store with ``hot_path=False``, and its statements by hand) in the same run.
+``--profile`` adds a single-threaded cProfile of a short ledger run (top 25 by
+cumulative time, and own time summed by layer); ``--lean`` (PostgreSQL) also
+times the hot path's statements pipelined (psycopg pipeline mode: BEGIN with the
+first, COMMIT with the second -- two round trips) and a query reading only what
+the answer shows -- the headroom left.  ``--rounds N`` runs every phase N times in
+turn and compares the medians (on a shared machine a phase's rate comes and goes).
+``--hooks``
 builds the ledger as the service does (``bankgate.app.wiring`` on the embedded
 default configuration, bank ``bench`` invoicing like ``demo-fixed``): the
 invoice-number and supply-status hooks run inside every payment, as they do in
@@ -16,6 +24,8 @@ production; without it the ledger has no hooks.
     .venv/bin/python bench/ledger.py                       # SQLite file under /tmp
     .venv/bin/python bench/ledger.py --threads 4 --seconds 10 \\
         --url postgresql+psycopg://postgres@127.0.0.1:5432/bankgate_bench --profile
+    .venv/bin/python bench/ledger.py --threads 4 --seconds 10 --generic --lean --rounds 3 \\
+        --url postgresql+psycopg://postgres@127.0.0.1:5432/bankgate_bench --pool 20000
 
 A PostgreSQL database named in ``--url`` is created when missing; the demo
 data is seeded (``bankgate.devtools.demo``) when it holds fewer than ``--customers``.
@@ -34,6 +44,7 @@ import os
 import pstats
 import random
 import sqlite3
+import statistics
 import sys
 import threading
 import time
@@ -142,8 +153,6 @@ def sample(store: Store, population: int, k: int, rng: random.Random,
 _SQL = {
     "claim": "INSERT INTO bg_journal (bank, trade_date, serial, kind, content, outcome, "
              "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-    "closed": "SELECT bg_cutoff.bank FROM bg_cutoff WHERE bg_cutoff.bank = %s "
-              "AND bg_cutoff.trade_date = %s",
     # the customer with the bank's closed flag and the prepaid balance, as the
     # store's customer_context issues it
     "customer": "SELECT customer_no, name, address, customer_class, district, heated_area, "
@@ -177,16 +186,10 @@ _SQL = {
 }
 
 
-# --lean (PostgreSQL): the same work in the fewest round trips.  A payment's reads
-# (claim, cut-off, customer, bills FOR UPDATE) go in one pipelined batch, its writes
-# and the COMMIT in a second (the payment id is found by its unique key, so nothing
-# waits for a RETURNING); a query is one statement in autocommit.
-_PAYMENT_ID = "(SELECT id FROM bg_payment WHERE bank = %s AND trade_date = %s AND serial = %s)"
+# --lean (PostgreSQL): a payment is the hot path's two statements pipelined (BEGIN goes
+# with the first, COMMIT with the second: two round trips); a query reads only what
+# the answer shows (no closed flag), in one statement in autocommit.
 _LEAN = {
-    "alloc": "INSERT INTO bg_allocation (payment_id, bill_id, principal, late_fee) "
-             f"VALUES ({_PAYMENT_ID}, %s, %s, %s)",
-    "finish": f"UPDATE bg_journal SET outcome = %s, result = %s, payment_id = {_PAYMENT_ID} "
-              "WHERE id = %s",
     "query": "SELECT c.customer_no, c.name, c.address, c.customer_class, c.status, "
              "(SELECT p.balance FROM bg_prepaid p WHERE p.customer_no = c.customer_no), "
              "b.bill_id, b.fee_type, b.period, b.amount, b.paid_amount, b.late_fee_paid, "
@@ -197,19 +200,25 @@ _LEAN = {
 
 
 class Raw:
-    """One thread's bare DBAPI connection doing the ledger's transactions by hand."""
+    """One thread's bare DBAPI connection doing the ledger's transactions by hand:
+    with ``hot`` (the store's :class:`bankgate.store.pghot.PgHotPath`, PostgreSQL) its
+    folded statements, without it the generic path's statements."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, hot=None):
         u = sa.engine.make_url(url)
         self.pg = u.get_backend_name() == "postgresql"
+        self.hot = hot if self.pg else None
         if self.pg:
             import psycopg
+            from psycopg.types.numeric import Int8Dumper
 
             self.conn = psycopg.connect(
                 u.set(drivername="postgresql").render_as_string(hide_password=False))
             self.conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION "
                               "ISOLATION LEVEL READ COMMITTED")
             self.conn.commit()
+            if self.hot is not None:  # every integer as bigint, as the hot path sends them
+                self.conn.adapters.register_dumper(int, Int8Dumper)
             self.sql = dict(_SQL)
             self.sql["claim"] += " RETURNING bg_journal.id"
             self.sql["payment"] += " RETURNING bg_payment.id"
@@ -224,6 +233,10 @@ class Raw:
             self.sql["bills_lock"] = self.sql["bills"]  # SQLite locks the file at BEGIN
             self.unique = sqlite3.IntegrityError
         self.cur = self.conn.cursor()
+        if self.hot is not None:  # where the hot statements' rows hold what
+            keys = self.hot.customer_keys
+            self.nc, self.k_status, self.k_class = (len(keys), keys.index("status"),
+                                                    keys.index("customer_class"))
         self.begin()
         self.cur.execute(self.sql["tariffs"])
         self.tariffs = {(r[0], r[1]): r[3] for r in self.cur.fetchall()}
@@ -277,6 +290,8 @@ class Raw:
         else:
             cur.execute("BEGIN")
         try:
+            if self.hot is not None:
+                return self._query_hot(no, trade_date)
             cur.execute(sql["customer"], (BANK.name, self._d(trade_date), no))
             cust = cur.fetchone()
             if cust is None:
@@ -295,7 +310,7 @@ class Raw:
 
     def pay(self, *args) -> Outcome:
         try:
-            return self._pay(*args)
+            return self._pay_hot(*args) if self.hot is not None else self._pay(*args)
         except BaseException:
             self.rollback()
             raise
@@ -355,6 +370,83 @@ class Raw:
         return finish(Outcome.OK, pid, amount=amount, receipt_no=receipt, invoice_no="",
                       remaining_due=total - (amount - excess))
 
+    # -- the hot path's statements (PostgreSQL) -----------------------------------------
+
+    def _hot_dues(self, rows: list[tuple], at: int, cls: str, as_of: date) -> list[_Bill]:
+        """The open bills in the hot statements' rows (bill columns from ``at``)."""
+        out = []
+        for r in rows:
+            if r[at] is None:
+                continue
+            bill_id, _no, fee, period, amount, paid, late_paid, due = r[at:at + 8]
+            outstanding = amount - paid
+            out.append(_Bill(bill_id, fee, period, outstanding,
+                             late_fee(outstanding, due, as_of, self.tariffs.get((fee, cls), 0),
+                                      late_paid)))
+        return out
+
+    def _query_hot(self, no: str, trade_date: date) -> Outcome:
+        """As the ledger reads on PostgreSQL: one statement, in autocommit."""
+        rows = self.cur.execute(self.hot.query_sql, {
+            "customer_no": no, "bank": BANK.name, "trade_date": trade_date}).fetchall()
+        if not rows:
+            return Outcome.NOT_FOUND
+        cust = rows[0]
+        if cust[self.k_status] != "A":
+            return Outcome.ACCOUNT_LOCKED
+        bills = self._hot_dues(rows, self.nc + 2, cust[self.k_class], trade_date)
+        total = sum(b.outstanding for b in bills) + sum(b.late for b in bills)
+        _prepaid = int(cust[self.nc + 1] or 0)
+        return Outcome.OK if total else Outcome.NOTHING_DUE
+
+    def _pay_hot(self, bank: str, code: str, trade_date: date, trade_time: str, serial: str,
+                 no: str, amount: int, content: str, lean: bool = False) -> Outcome:
+        """As the ledger pays on PostgreSQL: claim + customer + bills locked, then the
+        payment with its journal answer; ``lean``: each pipelined with BEGIN / COMMIT."""
+        hot, conn, cur = self.hot, self.conn, self.cur
+        now = datetime.now()
+        claim = {"bank": bank, "trade_date": trade_date, "serial": serial, "kind": "PAY",
+                 "content": content, "now": now, "customer_no": no}
+        try:
+            if lean:
+                with conn.pipeline():
+                    cur.execute(hot.claim_sql, claim)
+            else:
+                cur.execute(hot.claim_sql, claim)
+            rows = cur.fetchall()
+        except self.unique:
+            conn.rollback()
+            return Outcome.DUPLICATE_MISMATCH
+        jid, cust, nc = rows[0][0], rows[0][1:], self.nc
+        if cust[0] is None or cust[nc] is not None or cust[self.k_status] != "A":
+            conn.rollback()  # never in this benchmark
+            return Outcome.ERROR
+        bills = self._hot_dues(rows, 1 + nc + 2, cust[self.k_class], trade_date)
+        total = sum(b.outstanding + b.late for b in bills)
+        alloc, excess = allocate(bills, amount)
+        receipt = f"{trade_date:%Y%m%d}{jid:012d}"
+        fields = {"customer_no": no, "amount": amount, "receipt_no": receipt, "invoice_no": "",
+                  "remaining_due": total - (amount - excess)}
+        payment = dict(bank=bank, trade_date=trade_date, serial=serial, trade_time=trade_time,
+                       customer_no=no, amount=amount,
+                       principal=sum(r["principal"] for r in alloc),
+                       late_fee=sum(r["late_fee"] for r in alloc), prepaid_in=excess,
+                       channel="01", branch="", teller="", pan_masked="", receipt_no=receipt,
+                       status="POSTED", source="online", run_id=None, created_at=now,
+                       expires_at=None)
+        n8 = dict(pay_id=receipt, customer_no=no, amount=amount, pay_date=trade_date,
+                  bank_code=code, bank_serial=serial, channel="01", status="N", now=now)
+        params = hot.post_params(payment, alloc, n8, (jid, Outcome.OK.value,
+                                                      json.dumps(fields, sort_keys=True)))
+        if lean:
+            with conn.pipeline():
+                cur.execute(hot.post_finish_sql, params)
+                conn.commit()
+        else:
+            cur.execute(hot.post_finish_sql, params)
+            conn.commit()
+        return Outcome.OK
+
     # -- the lean variants (PostgreSQL only) --------------------------------------------
 
     def query_lean(self, no: str, trade_date: date) -> Outcome:
@@ -375,58 +467,12 @@ class Raw:
                                       self.tariffs.get((r[7], cust[3]), 0), r[11])
         return Outcome.OK if total else Outcome.NOTHING_DUE
 
-    def pay_lean(self, bank: str, code: str, trade_date: date, trade_time: str, serial: str,
-                 no: str, amount: int, content: str) -> Outcome:
-        conn, sql = self.conn, self.sql
-        now = datetime.now()
+    def pay_lean(self, *args) -> Outcome:
         try:
-            with conn.pipeline():
-                c1, c2, c3, c4 = (conn.cursor() for _ in range(4))
-                c1.execute(sql["claim"], (bank, trade_date, serial, "PAY", content,
-                                          "PROCESSING", now))
-                c2.execute(sql["closed"], (bank, trade_date))
-                c3.execute(sql["customer"], (no,))
-                c4.execute(sql["bills_lock"], (no,))
-            jid, closed, cust, bill_rows = (c1.fetchone()[0], c2.fetchone(), c3.fetchone(),
-                                            c4.fetchall())
-        except self.unique:
-            conn.rollback()
-            return Outcome.DUPLICATE_MISMATCH
-        if closed is not None or cust is None or cust[6] != "A":
-            conn.rollback()  # never in this benchmark
-            return Outcome.ERROR
-        bills = []
-        for bill_id, _no, fee, period, am, paid, late_paid, due in bill_rows:
-            o = am - paid
-            bills.append(_Bill(bill_id, fee, period, o,
-                               late_fee(o, due, trade_date, self.tariffs.get((fee, cust[3]), 0),
-                                        late_paid)))
-        total = sum(b.outstanding + b.late for b in bills)
-        rows, excess = allocate(bills, amount)
-        receipt = f"{trade_date:%Y%m%d}{jid:012d}"
-        key = (bank, trade_date, serial)
-        fields = {"customer_no": no, "amount": amount, "receipt_no": receipt, "invoice_no": "",
-                  "remaining_due": total - (amount - excess)}
-        with conn.pipeline():
-            cur = conn.cursor()
-            cur.execute(sql["payment"], (bank, trade_date, serial, trade_time, no, amount,
-                                         sum(r["principal"] for r in rows),
-                                         sum(r["late_fee"] for r in rows), excess, "01", "",
-                                         "", "", receipt, "POSTED", "online", None, now, None))
-            if rows:
-                cur.executemany(_LEAN["alloc"], [(*key, r["bill_id"], r["principal"],
-                                                  r["late_fee"]) for r in rows])
-                cur.executemany(sql["apply"], [(r["principal"], r["late_fee"], r["bill_id"])
-                                               for r in rows])
-            cur.execute(sql["n8pay"], (receipt, no, amount, trade_date, code, serial, "01", "N",
-                                       now))
-            if rows:
-                cur.executemany(sql["n8item"], [(receipt, r["bill_id"], r["principal"],
-                                                 r["late_fee"]) for r in rows])
-            cur.execute(_LEAN["finish"], (Outcome.OK.value, json.dumps(fields, sort_keys=True),
-                                          *key, jid))
-            conn.commit()
-        return Outcome.OK
+            return self._pay_hot(*args, lean=True)
+        except BaseException:
+            self.rollback()
+            raise
 
     def close(self):
         self.conn.close()
@@ -527,8 +573,15 @@ class Phase:
         flags = " (ran out of customers: raise --pool)" if self.ran_out else ""
         errs = f"  ERRORS: {self.errors[:3]}" if self.errors else ""
         cpu = 1000 * self.cpu / self.ops if self.ops else 0.0
-        return (f"{self.label:<20} {self.ops:>8,} {self.rate:>9,.0f} {self.pct(0.5):>8.2f} "
+        return (f"{self.label:<26} {self.ops:>8,} {self.rate:>9,.0f} {self.pct(0.5):>8.2f} "
                 f"{self.pct(0.99):>8.2f} {cpu:>8.3f}  {oc}{flags}{errs}")
+
+
+class _Median:
+    """A phase's rounds, read as one: the median ops/s."""
+
+    def __init__(self, phases: list[Phase]):
+        self.rate = statistics.median(p.rate for p in phases)
 
 
 def hooked_ledger(url: str, threads: int, tag: str, stock: int) -> tuple[Store, Ledger]:
@@ -559,9 +612,10 @@ def hooked_ledger(url: str, threads: int, tag: str, stock: int) -> tuple[Store, 
 # -- the benchmark ------------------------------------------------------------------------
 
 
-def pay_items(sampled: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
-    """(customer, amount, n): every other payment settles half of the principal due."""
-    return [(no, due if i % 2 == 0 else max(1, due // 2), i) for i, (no, due) in
+def pay_items(sampled: list[tuple[str, int]], start: int = 0) -> list[tuple[str, int, int]]:
+    """(customer, amount, n): every other payment settles half of the principal due;
+    ``n`` (from ``start``) makes the payment's serial."""
+    return [(no, due if i % 2 == 0 else max(1, due // 2), start + i) for i, (no, due) in
             enumerate(sampled)]
 
 
@@ -597,11 +651,17 @@ def main(argv=None) -> int:
                     help="customers sampled per payment phase (default: enough for "
                          "6,000 payments/s, 10,000 on SQLite)")
     ap.add_argument("--only", choices=("all", "pay", "query"), default="all")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every phase this many times, in turn, and compare the medians "
+                         "(a shared machine's load comes and goes)")
     ap.add_argument("--reseed", action="store_true",
                     help="seed the demo data afresh (replace) even when enough customers exist")
     ap.add_argument("--lean", action="store_true",
-                    help="PostgreSQL: also time the same work in the fewest round trips "
-                         "(payment: 2 pipelined batches; query: 1 statement)")
+                    help="PostgreSQL: also time the hot path's statements pipelined (a "
+                         "payment in 2 round trips) and a query of what the answer shows")
+    ap.add_argument("--generic", action="store_true",
+                    help="PostgreSQL: also time the generic path (the ledger on a store with "
+                         "hot_path=False, and its statements by hand) in the same run")
     ap.add_argument("--profile", action="store_true",
                     help="also cProfile a short single-threaded ledger run")
     ap.add_argument("--profile-seconds", type=float, default=5.0)
@@ -612,6 +672,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     store, population = prepare(a.url, a.customers, a.threads, a.reseed)
+    pg = store.dialect == "postgresql"
+    lean, generic = a.lean and pg, a.generic and pg
+    for flag, on in (("--lean", a.lean), ("--generic", a.generic)):
+        if on and not pg:
+            print(f"({flag} is for PostgreSQL only: skipped)")
     trade_date = date.today()
     rng = random.Random(a.seed)
     tag = f"{rng.randrange(36**6):06x}{int(time.time()) % 100000:05d}"
@@ -621,120 +686,136 @@ def main(argv=None) -> int:
                                                          else 6000))
     if a.hooks:
         store.stop()
-        store, ledger = hooked_ledger(a.url, a.threads, tag, stock=per_phase + int(
-            a.profile_seconds * 3000) * a.profile)
+        store, ledger = hooked_ledger(a.url, a.threads, tag, stock=per_phase * max(
+            1, a.rounds) * (2 if generic else 1) + int(a.profile_seconds * 3000) * a.profile)
     else:
         ledger = Ledger(store, {"bench": BANK})
+    generic_store = Store(a.url, N8Mapping(), threads=a.threads, hot_path=False) if generic \
+        else None
+    generic_ledger = (Ledger(generic_store, ledger.banks, hooks=ledger.hooks)
+                      if generic_store is not None else None)
     taken: set[str] = set()
 
     print(f"\nbankgate ledger benchmark: {store.engine.url.render_as_string()}"
           + (f", hooks: {', '.join(type(h).__name__ for h in ledger.hooks)}" if a.hooks
-             else ", no hooks"))
+             else ", no hooks")
+          + (", ledger on the PostgreSQL hot path (bankgate/store/pghot.py)"
+             if store.hot_path is not None else ", ledger on the generic path"))
     print(f"  {population:,} customers, {a.threads} threads, {a.seconds:g} s per phase "
           f"(+{a.warmup:g} s warm-up), trade date {trade_date}, python "
           f"{sys.version.split()[0]}, sqlalchemy {sa.__version__}, {os.cpu_count()} CPUs")
 
-    def ledger_pay_worker(_tid):
-        def work(item):
-            no, amount, n = item
-            serial = f"L{tag}{n:08d}"
-            req = PaymentRequest(origin, serial, no, amount,
-                                 content=fingerprint("pay", no, amount))
-            return ledger.pay(req).outcome
-        return work, lambda: None
+    def ledger_pay_worker(led, prefix):
+        def make(_tid):
+            def work(item):
+                no, amount, n = item
+                req = PaymentRequest(origin, f"{prefix}{tag}{n:08d}", no, amount,
+                                     content=fingerprint("pay", no, amount))
+                return led.pay(req).outcome
+            return work, lambda: None
+        return make
 
-    def ledger_query_worker(_tid):
-        def work(item):
-            return ledger.query(QueryRequest(origin, item[0])).outcome
-        return work, lambda: None
+    def ledger_query_worker(led):
+        def make(_tid):  # the thread's kept read connection goes back when it ends
+            return ((lambda item: led.query(QueryRequest(origin, item[0])).outcome),
+                    led.store.release_reader)
+        return make
 
-    def raw_pay_worker(_tid):
-        raw = Raw(a.url)
+    def raw_pay_worker(hot, prefix, lean_=False):
+        def make(_tid):
+            raw = Raw(a.url, hot)
+            pay_ = raw.pay_lean if lean_ else raw.pay
 
-        def work(item):
-            no, amount, n = item
-            return raw.pay("bench", BANK.bank_code, trade_date, origin.trade_time,
-                           f"R{tag}{n:08d}", no, amount, fingerprint("pay", no, amount))
-        return work, raw.close
+            def work(item):
+                no, amount, n = item
+                return pay_("bench", BANK.bank_code, trade_date, origin.trade_time,
+                            f"{prefix}{tag}{n:08d}", no, amount, fingerprint("pay", no, amount))
+            return work, raw.close
+        return make
 
-    def raw_query_worker(_tid):
-        raw = Raw(a.url)
-        return (lambda item: raw.query(item[0], trade_date)), raw.close
+    def raw_query_worker(hot, lean_=False):
+        def make(_tid):
+            raw = Raw(a.url, hot)
+            query_ = raw.query_lean if lean_ else raw.query
+            return (lambda item: query_(item[0], trade_date)), raw.close
+        return make
 
-    def lean_pay_worker(_tid):
-        raw = Raw(a.url)
+    # (label, payment worker, query worker): the ledger and the same SQL by hand, then
+    # the generic path's pair, then the lean variant
+    plan = [("ledger", ledger_pay_worker(ledger, "L"), ledger_query_worker(ledger)),
+            ("baseline", raw_pay_worker(store.hot_path, "R"), raw_query_worker(store.hot_path))]
+    if generic:
+        plan += [("generic ledger", ledger_pay_worker(generic_ledger, "G"),
+                  ledger_query_worker(generic_ledger)),
+                 ("generic baseline", raw_pay_worker(None, "H"), raw_query_worker(None))]
+    if lean:
+        plan.append(("lean", raw_pay_worker(store.hot_path, "N", lean_=True),
+                     raw_query_worker(store.hot_path, lean_=True)))
 
-        def work(item):
-            no, amount, n = item
-            return raw.pay_lean("bench", BANK.bank_code, trade_date, origin.trade_time,
-                                f"N{tag}{n:08d}", no, amount, fingerprint("pay", no, amount))
-        return work, raw.close
-
-    def lean_query_worker(_tid):
-        raw = Raw(a.url)
-        return (lambda item: raw.query_lean(item[0], trade_date)), raw.close
-
-    lean = a.lean and store.dialect == "postgresql"
-    if a.lean and not lean:
-        print("(--lean is for PostgreSQL only: skipped)")
-
-    phases: dict[str, Phase] = {}
-    header = (f"\n{'phase':<20} {'ops':>8} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+    runs: dict[str, list[Phase]] = {}  # label -> one Phase per round
+    header = (f"\n{'phase':<26} {'ops':>8} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'CPU ms':>8}  outcomes    (CPU ms: this process's CPU per operation)")
 
+    def run(label: str, make, items, cycle: bool = False) -> None:
+        p = Phase(label, a.threads, a.seconds, a.warmup).run(make, items, cycle=cycle)
+        runs.setdefault(label, []).append(p)
+        print(p.line(), flush=True)
+
     print(header.lstrip("\n"))
+    rounds = max(1, a.rounds)
     if a.only in ("all", "pay"):
-        print(f"sampling {(3 if lean else 2) * per_phase:,} customers with dues ...", flush=True)
-        lp = pay_items(sample(store, population, per_phase, rng, taken))
-        bp = pay_items(sample(store, population, per_phase, rng, taken))
-        np_ = pay_items(sample(store, population, per_phase, rng, taken)) if lean else []
-        checkpoint(store)
-        phases["ledger payments"] = Phase("ledger payments", a.threads, a.seconds,
-                                          a.warmup).run(ledger_pay_worker, lp)
-        print(phases["ledger payments"].line(), flush=True)
-        checkpoint(store)
-        phases["baseline payments"] = Phase("baseline payments", a.threads, a.seconds,
-                                            a.warmup).run(raw_pay_worker, bp)
-        print(phases["baseline payments"].line(), flush=True)
-        if lean:
-            checkpoint(store)
-            phases["lean payments"] = Phase("lean payments", a.threads, a.seconds,
-                                            a.warmup).run(lean_pay_worker, np_)
-            print(phases["lean payments"].line(), flush=True)
+        print(f"sampling {rounds * len(plan) * per_phase:,} customers with dues ...",
+              flush=True)
+        items = [[pay_items(sample(store, population, per_phase, rng, taken), r * per_phase)
+                  for _ in plan] for r in range(rounds)]
+        for r in range(rounds):
+            for (label, pay_worker, _), its in zip(plan, items[r], strict=True):
+                checkpoint(store)
+                run(f"{label} payments", pay_worker, its)
     if a.only in ("all", "query"):
         n = min(50_000, int((a.seconds + a.warmup) * 5000))
         print(f"sampling {2 * n:,} customers to query ...", flush=True)
         seen: set[str] = set()
         lq, bq = sample(store, population, n, rng, seen), sample(store, population, n, rng, seen)
-        phases["ledger queries"] = Phase("ledger queries", a.threads, a.seconds,
-                                         a.warmup).run(ledger_query_worker, lq, cycle=True)
-        print(phases["ledger queries"].line(), flush=True)
-        phases["baseline queries"] = Phase("baseline queries", a.threads, a.seconds,
-                                           a.warmup).run(raw_query_worker, bq, cycle=True)
-        print(phases["baseline queries"].line(), flush=True)
-        if lean:
-            phases["lean queries"] = Phase("lean queries", a.threads, a.seconds,
-                                           a.warmup).run(lean_query_worker, bq, cycle=True)
-            print(phases["lean queries"].line(), flush=True)
+        for _ in range(rounds):
+            for i, (label, _, query_worker) in enumerate(plan):
+                run(f"{label} queries", query_worker, lq if i % 2 == 0 else bq, cycle=True)
 
     print(header)
-    for p in phases.values():
-        print(p.line())
+    for ps in runs.values():
+        for p in ps:
+            print(p.line())
     print()
+    if rounds > 1:
+        print(f"ops/s below: the median of {rounds} rounds; each round's, in order:")
+        for label, ps in runs.items():
+            print(f"  {label:<26} " + "  ".join(f"{p.rate:,.0f}" for p in ps))
+        print()
+    phases = {label: _Median(ps) for label, ps in runs.items()}
     for kind in ("payments", "queries"):
-        lp_, bp_ = phases.get(f"ledger {kind}"), phases.get(f"baseline {kind}")
-        if lp_ and bp_:
-            ratio = lp_.rate / bp_.rate if bp_.rate else 0.0
-            print(f"{kind:<9} ledger {lp_.rate:>8,.0f}/s   baseline {bp_.rate:>8,.0f}/s   "
-                  f"ledger/baseline {ratio:.2f}   (targets: ledger >= {TARGETS[kind]:,}/s "
-                  f"on PostgreSQL, ratio >= {TARGETS['ratio']})")
-            ln = phases.get(f"lean {kind}")
-            if ln and ln.rate:
-                print(f"{'':<9} lean   {ln.rate:>8,.0f}/s   ledger/lean {lp_.rate / ln.rate:.2f}   "
-                      f"baseline/lean {bp_.rate / ln.rate:.2f}")
+        for prefix in ("", "generic "):
+            lp_, bp_ = phases.get(f"{prefix}ledger {kind}"), phases.get(f"{prefix}baseline {kind}")
+            if lp_ and bp_:
+                ratio = lp_.rate / bp_.rate if bp_.rate else 0.0
+                print(f"{kind:<9} {prefix}ledger {lp_.rate:>8,.0f}/s   {prefix}baseline "
+                      f"{bp_.rate:>8,.0f}/s   ledger/baseline {ratio:.2f}"
+                      + (f"   (targets: ledger >= {TARGETS[kind]:,}/s on PostgreSQL, ratio >= "
+                         f"{TARGETS['ratio']})" if not prefix else ""))
+        lp_, gl = phases.get(f"ledger {kind}"), phases.get(f"generic ledger {kind}")
+        gb = phases.get(f"generic baseline {kind}")
+        if lp_ and gl and gl.rate and gb and gb.rate:
+            print(f"{'':<9} hot path vs generic path: ledger {lp_.rate / gl.rate:.2f}x, "
+                  f"ledger/generic baseline {lp_.rate / gb.rate:.2f}")
+        ln = phases.get(f"lean {kind}")
+        bp_ = phases.get(f"baseline {kind}")
+        if lp_ and bp_ and ln and ln.rate:
+            print(f"{'':<9} lean   {ln.rate:>8,.0f}/s   ledger/lean {lp_.rate / ln.rate:.2f}   "
+                  f"baseline/lean {bp_.rate / ln.rate:.2f}")
 
     if a.profile:
         profile(ledger, store, population, rng, taken, origin, tag, a.profile_seconds)
+    if generic_store is not None:
+        generic_store.stop()
     store.stop()
     return 0
 
@@ -778,8 +859,8 @@ _LAYERS = (
     ("sqlalchemy/engine/", "", "sqlalchemy.engine: execute, contexts, results"),
     ("sqlalchemy/pool/", "", "sqlalchemy.pool: checkout, pre-ping, return"),
     ("sqlalchemy/", "", "sqlalchemy: other (util, events, dialects)"),
-    ("bankgate/store/", "", "bankgate.store (Tx, Store.run_sync)"),
-    ("bankgate/ledger", "", "bankgate.domain.ledger (rules)"),
+    ("bankgate/store/", "", "bankgate.store (Tx, Store.run_sync, the hot path)"),
+    ("bankgate/domain/", "", "bankgate.domain (the ledger's rules, hooks)"),
 )
 
 

@@ -1,0 +1,270 @@
+"""PostgreSQL's hot path: a query in one statement, a payment in two.
+
+On every other database the ledger's transactions are a handful of small
+statements built once with bind parameters (:class:`bankgate.store.tx.HotStatements`)
+and run through SQLAlchemy.  On PostgreSQL (psycopg 3) the statements a query or
+a payment issues are folded together and run straight on the driver's cursor,
+inside the same transaction as everything else the :class:`~bankgate.store.tx.Tx`
+does (SQLAlchemy and this module share one connection):
+
+- a query: the customer, the closed flag of the bank's date, the prepaid balance
+  and the open bills, oldest first, in one ``SELECT``;
+- a payment's first statement claims the journal key and reads the customer and
+  its open bills, locked ``FOR UPDATE`` in ``period, bill_id`` order (as the
+  generic path locks them) -- one data-modifying CTE;
+- its second writes the payment, its allocations, the bills, the prepaid
+  excess, N8's payment and its items (and the journal's answer when the ledger
+  knows it already) -- another, after the ledger has allocated the money.
+
+Round trips: a query is one (reads run in autocommit); a payment is four --
+BEGIN, the two statements, COMMIT.  psycopg's pipeline mode would send BEGIN
+with the first statement and COMMIT with the second, but on the benchmark's
+two cores it cost more CPU (about 0.1 ms a payment) than the two round trips
+saved, and posted fewer payments a second (``bench/README.md``).
+
+The SQL text is generated here, once per store, from the N8 mapping and the
+gateway's tables (names quoted as SQLAlchemy quotes them), never hard-coded;
+psycopg prepares it on the server after a few uses.  Errors come back as
+SQLAlchemy's exceptions (a duplicate key is an ``IntegrityError``, a lost
+connection invalidates the connection), so :meth:`bankgate.store.db.Store.run_sync`
+retries and rolls back exactly as it does for everything else.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import sqlalchemy as sa
+
+from bankgate.store import model
+
+
+class _Names:
+    """A table's names as they go into SQL text: ``str()`` is the table (with
+    its schema), attributes are its columns by logical key, each quoted as
+    SQLAlchemy quotes them for this dialect."""
+
+    def __init__(self, table: sa.Table, preparer):
+        self._table = preparer.format_table(table)
+        self._columns = {c.key: preparer.quote(c.name) for c in table.c}
+        self.keys = [c.key for c in table.c]
+
+    def __str__(self) -> str:
+        return self._table
+
+    def __getattr__(self, key: str) -> str:
+        try:
+            return self.__dict__["_columns"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def columns(self, alias: str) -> str:
+        """Every column, qualified by ``alias``, in table order."""
+        return ", ".join(f"{alias}.{self._columns[k]}" for k in self.keys)
+
+
+_PAYMENT_COLUMNS = ("bank", "trade_date", "serial", "trade_time", "customer_no", "amount",
+                    "principal", "late_fee", "prepaid_in", "channel", "branch", "teller",
+                    "pan_masked", "receipt_no", "status", "source", "run_id", "created_at",
+                    "expires_at")
+_N8_PAYMENT_COLUMNS = ("pay_id", "customer_no", "amount", "pay_date", "bank_code",
+                       "bank_serial", "channel", "status", "created_at")
+
+
+def usable(engine: sa.Engine) -> bool:
+    """The hot path needs PostgreSQL through psycopg 3 (its cursor, its array
+    adaptation); any other driver keeps the generic path."""
+    return engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+
+
+class PgHotPath:
+    """The folded statements of one store (one N8 mapping), and how to run them."""
+
+    def __init__(self, store):
+        from psycopg.types.numeric import Int8Dumper  # the postgres extra: only here
+
+        prep = store.engine.dialect.identifier_preparer
+        self.dialect = store.engine.dialect
+        self.dbapi_error = store.engine.dialect.dbapi.Error
+        # every integer sent as bigint: psycopg would pick int2/int4/int8 by value,
+        # and each combination of types is a statement the server prepares afresh
+        self._int8 = Int8Dumper
+        cust = _Names(store.n8["customer"], prep)
+        bill = _Names(store.n8["bill"], prep)
+        n8p = _Names(store.n8["payment"], prep)
+        n8i = _Names(store.n8["payment_item"], prep)
+        j = _Names(model.journal, prep)
+        cut = _Names(model.cutoff, prep)
+        pp = _Names(model.prepaid, prep)
+        pay = _Names(model.payment, prep)
+        al = _Names(model.allocation, prep)
+        self.customer_keys = cust.keys
+        self.bill_keys = bill.keys
+        self._customer_no = cust.keys.index("customer_no")  # None there: no such customer
+        self._bill_id = bill.keys.index("bill_id")  # None there: no open bill
+
+        # the customer's row, then what a transaction needs beside it: is the
+        # bank's date closed, the prepaid balance
+        context = (
+            f"{cust.columns('c')}, "
+            f"(SELECT k.{cut.bank} FROM {cut} AS k WHERE k.{cut.bank} = %(bank)s"
+            f" AND k.{cut.trade_date} = %(trade_date)s), "
+            f"(SELECT v.{pp.balance} FROM {pp} AS v"
+            f" WHERE v.{pp.customer_no} = c.{cust.customer_no})"
+        )
+        open_bill = f"b.{bill.paid_amount} < b.{bill.amount}"
+        oldest_first = f"b.{bill.period}, b.{bill.bill_id}"
+
+        self.query_sql = (
+            f"SELECT {context}, {bill.columns('b')}"
+            f" FROM {cust} AS c LEFT JOIN {bill} AS b"
+            f" ON b.{bill.customer_no} = c.{cust.customer_no} AND {open_bill}"
+            f" WHERE c.{cust.customer_no} = %(customer_no)s"
+            f" ORDER BY {oldest_first}"
+        )
+
+        # The claim is the statement's only write: a duplicate key fails the
+        # whole statement (and the transaction), as the generic claim does.  The
+        # bills are locked in the CTE in the generic path's order, oldest first.
+        self.claim_sql = (
+            f"WITH claim AS ("
+            f"INSERT INTO {j} ({j.bank}, {j.trade_date}, {j.serial}, {j.kind}, {j.content},"
+            f" {j.outcome}, {j.created_at})"
+            f" VALUES (%(bank)s, %(trade_date)s, %(serial)s, %(kind)s, %(content)s,"
+            f" 'PROCESSING', %(now)s) RETURNING {j.id} AS id), "
+            f"locked AS MATERIALIZED (SELECT {bill.columns('b')} FROM {bill} AS b"
+            f" WHERE b.{bill.customer_no} = %(customer_no)s AND {open_bill}"
+            f" ORDER BY {oldest_first} FOR UPDATE) "
+            f"SELECT claim.id, {context}, {bill.columns('b')}"
+            f" FROM claim LEFT JOIN {cust} AS c ON c.{cust.customer_no} = %(customer_no)s"
+            f" LEFT JOIN locked AS b ON c.{cust.customer_no} IS NOT NULL"
+            f" ORDER BY {oldest_first}"
+        )
+
+        # One row per allocation, in the ledger's order (x.n), feeding the
+        # allocations, the bills and N8's items.  The arrays come through a
+        # sub-select so that the planner cannot count them: with a count it plans
+        # every execution afresh (its plan for a known count always looks cheaper
+        # than the prepared one), without it the prepared plan is kept.
+        rows = (
+            "x AS (SELECT * FROM unnest((SELECT %(bill_ids)s::varchar[]),"
+            " (SELECT %(principals)s::bigint[]), (SELECT %(late_fees)s::bigint[]))"
+            " WITH ORDINALITY AS x(bill_id, principal, late_fee, n))"
+        )
+        post = [
+            f"p AS (INSERT INTO {pay} ({', '.join(getattr(pay, c) for c in _PAYMENT_COLUMNS)})"
+            f" VALUES ({', '.join(f'%({c})s' for c in _PAYMENT_COLUMNS)})"
+            f" RETURNING {pay.id} AS id)",
+            rows,
+            f"a AS (INSERT INTO {al} ({al.payment_id}, {al.bill_id}, {al.principal},"
+            f" {al.late_fee}) SELECT p.id, x.bill_id, x.principal, x.late_fee FROM p, x"
+            f" ORDER BY x.n)",
+            f"u AS (UPDATE {bill} AS b SET {bill.paid_amount} = b.{bill.paid_amount} +"
+            f" x.principal, {bill.late_fee_paid} = b.{bill.late_fee_paid} + x.late_fee"
+            f" FROM x WHERE b.{bill.bill_id} = x.bill_id)",
+            # the excess onto the prepaid balance (the generic path's update, or
+            # insert when the customer has none)
+            f"e AS (INSERT INTO {pp} AS v ({pp.customer_no}, {pp.balance}, {pp.updated_at})"
+            f" SELECT %(customer_no)s, %(prepaid_in)s, %(created_at)s WHERE %(prepaid_in)s > 0"
+            f" ON CONFLICT ({pp.customer_no}) DO UPDATE SET {pp.balance} = v.{pp.balance} +"
+            f" EXCLUDED.{pp.balance}, {pp.updated_at} = EXCLUDED.{pp.updated_at})",
+            f"n AS (INSERT INTO {n8p} ({', '.join(getattr(n8p, c) for c in _N8_PAYMENT_COLUMNS)})"
+            f" VALUES ({', '.join(f'%(rec_{c})s' for c in _N8_PAYMENT_COLUMNS)}))",
+            f"i AS (INSERT INTO {n8i} ({n8i.pay_id}, {n8i.bill_id}, {n8i.principal},"
+            f" {n8i.late_fee}) SELECT %(rec_pay_id)s, x.bill_id, x.principal, x.late_fee FROM x"
+            f" ORDER BY x.n)",
+        ]
+        self.post_sql = "WITH " + ", ".join(post) + " SELECT id FROM p"
+        # ... and with the journal's answer, when the ledger knows it before the post
+        finish = (f"f AS (UPDATE {j} SET {j.outcome} = %(j_outcome)s, {j.result} = %(j_result)s,"
+                  f" {j.payment_id} = (SELECT id FROM p) WHERE {j.id} = %(j_id)s)")
+        self.post_finish_sql = "WITH " + ", ".join([*post, finish]) + " SELECT id FROM p"
+        self.finish_sql = (
+            f"UPDATE {j} SET {j.outcome} = %(j_outcome)s, {j.result} = %(j_result)s,"
+            f" {j.payment_id} = %(j_pid)s WHERE {j.id} = %(j_id)s"
+        )
+
+    # -- running ------------------------------------------------------------------
+
+    def _run(self, conn: sa.Connection, sql: str, params: dict,
+             rows: bool = True) -> list[tuple]:
+        """Execute on the connection's own psycopg cursor, in its transaction;
+        a driver error comes back as SQLAlchemy's (and a dead connection is
+        invalidated, so the store retries on a fresh one)."""
+        dbapi_conn = conn.connection
+        cur = dbapi_conn.info.get("bankgate_pg_cursor")
+        if cur is None or cur.closed:
+            cur = dbapi_conn.info["bankgate_pg_cursor"] = dbapi_conn.driver_connection.cursor()
+            cur.adapters.register_dumper(int, self._int8)
+        try:
+            cur.execute(sql, params)
+            return cur.fetchall() if rows else []  # (cursor.description costs more)
+        except self.dbapi_error as e:
+            gone = self.dialect.is_disconnect(e, dbapi_conn, cur)
+            if gone:
+                dbapi_conn.info.pop("bankgate_pg_cursor", None)
+                conn.invalidate(e)
+            raise sa.exc.DBAPIError.instance(
+                sql, params, e, self.dbapi_error, connection_invalidated=gone,
+                dialect=self.dialect) from e
+
+    def _context(self, row: tuple, at: int) -> dict | None:
+        """The customer dict (``bg_closed``, ``bg_prepaid`` beside its columns)
+        from ``row`` starting at ``at``; None when there is no such customer."""
+        keys = self.customer_keys
+        if row[at + self._customer_no] is None:
+            return None
+        cust = dict(zip(keys, row[at:at + len(keys)], strict=True))
+        cust["bg_closed"] = row[at + len(keys)] is not None
+        cust["bg_prepaid"] = int(row[at + len(keys) + 1] or 0)
+        return cust
+
+    def _bills(self, rows: list[tuple], at: int) -> list[dict]:
+        keys, key = self.bill_keys, at + self._bill_id
+        return [dict(zip(keys, r[at:], strict=True)) for r in rows if r[key] is not None]
+
+    # -- the statements ------------------------------------------------------------
+
+    def query(self, conn: sa.Connection, customer_no: str, bank: str,
+              trade_date: date) -> tuple[dict | None, list[dict]]:
+        rows = self._run(conn, self.query_sql, {
+            "customer_no": customer_no, "bank": bank, "trade_date": trade_date})
+        if not rows:
+            return None, []
+        at = len(self.customer_keys) + 2
+        return self._context(rows[0], 0), self._bills(rows, at)
+
+    def claim(self, conn: sa.Connection, params: dict) -> tuple[int, dict | None, list[dict]]:
+        """``params``: bank trade_date serial kind content now customer_no.
+        A duplicate key raises ``sqlalchemy.exc.IntegrityError``."""
+        rows = self._run(conn, self.claim_sql, params)
+        cust = self._context(rows[0], 1)
+        at = 1 + len(self.customer_keys) + 2
+        return rows[0][0], cust, self._bills(rows, at) if cust is not None else []
+
+    @staticmethod
+    def post_params(payment: dict, rows: list[dict], n8: dict,
+                    journal: tuple[int, str, str] | None = None) -> dict:
+        """The parameters of ``post_sql`` (``post_finish_sql`` with ``journal`` =
+        (journal id, outcome, result as JSON text)); the arguments as
+        :meth:`bankgate.store.tx.Tx.post_payment` takes them."""
+        params = dict(payment)
+        params["bill_ids"] = [r["bill_id"] for r in rows]
+        params["principals"] = [r["principal"] for r in rows]
+        params["late_fees"] = [r["late_fee"] for r in rows]
+        for c in _N8_PAYMENT_COLUMNS:  # n8: the arguments of Tx.n8_payment_insert
+            params["rec_" + c] = n8["now" if c == "created_at" else c]
+        if journal is not None:
+            params["j_id"], params["j_outcome"], params["j_result"] = journal
+        return params
+
+    def post(self, conn: sa.Connection, payment: dict, rows: list[dict], n8: dict,
+             journal: tuple[int, str, str] | None) -> int:
+        sql = self.post_sql if journal is None else self.post_finish_sql
+        return self._run(conn, sql, self.post_params(payment, rows, n8, journal))[0][0]
+
+    def finish(self, conn: sa.Connection, journal_id: int, outcome: str, result: str,
+               payment_id: int | None) -> None:
+        self._run(conn, self.finish_sql, {"j_id": journal_id, "j_outcome": outcome,
+                                          "j_result": result, "j_pid": payment_id},
+                  rows=False)
