@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean docs-images
 
 $(STAMP): setup.cfg pyproject.toml $(shell find bankgate plugins twisted -name '*.py' 2>/dev/null)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/ledger.py
+
+# the console's screenshots in docs/console.rst (needs Debian's chromium, as the browser tests)
+docs-images: $(STAMP)
+	$(PY) -m bankgate.devtools.screenshots docs/images
 
 clean:
 	rm -rf $(VENV) build *.egg-info var

@@ -207,7 +207,8 @@ def test_every_back_office_command_takes_an_actor_defaulting_to_the_login_name(m
         assert actor[0].default == "li.si" and not actor[0].required, name
         checked.append(name)
     assert {"refund", "cutoff", "reconcile", "recon resolve", "invoice print", "invoice void",
-            "withholding batch", "withholding result", "withholding debit"} <= set(checked)
+            "withholding batch", "withholding result", "withholding debit", "counter pay",
+            "reverse", "recon post", "invoice reprint", "withholding resend"} <= set(checked)
 
 
 def test_the_login_name_under_sudo_is_the_caller(monkeypatch):

@@ -203,13 +203,68 @@ def test_without_live_and_day_figures_the_page_lists_the_configured_banks(site):
     assert 'data-stream=""' in page and "data-table" not in page
 
 
+class CountingStore:
+    """A pool whose calls wait for the test (``answer``) and are counted."""
+
+    def __init__(self):
+        self.calls: list[defer.Deferred] = []
+
+    def call(self, fn, *args):
+        d: defer.Deferred = defer.Deferred()
+        self.calls.append(d)
+        return d
+
+    def answer(self, value=None, failure=None):
+        d = self.calls[-1]
+        d.errback(failure) if failure is not None else d.callback(value)
+
+
+def test_every_client_shares_one_read_of_the_figures_for_max_age_seconds():
+    clock, store = Clock(), CountingStore()
+    page = figures.OverviewFigures(store, lambda: TODAY.date(), BANKS, clock=clock,
+                                   max_age=5)
+    got: list = []
+    for _ in range(20):  # twenty clients at once: one read, each its own copy
+        page.fetch().addCallback(got.append)
+    assert len(store.calls) == 1 and got == []
+    store.answer({"figures": {"n": 1}})
+    assert got == [{"figures": {"n": 1}}] * 20 and got[0] is not got[1]
+    clock.advance(4.9)
+    page.fetch().addCallback(got.append)
+    assert len(store.calls) == 1 and got[-1] == {"figures": {"n": 1}}
+    clock.advance(0.1)  # five seconds old: read again
+    page.fetch().addCallback(got.append)
+    assert len(store.calls) == 2
+    store.answer({"figures": {"n": 2}})
+    assert got[-1] == {"figures": {"n": 2}}
+
+
+def test_a_failed_read_is_not_kept():
+    clock, store = Clock(), CountingStore()
+    page = figures.OverviewFigures(store, lambda: TODAY.date(), BANKS, clock=clock)
+    failed: list = []
+    page.fetch().addErrback(failed.append)
+    page.fetch().addErrback(failed.append)
+    store.answer(failure=StoreUnavailable("down"))
+    assert len(failed) == 2 and all(f.check(StoreUnavailable) for f in failed)
+    page.fetch()
+    assert len(store.calls) == 2  # asked again at once
+
+
 def test_the_navigation(site):
     _, _, page = get(site, "/")
     nav = re.search(r"<nav[^>]*>(.*?)</nav>", page, re.S).group(1)
-    assert re.findall(r'href="([^"]+)">([^<]+)<', nav) == [
-        ("/", "Overview"), ("/helpdesk", "Help desk"), ("/reports", "Reports"),
-        ("/workorders", "Work orders")]
+    shared = [("/", "Overview"), ("/helpdesk", "Help desk"), ("/reports", "Reports"),
+              ("/workorders", "Work orders"), ("/alerts", "Alerts"),
+              ("/exceptions", "Exceptions"), ("/carddebits", "Card debits")]
+    assert re.findall(r'href="([^"]+)">([^<]+)<', nav) == shared  # a viewer's
     assert 'action="/logout"' in page and "Sign out" in page
+    for role, more in (("operator", [("/audit", "Audit trail")]),
+                       ("admin", [("/audit", "Audit trail"), ("/admin/users", "Users")])):
+        site.viewer = site.resource.sessions.create(auth.Account("ana", role, TODAY, False))
+        _, _, page = get(site, "/")
+        nav = re.search(r"<nav[^>]*>(.*?)</nav>", page, re.S).group(1)
+        assert re.findall(r'href="([^"]+)">([^<]+)<', nav) == shared + more
 
 
 # -- the script --------------------------------------------------------------------------

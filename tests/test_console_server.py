@@ -234,6 +234,17 @@ def test_sign_in_without_its_form_token_is_refused_and_changes_nothing(console):
     assert console.calls == [] and audit_actions(console.store)[-1] == "user add"
 
 
+def test_a_second_sign_in_form_keeps_the_first_one_good(console):
+    # a browser opens /login, then asks for /favicon.ico (or opens a second tab):
+    # the first form's token must still sign in
+    b = Browser(console)
+    token = b.csrf("/login")
+    assert b.get("/favicon.ico").status == 404  # not a redirect to sign in
+    assert b.csrf("/login") == token
+    r = b.post("/login", {"csrf": token, "name": "zhao", "password": PASSWORD})
+    assert r.status == 303 and "bg_session" in b.jar
+
+
 def test_empty_fields_are_named_next_to_the_field(console):
     b = Browser(console)
     token = b.csrf("/login")

@@ -80,9 +80,9 @@ def test_every_reconciliation_statement_compiles(issued, dialect):
         assert text.strip()
         for ref in ("n8_customer", "n8_bill", "n8_payment"):
             assert ref not in text  # every N8 name comes from the mapping
-        tables |= {t for t in ("bg_recon_run", "bg_recon_item", "bg_recon_lock",
+        tables |= {t for t in ("bg_recon_run", "bg_recon_item", "bg_lease",
                                "bg_statement", "bg_recon_counter") if t in text}
-    assert tables == {"bg_recon_run", "bg_recon_item", "bg_recon_lock", "bg_statement",
+    assert tables == {"bg_recon_run", "bg_recon_item", "bg_lease", "bg_statement",
                       "bg_recon_counter"}
 
 

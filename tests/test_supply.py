@@ -367,31 +367,22 @@ def test_cli_export_csv_and_xlsx(cli, capsys, tmp_path):
     assert "needs --out" in capsys.readouterr().err
 
 
-def test_report_finder_runs_both_reports_by_district_and_by_customer(store, source):
-    from datetime import date
+def test_the_catalogue_runs_both_reports_by_district_and_by_customer(store, source):
+    from datetime import date, datetime
 
-    from bankgate.app.cli.workorders import report_finder
+    from bankgate.app.report_catalogue import FieldError, SupplyEntry
 
     w = world(store, source)
-
-    class Cfg:
-        supply = w.settings
-        timezone = "Asia/Shanghai"
-
-        @property
-        def tz(self):
-            from zoneinfo import ZoneInfo
-            return ZoneInfo(self.timezone)
-
-    assert report_finder("collections", Cfg()) is None
-    run = report_finder("supplied-unpaid", Cfg())
+    now = lambda: datetime(2027, 1, 15, 9, 0)  # noqa: E731
+    run = SupplyEntry("supplied-unpaid", w.settings, now).run
     t = run(store, {"from": None, "to": date(2027, 1, 15), "bank": None, "by": None})
     assert t.params["season"] == SEASON and list(t.rows) == [("沈河区", 2, 200000, 70000, 130000)]
-    t = report_finder("paid-closed", Cfg())(store, {"to": date(2026, 12, 1), "by": "customer"})
+    t = SupplyEntry("paid-closed", w.settings, now).run(
+        store, {"to": date(2026, 12, 1), "by": "customer"})
     assert [r[0] for r in t.rows] == ["200000003"]
-    with pytest.raises(SupplyError, match="not per bank"):
+    with pytest.raises(FieldError, match="not per bank"):
         run(store, {"to": date(2027, 1, 15), "bank": "fixed"})
-    with pytest.raises(SupplyError, match="--by 'bank'"):
+    with pytest.raises(FieldError, match="--by 'bank'"):
         run(store, {"to": date(2027, 1, 15), "by": "bank"})
 
 

@@ -9,6 +9,12 @@ rules, and gives the service the Twisted services to run: a
 queue's sweep.  The operator's ``bankgate withholding debit|queue`` builds
 its debits here too.
 
+In the service the queue sweeps a bank only while this process holds the
+bank's lease ``carddebit:{bank}`` (one process at a time sends a bank's 561s,
+across processes and nodes on one database: :mod:`bankgate.domain.carddebit`);
+the operator's commands sweep without one (the rows' own claims keep a reversal
+from going out twice).
+
 The simulated bank host a demo configuration asks for
 (``debit_host_simulate``) is a development tool: it is injected
 (``simulated_host``, from :mod:`bankgate.app.demo`), never imported here.
@@ -27,6 +33,7 @@ from twisted.logger import Logger
 from bankgate.app.config import Config
 from bankgate.app.options import simulated_listen, withholding_options
 from bankgate.domain.carddebit import CardDebits, DebitBank
+from bankgate.domain.leases import Leases
 from bankgate.domain.ledger import Ledger
 from bankgate.wire.debitlink import DebitLink
 
@@ -38,10 +45,11 @@ SimulatedHost = Callable[[object, object], IProtocolFactory]
 
 def build(ledger: Ledger, cfg: Config, codecs: dict, clock, now: Callable[[], datetime],
           run_db: Callable | None = None, endpoint_for: Callable | None = None,
-          banks: list[str] | None = None) -> CardDebits:
+          banks: list[str] | None = None, leases: Leases | None = None) -> CardDebits:
     """CardDebits for every bank with ``options.debit_host`` (or those named),
     each with its link.  ``endpoint_for(name, opts)`` replaces the client
-    endpoint of ``debit_host`` (tests)."""
+    endpoint of ``debit_host`` (tests); ``leases``: the process's lease client
+    (the queue then sweeps only the banks whose reversal lease it holds)."""
     options = withholding_options(cfg, codecs)
     out = {}
     for b in cfg.banks:
@@ -52,7 +60,7 @@ def build(ledger: Ledger, cfg: Config, codecs: dict, clock, now: Callable[[], da
                                                                               opts.debit_host)
         link = DebitLink(b.name, ep, clock, codecs[b.plugin], opts)
         out[b.name] = DebitBank(b.name, b.bank_code, opts, codecs[b.plugin], link)
-    return CardDebits(ledger, out, clock, now, run_db)
+    return CardDebits(ledger, out, clock, now, run_db, leases=leases)
 
 
 class ReversalQueueService(service.Service):
@@ -67,8 +75,9 @@ class ReversalQueueService(service.Service):
         self.debits.start()
 
     def stopService(self):  # noqa: N802
-        self.debits.stop()
-        return super().stopService()
+        released = self.debits.stop()  # its reversal leases given up, for another process
+        super().stopService()
+        return released
 
 
 def make_services(gateway_service, simulated_host: SimulatedHost | None = None
@@ -83,7 +92,10 @@ def make_services(gateway_service, simulated_host: SimulatedHost | None = None
     says so).  Add the services after the database is ready; the debits are
     also on the last service's ``.debits``."""
     gw = gateway_service
-    debits = build(gw.ledger, gw.cfg, gw.codecs, gw.reactor, gw.now, run_db=gw.store.call)
+    leases = Leases.shared(gw, gw.store, now=gw.now, clock=gw.reactor,
+                           ttl=gw.cfg.lease_ttl)
+    debits = build(gw.ledger, gw.cfg, gw.codecs, gw.reactor, gw.now, run_db=gw.store.call,
+                   leases=leases)
     if not debits.banks:
         return None, []
     out: list[service.IService] = []

@@ -23,7 +23,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bankgate.codec.base import BankKeys, BankProfile
 from bankgate.codec.capabilities import BANK_DEFAULT_TYPES
-from bankgate.domain.ledger import POLICIES, BankPolicy
+from bankgate.domain.alerts import ALL_DAY, BusinessHours
+from bankgate.domain.ledger import COUNTER, POLICIES, BankPolicy
 from bankgate.domain.supply import SupplySettings
 from bankgate.store.n8 import REFERENCE, N8Mapping
 
@@ -103,6 +104,12 @@ class BankConfig:
     # the entries of BANK_DEFAULT_TYPES the bank's table left out: the plugin's
     # bank_defaults fill them in (check_plugins); a bank built in code states all
     defaulted: frozenset[str] = frozenset()
+    # alerts (docs/console.rst, *Alerts*): quiet for longer than quiet_after seconds
+    # within business_hours (None: never quiet); the statement expected by this time
+    # (None: by reconcile_time)
+    quiet_after: float | None = None
+    business_hours: BusinessHours = ALL_DAY
+    statement_expected: time | None = None
 
     def all_keys(self) -> BankKeys:
         """Every configured key: ``mac_key``, ``zmk`` and those of ``[bank.keys]``."""
@@ -191,6 +198,8 @@ class ReportsConfig:
 
 #: where the embedded demo serves the console (``make run``: http://127.0.0.1:9180/)
 DEFAULT_CONSOLE_LISTEN = "tcp:9180:interface=127.0.0.1"
+#: the largest request body the console reads (bytes): its forms are small
+CONSOLE_MAX_BODY = 64 * 1024
 
 
 @dataclass
@@ -202,7 +211,8 @@ class ConsoleConfig:
     ``metrics_listen``: serve ``/healthz`` and ``/metrics`` on this endpoint instead
     (without signing in) and not on ``listen``.  Sessions end after
     ``session_idle`` seconds without a request, and after ``session_lifetime`` in
-    any case.
+    any case.  A request body over ``max_body`` bytes is refused (413) as soon as
+    its size is known, before it is read whole.
     """
 
     enabled: bool = False
@@ -210,6 +220,78 @@ class ConsoleConfig:
     metrics_listen: str | None = None
     session_idle: float = 1800.0
     session_lifetime: float = 12 * 3600.0
+    max_body: int = CONSOLE_MAX_BODY
+
+
+@dataclass
+class WebhookConfig:
+    """``[alerts.webhook]``: each alert raised and resolved is POSTed as JSON to ``url``."""
+
+    url: str
+    timeout: float = 10.0
+    retries: int = 3
+
+    def __repr__(self) -> str:  # a webhook URL often holds its token: show the host only
+        return f"WebhookConfig(url={safe_webhook_url(self.url)!r})"
+
+
+@dataclass
+class MailConfig:
+    """The ``[mail]`` table: the one SMTP server all the gateway's mail goes through
+    (alerts, scheduled reports).  ``password`` is never logged nor shown."""
+
+    host: str
+    sender: str  # the key "from"
+    port: int = 25
+    starttls: bool = False
+    user: str | None = None
+    password: str | None = None
+    timeout: float = 30.0
+
+    def __repr__(self) -> str:  # never the password
+        return (f"MailConfig(host={self.host!r}, port={self.port}, sender={self.sender!r},"
+                f" starttls={self.starttls}, user={self.user!r})")
+
+
+@dataclass
+class EmailConfig:
+    """``[alerts.email]``: the addresses alerts are mailed to (through ``[mail]``)."""
+
+    to: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AlertsConfig:
+    """The ``[alerts]`` table (``docs/console.rst``, *Alerts*): what is checked how
+    often, and where alerts are sent besides the log and the console.
+
+    Alerts run when the table is there or the console runs (``enabled`` defaults to
+    true then); ``enabled = false`` turns them off.  ``statement_grace``: a statement
+    is missing this long after its expected time; ``reversal_pending_after``: a
+    card-debit reversal pending longer than this is an alert.
+    """
+
+    enabled: bool = False
+    interval: float = 60.0
+    statement_grace: float = 900.0
+    reversal_pending_after: float = 600.0
+    webhook: WebhookConfig | None = None
+    email: EmailConfig | None = None
+
+
+def safe_webhook_url(url: str) -> str:
+    """``scheme://host[:port]`` of a webhook URL: its path and query may hold a token."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    host = u.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{u.port}" if u.port else ""
+    except ValueError:
+        port = ""
+    return f"{u.scheme}://{host}{port}"
 
 
 @dataclass
@@ -225,12 +307,21 @@ class Config:
     demo_customers: int = 0  # seed this many demo customers into a new N8 schema
     n8: N8Mapping = field(default_factory=N8Mapping)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)  # [console]
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)  # [alerts]
+    mail: MailConfig | None = None  # [mail]: the SMTP server; None: no mail is sent
     log_frames: bool = False  # raw frames (masked) in the debug log
+    #: [gateway] workers: processes serving the banks (app/workers.py); 1: one process
+    workers: int = 1
+    #: [gateway] lease_ttl: seconds a scheduled job's lease lasts unrenewed (its holder
+    #: dead) before another process takes the job over (domain/leases.py)
+    lease_ttl: float = 60.0
     log: LogConfig = field(default_factory=LogConfig)
     supply: SupplySettings = field(default_factory=SupplySettings)  # [supply]
     reports: ReportsConfig = field(default_factory=ReportsConfig)  # [reports]
     banks: list[BankConfig] = field(default_factory=list)
     is_default: bool = False
+    #: the file's bytes as read (load_config): the workers parse these, not the file again
+    raw: bytes = field(default=b"", repr=False)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -261,6 +352,7 @@ def default_config(data_dir: str = DEFAULT_DATA_DIR) -> Config:
         demo_customers=1000,
         is_default=True,
         console=ConsoleConfig(enabled=True, listen=DEFAULT_CONSOLE_LISTEN),
+        alerts=AlertsConfig(enabled=True),  # shown in the console, sent nowhere
         banks=[
             BankConfig(
                 name="demo-fixed", plugin="ref-fixed", bank_code="105210",
@@ -497,6 +589,32 @@ def _endpoint(sec: _Section, k: str, v: str) -> str:
     return v
 
 
+#: the most worker processes ``[gateway] workers`` (or ``twistd bankgate --workers``) asks for
+MAX_WORKERS = 64
+
+
+def workers_problem(db_url: str, workers: int) -> str | None:
+    """Why ``workers`` processes cannot run on ``db_url``, or ``None``: SQLite takes one
+    writer at a time, and a second process would wait on its lock (or fail) while the
+    first posts."""
+    backend = db_url.split(":", 1)[0].split("+", 1)[0].lower()
+    if workers > 1 and _DB_ALIASES.get(backend, backend) == "sqlite":
+        return "SQLite keeps one writer process: workers = 1, or use a database server"
+    return None
+
+
+def with_workers(cfg: Config, workers: int, key: str = "(twistd --workers)") -> Config:
+    """``cfg`` with ``workers`` processes (``twistd bankgate --workers N``, which wins
+    over ``[gateway] workers``); raises :class:`ConfigError` naming ``key``."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(cfg.source, key, f"expected 1 to {MAX_WORKERS}, got {workers!r}")
+    problem = workers_problem(cfg.db_url, workers)
+    if problem:
+        raise ConfigError(cfg.source, key, problem)
+    cfg.workers = workers
+    return cfg
+
+
 def load_config(path: str | Path | None, *, data_dir: str | None = None) -> Config:
     """Load and validate ``path``; ``None`` gives the embedded default.
 
@@ -511,6 +629,13 @@ def load_config(path: str | Path | None, *, data_dir: str | None = None) -> Conf
         raw = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(source, "(file)", f"cannot read: {e.strerror}") from None
+    return config_from_bytes(raw, source, data_dir=data_dir)
+
+
+def config_from_bytes(raw: bytes, source: str, *, data_dir: str | None = None) -> Config:
+    """The configuration in ``raw`` (a file's bytes, named ``source`` in errors),
+    checked as :func:`load_config` checks a file.  A worker process (``app/workers.py``)
+    parses the bytes its supervisor read, so both run on the same configuration."""
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -521,6 +646,7 @@ def load_config(path: str | Path | None, *, data_dir: str | None = None) -> Conf
     problem = check_db_url(cfg.db_url)
     if problem:
         raise ConfigError(source, "database.url", problem)
+    cfg.raw = raw
     return cfg
 
 
@@ -629,6 +755,10 @@ def parse_config(data: dict, source: str = "<config>", *, data_dir: str | None =
         if not isinstance(d, str) or not Path(d).is_dir():
             raise g.err(f"plugin_dirs[{i}]", f"expected an existing folder, got {d!r}")
     cfg.log_frames = g.get("log_frames", bool, False)
+    cfg.workers = g.get("workers", int, 1)
+    cfg.lease_ttl = _seconds(g, "lease_ttl", 60, 10, 3600)
+    if not 1 <= cfg.workers <= MAX_WORKERS:
+        raise g.err("workers", f"expected 1 to {MAX_WORKERS}, got {cfg.workers!r}")
     g.finish()
 
     db = top.section("database")
@@ -640,6 +770,9 @@ def parse_config(data: dict, source: str = "<config>", *, data_dir: str | None =
         raise db.err("threads", "expected 1 to 64")
     cfg.db_echo = db.get("echo", bool, False)
     db.finish()
+    problem = workers_problem(cfg.db_url, cfg.workers)
+    if problem:
+        raise g.err("workers", problem)
 
     n8 = top.section("n8")
     cfg.n8_create = n8.get("create", bool, False)
@@ -671,6 +804,8 @@ def parse_config(data: dict, source: str = "<config>", *, data_dir: str | None =
     cfg.n8 = N8Mapping(tables=dict(tables.data), columns=colmap, schema=schema)
 
     cfg.console = _parse_console(top, "console" in data)
+    cfg.mail = _parse_mail(top) if "mail" in data else None
+    cfg.alerts = _parse_alerts(top, "alerts" in data, cfg.console.enabled, cfg.mail)
 
     cfg.log = _parse_log(top.section("log"))
     cfg.supply = _parse_supply(top.section("supply"), cfg.n8_create)
@@ -693,6 +828,9 @@ def _parse_bank(sec: _Section, names: set[str]) -> BankConfig:
     name = sec.get("name", str, required=True)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", name):
         raise sec.err("name", "expected 1-32 letters, digits, '-', '_' or '.'")
+    if name.lower() == COUNTER.name:
+        raise sec.err("name", f"{name!r} is reserved for the utility's own counter (柜台收费):"
+                              " give the bank another name")
     if name in names:
         raise sec.err("name", f"bank {name!r} is configured twice")
     names.add(name)
@@ -741,6 +879,7 @@ def _parse_bank(sec: _Section, names: set[str]) -> BankConfig:
     b.exchange_dir = sec.get("exchange_dir", str, "")
     b.options = sec.get("options", dict, {})
     _parse_reconcile(sec, b)
+    _parse_bank_alerts(sec, b)
     sec.finish()
     return b
 
@@ -904,8 +1043,113 @@ def _parse_console(top: _Section, present: bool) -> ConsoleConfig:
     c.session_lifetime = _seconds(sec, "session_lifetime", c.session_lifetime, 300, 7 * 86400)
     if c.session_lifetime < c.session_idle:
         raise sec.err("session_lifetime", "expected at least session_idle")
+    c.max_body = sec.get("max_body", int, c.max_body)
+    if not 1024 <= c.max_body <= 16 * 1024 * 1024:
+        raise sec.err("max_body", f"expected bytes between 1024 and 16777216, got"
+                                  f" {c.max_body!r}")
     sec.finish()
     return c
+
+
+EMAIL_ADDRESS = re.compile(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+")
+
+
+def _parse_mail(top: _Section) -> MailConfig:
+    """The ``[mail]`` table (``docs/configuration.rst``, *[mail]*): the SMTP server.
+    No error repeats the password."""
+    m = top.section("mail")
+    host = m.get("host", str, required=True, what="the SMTP server's name or address")
+    if not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host):
+        raise m.err("host", f"expected a host name or address, got {host!r}")
+    sender = m.get("from", str, required=True, what="the sender's address")
+    if not EMAIL_ADDRESS.fullmatch(sender):
+        raise m.err("from", f"expected an e-mail address like 'bankgate@example.com',"
+                            f" got {sender!r}")
+    starttls = m.get("starttls", bool, False)
+    port = m.get("port", int, 587 if starttls else 25)
+    if not 1 <= port <= 65535:
+        raise m.err("port", f"expected 1 to 65535, got {port!r}")
+    user = m.get("user", str)
+    if "password" in m.data and not isinstance(m.data["password"], str):
+        raise m.err("password", "expected a string (in quotes)")  # never what was written
+    password = m.get("password", str)
+    if (user is None) != (password is None):
+        raise m.err("password" if user is not None else "user",
+                    "missing; user and password go together (or leave both out)")
+    if password is not None and not starttls:
+        raise m.err("password", "given without starttls = true: the password would"
+                                " cross the network in clear text")
+    mail = MailConfig(host=host, sender=sender, port=port, starttls=starttls, user=user,
+                      password=password, timeout=_seconds(m, "timeout", 30, 1, 300))
+    m.finish()
+    return mail
+
+
+def _parse_alerts(top: _Section, present: bool, console: bool,
+                  mail: MailConfig | None = None) -> AlertsConfig:
+    """The ``[alerts]`` table (``docs/configuration.rst``, *[alerts]*); absent: alerts
+    run with the console, sent nowhere but the log and the console.  ``[alerts.email]
+    to`` needs ``mail``, the ``[mail]`` table its messages go through."""
+    from urllib.parse import urlsplit
+
+    sec = top.section("alerts")
+    a = AlertsConfig(enabled=present or console)
+    a.enabled = sec.get("enabled", bool, a.enabled)
+    a.interval = _seconds(sec, "interval", a.interval, 10, 3600)
+    a.statement_grace = _seconds(sec, "statement_grace", a.statement_grace, 0, 86400)
+    a.reversal_pending_after = _seconds(sec, "reversal_pending_after",
+                                        a.reversal_pending_after, 0, 7 * 86400)
+    if "webhook" in sec.data:
+        w = sec.section("webhook")
+        url = w.get("url", str, required=True, what="an http:// or https:// URL")
+        u = urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise w.err("url", "expected an http:// or https:// URL like"
+                               " 'https://hooks.example.com/bankgate'")
+        try:
+            u.port  # noqa: B018 - validates the port
+        except ValueError:
+            raise w.err("url", "the port is not a number 1-65535") from None
+        retries = w.get("retries", int, 3)
+        if not 0 <= retries <= 10:
+            raise w.err("retries", f"expected 0 to 10, got {retries!r}")
+        a.webhook = WebhookConfig(url=url, timeout=_seconds(w, "timeout", 10, 1, 300),
+                                  retries=retries)
+        w.finish()
+    if "email" in sec.data:
+        e = sec.section("email")
+        to = e.get("to", (str, list), required=True, what="a list of e-mail addresses")
+        to = [to] if isinstance(to, str) else list(to)
+        if not to:
+            raise e.err("to", "expected at least one e-mail address")
+        for i, addr in enumerate(to):
+            if not isinstance(addr, str) or not EMAIL_ADDRESS.fullmatch(addr):
+                raise e.err(f"to[{i}]", f"expected an e-mail address like"
+                                        f" 'ops@example.com', got {addr!r}")
+        if mail is None:
+            raise e.err("to", "alerts are mailed through the SMTP server of [mail], which is"
+                              " not configured: add a [mail] table with host and from"
+                              " (or leave [alerts.email] out)")
+        a.email = EmailConfig(to=to)
+        e.finish()
+    sec.finish()
+    return a
+
+
+def _parse_bank_alerts(sec: _Section, b: BankConfig) -> None:
+    """A bank's alert keys: ``quiet_after``, ``business_hours``, ``statement_expected``."""
+    if "quiet_after" in sec.data:
+        b.quiet_after = _seconds(sec, "quiet_after", 900, 60, 7 * 86400)
+    hours = sec.get("business_hours", str)
+    if hours is not None:
+        if b.quiet_after is None:
+            raise sec.err("business_hours", "given without quiet_after: set quiet_after"
+                                            " (seconds) to watch the bank in these hours")
+        try:
+            b.business_hours = BusinessHours.parse(hours)
+        except ValueError as e:
+            raise sec.err("business_hours", str(e)) from None
+    b.statement_expected = _hhmm(sec, "statement_expected")
 
 
 def _parse_supply(sec: _Section, n8_create: bool) -> SupplySettings:

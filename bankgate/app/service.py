@@ -20,6 +20,7 @@ can be checked before twistd forks is checked there (``startup.preflight``).
 from __future__ import annotations
 
 import gc
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 
 from twisted.application import service, strports
@@ -27,13 +28,14 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bankgate.app import startup, wiring
+from bankgate.app import startup, wiring, workers
 from bankgate.app.audit_tail import AuditTail
 from bankgate.app.carddebits import make_services as card_debit_services
 from bankgate.app.config import Config
 from bankgate.app.options import simulated_listen
 from bankgate.app.report_schedule import ReportScheduler
 from bankgate.canon import messages as m
+from bankgate.domain.leases import LeaseBusy, LeaseLost, Leases, describe
 from bankgate.domain.ledger import LedgerService
 from bankgate.domain.reconcile import ReconBusy, StatementError
 from bankgate.wire.listener import BankFactory
@@ -44,11 +46,24 @@ CATCH_UP_DAYS = 7
 
 
 class GatewayService(service.MultiService):
-    def __init__(self, cfg: Config, reactor, *, demo=None):
+    """The gateway, in one of three modes (``docs/workers.rst``):
+
+    - one process (``[gateway] workers = 1``, the default): everything;
+    - the supervisor of ``workers = N > 1``: everything but the bank path -- it binds
+      the banks' ports and hands them to N worker processes (:attr:`pool`, a
+      :class:`~bankgate.app.workers.WorkerPool`); :attr:`factories` are their figures
+      summed (:class:`~bankgate.app.workers.RemoteFactory`);
+    - a worker (``worker``: a :class:`~bankgate.app.workers.WorkerSide`): the bank path
+      only -- codecs, ledger, listeners on the ports it was handed -- without the data
+      folder's lock, migrations, console, schedulers or alerts.
+    """
+
+    def __init__(self, cfg: Config, reactor, *, demo=None, worker=None):
         super().__init__()
         self.cfg = cfg
         self.reactor = reactor
         self.demo = demo  # bankgate.app.demo.Demo for twistd; None: no development tools
+        self.worker = worker  # a WorkerSide: this process is one of the supervisor's workers
         # plugins loaded and every [bank.options] checked: bad options fail at start
         self.parts = wiring.build(cfg, reactor=reactor, now=self.now)
         self.codecs = self.parts.codecs
@@ -65,6 +80,9 @@ class GatewayService(service.MultiService):
             factory.noisy = False
             self.factories[b.name] = factory
             for ep in b.listen:
+                if worker is not None or cfg.workers > 1:  # ports handed over (app/workers.py)
+                    self.listeners.append((b.name, ep, None))
+                    continue
                 try:  # an ssl: key or certificate file is read here
                     svc = strports.service(ep, factory, reactor=reactor)
                 except Exception as e:  # noqa: BLE001 - a file, a module, a parameter
@@ -72,8 +90,17 @@ class GatewayService(service.MultiService):
                         f"bank {b.name}: cannot listen on {ep}: {startup.one_line(e)}") from None
                 svc.setName(f"{b.name}@{ep}")
                 self.listeners.append((b.name, ep, svc))
+        self.pool: workers.WorkerPool | None = None  # the supervisor's workers
+        if worker is None and cfg.workers > 1:
+            self.pool = workers.WorkerPool.for_service(self)
+            self.factories = self.pool.factories  # what the console reads: the workers' sums
+        self.alerts = None  # [alerts]; on with the console, whose /alerts page shows them
+        if cfg.alerts.enabled and worker is None:
+            from bankgate.app.alerts import AlertService
+
+            self.alerts = AlertService.for_service(self)
         self.console = None  # the operator console ([console]; bankgate/app/console)
-        if cfg.console.enabled:
+        if cfg.console.enabled and worker is None:
             from bankgate.app.console.server import console_service
 
             try:  # an ssl: key or certificate file is read here
@@ -85,7 +112,8 @@ class GatewayService(service.MultiService):
         self.scheduler = Scheduler(self)
         self.recon = ReconScheduler(self)
         self.reports = ReportScheduler.for_service(self)  # [reports] dir, scheduled ones
-        self.ledger_service.listeners.append(self.recon.on_request)
+        if worker is None:  # a worker hands statement notices to its supervisor
+            self.ledger_service.listeners.append(self.recon.on_request)
         self.ready = defer.Deferred()
         self.lock: startup.DataLock | None = None  # the data folder's, from tap's preflight
         self.report = startup.StartReport()  # tap gives it twistd's options
@@ -114,6 +142,12 @@ class GatewayService(service.MultiService):
 
     def startService(self):
         service.Service.startService(self)
+        if self.worker is not None:  # the supervisor has migrated the database already
+            self.store.start()
+            d = defer.maybeDeferred(self.worker.start, self)
+            d.addCallback(lambda _: self.ready.callback(self))
+            d.addErrback(self._start_failed)
+            return
         self.report.take()  # twistd has forked by now: the daemon answers its first process
         if self.lock is not None:
             self.lock.note_pid()
@@ -126,8 +160,11 @@ class GatewayService(service.MultiService):
 
     def _database_ready(self, summary):
         log.info("bankgate: database ready ({summary})", summary=summary)
+        if self.pool is not None:  # binds the banks' ports, starts the workers on them
+            self.pool.setServiceParent(self)
         for name, ep, svc in self.listeners:
-            _listen(svc, self, f"bank {name}", ep)
+            if svc is not None:
+                _listen(svc, self, f"bank {name}", ep)
             log.info("bankgate: bank {bank} ({plugin}, code {code}) listening on {ep}",
                      bank=name, plugin=self.cfg.bank(name).plugin,
                      code=self.cfg.bank(name).bank_code, ep=ep)
@@ -143,10 +180,18 @@ class GatewayService(service.MultiService):
             _listen(self.console, self, "console", self.cfg.console.listen)
             log.info("bankgate: console at {url}", url=address(self.cfg.console.listen))
         AuditTail(self.store, self.reactor).setServiceParent(self)  # the CLI's actions, logged
+        if self.alerts is not None:  # checked from now on, the database's answer included
+            self.alerts.setServiceParent(self)
         self.scheduler.start()
         self.recon.start()
         self.reports.start()  # a broken definition is logged here, at start
         self.store.call(self.parts.invoices().low_stock)
+        if self.pool is not None:  # ready once every worker serves
+            self.pool.serving.addCallbacks(lambda _: self._serving(), self._start_failed)
+        else:
+            self._serving()
+
+    def _serving(self) -> None:
         # everything loaded so far lives as long as the process: keep it out of
         # the collector's full passes (their pauses show in the latency tail)
         if getattr(self.reactor, "running", False):  # a real process, not a test
@@ -190,6 +235,8 @@ class GatewayService(service.MultiService):
         self.scheduler.stop()
         self.recon.stop()
         self.reports.stop()
+        if self.worker is not None:  # stop listening, answer what is in flight, close
+            yield self.worker.stop()
         yield defer.maybeDeferred(service.MultiService.stopService, self)
         self.store.stop()
         if self.lock is not None:
@@ -236,21 +283,40 @@ def prepare_database(parts: wiring.Parts, demo=None) -> str:
     return ", ".join(done)
 
 
+def lease_client(gw: GatewayService) -> Leases:
+    """The process's one lease client (:mod:`bankgate.domain.leases`): every
+    scheduler of the process holds its leases under one holder id."""
+    return Leases.shared(gw, gw.store, now=gw.now, clock=gw.reactor,
+                         ttl=gw.cfg.lease_ttl)
+
+
 class Scheduler:
     """Cut-off at each bank's configured time, and two-phase expiry.
 
     Checks once a minute on the injected clock.  A date whose cut-off time
     passed while the service was down is closed at the next check (up to
     :data:`CATCH_UP_DAYS` back), oldest first.
+
+    Several processes or nodes on one database: each cut-off is closed under the
+    lease ``cutoff:{bank}:{date}`` and each expiry sweep runs under ``expiry``
+    (:mod:`bankgate.domain.leases`).  A process that finds one held leaves the
+    work to its holder (its next check finds the date closed); a holder that
+    died is replaced at the next check after its lease expired.  Both jobs are
+    idempotent: closing a closed date and expiring an expired payment change
+    nothing.  Once a day the rows of leases finished or expired more than
+    :attr:`keep_leases` ago are deleted.
     """
 
     interval = 60.0
+    keep_leases = timedelta(days=40)
 
     def __init__(self, gw: GatewayService):
         self.gw = gw
         self.loop = task.LoopingCall(self.tick)
         self.loop.clock = gw.reactor
         self._running: defer.Deferred | None = None
+        self.leases = lease_client(gw)
+        self._purged: date | None = None
 
     def start(self):
         self.loop.start(self.interval, now=True).addErrback(
@@ -291,16 +357,48 @@ class Scheduler:
         for bank, d in self.due_cutoffs(now):
             if ledger.known_closed(bank, d):
                 continue
-            if not ledger.store.run_sync(lambda tx, b=bank, dd=d: tx.is_closed(b, dd)):
+            if ledger.store.run_sync(lambda tx, b=bank, dd=d: tx.is_closed(b, dd)):
+                ledger.mark_closed(bank, d)
+                continue
+            with self._lease(f"cutoff:{bank}:{d:%Y-%m-%d}", "cut-off") as lease:
+                if lease is None:
+                    continue
+                if ledger.store.run_sync(lambda tx, b=bank, dd=d: tx.is_closed(b, dd)):
+                    ledger.mark_closed(bank, d)  # closed by another process meanwhile
+                    continue
                 ledger.cutoff(bank, d, reason="scheduled")
                 closed.setdefault(bank, []).append(d)
-            else:
-                ledger.mark_closed(bank, d)
         for bank, dates in closed.items():
             log.info("bankgate: cut-off: closed {bank} {dates}", bank=bank,
                      dates=", ".join(f"{d:%Y-%m-%d}" for d in dates))
-        ledger.expire_pending()
+        with self._lease("expiry", "two-phase expiry", quiet=True) as lease:
+            if lease is not None:
+                ledger.expire_pending()
+        if self._purged != now.date():
+            self._purged = now.date()
+            self.leases.purge(now - self.keep_leases)
         return sum(len(v) for v in closed.values())
+
+    @contextmanager
+    def _lease(self, name: str, what: str, quiet: bool = False):
+        """The lease ``name`` for the block, or ``None`` (logged) when another
+        process holds it."""
+        try:
+            lease = self.leases.acquire(name, job={"job": what, "by": "service"})
+        except LeaseBusy as e:
+            if not quiet:
+                log.info("bankgate: {what}: {name} {held}: left to it", what=what, name=name,
+                         held=describe(e.row))
+            yield None
+            return
+        try:
+            yield lease
+        finally:
+            try:
+                lease.release()
+            except Exception as e:  # noqa: BLE001 - the database away: it expires by itself
+                log.warn("bankgate: lease {name} not released ({why}); it expires",
+                         name=name, why=startup.one_line(e))
 
 
 # -- nightly reconciliation (对账) ----------------------------------------------------
@@ -320,6 +418,17 @@ class ReconScheduler:
       most ``statement_wait``); a file that never comes is a FAILED run.
     - The file is read and reconciled on the store's thread pool (``store.call``);
       nothing blocks the reactor.
+
+    Several processes or nodes on one database: a run holds the run lock, the
+    lease ``recon:{bank}:{date}`` (:mod:`bankgate.domain.leases`), from the
+    statement's fetch to its end, renewed every ``lock_stale / 3`` seconds.  A
+    date found held by another process is left to it and looked at again at each
+    check (a scheduled date another process reconciled meanwhile is not run
+    twice).  At each check the scheduler also looks for run locks of the
+    service (any process's) whose holder stopped renewing them: it takes such a
+    run over -- the same bank, date and statement file -- unless a run of that
+    date finished after the lock was taken.  Checks come every minute, or every
+    third of the smallest ``lock_stale`` when that is shorter.
     """
 
     interval = 60.0
@@ -337,11 +446,22 @@ class ReconScheduler:
         self.reports: list = []  # the last runs' RunReports, newest last
         self._stopped = False
         self.reconcilers = gw.parts.reconcilers()  # banks whose plugin has a statement format
+        self.leases = lease_client(gw)
+        # dates whose run lock another process holds: (bank, date) -> (file, why)
+        self.elsewhere: dict[tuple[str, date], tuple[str | None, str]] = {}
+        self._since: dict[tuple[str, date], datetime] = {}  # a takeover: the lock's age
+        self._scanning = False
+
+    def check_interval(self) -> float:
+        """Seconds between checks: a minute, or a third of the smallest
+        ``lock_stale`` (a dead holder's run is taken over soon after it expires)."""
+        stale = [self.gw.cfg.bank(b).reconcile.lock_stale for b in self.reconcilers]
+        return min([self.interval, *(s / 3 for s in stale)])
 
     def start(self) -> None:
         self._stopped = False
-        if any(b.reconcile_time for b in self.gw.cfg.banks if b.name in self.reconcilers):
-            self.loop.start(self.interval, now=True).addErrback(
+        if self.reconcilers:
+            self.loop.start(self.check_interval(), now=True).addErrback(
                 lambda f: log.failure("reconciliation scheduler stopped", f))
 
     def stop(self) -> None:
@@ -368,6 +488,38 @@ class ReconScheduler:
                 d.addErrback(lambda f, n=b.name: log.failure(
                     "reconciliation: cannot find the dates due for {bank}", f, bank=n))
         self._last = now
+        for (bank, d), (file_name, why) in list(self.elsewhere.items()):
+            self._queue(bank, d, file_name, why, quiet=True)  # held elsewhere: look again
+        if not self._scanning:
+            self._scanning = True
+            scan = self.gw.store.call(self.leases.expired, "recon:")
+            scan.addCallback(self._take_over)
+            scan.addErrback(lambda f: log.failure(
+                "reconciliation: cannot look for runs to take over", f))
+            scan.addBoth(self._scanned)
+
+    def _scanned(self, _) -> None:
+        self._scanning = False
+
+    def _take_over(self, rows: list[dict]) -> None:
+        """Run locks of the service whose holder went silent: run them here."""
+        from bankgate.store import recon as sql
+
+        for row in rows:
+            key = sql.lock_parse(row["name"])
+            if key is None or key[0] not in self.reconcilers or self._stopped:
+                continue
+            if row["job"].get("by") != "service":  # an operator's run: theirs to start again
+                continue
+            bank, d = key
+            if key in self._waiters:
+                continue
+            log.warn("reconciliation: {bank} {date}: its run lock's holder {holder} stopped"
+                     " renewing it at {at}: taking the run over", bank=bank, date=d,
+                     holder=row["holder"], at=f"{row['renewed_at']:%Y-%m-%d %H:%M:%S}")
+            self._since[key] = row["acquired_at"]
+            self.enqueue(bank, d, file_name=row["job"].get("file"),
+                         why="takeover").addErrback(lambda f: None)
 
     def due_dates(self, bank: str, now: datetime) -> list[date]:
         """Runs on the store's thread: the dates of ``bank`` to reconcile now."""
@@ -407,8 +559,12 @@ class ReconScheduler:
     def enqueue(self, bank: str, d: date, file_name: str | None = None,
                 why: str = "operator") -> defer.Deferred:
         """Queue a run of ``bank`` for ``d``: a Deferred of its RunReport
-        (``None`` when it could not run).  A date already queued or running
-        is not queued twice."""
+        (``None`` when it could not run, or was left to another process).  A
+        date already queued or running is not queued twice."""
+        return self._queue(bank, d, file_name, why)
+
+    def _queue(self, bank: str, d: date, file_name: str | None, why: str,
+               quiet: bool = False) -> defer.Deferred:
         if bank not in self.reconcilers:
             return defer.fail(KeyError(f"bank {bank!r} cannot be reconciled"))
         waiter: defer.Deferred = defer.Deferred()
@@ -419,7 +575,9 @@ class ReconScheduler:
         if len(waiting) == 1 and not (run and run[0] == d):
             queue.append((d, file_name, why))
             queue.sort(key=lambda q: q[0])
-            log.info("reconciliation: {bank} {date} queued ({why})", bank=bank, date=d, why=why)
+            if not quiet:
+                log.info("reconciliation: {bank} {date} queued ({why})", bank=bank, date=d,
+                         why=why)
         self._pump(bank)
         return waiter
 
@@ -427,7 +585,7 @@ class ReconScheduler:
         if self._stopped or bank in self.running or not self.queues.get(bank):
             return
         d, file_name, why = self.queues[bank].pop(0)
-        run = self._run(bank, d, file_name)
+        run = self._run(bank, d, file_name, why)
         self.running[bank] = (d, run)
 
         def finished(result):
@@ -444,7 +602,62 @@ class ReconScheduler:
 
         run.addBoth(finished)
 
-    def _run(self, bank: str, d: date, file_name: str | None) -> defer.Deferred:
+    def _run(self, bank: str, d: date, file_name: str | None,
+             why: str = "operator") -> defer.Deferred:
+        """The run of (bank, d) under its run lock; a date held by another
+        process is left to it (and looked at again at the next check)."""
+        from bankgate.store import recon as sql
+
+        key = (bank, d)
+        since = self._since.pop(key, None)
+        name = file_name or self.reconcilers[bank].file_name(d)
+
+        def job(lease):
+            self.elsewhere.pop(key, None)
+            if why not in ("scheduled", "catch-up", "takeover"):
+                return self._fetch_and_reconcile(bank, d, file_name, lease)
+            check = self.gw.store.call(self._done_already, bank, d, since)
+
+            def go(done: bool):
+                if done:
+                    log.info("reconciliation: {bank} {date}: reconciled meanwhile by another"
+                             " process: not run again", bank=bank, date=d)
+                    return None
+                return self._fetch_and_reconcile(bank, d, file_name, lease)
+
+            return check.addCallback(go)
+
+        def busy(f):
+            f.trap(LeaseBusy)
+            if why == "takeover":  # another process took it first
+                return None
+            if key not in self.elsewhere:
+                log.info("reconciliation: {bank} {date}: {why}; looking again at the next"
+                         " check", bank=bank, date=d,
+                         why=f"{bank} {d:%Y-%m-%d} is being reconciled by"
+                             f" {sql.held_by(f.value.row)}"
+                         if not f.value.finished else f"{f.value}")
+            self.elsewhere[key] = (file_name, why)
+            return None
+
+        b = self.gw.cfg.bank(bank)
+        run = self.leases.run(sql.lock_name(bank, d), job, ttl=b.reconcile.lock_stale,
+                              what={"job": "reconcile", "by": "service", "file": name,
+                                    "why": why},
+                              action=sql.TAKEOVER, subject=sql.lock_subject(bank, d))
+        return run.addErrback(busy)
+
+    def _done_already(self, bank: str, d: date, since: datetime | None) -> bool:
+        """On the store's thread, under the run lock: has (bank, d) been reconciled
+        -- at all (a scheduled run), or after ``since`` (a run taken over)?"""
+        from bankgate.store import recon as sql
+
+        if since is not None:
+            return self.gw.store.run_sync(sql.finished_since, bank, d, since, readonly=True)
+        return d in self.gw.store.run_sync(sql.reconciled_dates, bank, d, readonly=True)
+
+    def _fetch_and_reconcile(self, bank: str, d: date, file_name: str | None,
+                             lease) -> defer.Deferred:
         from bankgate.wire.statement_sources import Fetch, StatementGaveUp, source_for
 
         b = self.gw.cfg.bank(bank)
@@ -466,13 +679,15 @@ class ReconScheduler:
             log.error("reconciliation: {bank} {date}: {error}", bank=bank, date=d, error=e)
             return self.gw.store.call(rec.record_failure, d, str(e))
         self._fetches[bank] = fetch
+        lease.on_lost(fetch.cancel)  # taken over while waiting for the file: stop waiting
 
         def got(fetched):
             log.info("reconciliation: {bank} {date}: read {source} ({size} bytes,"
                      " sha256 {sha})", bank=bank, date=d, source=fetched.source,
                      size=fetched.size, sha=fetched.sha256[:12])
+            lease.raise_if_lost()
             return self.gw.store.call(rec.reconcile, fetched.data, d, source=fetched.source,
-                                      file_name=fetched.name)
+                                      file_name=fetched.name, lease=lease)
 
         def failed(f):
             if f.check(StatementGaveUp):
@@ -483,6 +698,10 @@ class ReconScheduler:
             if f.check(ReconBusy):
                 log.info("reconciliation: {bank} {date}: {why}", bank=bank, date=d,
                          why=f.getErrorMessage())
+                return None
+            if f.check(LeaseLost) or (f.check(defer.CancelledError) and lease.taken):
+                log.warn("reconciliation: {bank} {date}: the run lock was taken over by"
+                         " another process: this run stops", bank=bank, date=d)
                 return None
             if f.check(defer.CancelledError):
                 return None

@@ -7,6 +7,10 @@ It finds the configuration as the ``bankgate`` command does
 on standard error, when there is none), and checks what can be checked before
 twistd forks (:func:`~bankgate.app.startup.preflight`: the data folder's lock,
 the ports, the database), so that each failure is one line and exit status 1.
+
+With ``--workers N`` (or ``[gateway] workers = N``) this process supervises N worker
+processes serving the banks (``app/workers.py``); each of them is ``twistd bankgate
+--worker-of ...``, started by the supervisor, never by hand (:func:`worker`).
 """
 
 from __future__ import annotations
@@ -18,12 +22,19 @@ from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
 from bankgate.app import startup
-from bankgate.app.config import ConfigError, find_config, load_config
+from bankgate.app.config import (
+    MAX_WORKERS,
+    ConfigError,
+    config_from_bytes,
+    find_config,
+    load_config,
+    with_workers,
+)
 from bankgate.app.logs import configure as configure_logging
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE | --demo] [--data-dir DIR]"
+    synopsis = "[--config FILE | --demo] [--data-dir DIR] [--workers N]"
     longdesc = (
         "Run the bankgate collection gateway.  The configuration is --config, else "
         "$BANKGATE_CONFIG, else /etc/bankgate/bankgate.toml.  --demo runs the embedded "
@@ -37,11 +48,22 @@ class Options(usage.Options):
         ["config", "c", None,
          "the TOML configuration file (default: $BANKGATE_CONFIG, /etc/bankgate/bankgate.toml)"],
         ["data-dir", "d", None, "the data folder (default ./var or [gateway] data_dir)"],
+        ["workers", None, None,
+         f"processes serving the banks, 1 to {MAX_WORKERS} (default [gateway] workers, 1);"
+         " more than 1 needs a database server"],
+        ["worker-of", None, None,
+         "internal: set by the gateway on its own worker processes, never by hand"],
     ]
 
     def postOptions(self):
         if self["demo"] and self["config"]:
             raise usage.UsageError("give --config or --demo, not both")
+        if self["workers"] is not None:
+            try:
+                self["workers"] = int(self["workers"])
+            except ValueError:
+                raise usage.UsageError(f"--workers: expected a number of processes, 1 to"
+                                       f" {MAX_WORKERS}, got {self['workers']!r}") from None
 
 
 class _ToTwistedLog(logging.Handler):
@@ -77,10 +99,30 @@ def gateway(cfg, reactor):
     return GatewayService(cfg, reactor, demo=Demo())
 
 
+def worker(options, reactor):
+    """One worker process of a supervisor (``--worker-of``, ``app/workers.py``): the
+    configuration is the bytes the supervisor read, sent on standard input; the log
+    goes back to the supervisor; no lock and no port check (the supervisor holds them)."""
+    from bankgate.app import workers
+    from bankgate.app.service import GatewayService
+
+    try:
+        spec = workers.WorkerSpec.parse(options["worker-of"])
+        side, source, raw = workers.WorkerSide.from_stdio(spec, reactor)
+        cfg = config_from_bytes(raw, source, data_dir=options["data-dir"])
+        workers.worker_logging(side.channel, cfg)
+        return GatewayService(cfg, reactor, worker=side)
+    except (ConfigError, ValueError, startup.StartupError) as e:
+        sys.stderr.write(f"bankgate: worker cannot start: {e}\n")
+        raise SystemExit(1) from None
+
+
 def makeService(options):
     from twisted.internet import reactor
 
     route_python_logging()
+    if options["worker-of"]:
+        return worker(options, reactor)
 
     try:
         choice = find_config(options["config"], demo=options["demo"])
@@ -88,6 +130,8 @@ def makeService(options):
         if notice:
             sys.stderr.write(notice + "\n")
         cfg = load_config(choice.path, data_dir=options["data-dir"])
+        if options["workers"] is not None:  # wins over [gateway] workers
+            with_workers(cfg, options["workers"])
         configure_logging(cfg, options)  # [log]: levels, form, file, rotation (app/logs.py)
         gw = gateway(cfg, reactor)
         # before twistd forks: the lock, the ports, the database -- one line each

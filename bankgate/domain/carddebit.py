@@ -29,6 +29,13 @@ and runs one exchange at a time on it.  :class:`CardDebits` holds the rules:
 A late or duplicated answer can never be taken for the answer to another
 request: the link sees to that (``docs/withholding.rst``).
 
+Several processes or nodes on one database: the queue's sweep of a bank (stale
+SENT rows, unposted debits, due reversals) runs only in the process holding the
+lease ``carddebit:{bank}`` (:mod:`bankgate.domain.leases`), so one process at a
+time sends a bank's 561s; it keeps the lease while it runs (renewed at its
+sweeps) and gives it up when it stops, and another process's sweep takes it over
+once its holder stopped renewing it.  Every process still sends its own 560s.
+
 Everything runs on an injected reactor/clock; database work goes through
 ``run_db`` (the store's thread pool in the service).  This module opens no
 socket and reads no configuration: the service's composition
@@ -50,6 +57,7 @@ from twisted.python.failure import Failure
 from bankgate.canon import messages as m
 from bankgate.canon.masking import mask_account
 from bankgate.canon.money import fen_to_yuan
+from bankgate.domain.leases import Lease, LeaseBusy, LeaseLost, Leases
 from bankgate.domain.ledger import Ledger
 from bankgate.domain.withholding import (
     CHANNEL,
@@ -59,7 +67,7 @@ from bankgate.domain.withholding import (
     dues,
 )
 from bankgate.store import withholding as sql
-from bankgate.store.db import StoreUnavailable
+from bankgate.store.db import Retry, StoreUnavailable
 from bankgate.store.tx import Tx
 
 log = Logger(namespace="bankgate.carddebit")
@@ -137,8 +145,12 @@ class CardDebits:
     sweep_limit = 50  # reversals taken per sweep
 
     def __init__(self, ledger: Ledger, banks: dict[str, DebitBank], clock,
-                 now: Callable[[], datetime], run_db: Callable | None = None):
+                 now: Callable[[], datetime], run_db: Callable | None = None,
+                 leases: Leases | None = None):
         self.ledger = ledger
+        self.leases = leases  # None: this process sweeps every bank (the command line)
+        self._held: dict[str, Lease] = {}  # bank -> its reversal lease, held here
+        self._sender: dict[str, str] = {}  # bank -> the holder last seen sending its 561s
         self.store = ledger.store
         self.banks = banks
         self.clock = clock
@@ -160,9 +172,50 @@ class CardDebits:
             self.loop.start(self.interval, now=True).addErrback(
                 lambda f: log.failure("card debit: reversal queue stopped", f))
 
-    def stop(self) -> None:
+    def stop(self) -> defer.Deferred:
+        """Stop sweeping and give the reversal leases up: a Deferred."""
         if self.loop.running:
             self.loop.stop()
+        held, self._held = list(self._held.values()), {}
+        if not held:
+            return defer.succeed(None)
+        d = defer.maybeDeferred(self.run_db, lambda: [lease.release() for lease in held])
+        d.addErrback(lambda f: log.warn("card debit: reversal leases not released ({why});"
+                                        " they expire", why=f.getErrorMessage()[:200]))
+        return d
+
+    def lease_name(self, bank: str) -> str:
+        return f"carddebit:{bank}"
+
+    def _sweeping(self) -> list[str]:
+        """On the store's thread: the banks this process sweeps -- those whose
+        reversal lease it holds (renewed when due) or can take."""
+        if self.leases is None:
+            return list(self.banks)
+        out = []
+        for name in self.banks:
+            lease = self._held.get(name)
+            if lease is not None:
+                try:
+                    lease.check()
+                    out.append(name)
+                    continue
+                except LeaseLost:
+                    del self._held[name]
+            try:
+                self._held[name] = self.leases.acquire(
+                    self.lease_name(name), job={"job": "card-debit reversals", "by": "service"})
+            except LeaseBusy as e:
+                if self._sender.get(name) != e.holder:
+                    self._sender[name] = e.holder
+                    log.info("card debit {bank}: reversals (561) are sent by {holder}",
+                             bank=name, holder=e.holder)
+                continue
+            self._sender[name] = self.leases.holder
+            log.info("card debit {bank}: this process ({holder}) sends the reversals (561)",
+                     bank=name, holder=self.leases.holder)
+            out.append(name)
+        return out
 
     def link(self, bank: str) -> Link:
         return self._bank(bank).link
@@ -399,10 +452,11 @@ class CardDebits:
 
     def _sweep_sync(self, now: datetime, in_flight: frozenset, resume_all: bool) -> list[dict]:
         run = self.store.run_sync
-        names = list(self.banks)
+        names = self._sweeping()
         if not names:
             return []
-        for name, b in self.banks.items():
+        for name in names:
+            b = self.banks[name]
             # a debit may wait a timeout for a connection, then a timeout for its answer
             before = now - timedelta(seconds=2 * b.opts.debit_timeout + STALE_GRACE)
             for row in run(sql.debits_stale_sent, before, [name], readonly=True):
@@ -479,3 +533,109 @@ def abandon(store, debit_id: int, actor: str, note: str, now: datetime) -> dict 
     return store.run_sync(sql.debit_transition, debit_id, ("REVERSING", "SENT"), now,
                           (actor, "card-debit-abandon", {"note": note[:200]}),
                           status="ABANDONED", next_attempt_at=None)
+
+
+# -- the queue for an operator: what is pending, and sending it again now (重发卡扣) ------
+
+QUEUE_LIMIT = 500  # rows the console lists
+
+
+def queue(store, bank: str | None = None, limit: int = QUEUE_LIMIT) -> list[dict]:
+    """On the store's thread: the card debits whose outcome is open -- pending
+    reversals (REVERSING), debits whose answer has not come (SENT) and debited
+    rows not yet posted -- newest first, as ``bankgate withholding queue`` lists
+    them; the account number masked, ``unposted`` set for a debited row."""
+    rows = store.run_sync(sql.debits, bank, ("SENT", "REVERSING"), limit, True, readonly=True)
+    for r in rows:
+        r["account_no"] = mask_account(r["account_no"])
+        r["unposted"] = r["status"] == "DEBITED" and r["payment_id"] is None
+    return rows
+
+
+def resend(store, debit_id: int, *, actor: str, reason: str, now: datetime,
+           options: dict[str, WithholdingOptions]) -> dict:
+    """重发卡扣: have a pending card debit sent again now, audited
+    (``card-debit-resend``: who, the reason, the row before and after), in one
+    transaction.  What "again" means depends on the row:
+
+    - REVERSING: its 561 is due now (the next attempt was later, by back-off);
+    - SENT whose answer can no longer come (two of the bank's ``debit_timeout``
+      and a grace since it went out, as the queue's own rule): it becomes a
+      reversal due now -- never a second 560;
+    - DEBITED, not posted: posted again at the queue's next sweep.
+
+    The queue sends it: in the gateway's process at once when asked
+    (:meth:`CardDebits.kick`), from another process (``bankgate withholding
+    resend``) at the running gateway's next sweep (every
+    :attr:`CardDebits.interval` seconds).  Returns ``{"row", "what"}``; raises
+    :class:`WithholdingError` (nothing changed) for anything else."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise WithholdingError("say why (it goes into the audit trail)")
+    return store.run_sync(_resend_tx, debit_id, actor, reason, now, options)
+
+
+def resend_preview(store, debit_id: int, *, now: datetime,
+                   options: dict[str, WithholdingOptions]) -> dict:
+    """What :func:`resend` would do (read only): ``{"row", "what"}``, or
+    :class:`WithholdingError` as it would refuse."""
+    row = store.run_sync(sql.debit_by_id, debit_id, readonly=True)
+    what = _resend_plan(row, debit_id, now, options)
+    row = dict(row)
+    row["account_no"] = mask_account(row["account_no"])
+    return {"row": row, "what": what}
+
+
+def _resend_plan(row: dict | None, debit_id: int, now: datetime,
+                 options: dict[str, WithholdingOptions]) -> str:
+    """What sending ``row`` again means, or :class:`WithholdingError`."""
+    if row is None:
+        raise WithholdingError(f"no card debit {debit_id}")
+    st = row["status"]
+    if st == "REVERSING":
+        return "its reversal (561) is sent now"
+    if st == "SENT":
+        opts = options.get(row["bank"])
+        wait = 2 * (opts.debit_timeout if opts else 0) + STALE_GRACE
+        until = row["updated_at"] + timedelta(seconds=wait)
+        if now < until:
+            raise WithholdingError(
+                f"card debit {debit_id} went out at {row['updated_at']:%H:%M:%S}: its answer"
+                f" may still come until {until:%H:%M:%S}; send it again after that")
+        return "its answer never came: a reversal (561) is sent now"
+    if st == "DEBITED" and row["payment_id"] is None:
+        return "debited, not posted: posted at the queue's next sweep"
+    done = " and posted" if st == "DEBITED" else ""
+    raise WithholdingError(f"card debit {debit_id} is {st}{done}: nothing to send")
+
+
+def _resend_tx(tx: Tx, debit_id: int, actor: str, reason: str, now: datetime,
+               options: dict[str, WithholdingOptions]) -> dict:
+    row = sql.debit_by_id(tx, debit_id)
+    what = _resend_plan(row, debit_id, now, options)
+    st = row["status"]
+    detail = {"reason": reason, "what": what,
+              "before": {"status": st, "attempts": row["attempts"],
+                         "next_attempt_at": _iso(row["next_attempt_at"])},
+              "after": {"status": "REVERSING", "next_attempt_at": _iso(now)}}
+    if st == "REVERSING":
+        new = sql.debit_transition(tx, debit_id, ("REVERSING",), now,
+                                   (actor, "card-debit-resend", detail), next_attempt_at=now)
+    elif st == "SENT":
+        new = sql.debit_transition(tx, debit_id, ("SENT",), now,
+                                   (actor, "card-debit-resend", detail),
+                                   status="REVERSING", next_attempt_at=now, attempts=0)
+    else:  # debited, not posted: the sweep posts it; nothing in the row changes
+        detail["after"] = {"status": st, "payment_id": None}
+        tx.audit(now, actor, "card-debit-resend", row["utility_serial"],
+                 {"bank": row["bank"], **detail})
+        new = row
+    if new is None:  # its state changed meanwhile (an answer came): look again
+        raise Retry()
+    new = dict(new)
+    new["account_no"] = mask_account(new["account_no"])
+    return {"row": new, "what": what}
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat(sep=" ", timespec="seconds")

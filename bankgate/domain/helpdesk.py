@@ -34,7 +34,8 @@ WIDTHS = {"search": MAX_SEARCH, "customer_no": 32, "receipt": 20, "serial": 40,
           "bank": 32, "invoice": 20}
 UNDO_KINDS = {"REVERSAL": "reversed by the bank (冲正)", "REFUND": "refunded (退单)",
               "EXPIRY": "expired unconfirmed", "CANCEL": "cancelled by the bank",
-              "RECON": "reversed by reconciliation (抹账)"}
+              "RECON": "reversed by reconciliation (抹账)",
+              "OPERATOR": "reversed by an operator (冲正)"}
 
 
 class HelpdeskError(ValueError):

@@ -68,6 +68,7 @@ DEFAULT_SOURCES = ("online",)
 FEE_NAMES = {"01": "采暖费", "02": "物业费", "03": "蒸汽费", "04": "电费", "05": "接口费"}
 
 _CODE = re.compile(r"[0-9A-Z]{0,8}")
+_NUMBER = re.compile(r"[0-9A-Z]{1,20}")  # an invoice number as written
 _COUNTER = re.compile(r"counter([-_.][A-Za-z0-9_.-]{1,24})?")
 SOURCE_RE = re.compile(r"[a-z][a-z0-9_-]{0,15}")  # bg_payment.source is 16 wide
 
@@ -226,6 +227,12 @@ class InvoiceHook:
         self.settings = settings
 
     def after_post(self, tx: Tx, payment: dict, allocations: list[dict], now: datetime):
+        if payment["bank"] == COUNTER:  # taken at the utility's counter: its stock, if any
+            ranges = sql.ranges(tx, COUNTER)
+            if not ranges:
+                return None
+            no = _issue_for_payment(tx, payment, COUNTER, ranges[-1]["low_water"], now, SYSTEM)
+            return {"invoice_no": no or ""}
         s = self.settings.get(payment["bank"])
         if s is None or not s.enabled or payment.get("source", "online") not in s.sources:
             return None
@@ -273,6 +280,7 @@ class Printed:
     path: str
     copy: int = 0  # 0 the original, n the n-th reprint (补打)
     voided: str = ""  # 重打: the number this one replaces
+    payment_id: int | None = None
 
 
 @dataclass
@@ -429,8 +437,9 @@ class Invoices:
 
     # -- print, reprint, re-issue, void ---------------------------------------------------
 
-    def _resolve(self, tx: Tx, number: str) -> tuple[dict, dict | None]:
-        """(payment locked, its invoice) for an invoice number or a receipt number."""
+    def _resolve(self, tx: Tx, number: str, lock: bool = True) -> tuple[dict, dict | None]:
+        """(payment locked, its invoice) for an invoice number or a receipt number
+        (``lock`` false: read only, nothing locked)."""
         inv = sql.invoice_get(tx, number)
         pay = tx.payment_by_receipt(number)
         if inv is not None and pay is not None and inv["payment_id"] != pay["id"]:
@@ -441,14 +450,14 @@ class Invoices:
         if inv is not None and inv["payment_id"] is None:
             raise InvoiceError(f"invoice {number} was never used for a payment:"
                                f" {inv['void_reason'] or inv['status']}")
-        payment = tx.payment_by_id(inv["payment_id"] if inv else pay["id"], lock=True)
+        payment = tx.payment_by_id(inv["payment_id"] if inv else pay["id"], lock=lock)
         if payment is None:
             raise InvoiceError(f"invoice {number}: its payment is missing")
         if inv is None:
-            inv = sql.invoice_get(tx, payment["invoice_no"], lock=True) \
+            inv = sql.invoice_get(tx, payment["invoice_no"], lock=lock) \
                 if payment["invoice_no"] else None
         else:
-            inv = sql.invoice_get(tx, number, lock=True)
+            inv = sql.invoice_get(tx, number, lock=lock)
         return payment, inv
 
     @staticmethod
@@ -490,21 +499,19 @@ class Invoices:
         return invoice_pdf.render(doc)
 
     def print(self, number: str, *, actor: str, holder: str | None = None,
-              out_dir: str | None = None) -> Printed:
+              out_dir: str | None = None, reason: str = "") -> Printed:
         """打印: print a payment's invoice (a receipt number) or an issued
         invoice (its number).  A payment without an invoice gets a number now
-        from ``holder``'s stock (default: the bank it paid at)."""
+        from ``holder``'s stock (default: the bank it paid at).  ``reason``, when
+        given, is recorded in the audit row."""
         _need(actor, "an actor")
         if holder is not None:
             self.check_holder(holder)
-        return self.store.run_sync(self._print_tx, number, actor, holder, out_dir)
+        return self.store.run_sync(self._print_tx, number, actor, holder, out_dir, reason)
 
-    def _print_tx(self, tx: Tx, number: str, actor: str, holder: str | None, out_dir):
-        from bankgate.canon.files import write_atomic
-
-        now = self.now()
-        payment, inv = self._resolve(tx, number)
-        self._standing(payment)
+    @staticmethod
+    def _may_print(payment: dict, inv: dict | None) -> None:
+        Invoices._standing(payment)
         if inv is not None and inv["status"] == VOID:
             raise InvoiceError(f"invoice {inv['invoice_no']} is void ({inv['void_reason']});"
                                f" print receipt {payment['receipt_no']} for a new number")
@@ -513,6 +520,28 @@ class Invoices:
                 f"invoice {inv['invoice_no']} was printed already ({inv['print_count']}x,"
                 f" last {inv['printed_at']:%Y-%m-%d %H:%M}): use reprint (补打) for a copy or"
                 " print --reissue (重打) for a new number")
+
+    @staticmethod
+    def _may_reprint(number: str, payment: dict, inv: dict | None) -> None:
+        if inv is None or inv["status"] != PRINTED:
+            state = "has no invoice" if inv is None else f"is {inv['status'].lower()}"
+            raise InvoiceError(f"{number} {state}: only a printed invoice can be reprinted"
+                               " (补打); use print")
+        Invoices._standing(payment)
+
+    @staticmethod
+    def _may_void(number: str, inv: dict | None) -> None:
+        if inv is None or inv["status"] not in ACTIVE:
+            state = "has no standing invoice" if inv is None else "is void already"
+            raise InvoiceError(f"{number} {state}")
+
+    def _print_tx(self, tx: Tx, number: str, actor: str, holder: str | None, out_dir,
+                  reason: str = ""):
+        from bankgate.canon.files import write_atomic
+
+        now = self.now()
+        payment, inv = self._resolve(tx, number)
+        self._may_print(payment, inv)
         if inv is None:
             h = holder or payment["bank"]
             no = _issue_for_payment(tx, payment, h, self._low_water_tx(tx, h), now, actor)
@@ -526,31 +555,35 @@ class Invoices:
         pdf = self._render(tx, no, h, payment, now, actor)
         path = write_atomic(self._out(out_dir, h) / f"{no}.pdf", pdf)
         tx.audit(now, actor, "invoice-print", no,
-                 {"receipt_no": payment["receipt_no"], "holder": h, "file": str(path)})
-        return Printed(no, payment["receipt_no"], str(path))
+                 {"receipt_no": payment["receipt_no"], "holder": h, "file": str(path),
+                  "before": inv["status"] if inv is not None else None, "after": PRINTED,
+                  **({"reason": reason} if reason else {})})
+        return Printed(no, payment["receipt_no"], str(path), payment_id=payment["id"])
 
-    def reprint(self, number: str, *, actor: str, out_dir: str | None = None) -> Printed:
-        """补打: another print of a printed invoice, same number, marked as a copy."""
+    def reprint(self, number: str, *, actor: str, out_dir: str | None = None,
+                reason: str = "") -> Printed:
+        """补打: another print of a printed invoice, same number, marked as a copy.
+        ``reason``, when given, is recorded in the audit row."""
         _need(actor, "an actor")
-        return self.store.run_sync(self._reprint_tx, number, actor, out_dir)
+        return self.store.run_sync(self._reprint_tx, number, actor, out_dir, reason)
 
-    def _reprint_tx(self, tx: Tx, number: str, actor: str, out_dir):
+    def _reprint_tx(self, tx: Tx, number: str, actor: str, out_dir, reason: str = ""):
         from bankgate.canon.files import write_atomic
 
         now = self.now()
         payment, inv = self._resolve(tx, number)
-        if inv is None or inv["status"] != PRINTED:
-            state = "has no invoice" if inv is None else f"is {inv['status'].lower()}"
-            raise InvoiceError(f"{number} {state}: only a printed invoice can be reprinted"
-                               " (补打); use print")
-        self._standing(payment)
+        self._may_reprint(number, payment, inv)
         no = inv["invoice_no"]
         count = sql.invoice_bump_print(tx, no, now, actor)
         pdf = self._render(tx, no, inv["bank"], payment, now, actor, copy=count - 1)
         path = write_atomic(self._out(out_dir, inv["bank"]) / f"{no}-copy{count - 1}.pdf", pdf)
         tx.audit(now, actor, "invoice-reprint", no,
-                 {"receipt_no": payment["receipt_no"], "copy": count - 1, "file": str(path)})
-        return Printed(no, payment["receipt_no"], str(path), copy=count - 1)
+                 {"receipt_no": payment["receipt_no"], "copy": count - 1, "file": str(path),
+                  "before": {"print_count": inv["print_count"]},
+                  "after": {"print_count": count},
+                  **({"reason": reason} if reason else {})})
+        return Printed(no, payment["receipt_no"], str(path), copy=count - 1,
+                       payment_id=payment["id"])
 
     def reissue(self, number: str, *, reason: str, actor: str, holder: str | None = None,
                 out_dir: str | None = None) -> Printed:
@@ -594,12 +627,58 @@ class Invoices:
     def _void_tx(self, tx: Tx, number: str, reason: str, actor: str) -> dict:
         now = self.now()
         payment, inv = self._resolve(tx, number)
-        if inv is None or inv["status"] not in ACTIVE:
-            state = "has no standing invoice" if inv is None else "is void already"
-            raise InvoiceError(f"{number} {state}")
+        self._may_void(number, inv)
         _void(tx, inv, payment, reason, actor, now)
         return {"invoice_no": inv["invoice_no"], "receipt_no": payment["receipt_no"],
                 "was": inv["status"]}
+
+    # -- for the console: what an action would do, and the printed files ------------------
+
+    def preview(self, action: str, number: str) -> dict:
+        """What ``print``, ``reprint`` or ``void`` of ``number`` would act on (read
+        only, nothing locked): the payment, its invoice (``None``: a new number is
+        taken), the customer's name.  Raises :class:`InvoiceError` as the action
+        itself would for the invoice's state."""
+        if action not in ("print", "reprint", "void"):
+            raise ValueError(f"unknown invoice action {action!r}")
+        return self.store.run_sync(self._preview_tx, action, number, readonly=True)
+
+    def _preview_tx(self, tx: Tx, action: str, number: str) -> dict:
+        payment, inv = self._resolve(tx, number, lock=False)
+        if action == "print":
+            self._may_print(payment, inv)
+        elif action == "reprint":
+            self._may_reprint(number, payment, inv)
+        else:
+            self._may_void(number, inv)
+        data = sql.print_data(tx, payment["id"])
+        return {"payment": payment, "invoice": inv, "name": data["customer"]["name"]}
+
+    def pdf(self, invoice_no: str, copy: int | None = None) -> tuple[str, bytes]:
+        """The PDF a print of ``invoice_no`` wrote in the data folder: the newest
+        (the original, or the last copy 补打) or copy ``copy`` (0: the original).
+        ``(file name, bytes)``; raises :class:`InvoiceError` when the invoice was
+        never printed or its file is not in the data folder (printed with
+        ``--out`` elsewhere, or removed).  The name is built from the database's
+        values and checked to stay inside ``DATA_DIR/invoices``."""
+        if not _NUMBER.fullmatch(invoice_no or ""):
+            raise InvoiceError("expected an invoice number (capital letters and digits)")
+        inv = self.store.run_sync(sql.invoice_get, invoice_no, readonly=True)
+        if inv is None or not inv["print_count"]:
+            raise InvoiceError(f"invoice {invoice_no} was never printed")
+        last = inv["print_count"] - 1
+        if copy is None:
+            copy = last
+        if not 0 <= copy <= last:
+            raise InvoiceError(f"invoice {invoice_no} has copies 0 to {last}")
+        name = f"{invoice_no}.pdf" if copy == 0 else f"{invoice_no}-copy{copy}.pdf"
+        base = (Path(self.data_dir) / "invoices").resolve()
+        path = (base / inv["bank"] / name).resolve()
+        if not path.is_relative_to(base) or not path.is_file():
+            raise InvoiceError(f"the PDF of invoice {invoice_no}"
+                               + (f" (copy {copy})" if copy else "")
+                               + " is not in the data folder (printed with --out elsewhere?)")
+        return name, path.read_bytes()
 
     # -- N8 consistency -------------------------------------------------------------------
 

@@ -45,6 +45,11 @@ class BankPolicy:
     confirm_timeout: float = 300.0  # seconds a two-phase payment may stay pending
 
 
+#: the utility's own counter (柜台收费), a pseudo-bank every ledger knows: it takes any
+#: amount from 0.01 (an excess is kept as prepaid balance); no [[bank]] may take its name
+COUNTER = BankPolicy("counter", "counter", policy="any")
+
+
 def late_fee(outstanding: int, due_date: date, as_of: date, ppm: int, paid: int) -> int:
     """Late fee still owed on a bill as of ``as_of``.
 
@@ -124,6 +129,8 @@ class Ledger:
         try:
             return self.banks[name]
         except KeyError:
+            if name == COUNTER.name:
+                return COUNTER
             raise ValueError(f"unknown bank {name!r}") from None
 
     def _tariff_map(self, tx: Tx) -> dict:
@@ -149,10 +156,15 @@ class Ledger:
             return True
         return False
 
-    def _dues(self, tx: Tx, customer: dict, as_of: date, lock: bool) -> list[_Bill]:
+    def _dues(self, tx: Tx, customer: dict, as_of: date, lock: bool = False,
+              rows: list[dict] | None = None) -> list[_Bill]:
+        """The customer's open bills with their late fees as of ``as_of``; ``rows``:
+        the bills already read with the customer (``query_context``, ``claim_payment``)."""
         tariffs = self._tariff_map(tx)
         out = []
-        for b in tx.open_bills(customer["customer_no"], lock=lock):
+        if rows is None:
+            rows = tx.open_bills(customer["customer_no"], lock=lock)
+        for b in rows:
             t = tariffs.get((b["fee_type"], customer["customer_class"]))
             ppm = t["late_fee_ppm"] if t else 0
             outstanding = b["amount"] - b["paid_amount"]
@@ -209,7 +221,7 @@ class Ledger:
 
     def _query_tx(self, tx: Tx, req: m.QueryRequest) -> m.QueryResult:
         o = req.origin
-        cust = tx.customer_context(req.customer_no, o.bank, o.trade_date)
+        cust, open_rows = tx.query_context(req.customer_no, o.bank, o.trade_date)
         if cust is None:
             return m.QueryResult(Outcome.NOT_FOUND, customer_no=req.customer_no)
         base = dict(
@@ -218,7 +230,7 @@ class Ledger:
         )
         if cust["status"] != "A":
             return m.QueryResult(Outcome.ACCOUNT_LOCKED, **base)
-        bills = self._dues(tx, cust, req.origin.trade_date, lock=False)
+        bills = self._dues(tx, cust, req.origin.trade_date, rows=open_rows)
         total_due = sum(b.outstanding for b in bills)
         late = sum(b.late for b in bills)
         prepaid = cust["bg_prepaid"]
@@ -235,9 +247,10 @@ class Ledger:
 
     def pay(self, req: m.PaymentRequest, *, source: str = "online", run_id: int | None = None,
             actor: str = "", after_close: bool = False,
-            policy: str | None = None) -> m.PaymentResult:
+            policy: str | None = None, reason: str = "") -> m.PaymentResult:
         """Post a payment.  ``source``/``run_id``/``actor`` mark payments not made
-        by a bank online (reconciliation 补销, withholding, an operator);
+        by a bank online (reconciliation 补销, withholding, an operator at the
+        counter, whose ``reason`` goes into the audit row);
         ``after_close`` lets those post on a closed date and ``policy``
         overrides the bank's (reconciliation posts what the bank collected)."""
         self.bank(req.origin.bank)
@@ -248,7 +261,7 @@ class Ledger:
         for _ in range(3):
             try:
                 return self.store.run_sync(self._pay_tx, req, source, run_id, actor,
-                                           after_close, policy)
+                                           after_close, policy, reason)
             except Duplicate:
                 result = self.store.run_sync(self._repeat_tx, req, "PAY", readonly=True)
                 if result is not None:
@@ -273,22 +286,31 @@ class Ledger:
         return result_type(Outcome(row["outcome"]), retry=True, **fields)
 
     def _pay_tx(self, tx: Tx, req: m.PaymentRequest, source: str = "online", run_id=None,
-                actor: str = "", after_close: bool = False, policy_name: str | None = None):
+                actor: str = "", after_close: bool = False, policy_name: str | None = None,
+                reason: str = ""):
         o = req.origin
         policy = self.bank(o.bank)
         now = self.now()
-        jid = tx.claim(o.bank, o.trade_date, req.serial, "PAY", req.content, now)
+        # the journal key claimed, the customer read and its open bills locked (read
+        # even when a check below refuses the payment)
+        jid, cust, open_rows = tx.claim_payment(o.bank, o.trade_date, req.serial, "PAY",
+                                                req.content, now, req.customer_no)
 
-        def finish(outcome: Outcome, payment_id=None, expires_at=None,
-                   **fields) -> m.PaymentResult:
+        def answer(outcome: Outcome, expires_at=None,
+                   **fields) -> tuple[dict, m.PaymentResult]:
+            """The answer, and the journal's copy of it (what a repeat reads back)."""
             fields.setdefault("customer_no", req.customer_no)
             journaled = dict(fields)
             if expires_at is not None:
                 journaled["expires_at"] = expires_at.isoformat()
-            tx.journal_finish(jid, outcome.value, journaled, payment_id)
-            return m.PaymentResult(outcome, expires_at=expires_at, **fields)
+            return journaled, m.PaymentResult(outcome, expires_at=expires_at, **fields)
 
-        cust = tx.customer_context(req.customer_no, o.bank, o.trade_date)
+        def finish(outcome: Outcome, payment_id=None, expires_at=None,
+                   **fields) -> m.PaymentResult:
+            journaled, result = answer(outcome, expires_at, **fields)
+            tx.journal_finish(jid, outcome.value, journaled, payment_id)
+            return result
+
         known = cust["bg_closed"] if cust is not None else None
         if not after_close and self._closed_date(tx, o.bank, o.trade_date, known):
             return finish(Outcome.DATE_CLOSED)
@@ -298,7 +320,7 @@ class Ledger:
             return finish(Outcome.NOT_FOUND)
         if cust["status"] != "A":
             return finish(Outcome.ACCOUNT_LOCKED)
-        bills = self._dues(tx, cust, o.trade_date, lock=True)
+        bills = self._dues(tx, cust, o.trade_date, rows=open_rows)
         total = sum(b.outstanding + b.late for b in bills)
         if total == 0:
             return finish(Outcome.NOTHING_DUE)
@@ -329,23 +351,26 @@ class Ledger:
                       if status == "PENDING" else None)
         principal = sum(r["principal"] for r in rows)
         late = sum(r["late_fee"] for r in rows)
-        pid = tx.payment_insert(
+        payment = dict(
             bank=o.bank, trade_date=o.trade_date, serial=req.serial, trade_time=o.trade_time,
             customer_no=req.customer_no, amount=req.amount, principal=principal, late_fee=late,
             prepaid_in=excess, channel=o.channel, branch=o.branch[:20], teller=o.teller[:20],
             pan_masked=req.pan_masked, receipt_no=receipt_no, status=status, source=source,
             run_id=run_id, created_at=now, expires_at=expires_at,
         )
-        tx.allocations_insert(pid, rows)
-        tx.apply_allocations(rows, +1)
-        if excess:
-            tx.prepaid_add(req.customer_no, excess, now)
-        tx.n8_payment_insert(
-            receipt_no, req.customer_no, req.amount, o.trade_date, policy.bank_code, req.serial,
-            o.channel, "P" if status == "PENDING" else "N", now, rows,
-        )
-        invoice_no = ""
-        if self.hooks:
+        n8 = dict(pay_id=receipt_no, customer_no=req.customer_no, amount=req.amount,
+                  pay_date=o.trade_date, bank_code=policy.bank_code, bank_serial=req.serial,
+                  channel=o.channel, status="P" if status == "PENDING" else "N", now=now)
+        fields = dict(amount=req.amount, receipt_no=receipt_no,
+                      remaining_due=total - (req.amount - excess))
+        # the payment, its allocations onto the bills, the excess onto the prepaid
+        # balance and N8's payment records: one step
+        pid, invoice_no, done = None, "", None
+        if not self.hooks:  # nothing can change the answer now: journal it with the payment
+            journaled, done = answer(Outcome.OK, expires_at, invoice_no="", **fields)
+            tx.post_payment(payment, rows, n8, (jid, Outcome.OK.value, journaled))
+        else:
+            pid = tx.post_payment(payment, rows, n8)
             posted = {"id": pid, "bank": o.bank, "trade_date": o.trade_date, "serial": req.serial,
                       "customer_no": req.customer_no, "amount": req.amount,
                       "receipt_no": receipt_no, "source": source, "status": status}
@@ -353,13 +378,15 @@ class Ledger:
                 extra = hook.after_post(tx, posted, rows, now) or {}
                 invoice_no = extra.get("invoice_no", invoice_no)
         if source != "online":
-            tx.audit(now, actor or source, "post", receipt_no,
+            tx.audit(now, actor or source, "counter-pay" if o.bank == COUNTER.name else "post",
+                     receipt_no,
                      {"bank": o.bank, "serial": req.serial, "amount": req.amount,
-                      "run_id": run_id})
-        return finish(
-            Outcome.OK, pid, expires_at, amount=req.amount, receipt_no=receipt_no,
-            invoice_no=invoice_no, remaining_due=total - (req.amount - excess),
-        )
+                      "run_id": run_id, "customer_no": req.customer_no, "reason": reason,
+                      "due_before": total, "due_after": total - (req.amount - excess),
+                      "prepaid_in": excess})
+        if done is not None:
+            return done
+        return finish(Outcome.OK, pid, expires_at, invoice_no=invoice_no, **fields)
 
     # -- reversal ---------------------------------------------------------------------------
 
@@ -453,8 +480,8 @@ class Ledger:
         tx.payment_set_status(p["id"], status, now)
         tx.undo_insert(
             payment_id=p["id"], kind=kind, bank=p["bank"], trade_date=p["trade_date"],
-            serial=serial, actor=actor, reason=reason, run_id=run_id, created_at=now,
-        )
+            serial=serial, actor=actor, reason=reason[:200], run_id=run_id, created_at=now,
+        )  # the reason whole is in the audit row; bg_undo keeps 200 characters
         tx.n8_payment_set_status(p["receipt_no"], "C")
         for hook in self.hooks:
             hook.after_undo(tx, p, kind, now)
@@ -613,27 +640,90 @@ class Ledger:
 
     # -- refund (退单), by an operator on a later date ------------------------------------
 
-    def refund(self, receipt_no: str, reason: str, actor: str) -> m.SimpleResult:
+    def refund(self, receipt_no: str, reason: str, actor: str, *,
+               check: bool = False) -> m.SimpleResult:
+        """``check``: only say whether it may be refunded (OK or the refusal),
+        changing nothing -- a confirmation page's look."""
         if not reason.strip():
             return m.SimpleResult(Outcome.FORMAT_ERROR, "a refund needs a reason")
-        return self.store.run_sync(self._refund_tx, receipt_no, reason, actor)
+        return self.store.run_sync(self._refund_tx, receipt_no, reason, actor, check,
+                                   readonly=check)
 
-    def _refund_tx(self, tx: Tx, receipt_no: str, reason: str, actor: str) -> m.SimpleResult:
+    def _refund_tx(self, tx: Tx, receipt_no: str, reason: str, actor: str,
+                   check: bool = False) -> m.SimpleResult:
         p = tx.payment_by_receipt(receipt_no)
         if p is None:
             return m.SimpleResult(Outcome.ORIGINAL_NOT_FOUND, f"no payment {receipt_no}")
-        p = tx.payment_by_id(p["id"], lock=True)
+        p = tx.payment_by_id(p["id"], lock=not check)
         if p["status"] != "POSTED":
             return m.SimpleResult(Outcome.ALREADY_REVERSED, f"payment is {p['status'].lower()}")
         if p["invoice_printed"]:
             return m.SimpleResult(Outcome.REVERSAL_NOT_ALLOWED, "invoice printed: void it first")
+        if check:
+            return self._undo_check(tx, p, f"may refund {receipt_no}")
         now = self.now()
         outcome = self._undo(tx, p, "REFUND", "REFUNDED", now, actor=actor, reason=reason)
         if outcome is Outcome.OK:
             tx.audit(now, actor, "refund", receipt_no,
-                     {"reason": reason, "amount": p["amount"], "bank": p["bank"]})
+                     {"reason": reason, "amount": p["amount"], "bank": p["bank"],
+                      "customer_no": p["customer_no"], "before": "POSTED",
+                      "after": "REFUNDED"})
             return m.SimpleResult(Outcome.OK, f"refunded {receipt_no}")
         return m.SimpleResult(outcome, "the prepaid excess of this payment was drawn on")
+
+    @staticmethod
+    def _undo_check(tx: Tx, p: dict, ok: str) -> m.SimpleResult:
+        """What :meth:`_undo` would say of ``p``, without undoing it."""
+        if p["prepaid_in"] and tx.prepaid_get(p["customer_no"]) < p["prepaid_in"]:
+            return m.SimpleResult(Outcome.REVERSAL_NOT_ALLOWED,
+                                  "the prepaid excess of this payment was drawn on")
+        return m.SimpleResult(Outcome.OK, ok)
+
+    # -- reversal by an operator (冲正 the bank asked for by telephone) -------------------
+
+    def reverse_by_operator(self, receipt_no: str, reason: str, actor: str, *,
+                            check: bool = False) -> m.SimpleResult:
+        """Reverse a posted payment on an operator's word (the bank asked by
+        telephone; its reversal message never came), recorded as kind OPERATOR
+        with the actor and reason, audited as ``reverse``.  Only while its trade
+        date is open (the counter's: the same day) and its invoice unprinted:
+        later it is a refund.  ``check``: only say whether it may, changing nothing."""
+        if not reason.strip():
+            return m.SimpleResult(Outcome.FORMAT_ERROR, "a reversal needs a reason")
+        return self.store.run_sync(self._reverse_by_operator_tx, receipt_no, reason, actor,
+                                   check, readonly=check)
+
+    def _reverse_by_operator_tx(self, tx: Tx, receipt_no: str, reason: str, actor: str,
+                                check: bool) -> m.SimpleResult:
+        p = tx.payment_by_receipt(receipt_no)
+        if p is None:
+            return m.SimpleResult(Outcome.ORIGINAL_NOT_FOUND, f"no payment {receipt_no}")
+        p = tx.payment_by_id(p["id"], lock=not check)
+        if p["status"] == "PENDING":
+            return m.SimpleResult(Outcome.STATE_NOT_ALLOWED, "payment is pending (two-phase,"
+                                  " not confirmed): the bank cancels it, or it expires")
+        if p["status"] != "POSTED":
+            return m.SimpleResult(Outcome.ALREADY_REVERSED, f"payment is {p['status'].lower()}")
+        now = self.now()
+        d = p["trade_date"]
+        if self._closed_date(tx, p["bank"], d) or (p["bank"] == COUNTER.name
+                                                   and d < now.date()):
+            return m.SimpleResult(Outcome.DATE_CLOSED, f"trade date {d:%Y-%m-%d} of"
+                                  f" {p['bank']} is closed: refund it instead")
+        if p["invoice_printed"]:
+            return m.SimpleResult(Outcome.REVERSAL_NOT_ALLOWED,
+                                  f"its invoice {p['invoice_no'] or ''} was printed: void the"
+                                  " invoice first")
+        if check:
+            return self._undo_check(tx, p, f"may reverse {receipt_no}")
+        outcome = self._undo(tx, p, "OPERATOR", "REVERSED", now, actor=actor, reason=reason)
+        if outcome is not Outcome.OK:
+            return m.SimpleResult(outcome, "the prepaid excess of this payment was drawn on")
+        tx.audit(now, actor, "reverse", receipt_no,
+                 {"reason": reason, "amount": p["amount"], "bank": p["bank"],
+                  "serial": p["serial"], "trade_date": f"{d:%Y-%m-%d}",
+                  "customer_no": p["customer_no"], "before": "POSTED", "after": "REVERSED"})
+        return m.SimpleResult(Outcome.OK, f"reversed {receipt_no}")
 
     # -- cut-off -------------------------------------------------------------------------
 

@@ -34,6 +34,9 @@ the same statement run twice gives the same items and the same error file,
 and changes nothing the second time.  An exception an operator resolved
 (``bankgate recon resolve``) that a later run of the same bank and date finds
 again -- same category, serial and amounts -- stays ``RESOLVED`` in that run.
+An operator resolves an exception (:func:`resolve_exception`) or posts a
+bank-only record by hand (手工补账, :meth:`Reconciler.post_exception`): the
+console's exceptions page and ``bankgate recon resolve|post`` call these.
 
 Runs are numbered per bank (``run_no``: 1, 2, ... for each bank); the
 database id stays the internal key.  A dry run takes no number, changes
@@ -49,10 +52,8 @@ import concurrent.futures
 import hashlib
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -81,7 +82,9 @@ from bankgate.codec.statement import (  # the statement's vocabulary, shared wit
     StatementRecord,
     can_write,
 )
+from bankgate.domain.leases import Lease, LeaseBusy, LeaseLost, Leases, default_holder
 from bankgate.store import recon as sql
+from bankgate.store.db import Retry
 from bankgate.store.recon import (
     P_AMOUNT,
     P_CUSTOMER,
@@ -92,6 +95,7 @@ from bankgate.store.recon import (
     P_UNDO,
     P_UNDO_RUN,
 )
+from bankgate.store.tx import Duplicate
 
 log = logging.getLogger("bankgate.recon")
 
@@ -104,19 +108,36 @@ RESOLVED = "RESOLVED"  # an exception an operator (or a later run) closed
 STANDING = ("POSTED", "PENDING")
 RECON_CHANNEL = m.Channel.RECONCILIATION.value
 ITEM_BATCH = 5_000
-KEEPALIVE = 60.0  # seconds between refreshes of the run lock
+#: Test only: ``N:SECONDS`` makes a real run stop for SECONDS (default 600) on its
+#: worker thread after balancing its Nth item, so that an end-to-end test can kill
+#: the process half-way (tests/test_leases_e2e.py).  Never set it in production.
+PAUSE_ENV = "BANKGATE_TEST_RECON_PAUSE"
+INTERRUPTED = "interrupted: the process running it stopped before it finished"
 
 
 class ReconBusy(RuntimeError):
     """Another run (this process or another) holds the lock on this bank and date."""
 
 
-class ReconLockLost(RuntimeError):
+class ReconLockLost(LeaseLost):
     """The lock was taken over (this run was silent too long): the run stops."""
 
 
 class _OrderError(Exception):
     """The database did not return serials in code point order."""
+
+
+def _test_pause() -> tuple[int, float] | None:
+    """``(after N items, for SECONDS)`` from :data:`PAUSE_ENV`, or ``None``."""
+    spec = os.environ.get(PAUSE_ENV, "").strip()
+    if not spec:
+        return None
+    after, _, seconds = spec.partition(":")
+    try:
+        return int(after), float(seconds or 600)
+    except ValueError:
+        log.warning("%s=%r ignored: expected N:SECONDS", PAUSE_ENV, spec)
+        return None
 
 
 # -- the statement, through the bank plugin's format ---------------------------------------
@@ -387,10 +408,6 @@ class RunReport:
         }
 
 
-def default_holder() -> str:
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 class Reconciler:
     """Reconciles one configured bank (a :class:`bankgate.app.config.BankConfig`)."""
 
@@ -405,8 +422,10 @@ class Reconciler:
         self.data_dir = data_dir
         self.now = now or ledger.now
         self.holder = holder or default_holder()
-        self._touched = 0.0
-        self._touch_lock = threading.Lock()
+        # the run lock is the lease recon:{bank}:{date} (bankgate.domain.leases)
+        self.leases = Leases(self.store, now=self.now, holder=self.holder,
+                             ttl=self.policy.lock_stale)
+        self._lease: Lease | None = None  # the lock of the run at work
 
     @property
     def name(self) -> str:
@@ -426,14 +445,20 @@ class Reconciler:
     def reconcile(self, data: bytes, settle_date: date, *, source: str = "",
                   file_name: str = "", dry_run: bool = False,
                   progress: Callable[[str, int, int | None], None] | None = None,
-                  outputs: bool = True, actor: str = "recon") -> RunReport:
+                  outputs: bool = True, actor: str = "recon",
+                  lease: Lease | None = None) -> RunReport:
         """Reconcile ``data`` (the statement's bytes) for ``settle_date``.
 
         ``actor`` is who started it (an operator's name from ``bankgate
         reconcile``, ``recon`` for the service): the cut-off, the posts and
         reversals and the run are audited under it.  Raises
         :class:`StatementError` for an unusable file (a FAILED run is recorded)
-        and :class:`ReconBusy` when another run holds the date.
+        and :class:`ReconBusy` when another run holds the date.  ``lease``: the
+        run lock (:func:`bankgate.store.recon.lock_name`), taken by the caller,
+        who also releases it (the service's scheduler, which holds it from the
+        statement's fetch on); without it a real run takes and releases its own.
+        A real run marks the runs of its bank and date left RUNNING by a process
+        that stopped half-way as FAILED (:data:`INTERRUPTED`) before it starts.
         """
         progress = progress or (lambda phase, done, total: None)
         t0 = time.perf_counter()
@@ -454,13 +479,21 @@ class Reconciler:
         rep.bank_count, rep.bank_total = st.count, st.total
         rep.timings["read"] = time.perf_counter() - t0
         progress("read", st.count, st.count)
-        if not dry_run:
-            self._lock(settle_date)
+        if dry_run:
+            return self._run(st, order, rep, progress, outputs)
+        own = lease is None
+        if own:
+            lease = self._lock(settle_date, rep)
+        elif lease.name != sql.lock_name(self.name, settle_date):
+            raise ValueError(f"{lease.name} is not the run lock of {self.name} {settle_date}")
+        self._lease = lease
         try:
+            self._close_interrupted(settle_date, rep.actor)
             return self._run(st, order, rep, progress, outputs)
         finally:
-            if not dry_run:
-                self.store.run_sync(sql.lock_release, self.name, settle_date, self.holder)
+            self._lease = None
+            if own:
+                lease.release()
 
     def record_failure(self, settle_date: date, error: str, *, source: str = "",
                        file_name: str = "", actor: str = "recon") -> RunReport:
@@ -491,22 +524,42 @@ class Reconciler:
 
     # -- the lock ---------------------------------------------------------------------
 
-    def _lock(self, d: date) -> None:
-        held = self.store.run_sync(sql.lock_acquire, self.name, d, self.holder, self.now(),
-                                   self.policy.lock_stale)
-        if held is not None:
-            raise ReconBusy(f"{self.name} {d:%Y-%m-%d} is being reconciled by {held}")
-        self._touched = time.monotonic()
+    def _lock(self, d: date, rep: RunReport) -> Lease:
+        try:
+            return self.leases.acquire(
+                sql.lock_name(self.name, d), ttl=self.policy.lock_stale,
+                job={"job": "reconcile", "by": rep.actor, "file": rep.file_name},
+                action=sql.TAKEOVER, subject=sql.lock_subject(self.name, d))
+        except LeaseBusy as e:
+            raise ReconBusy(f"{self.name} {d:%Y-%m-%d} is being reconciled by"
+                            f" {sql.held_by(e.row)}") from None
 
     def _keepalive(self, d: date) -> None:
-        if time.monotonic() - self._touched < KEEPALIVE:
+        """Between steps: renew the run lock when a third of ``lock_stale`` has
+        passed; :class:`ReconLockLost` when another process took it over."""
+        lease = self._lease
+        if lease is None:
             return
-        with self._touch_lock:
-            if time.monotonic() - self._touched < KEEPALIVE:
-                return
-            if not self.store.run_sync(sql.lock_touch, self.name, d, self.holder, self.now()):
-                raise ReconLockLost(f"{self.name} {d}: the run lock was taken over")
-            self._touched = time.monotonic()
+        try:
+            lease.check()
+        except LeaseLost:
+            raise ReconLockLost(f"{self.name} {d}: the run lock was taken over") from None
+
+    def _close_interrupted(self, d: date, actor: str) -> None:
+        """Under the lock: mark the runs a stopped process left RUNNING as FAILED."""
+        now = self.now()
+
+        def tx_fn(tx) -> list[int]:
+            ids = sql.runs_interrupted(tx, self.name, d, now, INTERRUPTED)
+            if ids:
+                tx.audit(now, actor, "reconcile-interrupted", f"{self.name} {d}",
+                         {"run_ids": ids, "error": INTERRUPTED})
+            return ids
+
+        ids = self.store.run_sync(tx_fn)
+        if ids:
+            log.warning("reconciliation %s %s: run(s) %s were left RUNNING by a process that"
+                        " stopped: marked FAILED", self.name, d, ", ".join(map(str, ids)))
 
     # -- the phases ------------------------------------------------------------------------
 
@@ -693,6 +746,7 @@ class Reconciler:
         workers = max(1, min(self.policy.workers, total))
         done = [0]
         lock = threading.Lock()
+        pause = _test_pause()
 
         def work(part: list[Item]) -> None:
             for it in part:
@@ -703,6 +757,10 @@ class Reconciler:
                     n = done[0]
                 if n % 100 == 0 or n == total:
                     progress("balance", n, total)
+                if pause and n == pause[0]:
+                    log.warning("test hook %s: %s %s paused after %d of %d items for %g s",
+                                PAUSE_ENV, self.name, rep.settle_date, n, total, pause[1])
+                    time.sleep(pause[1])
 
         if workers == 1:
             work(todo)
@@ -890,6 +948,124 @@ class Reconciler:
             it.detail = (f"resolved by {r['resolved_by']}{when} (run {r['run_no']}):"
                          f" {r['resolved_note'] or ''} | {it.detail}")
 
+    # -- by hand: posting a bank-only record (手工补账) ------------------------------------
+
+    def preview_post(self, item_id: int, customer_no: str | None = None) -> dict:
+        """What :meth:`post_exception` would post (read only): the item, the
+        customer with what they owe, the amount.  Raises :class:`ExceptionRefused`
+        when it would be refused for the item's state or the customer."""
+        row, plan = self.store.run_sync(self._plan_tx, item_id, customer_no, readonly=True)
+        q = self.ledger.query(m.QueryRequest(plan["origin"], plan["customer_no"]))
+        if q.outcome is not Outcome.OK:
+            raise ExceptionRefused(*self._hand_refused(q.outcome, plan["customer_no"], row))
+        due = q.total_due + q.late_fee
+        p, amount = self.policy.post_policy, row["bank_amount"]
+        if not (amount == due or (amount < due and p in ("partial", "any"))
+                or (amount > due and p in ("overpay", "any"))):
+            raise ExceptionRefused(*self._hand_refused(Outcome.AMOUNT_REJECTED,
+                                                       plan["customer_no"], row))
+        return {**plan, "item": row, "name": q.name, "due": due,
+                "prepaid_in": max(0, amount - due)}
+
+    def post_exception(self, item_id: int, *, actor: str, reason: str,
+                       customer_no: str | None = None) -> dict:
+        """Post an exception's bank-only record by hand (手工补账), to the bank's
+        customer or to ``customer_no`` (a corrected number), and resolve the
+        exception with ``reason`` -- in one transaction: the ledger's post
+        (source ``recon``, the item's run, after the close, under the bank's
+        reconciliation policy ``post_policy``, journal key (bank, settle date,
+        the bank's serial)) and the resolution audited as ``recon-post``.
+
+        A refusal raises :class:`ExceptionRefused` and changes nothing: the item
+        is not an open bank-only exception, the serial is posted already (or the
+        bank reversed it first), the customer is unknown or locked, the ledger
+        refuses the amount.  A key whose journal row only records a refusal (the
+        online payment, or this reconciliation's own post, refused) is claimed
+        again -- the row it replaces is in the audit row.  Posting twice cannot
+        post twice: the second finds the item resolved and the key taken."""
+        reason = _note(reason, "reason")
+        for _ in range(3):
+            try:
+                return self.store.run_sync(self._post_tx, item_id, actor, reason, customer_no)
+            except Duplicate:
+                continue  # the key was claimed meanwhile: the next look refuses it
+        raise ExceptionRefused("the bank's serial keeps being claimed meanwhile: try again")
+
+    def _plan_tx(self, tx, item_id: int, customer_no: str | None,
+                 lock: bool = False) -> tuple[dict, dict]:
+        row = sql.item_get(tx, item_id, lock=lock)
+        _check_open(row, item_id)
+        if row["bank"] != self.name:
+            raise ValueError(f"item {item_id} is of bank {row['bank']}, not {self.name}")
+        if row["category"] != BANK_ONLY or not row["serial"] or not row["bank_amount"]:
+            raise ExceptionRefused(
+                f"item {item_id} is {row['category']}: only a record the bank has and the"
+                " gateway does not (BANK_ONLY) can be posted by hand; resolve it with a note",
+                "exception")
+        d, serial = row["settle_date"], row["serial"]
+        held = sql.lock_get(tx, self.name, d)
+        if held is not None and held["finished_at"] is None and held["expires_at"] >= self.now():
+            raise ExceptionRefused(f"{self.name} {d:%Y-%m-%d} is being reconciled right now"
+                                   f" ({held['holder']}): try again when the run is done")
+        if row["pay_status"] in STANDING:
+            raise ExceptionRefused(f"serial {serial} is posted already, as receipt"
+                                   f" {row['pay_receipt_no']}", "exception")
+        j = sql.journal_key(tx, self.name, d, serial)
+        if j is not None and not (j["kind"] == "PAY" and j["payment_id"] is None
+                                  and j["outcome"] not in ("OK", "PROCESSING")):
+            raise ExceptionRefused(_taken(serial, j), "exception")
+        cust = row["customer_no"] if customer_no is None else customer_number(customer_no)
+        if not cust:
+            raise ExceptionRefused("the bank's record names no customer: give the customer"
+                                   " number to post it to", "customer")
+        origin = m.Origin(bank=self.name, trade_date=d, teller="recon", channel=RECON_CHANNEL)
+        req = m.PaymentRequest(origin, serial, cust, row["bank_amount"],
+                               content=m.fingerprint("RECON", cust, row["bank_amount"], ""))
+        return row, {"origin": origin, "request": req, "customer_no": cust, "journal": j,
+                     "amount": row["bank_amount"], "serial": serial, "settle_date": d,
+                     "bank": self.name, "policy": self.policy.post_policy}
+
+    def _post_tx(self, tx, item_id: int, actor: str, reason: str, customer_no: str | None):
+        row, plan = self._plan_tx(tx, item_id, customer_no, lock=True)
+        replaced = None
+        j = plan["journal"]
+        if j is not None:  # a refused claim of the key: claimed again below
+            if not sql.journal_release(tx, j["id"]):
+                raise Retry()
+            replaced = {"kind": j["kind"], "outcome": j["outcome"],
+                        "created_at": f"{j['created_at']:%Y-%m-%d %H:%M:%S}"}
+        # the ledger's own transaction body, in this transaction: the post and the
+        # resolution commit together or not at all
+        res = self.ledger._pay_tx(tx, plan["request"], "recon", row["run_id"], actor, True,
+                                  self.policy.post_policy)
+        cust = plan["customer_no"]
+        if res.outcome is not Outcome.OK:
+            raise ExceptionRefused(*self._hand_refused(res.outcome, cust, row))
+        pay = tx.payment_by_receipt(res.receipt_no)
+        to = "" if cust == row["customer_no"] else f" to customer {cust}"
+        note = f"posted by hand as receipt {res.receipt_no}{to}: {reason}"
+        sql.item_resolve(tx, item_id, actor, note, self.now(), action="recon-post",
+                         payment_id=pay["id"],
+                         detail={"reason": reason, "receipt_no": res.receipt_no,
+                                 "customer_no": cust, "bank_customer_no": row["customer_no"],
+                                 "amount": row["bank_amount"], "replaced": replaced})
+        return {"item": item_id, "receipt_no": res.receipt_no, "payment_id": pay["id"],
+                "customer_no": cust, "amount": row["bank_amount"], "bank": self.name,
+                "settle_date": row["settle_date"], "serial": row["serial"],
+                "run_no": row["run_no"], "replaced": replaced}
+
+    def _hand_refused(self, o: Outcome, cust: str, row: dict) -> tuple[str, str | None]:
+        """(message, field) for an outcome refusing a post by hand."""
+        if o is Outcome.AMOUNT_REJECTED:
+            return (f"amount {fen_to_yuan(row['bank_amount'])} not accepted for customer"
+                    f" {cust} under the bank's post_policy {self.policy.post_policy!r}", None)
+        return {
+            Outcome.NOT_FOUND: (f"customer {cust} not found at the utility", "customer"),
+            Outcome.ACCOUNT_LOCKED: (f"customer {cust} is locked or suspended", "customer"),
+            Outcome.NOTHING_DUE: (f"customer {cust} has nothing open to pay", "customer"),
+            Outcome.FORMAT_ERROR: (f"customer {cust!r} cannot be posted to", "customer"),
+        }.get(o, (f"the ledger refused it: {o.value}", None))
+
     # -- outputs ------------------------------------------------------------------------
 
     def write_outputs(self, rep: RunReport) -> dict:
@@ -910,6 +1086,140 @@ class Reconciler:
                       rep.label, e)
             rep.outputs["error"] = str(e)
         return rep.outputs
+
+
+# -- the exceptions, for an operator ----------------------------------------------------
+
+LIST_LIMIT = 500  # open exceptions a page lists
+RESOLVED_DAYS = 62  # resolutions of settle dates this recent are listed
+RESOLVED_LIMIT = 50
+MAX_NOTE = 500
+
+
+class ExceptionRefused(ValueError):
+    """An operator's action on an exception refused: nothing was changed.
+    ``field`` names the input the message belongs to (``exception``,
+    ``customer``, ``reason``), when one does; ``missing``: there is no such
+    item to act on (none, or a dry run's), rather than one whose state refuses."""
+
+    def __init__(self, message: str, field: str | None = None, *, missing: bool = False):
+        super().__init__(message)
+        self.message, self.field, self.missing = message, field, missing
+
+
+def _note(text: str, field: str) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise ExceptionRefused("say what was done and why (it goes into the audit trail)",
+                               field)
+    if len(text) > MAX_NOTE:
+        raise ExceptionRefused(f"at most {MAX_NOTE} characters", field)
+    return text
+
+
+def customer_number(text: str) -> str:
+    """A corrected customer number: 1 to 32 printable characters N8 can store."""
+    text = (text or "").strip()
+    ok = 0 < len(text) <= 32 and text.isprintable() and " " not in text
+    try:
+        text.encode("gbk")
+    except UnicodeEncodeError:
+        ok = False
+    if not ok:
+        raise ExceptionRefused("expected a customer number (1 to 32 characters, no spaces)",
+                               "customer")
+    return text
+
+
+def _check_open(row: dict | None, item_id: int) -> None:
+    """Refuse an item that is missing, of a dry run, or no longer an exception."""
+    if row is None:
+        raise ExceptionRefused(f"no reconciliation item {item_id}", "exception", missing=True)
+    if row["dry_run"]:
+        raise ExceptionRefused(f"item {item_id} belongs to a dry run of {row['bank']}"
+                               f" {row['settle_date']}: a dry run leaves nothing to do",
+                               "exception", missing=True)
+    if row["action"] != EXCEPTION:
+        who = ""
+        if row.get("resolved_by"):
+            when = (f" on {row['resolved_at']:%Y-%m-%d %H:%M}" if row.get("resolved_at")
+                    else "")
+            who = f" by {row['resolved_by']}{when}: {row.get('resolved_note') or ''}"
+        raise ExceptionRefused(f"item {item_id} is not an open exception: it is"
+                               f" {row['action']}{who}", "exception")
+
+
+def _taken(serial: str, j: dict) -> str:
+    """Why a journal key taken by more than a refusal cannot be posted again."""
+    if j["kind"] == "BLOCK":
+        return (f"the bank reversed serial {serial} before its payment arrived (reversal"
+                " first): ask the bank, then resolve the exception with a note")
+    if j["kind"] == "PAY" and j["pay_receipt_no"]:
+        if j["pay_status"] in STANDING:
+            return f"serial {serial} is posted already, as receipt {j['pay_receipt_no']}"
+        return (f"serial {serial} was posted as receipt {j['pay_receipt_no']}, now"
+                f" {j['pay_status'].lower()}: the bank's serial cannot be posted twice; take"
+                " the payment at the counter and resolve the exception with a note")
+    return (f"serial {serial} is taken in the gateway's journal ({j['kind']},"
+            f" {j['outcome']}): it cannot be posted under it")
+
+
+def find_exception(store, item_id: int) -> dict:
+    """One open exception with its run and the gateway's payment it names (read
+    only); raises :class:`ExceptionRefused` for any other item."""
+    row = store.run_sync(sql.item_get, item_id, readonly=True)
+    _check_open(row, item_id)
+    return row
+
+
+def exception_bank(store, item_id: int) -> str:
+    """The bank of a reconciliation item (any state); :class:`ExceptionRefused`
+    when there is none."""
+    row = store.run_sync(sql.item_get, item_id, readonly=True)
+    if row is None:
+        raise ExceptionRefused(f"no reconciliation item {item_id}", "exception", missing=True)
+    return row["bank"]
+
+
+def resolve_exception(store, item_id: int, *, actor: str, note: str,
+                      now: datetime) -> dict:
+    """Close an open exception after handling it by hand: RESOLVED with who, when
+    and ``note`` (the reason), audited ``recon-resolve`` with the item before and
+    after, in one transaction.  A later run of the same statement keeps it
+    resolved.  Raises :class:`ExceptionRefused` (nothing changed) for an item
+    that is missing, of a dry run or not an open exception."""
+    note = _note(note, "reason")
+
+    def tx_fn(tx):
+        _check_open(sql.item_get(tx, item_id, lock=True), item_id)
+        return sql.item_resolve(tx, item_id, actor, note, now)
+
+    return store.run_sync(tx_fn)
+
+
+def can_post(row: dict) -> bool:
+    """Whether an open exception (a row of :func:`exceptions_page`) may be offered
+    for a post by hand: a bank-only record with a serial and an amount, naming no
+    standing payment, whose serial the journal has not or only as a refusal."""
+    kind = row.get("journal_kind")
+    journal_free = kind is None or (kind == "PAY" and row["journal_payment_id"] is None
+                                    and row["journal_outcome"] not in ("OK", "PROCESSING"))
+    return (row["category"] == BANK_ONLY and bool(row["serial"])
+            and bool(row["bank_amount"]) and row["pay_status"] not in STANDING
+            and journal_free)
+
+
+def exceptions_page(store, today: date) -> dict:
+    """What the console's exceptions page shows (read only): the open exceptions
+    of each bank's and date's latest run, newest date first (at most
+    :data:`LIST_LIMIT`, ``more`` when there are more), each with ``postable``;
+    and the resolutions of the last :data:`RESOLVED_DAYS` days, newest first."""
+    rows = store.run_sync(sql.exceptions_open, LIST_LIMIT + 1, readonly=True)
+    for r in rows:
+        r["postable"] = can_post(r)
+    resolved = store.run_sync(sql.resolved_recently, today - timedelta(days=RESOLVED_DAYS),
+                              RESOLVED_LIMIT, readonly=True)
+    return {"open": rows[:LIST_LIMIT], "more": len(rows) > LIST_LIMIT, "resolved": resolved}
 
 
 # -- statements from the gateway's own journal (simulation, tests) ---------------------

@@ -31,6 +31,14 @@ them out.  A refused collection order (拒付) comes back like any other
 failure (result 1-4) and the bill stays open for the account manager; the
 report marks large customers' lines.
 
+**Several processes or nodes on one database.**  Writing a bank's batch file
+holds the lease ``withholding-batch:{bank}`` -- per bank, not per date: a bill
+waiting in any of the bank's files is left out of the next, so two files being
+written at once could both take it -- and reading a result file holds
+``withholding-result:{bank}:{deduct date}`` (:mod:`bankgate.domain.leases`).
+Asked while another process holds one, the command refuses, naming the holder,
+and changes nothing.
+
 Real-time card debits (卡扣, ref-delim §7) are in :mod:`bankgate.domain.carddebit`.
 Settings live in each bank's ``[bank.options]`` table; the application parses
 them (:func:`bankgate.app.options.withholding_options`, ``docs/withholding.rst``)
@@ -45,7 +53,8 @@ import csv
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -56,6 +65,7 @@ from bankgate.canon.files import write_atomic
 from bankgate.canon.masking import mask_account
 from bankgate.canon.messages import Outcome
 from bankgate.canon.money import fen_to_yuan
+from bankgate.domain.leases import Lease, LeaseBusy, LeaseLost, Leases
 from bankgate.domain.ledger import Ledger, late_fee
 from bankgate.store import withholding as sql
 from bankgate.store.db import StoreUnavailable
@@ -66,6 +76,9 @@ SOURCE = "withholding"
 CHANNEL = m.Channel.WITHHOLDING.value
 ACCOUNT_RE = re.compile(r"[0-9A-Za-z-]{4,32}")
 CUSTOMER_CHOICES = ("all", "large", "households")
+#: seconds a batch or result file's lease holds without renewal (renewed between
+#: steps): a process that dies while writing one blocks the bank's next for so long
+LEASE_TTL = 600.0
 
 #: .PKJG result codes (ref-delim §6) for codecs that do not name their own
 RESULT_REASONS = {
@@ -285,7 +298,7 @@ class Withholding:
 
     def __init__(self, ledger: Ledger, banks: Iterable[Bank], codecs: dict,
                  options: dict[str, WithholdingOptions], *, data_dir: str,
-                 now: Callable[[], datetime] | None = None):
+                 now: Callable[[], datetime] | None = None, leases: Leases | None = None):
         self.ledger = ledger
         self.store = ledger.store
         self.banks = list(banks)
@@ -293,6 +306,24 @@ class Withholding:
         self.options = options
         self.data_dir = data_dir
         self.now = now or ledger.now
+        self.leases = leases or Leases(self.store, now=self.now, ttl=LEASE_TTL)
+
+    @contextmanager
+    def _exclusive(self, name: str, what: str, actor: str) -> Iterator[Lease]:
+        """Hold the lease ``name`` for the block; :class:`WithholdingError`
+        (nothing done) while another process holds it."""
+        try:
+            lease = self.leases.acquire(name, ttl=LEASE_TTL, job={"job": what, "by": actor})
+        except LeaseBusy as e:
+            raise WithholdingError(
+                f"{what}: being done by {e.holder} since {e.row['acquired_at']:%H:%M:%S};"
+                " try again when it is done (nothing was changed)") from None
+        try:
+            yield lease
+        except LeaseLost as e:
+            raise WithholdingError(f"{what}: {e} (run it again)") from None
+        finally:
+            lease.release()
 
     # -- banks -------------------------------------------------------------------
 
@@ -389,17 +420,25 @@ class Withholding:
         if customers not in CUSTOMER_CHOICES:
             raise WithholdingError(f"customers: expected one of {', '.join(CUSTOMER_CHOICES)}")
         large = {"all": None, "large": True, "households": False}[customers]
-        batch, skipped, n_large = self.store.run_sync(
-            self._generate_tx, b, codec, deduct_date, large, customers, actor, self.now())
-        if batch is None:
-            return BatchResult(None, None, skipped)
-        try:
-            path = self._write_batch_file(b, codec, batch)
-        except OSError as e:
-            self.store.run_sync(sql.batch_delete, batch["id"])
-            raise WithholdingError(f"cannot write {batch['file_name']} into"
-                                   f" {exchange_dir(b, self.data_dir)}: {e.strerror};"
-                                   " the batch was not kept") from None
+        with self._exclusive(f"withholding-batch:{b.name}", f"{b.name}: a batch file",
+                             actor) as lease:
+            batch, skipped, n_large = self.store.run_sync(
+                self._generate_tx, b, codec, deduct_date, large, customers, actor, self.now())
+            if batch is None:
+                return BatchResult(None, None, skipped)
+            try:
+                lease.check()
+                path = self._write_batch_file(b, codec, batch)
+            except LeaseLost:
+                self.store.run_sync(sql.batch_delete, batch["id"])
+                raise WithholdingError(f"{batch['file_name']}: another process took the"
+                                       " batch file's lease over meanwhile; the batch was"
+                                       " not kept") from None
+            except OSError as e:
+                self.store.run_sync(sql.batch_delete, batch["id"])
+                raise WithholdingError(f"cannot write {batch['file_name']} into"
+                                       f" {exchange_dir(b, self.data_dir)}: {e.strerror};"
+                                       " the batch was not kept") from None
         return BatchResult(batch, path, skipped, n_large)
 
     def _generate_tx(self, tx: Tx, b: Bank, codec, d: date, large, customers: str,
@@ -523,11 +562,15 @@ class Withholding:
             records, _trailer = codec.read_pkjg(data)
         except ValueError as e:
             raise ResultFileRefused(name, [str(e)]) from None
-        lines = self.store.run_sync(sql.batch_lines, row["id"], readonly=True)
-        updates = self._match(name, lines, records)
-        self.store.run_sync(sql.record_results, row["id"], updates, self.now(), actor,
-                            {"file": name})
-        posted_now = self._post_lines(b, row, actor)
+        with self._exclusive(f"withholding-result:{b.name}:{row['deduct_date']:%Y-%m-%d}",
+                             f"{b.name} {row['deduct_date']:%Y-%m-%d}: a result file",
+                             actor) as lease:
+            lines = self.store.run_sync(sql.batch_lines, row["id"], readonly=True)
+            updates = self._match(name, lines, records)
+            lease.check()
+            self.store.run_sync(sql.record_results, row["id"], updates, self.now(), actor,
+                                {"file": name})
+            posted_now = self._post_lines(b, row, actor)
         rep = self.report(bank_name, row["file_name"])
         rep.posted_now = posted_now
         return rep

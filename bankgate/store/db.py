@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from twisted.internet import threads
 from twisted.python.threadpool import ThreadPool
 
-from bankgate.store import model
+from bankgate.store import model, pghot
 from bankgate.store.dialects import create_engine, is_transient
 from bankgate.store.n8 import N8Mapping, build_tables
 from bankgate.store.tx import HotStatements, Tx
@@ -47,6 +47,7 @@ class Store:
         threads: int = 4,
         echo: bool = False,
         retries: int = 3,
+        hot_path: bool = True,
     ):
         self.url = url
         self.mapping = mapping or N8Mapping()
@@ -62,6 +63,9 @@ class Store:
         self.reactor = reactor
         self.retries = retries
         self.statements = HotStatements(self)
+        # PostgreSQL: the ledger's queries and payments in folded statements on the
+        # driver (bankgate.store.pghot); hot_path=False keeps the generic path (tests)
+        self.hot_path = pghot.PgHotPath(self) if hot_path and pghot.usable(self.engine) else None
         self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="bankgate-db")
         self._started = False
 
@@ -73,14 +77,19 @@ class Store:
             self._started = True
 
     def stop(self) -> None:
-        reader = getattr(self._local, "reader", None)
-        if reader is not None:
-            self._local.reader = None
-            reader.close()
+        self.release_reader()
         if self._started:
             self.pool.stop()
             self._started = False
         self.engine.dispose()
+
+    def release_reader(self) -> None:
+        """Give the calling thread's kept read connection back to the pool (a
+        thread that reads no more, e.g. a benchmark's worker at its end)."""
+        reader = getattr(self._local, "reader", None)
+        if reader is not None:
+            self._local.reader = None
+            reader.close()
 
     # -- running work ------------------------------------------------------
 

@@ -107,7 +107,8 @@ undo = sa.Table(
     metadata,
     _id(),
     sa.Column("payment_id", sa.BigInteger, nullable=False),
-    sa.Column("kind", sa.String(10), nullable=False),  # REVERSAL REFUND EXPIRY RECON CANCEL
+    # REVERSAL REFUND EXPIRY RECON CANCEL OPERATOR
+    sa.Column("kind", sa.String(10), nullable=False),
     sa.Column("bank", sa.String(BANK), nullable=False),
     sa.Column("trade_date", sa.Date, nullable=False),
     sa.Column("serial", sa.String(SERIAL), nullable=True),
@@ -168,8 +169,8 @@ statement = sa.Table(
     sa.UniqueConstraint("bank", "settle_date", "sha256", name="uq_bg_statement_file"),
 )
 
-# One row per reconciliation run of a bank and settle date.  The lock row
-# (bank, settle_date) in bg_recon_lock keeps two gateway processes from
+# One row per reconciliation run of a bank and settle date.  The lease
+# ``recon:{bank}:{settle_date}`` in bg_lease keeps two gateway processes from
 # reconciling the same bank and date at once.  ``id`` is the internal key (items,
 # payments and undo rows point at it); ``run_no`` is the number an operator sees,
 # counted per bank from 1 (bg_recon_counter); a dry run takes none (NULL).
@@ -228,6 +229,8 @@ recon_item = sa.Table(
     sa.Index("ix_bg_recon_item_run", "run_id", "category"),
 )
 
+# Retired: the reconciliation's run lock before bg_lease (migration 0008).  Nothing
+# reads or writes it any more; it stays until a migration drops it.
 recon_lock = sa.Table(
     "bg_recon_lock",
     metadata,
@@ -235,6 +238,21 @@ recon_lock = sa.Table(
     sa.Column("settle_date", sa.Date, primary_key=True),
     sa.Column("holder", sa.String(64), nullable=False),
     sa.Column("since", sa.DateTime, nullable=False),
+)
+
+# One row per lease (bankgate/store/leases.py): the job it guards by name
+# (``recon:{bank}:{date}``, ``cutoff:{bank}:{date}``, ``expiry`` ...), the process
+# holding it and until when; a job that runs once keeps its row, finished.
+lease = sa.Table(
+    "bg_lease",
+    metadata,
+    sa.Column("name", sa.String(160), primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),  # host:pid:id
+    sa.Column("acquired_at", sa.DateTime, nullable=False),
+    sa.Column("renewed_at", sa.DateTime, nullable=False),
+    sa.Column("expires_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime, nullable=True),
+    sa.Column("job", sa.String(200), nullable=True),  # JSON: what, started by whom
 )
 
 # -- invoices (发票) --------------------------------------------------------------

@@ -7,11 +7,12 @@ values: tuples for the bulk reads (a million rows must not become a million
 dicts), dicts elsewhere.  Nothing here decides anything; the reconciler
 (``bankgate/domain/reconcile.py``) does.
 
-The lock on (bank, settle date) is a row in ``bg_recon_lock``: inserting it
-takes the lock (the primary key makes a second insert fail, in this process
-or another one on the same database), deleting it releases it, and a holder
-that has not touched it for ``stale`` seconds (a crashed process) may be
-replaced by a compare-and-swap update.
+The lock on (bank, settle date) is the lease ``recon:{bank}:{date}``
+(:mod:`bankgate.store.leases`, ``bg_lease``): inserting its row takes it (the
+primary key makes a second insert fail, in this process or another one on the
+same database), deleting it releases it, and a holder that has not renewed it
+for ``stale`` seconds (a crashed process) is replaced by a compare-and-swap
+update, audited as ``recon-lock-takeover``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import json
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 import sqlalchemy as sa
 
-from bankgate.store import model
+from bankgate.store import leases, model
 from bankgate.store.db import Retry
+from bankgate.store.dialects import lock_rows
 from bankgate.store.tx import Tx
 
 STANDING = ("POSTED", "PENDING")
@@ -55,64 +57,92 @@ def binary_order(col: sa.ColumnElement, dialect: str) -> sa.ColumnElement:
     return col
 
 
-# -- the run lock ------------------------------------------------------------------
+# -- the run lock: the lease recon:{bank}:{date} --------------------------------------
+
+
+def lock_name(bank: str, d: date) -> str:
+    """The name of the lease that is the run lock of (bank, d)."""
+    return f"recon:{bank}:{d:%Y-%m-%d}"
+
+
+def lock_parse(name: str) -> tuple[str, date] | None:
+    """(bank, date) of a run lock's name, ``None`` for any other name."""
+    kind, _, rest = name.partition(":")
+    bank, _, day = rest.rpartition(":")
+    if kind != "recon" or not bank:
+        return None
+    try:
+        return bank, date.fromisoformat(day)
+    except ValueError:
+        return None
+
+
+#: how a takeover of the run lock is audited: the action, and the subject of (bank, d)
+TAKEOVER = "recon-lock-takeover"
+
+
+def lock_subject(bank: str, d: date) -> str:
+    return f"{bank} {d:%Y-%m-%d}"
 
 
 def lock_acquire(tx: Tx, bank: str, d: date, holder: str, now: datetime,
                  stale: float) -> str | None:
     """Take the lock on (bank, d).  Returns ``None`` when taken, else the
     current holder (and since when) as text.  A holder silent for ``stale``
-    seconds is replaced."""
-    lk = model.recon_lock
-    try:
-        with tx.conn.begin_nested():
-            tx.conn.execute(lk.insert().values(bank=bank, settle_date=d, holder=holder,
-                                               since=now))
+    seconds is replaced (audited as ``recon-lock-takeover``)."""
+    got = leases.acquire(tx, lock_name(bank, d), holder, now, stale, action=TAKEOVER,
+                         subject=lock_subject(bank, d))
+    if got["ok"]:
         return None
-    except sa.exc.IntegrityError:
-        pass
-    row = tx.conn.execute(
-        sa.select(lk.c.holder, lk.c.since).where(lk.c.bank == bank, lk.c.settle_date == d)
-    ).first()
-    if row is None:  # released meanwhile: try once more
-        return lock_acquire(tx, bank, d, holder, now, stale)
-    if row.since < now - timedelta(seconds=stale):
-        r = tx.conn.execute(
-            lk.update()
-            .where(lk.c.bank == bank, lk.c.settle_date == d, lk.c.holder == row.holder,
-                   lk.c.since == row.since)
-            .values(holder=holder, since=now)
-        )
-        if r.rowcount == 1:
-            tx.audit(now, holder[:64], "recon-lock-takeover", f"{bank} {d:%Y-%m-%d}",
-                     {"stale_holder": row.holder, "since": row.since.isoformat()})
-            return None
-    return f"{row.holder} since {row.since:%Y-%m-%d %H:%M:%S}"
+    return held_by(got["row"])
 
 
-def lock_touch(tx: Tx, bank: str, d: date, holder: str, now: datetime) -> bool:
-    """Refresh the lock (a long run stays visibly alive); False if it was lost."""
-    lk = model.recon_lock
-    r = tx.conn.execute(
-        lk.update().where(lk.c.bank == bank, lk.c.settle_date == d, lk.c.holder == holder)
-        .values(since=now)
-    )
-    return r.rowcount == 1
+def held_by(row: dict) -> str:
+    """Who holds a lock, for a message: ``host:pid:id since 2026-11-27 02:00:05``."""
+    return f"{row['holder']} since {row['acquired_at']:%Y-%m-%d %H:%M:%S}"
+
+
+def lock_touch(tx: Tx, bank: str, d: date, holder: str, now: datetime,
+               stale: float = 1800.0) -> bool:
+    """Renew the lock for ``stale`` more seconds (a long run stays visibly
+    alive); False if it was lost."""
+    return leases.renew(tx, lock_name(bank, d), holder, now, stale)
 
 
 def lock_release(tx: Tx, bank: str, d: date, holder: str) -> None:
-    lk = model.recon_lock
-    tx.conn.execute(
-        lk.delete().where(lk.c.bank == bank, lk.c.settle_date == d, lk.c.holder == holder)
-    )
+    leases.release(tx, lock_name(bank, d), holder)
 
 
 def lock_get(tx: Tx, bank: str, d: date) -> dict | None:
-    lk = model.recon_lock
-    rows = tx.conn.execute(
-        sa.select(lk).where(lk.c.bank == bank, lk.c.settle_date == d)
-    ).mappings().all()
-    return dict(rows[0]) if rows else None
+    """The lock's lease row (``holder``, ``acquired_at``, ``expires_at`` ...) with
+    ``since`` (when it was taken), or ``None``."""
+    row = leases.get(tx, lock_name(bank, d))
+    if row is not None:
+        row["since"] = row["acquired_at"]
+    return row
+
+
+def runs_interrupted(tx: Tx, bank: str, d: date, now: datetime, why: str) -> list[int]:
+    """Mark the runs of (bank, d) still RUNNING (not dry) as FAILED with ``why``:
+    called under the lock, where no other run can be at work, so they are runs
+    whose process stopped half-way.  Returns their ids."""
+    rr = model.recon_run
+    ids = [int(r[0]) for r in tx.conn.execute(sa.select(rr.c.id).where(
+        rr.c.bank == bank, rr.c.settle_date == d, rr.c.dry_run == 0,
+        rr.c.status == "RUNNING"))]
+    for rid in ids:
+        tx.conn.execute(rr.update().where(rr.c.id == rid, rr.c.status == "RUNNING").values(
+            status="FAILED", finished_at=now,
+            summary=json.dumps({"error": why[:300]}, ensure_ascii=False)))
+    return ids
+
+
+def finished_since(tx: Tx, bank: str, d: date, since: datetime) -> bool:
+    """Has a (not dry) run of (bank, d) that started at or after ``since`` finished?"""
+    rr = model.recon_run
+    return tx.conn.execute(sa.select(rr.c.id).where(
+        rr.c.bank == bank, rr.c.settle_date == d, rr.c.dry_run == 0,
+        rr.c.status.in_(FINISHED), rr.c.started_at >= since).limit(1)).first() is not None
 
 
 # -- statements and runs -----------------------------------------------------------
@@ -346,33 +376,67 @@ class DryRunItem(ValueError):
     """An item of a dry run: nothing to resolve (a dry run leaves no exception)."""
 
 
-def item_resolve(tx: Tx, item_id: int, actor: str, note: str, now: datetime) -> dict | None:
+def item_resolve(tx: Tx, item_id: int, actor: str, note: str, now: datetime, *,
+                 action: str = "recon-resolve", detail: dict | None = None,
+                 payment_id: int | None = None) -> dict | None:
     """An operator closes one exception (after fixing it by hand): RESOLVED, with
     who, when and the note in its own columns (a later run of the same statement
-    keeps it resolved), audited.  Raises :class:`DryRunItem` for a dry run's item."""
-    it, rr = model.recon_item, model.recon_run
-    rows = tx.conn.execute(
-        sa.select(it, rr.c.bank, rr.c.settle_date, rr.c.run_no, rr.c.dry_run)
-        .join(rr, rr.c.id == it.c.run_id).where(it.c.id == item_id)).mappings().all()
-    if not rows:
+    keeps it resolved), audited as ``action`` with the item's state before and
+    after, the note as the reason and ``detail`` (a post by hand: the payment,
+    whose id ``payment_id`` the item then names).  Raises :class:`DryRunItem` for
+    a dry run's item; an item that is not an exception is returned unchanged."""
+    row = item_get(tx, item_id, lock=True)
+    if row is None:
         return None
-    row = dict(rows[0])
     if row["dry_run"]:
         raise DryRunItem(f"item {item_id} belongs to a dry run of {row['bank']}"
                          f" {row['settle_date']}: a dry run changes nothing, nothing to resolve")
     if row["action"] != "EXCEPTION":
         return row
-    detail = f"{row['detail'] or ''} | resolved by {actor}: {note}"[:200]
-    tx.conn.execute(it.update().where(it.c.id == item_id).values(
-        action="RESOLVED", detail=detail, resolved_by=actor[:64], resolved_at=now,
-        resolved_note=note[:200]))
-    tx.audit(now, actor, "recon-resolve", f"item {item_id}",
+    text = f"{row['detail'] or ''} | resolved by {actor}: {note}"[:200]
+    values = {"action": "RESOLVED", "detail": text, "resolved_by": actor[:64],
+              "resolved_at": now, "resolved_note": note[:200]}
+    if payment_id is not None:
+        values["payment_id"] = payment_id
+    it = model.recon_item
+    tx.conn.execute(it.update().where(it.c.id == item_id).values(**values))
+    tx.audit(now, actor, action, f"item {item_id}",
              {"run_id": row["run_id"], "run_no": row["run_no"], "bank": row["bank"],
               "settle_date": f"{row['settle_date']}", "serial": row["serial"],
-              "category": row["category"], "note": note})
-    row.update(action="RESOLVED", detail=detail, resolved_by=actor[:64], resolved_at=now,
-               resolved_note=note[:200])
+              "category": row["category"], "note": note, "reason": note,
+              "before": {"action": row["action"], "detail": row["detail"],
+                         "payment_id": row["payment_id"]},
+              "after": {"action": "RESOLVED", "detail": text,
+                        "payment_id": values.get("payment_id", row["payment_id"])},
+              **(detail or {})})
+    row.update(values)
     return row
+
+
+def item_get(tx: Tx, item_id: int, *, lock: bool = False) -> dict | None:
+    """One item with its run (bank, settle date, run number, dry run) and the
+    gateway's payment it names, if any (receipt, customer, amount, status as
+    ``pay_*``); ``lock``: the item's row is locked until the transaction ends."""
+    it = model.recon_item
+    if lock and tx.lock:  # the item alone: FOR UPDATE refuses the outer join's side
+        tx.conn.execute(lock_rows(sa.select(it.c.id).where(it.c.id == item_id), it)).all()
+    rows = tx.conn.execute(
+        _item_select().select_from(_item_from()).where(it.c.id == item_id)).mappings().all()
+    return dict(rows[0]) if rows else None
+
+
+def _item_from():
+    it, rr, p = model.recon_item, model.recon_run, model.payment
+    return it.join(rr, rr.c.id == it.c.run_id).outerjoin(p, p.c.id == it.c.payment_id)
+
+
+def _item_select() -> sa.Select:
+    it, rr, p = model.recon_item, model.recon_run, model.payment
+    return sa.select(it, rr.c.bank, rr.c.settle_date, rr.c.run_no, rr.c.dry_run,
+                     p.c.receipt_no.label("pay_receipt_no"),
+                     p.c.customer_no.label("pay_customer_no"),
+                     p.c.amount.label("pay_amount"), p.c.status.label("pay_status"),
+                     p.c.source.label("pay_source"))
 
 
 def resolutions(tx: Tx, bank: str, d: date) -> list[dict]:
@@ -410,6 +474,79 @@ def open_exceptions(tx: Tx, bank: str | None = None, d: date | None = None) -> l
         .order_by(rr.c.bank, rr.c.settle_date, it.c.serial)
     )
     return [dict(r) for r in tx.conn.execute(q).mappings()]
+
+
+def _latest_runs() -> sa.Select:
+    rr = model.recon_run
+    return (sa.select(sa.func.max(rr.c.id).label("id"))
+            .where(rr.c.dry_run == 0, rr.c.status.in_(FINISHED))
+            .group_by(rr.c.bank, rr.c.settle_date))
+
+
+def exceptions_open(tx: Tx, limit: int) -> list[dict]:
+    """The open exceptions (those of :func:`open_exceptions`) with their run, the
+    gateway's payment each names (``pay_*``) and the journal's row of the serial
+    (``journal_kind``, ``journal_outcome``, ``journal_payment_id``): the newest
+    settle date first, then by bank and serial; at most ``limit``."""
+    it, rr, j = model.recon_item, model.recon_run, model.journal
+    q = (_item_select()
+         .add_columns(j.c.kind.label("journal_kind"), j.c.outcome.label("journal_outcome"),
+                      j.c.payment_id.label("journal_payment_id"))
+         .select_from(_item_from().outerjoin(j, sa.and_(
+             j.c.bank == rr.c.bank, j.c.trade_date == rr.c.settle_date,
+             j.c.serial == it.c.serial)))
+         .where(it.c.run_id.in_(_latest_runs()), it.c.action == "EXCEPTION")
+         .order_by(rr.c.settle_date.desc(), rr.c.bank, it.c.serial, it.c.id)
+         .limit(limit))
+    return [dict(r) for r in tx.conn.execute(q).mappings()]
+
+
+def resolved_recently(tx: Tx, since: date, limit: int) -> list[dict]:
+    """Exceptions an operator resolved (``resolved_by`` set) in runs of settle
+    dates from ``since`` on, the newest resolution first; a resolution a later
+    run carried over is listed once, as the operator made it.  At most
+    ``limit``."""
+    it, rr = model.recon_item, model.recon_run
+    runs = sa.select(rr.c.id).where(rr.c.settle_date >= since, rr.c.dry_run == 0)
+    q = (_item_select().select_from(_item_from())
+         .where(it.c.run_id.in_(runs), it.c.category != "MATCHED",
+                it.c.action == "RESOLVED", it.c.resolved_by.is_not(None))
+         .order_by(it.c.resolved_at.desc(), it.c.id)
+         .limit(4 * limit))
+    out, seen = [], set()
+    for r in tx.conn.execute(q).mappings():
+        key = (r["bank"], r["settle_date"], r["category"], r["serial"], r["resolved_by"],
+               r["resolved_at"])
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(dict(r))
+    return out[:limit]
+
+
+def journal_key(tx: Tx, bank: str, d: date, serial: str) -> dict | None:
+    """The journal row of (bank, d, serial) with the payment it names (``pay_*``),
+    or ``None``."""
+    j, p = model.journal, model.payment
+    rows = tx.conn.execute(
+        sa.select(j.c.id, j.c.kind, j.c.outcome, j.c.content, j.c.payment_id, j.c.created_at,
+                  p.c.receipt_no.label("pay_receipt_no"), p.c.status.label("pay_status"),
+                  p.c.customer_no.label("pay_customer_no"), p.c.amount.label("pay_amount"))
+        .select_from(j.outerjoin(p, p.c.id == j.c.payment_id))
+        .where(j.c.bank == bank, j.c.trade_date == d, j.c.serial == serial)
+    ).mappings().all()
+    return dict(rows[0]) if rows else None
+
+
+def journal_release(tx: Tx, journal_id: int) -> bool:
+    """Delete a journal row that recorded a refused payment (no payment, an
+    outcome other than OK): its key may then be claimed again in this
+    transaction.  False when the row is not such a row (nothing deleted)."""
+    j = model.journal
+    r = tx.conn.execute(j.delete().where(
+        j.c.id == journal_id, j.c.kind == "PAY", j.c.payment_id.is_(None),
+        j.c.outcome.not_in(("OK", "PROCESSING"))))
+    return r.rowcount == 1
 
 
 # -- the gateway's side of the day ------------------------------------------------------

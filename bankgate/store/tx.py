@@ -3,6 +3,8 @@
 A :class:`Tx` wraps one connection inside one transaction.  The ledger calls
 these methods and keeps its rules to itself; nothing here decides anything.
 Rows come back as dicts (or tuples of dicts), never as live result objects.
+On PostgreSQL a query's and a payment's statements are folded into fewer
+(:mod:`bankgate.store.pghot`); the methods and what they return are the same.
 """
 
 from __future__ import annotations
@@ -131,6 +133,8 @@ class Tx:
         self.n8 = store.n8
         self.lock = store.row_locks
         self.sql: HotStatements = store.statements
+        # PostgreSQL's folded statements (bankgate.store.pghot), or None: the generic path
+        self.hot = store.hot_path
 
     def _x(self, stmt, params=None):
         return self.conn.execute(stmt, params) if params is not None else self.conn.execute(stmt)
@@ -186,10 +190,67 @@ class Tx:
 
     def journal_finish(self, journal_id: int, outcome: str, result: dict,
                        payment_id: int | None = None) -> None:
+        if self.hot is not None:
+            self.hot.finish(self.conn, journal_id, outcome, json.dumps(result, sort_keys=True),
+                            payment_id)
+            return
         self._x(self.sql.journal_finish, {
             "k_id": journal_id, "k_outcome": outcome,
             "k_result": json.dumps(result, sort_keys=True), "k_pid": payment_id,
         })
+
+    # -- a query's and a payment's reads and writes, folded where the database allows --
+
+    def query_context(self, customer_no: str, bank: str,
+                      trade_date: date) -> tuple[dict | None, list[dict]]:
+        """The customer as :meth:`customer_context` gives it (None: no such
+        customer) and its open bills as :meth:`open_bills` gives them: one
+        statement on PostgreSQL, two elsewhere."""
+        if self.hot is not None:
+            return self.hot.query(self.conn, customer_no, bank, trade_date)
+        cust = self.customer_context(customer_no, bank, trade_date)
+        return cust, self.open_bills(customer_no) if cust is not None else []
+
+    def claim_payment(self, bank: str, trade_date: date, serial: str, kind: str, content: str,
+                      now: datetime, customer_no: str) -> tuple[int, dict | None, list[dict]]:
+        """:meth:`claim` (raising :class:`Duplicate`), then the customer and its
+        open bills locked for the payment (``open_bills(lock=True)``): the journal
+        id, the customer (None: no such customer) and the bills.  One statement on
+        PostgreSQL, three elsewhere."""
+        if self.hot is not None:
+            try:
+                return self.hot.claim(self.conn, {
+                    "bank": bank, "trade_date": trade_date, "serial": serial, "kind": kind,
+                    "content": content, "now": now, "customer_no": customer_no})
+            except sa.exc.IntegrityError:
+                raise Duplicate(serial) from None
+        jid = self.claim(bank, trade_date, serial, kind, content, now)
+        cust = self.customer_context(customer_no, bank, trade_date)
+        return jid, cust, self.open_bills(customer_no, lock=True) if cust is not None else []
+
+    def post_payment(self, payment: dict, rows: list[dict], n8: dict,
+                     journal: tuple[int, str, dict] | None = None) -> int:
+        """Write a payment: its ``bg_payment`` row (``payment``: the columns of
+        :meth:`payment_insert`), its allocations ``rows`` onto the bills, its
+        ``prepaid_in`` onto the prepaid balance, N8's payment (``n8``: the
+        arguments of :meth:`n8_payment_insert` but ``items``) with ``rows`` as its
+        items; and ``journal`` = (journal id, outcome, result) finished with the
+        payment's id, when the answer is known already.  Returns the payment id.
+        One statement on PostgreSQL."""
+        if self.hot is not None:
+            if journal is not None:
+                journal = (journal[0], journal[1], json.dumps(journal[2], sort_keys=True))
+            return self.hot.post(self.conn, payment, rows, n8, journal)
+        pid = self.payment_insert(**payment)
+        self.allocations_insert(pid, rows)
+        self.apply_allocations(rows, +1)
+        if payment["prepaid_in"]:
+            self.prepaid_add(payment["customer_no"], payment["prepaid_in"],
+                             payment["created_at"])
+        self.n8_payment_insert(**n8, items=rows)
+        if journal is not None:
+            self.journal_finish(journal[0], journal[1], journal[2], pid)
+        return pid
 
     # -- cut-off ---------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 
 from bankgate.canon.messages import Outcome
 from bankgate.codec.base import BankProfile, Close, Dispatch, Reply, Session
+from bankgate.codec.capabilities import simulator_traits
 from bankgate.wire.framing import FrameReceiver, receiver_options
 
 
@@ -81,6 +82,7 @@ class BankStats:
     in_flight: int = 0
     transactions: int = 0
     last_message: datetime | None = None  # wall-clock time of the last frame received
+    last_signin: datetime | None = None  # wall-clock time of the last sign-in answered OK
     outcomes: Counter = field(default_factory=Counter)  # Outcome value -> count
     rejected: int = 0  # framing errors and codec Close actions
     errors: int = 0  # codec or ledger exceptions
@@ -135,6 +137,14 @@ class BankFactory(Factory):
         #: refused or a codec or the ledger fails (the console's metrics and live
         #: figures).  They run on every request: keep them cheap.
         self.observers: list[Callable[[str, str, str, float | None], None]] = []
+        #: the open connections (the console counts those signed in)
+        self.connections: set[BankProtocol] = set()
+        #: the transactions that sign a connection in and out, when the codec declares
+        #: a sign-in (:class:`~bankgate.codec.capabilities.SimulatorTraits` ``signin``;
+        #: its ``ops["signout"]``); ``None``: this bank's connections do not sign in
+        traits = simulator_traits(codec)
+        self.signin_txn = traits.signin if traits is not None else None
+        self.signout_txn = traits.ops.get("signout") if self.signin_txn else None
 
     def buildProtocol(self, addr) -> BankProtocol:
         p = BankProtocol(self)
@@ -158,6 +168,9 @@ class BankProtocol(FrameReceiver):
         self.in_flight = 0
         self.session: Session | None = None
         self._done = False  # one_per_connection: the one frame has been taken
+        #: when this connection last signed in (its working key's exchange), while
+        #: it is signed in; ``None`` otherwise
+        self.signed_in_at: datetime | None = None
 
     # -- connection ---------------------------------------------------------
 
@@ -171,6 +184,7 @@ class BankProtocol(FrameReceiver):
         )
         self.stats.connections_open += 1
         self.stats.connections_total += 1
+        self.factory.connections.add(self)
         self.log.debug(
             "{bank}: connection from {peer}", bank=self.bank, peer=self.session.peer_host
         )
@@ -179,6 +193,7 @@ class BankProtocol(FrameReceiver):
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
         self.stats.connections_open -= 1
+        self.factory.connections.discard(self)
         self.log.debug("{bank}: connection closed", bank=self.bank)
 
     def frameError(self, reason: str) -> None:
@@ -229,6 +244,9 @@ class BankProtocol(FrameReceiver):
             if self.one_per_connection:
                 self._done = True
             self._write(action.frame)
+            if action.txname and action.txname in (self.factory.signin_txn,
+                                                   self.factory.signout_txn):
+                self._signed(action)
             self._log_txn(action.txname, action.log, None, action.outcome, started)
             if self.one_per_connection:
                 self.closeConnection()
@@ -236,6 +254,16 @@ class BankProtocol(FrameReceiver):
             self._dispatch(action, started)
         else:
             self._error(None, f"codec returned {action!r}, not an action")
+
+    def _signed(self, action: Reply) -> None:
+        """A sign-in answered OK starts this connection's working key (a refused one
+        leaves the key it had); a sign-out answered OK ends it."""
+        if action.outcome is not Outcome.OK:
+            return
+        if action.txname == self.factory.signin_txn:
+            self.signed_in_at = self.stats.last_signin = self.factory.now()
+        else:
+            self.signed_in_at = None
 
     def _dispatch(self, action: Dispatch, started: float) -> None:
         self.in_flight += 1

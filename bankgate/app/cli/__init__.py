@@ -6,7 +6,16 @@ import argparse
 import sys
 
 from bankgate.app import startup, wiring
-from bankgate.app.cli import backup, common, invoices, recon, status, withholding, workorders
+from bankgate.app.cli import (
+    backoffice,
+    backup,
+    common,
+    invoices,
+    recon,
+    status,
+    withholding,
+    workorders,
+)
 from bankgate.app.cli import report as report_cli
 from bankgate.app.cli import user as user_cli
 from bankgate.app.cli.actor import add_actor
@@ -14,6 +23,7 @@ from bankgate.app.cli.argtypes import date_arg as _date
 from bankgate.app.cli.common import _ledger, _load, _store  # noqa: F401 - the commands' own
 from bankgate.app.cli.status import describe_database
 from bankgate.app.config import ConfigError, load_config
+from bankgate.codec.capabilities import statement_format
 from bankgate.codec.registry import PluginError
 
 
@@ -35,11 +45,59 @@ def cmd_config_check(args) -> int:
     print(f"{args.file}: OK")
     print(f"  data folder: {cfg.data_dir}")
     print(f"  database: {describe_database(cfg.db_url)}")
+    print(f"  workers: {cfg.workers} ("
+          + ("a supervisor and its worker processes" if cfg.workers > 1 else "one process")
+          + ")")
     for b in cfg.banks:
         print(f"  bank {b.name}: plugin {b.plugin}, code {b.bank_code}, policy {b.policy},"
               f" listen {', '.join(b.listen) or '-'}, MAC {_mac_text(b, codecs[b.plugin])}"
               + (f", two-phase (confirm within {b.confirm_timeout:g} s)" if b.two_phase else ""))
+    print(f"  mail: {_mail_text(cfg.mail)}")
+    print(f"  alerts: {_alerts_text(cfg)}")
+    for b in cfg.banks:
+        watch = _bank_alerts_text(b, statement_format(codecs[b.plugin]) is not None)
+        if watch:
+            print(f"  alerts for bank {b.name}: {watch}")
     return 0
+
+
+def _mail_text(mail) -> str:
+    """``[mail]`` in one line: the SMTP server, how, and the sender -- never the
+    password."""
+    if mail is None:
+        return "not configured (no [mail] table: nothing is mailed)"
+    how = ", ".join(filter(None, ["STARTTLS" if mail.starttls else "",
+                                  f"login {mail.user}" if mail.user else ""]))
+    return (f"{mail.host}:{mail.port}" + (f" ({how})" if how else "")
+            + f", from {mail.sender}")
+
+
+def _alerts_text(cfg) -> str:
+    """``[alerts]`` in one line: how often, where to (no secret: a webhook's host
+    only)."""
+    from bankgate.app.config import safe_webhook_url
+
+    a = cfg.alerts
+    if not a.enabled:
+        return "off"
+    where = []
+    if a.webhook is not None:
+        where.append(f"webhook {safe_webhook_url(a.webhook.url)}")
+    if a.email is not None:  # through [mail], without which it is a configuration error
+        where.append(f"e-mail to {', '.join(a.email.to)}")
+    return (f"every {a.interval:g} s, to the log and the console"
+            + "".join(f", {w}" for w in where))
+
+
+def _bank_alerts_text(b, reconcilable: bool) -> str:
+    """A bank's alert watches: quiet window and hours, when its statement is due."""
+    out = []
+    if b.quiet_after is not None:
+        out.append(f"quiet after {b.quiet_after:g} s within {b.business_hours}")
+    expected = b.statement_expected or b.reconcile_time
+    if reconcilable and expected is not None:
+        out.append(f"statement expected by {expected:%H:%M}")
+    return ", ".join(out)
 
 
 def cmd_db_upgrade(args) -> int:
@@ -261,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reason", required=True, help="why (recorded in bg_audit)")
     add_actor(c)
     c.set_defaults(func=cmd_refund)
+    backoffice.add_cli(sub, _load, _ledger)  # counter pay, reverse
 
     recon.add_cli(sub)
 

@@ -100,11 +100,14 @@ def add_cli(subparsers, load_config: Callable, make_ledger: Callable) -> None:
             "Print a payment's invoice to a PDF (打印) and mark it printed: from then on the\n"
             "bank's reversal and a refund are refused. A payment without an invoice gets a\n"
             "number now. --reissue (重打) voids a spoilt printed invoice and prints the next\n"
-            "number in its place."),
+            "number in its place. --reason is recorded in bg_audit (required with\n"
+            "--reissue)."),
         epilog=(
             "examples:\n"
             "  bankgate invoice print 20261127000000000042 --actor li\n"
             "  bankgate invoice print 20261127000000000042 --holder counter --actor li\n"
+            "  bankgate invoice print 20261127000000000042 --reason \"customer asked at the"
+            " counter\" --actor li\n"
             "  bankgate invoice print 210000000189 --reissue --reason \"printer jam\""
             " --actor li"))
     c.add_argument("number", help="an invoice number or a payment's receipt number")
@@ -114,7 +117,8 @@ def add_cli(subparsers, load_config: Callable, make_ledger: Callable) -> None:
                         " paid at; re-issue: the old number's holder)")
     c.add_argument("--reissue", action="store_true",
                    help="重打: void the standing invoice and print a new number")
-    c.add_argument("--reason", default="", help="why (required with --reissue)")
+    c.add_argument("--reason", default="",
+                   help="why, recorded in bg_audit (required with --reissue)")
     c.add_argument("--out", default=None, help="folder (default: DATA_DIR/invoices/HOLDER)")
     c.set_defaults(func=run(_cmd_print))
 
@@ -122,10 +126,16 @@ def add_cli(subparsers, load_config: Callable, make_ledger: Callable) -> None:
         "reprint", help="print a copy of a printed invoice, same number (补打)",
         description=(
             "Print a copy of a printed invoice with the same number (补打), marked as copy N\n"
-            "in its heading, footer and watermark. Every copy is audited."),
-        epilog="examples:\n  bankgate invoice reprint 210000000189 --actor li")
+            "in its heading, footer and watermark. Every copy is audited, with --reason\n"
+            "when given."),
+        epilog=(
+            "examples:\n"
+            "  bankgate invoice reprint 210000000189 --actor li\n"
+            "  bankgate invoice reprint 210000000189 --reason \"customer lost the original\""
+            " --actor li"))
     c.add_argument("number", help="an invoice number or a payment's receipt number")
     add_actor(c)
+    c.add_argument("--reason", default="", help="why, recorded in bg_audit")
     c.add_argument("--out", default=None)
     c.set_defaults(func=run(_cmd_reprint))
 
@@ -186,16 +196,15 @@ def _cmd_print(inv: Invoices, args) -> int:
         print(f"invoice {r.voided} void; re-issued as {r.invoice_no} for receipt"
               f" {r.receipt_no}: {r.path}")
         return 0
-    if args.reason:
-        print("bankgate: invoice: --reason is for --reissue", file=sys.stderr)
-        return 2
-    r = inv.print(args.number, actor=args.actor, holder=args.holder, out_dir=args.out)
+    r = inv.print(args.number, actor=args.actor, holder=args.holder, out_dir=args.out,
+                  reason=args.reason.strip())
     print(f"invoice {r.invoice_no} for receipt {r.receipt_no}: {r.path}")
     return 0
 
 
 def _cmd_reprint(inv: Invoices, args) -> int:
-    r = inv.reprint(args.number, actor=args.actor, out_dir=args.out)
+    r = inv.reprint(args.number, actor=args.actor, out_dir=args.out,
+                    reason=args.reason.strip())
     print(f"invoice {r.invoice_no} copy {r.copy} (补打) for receipt {r.receipt_no}: {r.path}")
     return 0
 

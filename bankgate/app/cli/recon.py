@@ -179,7 +179,9 @@ def cmd_recon_exceptions(args) -> int:
 
 
 def cmd_recon_resolve(args) -> int:
-    from bankgate.store import recon as sql
+    """Exit status: 0 resolved, 1 refused (not an open exception), 2 no such
+    item, a dry run's, or no note."""
+    from bankgate.domain.reconcile import ExceptionRefused, resolve_exception
 
     cfg = _load(args.config)
     if not args.note.strip():
@@ -188,14 +190,37 @@ def cmd_recon_resolve(args) -> int:
     store = _store(cfg)
     now = datetime.now(cfg.tz).replace(tzinfo=None)
     try:
-        row = store.run_sync(sql.item_resolve, args.item, args.actor, args.note, now)
-    except sql.DryRunItem as e:
+        row = resolve_exception(store, args.item, actor=args.actor, note=args.note, now=now)
+    except ExceptionRefused as e:
         print(f"bankgate: {e}", file=sys.stderr)
-        return 2
-    if row is None:
-        print(f"bankgate: no reconciliation item {args.item}", file=sys.stderr)
-        return 2
+        return 2 if e.missing else 1
     print(f"item {args.item}: {row['action']}  {row['detail']}")
+    return 0
+
+
+def cmd_recon_post(args) -> int:
+    """Exit status: 0 posted and resolved, 1 refused (nothing changed), 2 no such
+    item, or its bank is not reconciled here."""
+    from bankgate.canon.money import fen_to_yuan
+    from bankgate.domain.reconcile import ExceptionRefused, exception_bank
+
+    cfg = _load(args.config)
+    parts = _parts(cfg)
+    try:
+        bank = exception_bank(parts.store, args.item)
+        rec = parts.reconcilers().get(bank)
+        if rec is None:
+            print(f"bankgate: item {args.item} is of bank {bank!r}, which is not configured"
+                  " with a statement format here", file=sys.stderr)
+            return 2
+        r = rec.post_exception(args.item, actor=args.actor, reason=args.reason,
+                               customer_no=args.customer)
+    except ExceptionRefused as e:
+        print(f"bankgate: {e} -- nothing was changed", file=sys.stderr)
+        return 2 if e.missing else 1
+    print(f"item {r['item']}: posted by hand as receipt {r['receipt_no']}: {r['bank']}"
+          f" {r['settle_date']} serial {r['serial']}, customer {r['customer_no']},"
+          f" {fen_to_yuan(r['amount'])}; the exception is resolved")
     return 0
 
 
@@ -288,13 +313,39 @@ def add_cli(sub) -> None:
     c = rcs.add_parser(
         "resolve", help="close an exception after handling it by hand",
         description=(
-            "Close an exception after handling it by hand, saying what was done;\n"
-            "recorded with the actor."),
+            "Close an exception after handling it by hand, saying what was done; recorded\n"
+            "with the actor and the note (the reason) in bg_audit (recon-resolve). Exit\n"
+            "status 1 when the item is not an open exception (resolved already), 2 when\n"
+            "there is no such item."),
         epilog=(
             "examples:\n"
             "  bankgate recon resolve 1234 --actor wang --note \"posted by hand in N8, ticket"
-            " 5678\""))
+            " 5678\"\n"
+            "  bankgate recon resolve 1234 --reason \"bank confirmed our amount\""))
     c.add_argument("item", type=int, help="the item number (recon exceptions)")
-    c.add_argument("--note", required=True, help="what was done")
+    c.add_argument("--note", "--reason", dest="note", required=True,
+                   help="what was done and why (the reason in the audit trail)")
     add_actor(c)
     c.set_defaults(func=cmd_recon_resolve)
+    c = rcs.add_parser(
+        "post", help="post an exception's bank-only record by hand (手工补账)",
+        description=(
+            "Post an exception's bank-only record by hand (手工补账): the payment the bank's\n"
+            "statement lists and the gateway does not, under the bank's serial and the\n"
+            "settle date, to the bank's customer or --customer (a corrected number), as\n"
+            "the nightly run posts (补销, the bank's post_policy); the exception is\n"
+            "resolved with the reason in the same transaction (recon-post in bg_audit).\n"
+            "Refused, changing nothing (exit status 1): not an open BANK_ONLY exception,\n"
+            "the serial posted already or reversed first by the bank, the customer\n"
+            "unknown or locked, the amount not accepted. Exit status 2: no such item."),
+        epilog=(
+            "examples:\n"
+            "  bankgate recon post 1234 --reason \"bank confirmed the payment\" --actor wang\n"
+            "  bankgate recon post 1234 --customer 100000123 --reason \"the bank's customer"
+            " number was mistyped, see ticket 5678\" --actor wang"))
+    c.add_argument("item", type=int, help="the item number (recon exceptions)")
+    c.add_argument("--reason", required=True, help="why (recorded in bg_audit)")
+    c.add_argument("--customer", default=None,
+                   help="post to this customer number instead of the bank's")
+    add_actor(c)
+    c.set_defaults(func=cmd_recon_post)

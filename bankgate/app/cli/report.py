@@ -6,8 +6,9 @@ exporters of :mod:`bankgate.domain.reporting`; ``bankgate report list`` lists th
 What was asked is checked before any SQL runs (dates in order, at most ten years, a
 configured bank, the report's own dimensions).  Reports only read: no --actor.
 
-:func:`find_report` is the one place a name becomes a report: custom reports (TOML
-definitions) extend it.  ``docs/reports.rst`` is the manual.
+:func:`find_report` is the one place a name becomes a report: it asks the catalogue
+(:mod:`bankgate.app.report_catalogue`, the console's too), which also finds the custom
+reports (TOML definitions) and the supply reports.  ``docs/reports.rst`` is the manual.
 """
 
 from __future__ import annotations
@@ -18,38 +19,32 @@ from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 
-from bankgate.app.cli import custom_report, workorders
+from bankgate.app import wiring
+from bankgate.app.cli import custom_report
 from bankgate.app.cli.argtypes import date_arg
 from bankgate.app.cli.common import _load, _store
+from bankgate.app.report_catalogue import SUPPLY_REPORTS, Catalogue
 from bankgate.domain import reporting, reports
 
-#: Extra finders (custom reports): ``fn(name, cfg) -> runner | None``; the first that
-#: answers wins, after the standard catalogue.
-FINDERS: list[Callable] = []
-FINDERS.append(custom_report.finder)  # definitions: --definition, [reports] dir
-FINDERS.append(workorders.report_finder)  # supply status: supplied-unpaid, paid-closed
+
+def catalogue(cfg) -> Catalogue:
+    """The configuration's reports, on the command's clocks (the zone's time for the
+    supply reports' season, the system's date for the rest)."""
+    return Catalogue.for_config(cfg, now=wiring.wall_clock(cfg), today=date.today)
 
 
 def find_report(name: str, cfg) -> Callable:
     """A runner ``fn(store, params) -> ReportTable`` for ``name``: a standard report
-    (checked against the configuration's banks), or whatever a finder of
-    :data:`FINDERS` returns (``name`` is the file's path when ``--definition`` was given).
+    (checked against the configuration's banks), a custom report (``name`` is the
+    file's path when ``--definition`` was given) or a supply report.
     Raises :class:`~bankgate.domain.reports.ReportError`."""
-    banks = [b.name for b in cfg.banks]
-    if name in reports.CATALOGUE:
-        rep = reports.CATALOGUE[name]
-        return lambda store, params: rep.run(store, params, banks)
-    for finder in FINDERS:
-        runner = finder(name, cfg)
-        if runner is not None:
-            return runner
-    return reports.find(name)  # raises, naming the reports there are
+    return catalogue(cfg).find(name, files=True).run
 
 
 def check_report(name: str, cfg, params: dict) -> None:
     """Validate ``params`` for a standard report before opening the database."""
     if name in reports.CATALOGUE:
-        reports.CATALOGUE[name].validate(params, [b.name for b in cfg.banks])
+        catalogue(cfg).find(name).check(params)
 
 
 def default_path(cfg, name: str, fmt: str, params: dict) -> Path:
@@ -90,7 +85,7 @@ def cmd_report_list(args) -> int:
         by = f"  [--by {','.join(rep.dims)}; default {','.join(rep.default_by)}]" if (
             rep.dims) else ""
         print(f"{rep.name:16} {rep.title}: {rep.summary}{by}")
-    for name, summary in workorders.SUPPLY_REPORTS.items():  # supply status (开栓/停栓)
+    for name, (_, summary, _) in SUPPLY_REPORTS.items():  # supply status (开栓/停栓)
         print(f"{name:16} {summary}")
     return 0
 

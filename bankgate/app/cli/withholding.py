@@ -27,9 +27,9 @@ from bankgate.app.carddebits import build
 from bankgate.app.cli.actor import add_actor
 from bankgate.app.cli.argtypes import date_arg as _date
 from bankgate.app.config import check_plugins
-from bankgate.app.options import parse_options, simulated_listen
+from bankgate.app.options import parse_options, simulated_listen, withholding_options
 from bankgate.canon.money import fen_to_yuan
-from bankgate.domain.carddebit import CardDebits, DebitResult, abandon
+from bankgate.domain.carddebit import CardDebits, DebitResult, abandon, resend
 from bankgate.domain.withholding import (
     CUSTOMER_CHOICES,
     ResultFileRefused,
@@ -355,6 +355,28 @@ def cmd_queue(ctx, args) -> int:
     return 1 if pending else 0
 
 
+def cmd_resend(ctx, args) -> int:
+    """Exit status: 0 marked to be sent again (the running gateway sends it), 1
+    refused (nothing changed), 2 no reason."""
+    cfg, codecs, ledger, _wh = ctx.context(args)
+    if not args.reason.strip():
+        print("bankgate: --reason must say why", file=sys.stderr)
+        return 2
+    try:
+        r = resend(ledger.store, args.id, actor=args.actor, reason=args.reason,
+                   now=datetime.now(cfg.tz).replace(tzinfo=None),
+                   options=withholding_options(cfg, codecs))
+    except WithholdingError as e:
+        print(f"bankgate: {e} -- nothing was changed", file=sys.stderr)
+        return 1
+    row = r["row"]
+    print(f"debit {row['id']} {row['bank']} {row['utility_serial']} customer"
+          f" {row['customer_no']} {fen_to_yuan(row['amount'])}: {r['what']}")
+    print(f"  the running gateway sends it at its next check (every"
+          f" {CardDebits.interval:g} s); bankgate withholding queue shows the answer")
+    return 0
+
+
 def cmd_simulate_host(ctx, args) -> int:
     from twisted.application import strports
 
@@ -431,6 +453,25 @@ def add_card_debit_commands(ws, ctx: _Cli) -> None:
     c.add_argument("--note", default="")
     add_actor(c)
     c.set_defaults(func=functools.partial(cmd_queue, ctx))
+
+    c = ws.add_parser(
+        "resend", help="send one pending card debit again now (重发卡扣)",
+        description=(
+            "Send one pending card debit again now (重发卡扣), audited with the reason\n"
+            "(card-debit-resend): a pending reversal (561) is due now instead of at its\n"
+            "back-off; a debit whose answer can no longer come (sent more than twice\n"
+            "debit_timeout and 30 s ago) becomes a reversal due now -- never a second 560;\n"
+            "a debited, unposted row is posted again. This command only marks the row in\n"
+            "the database: the running gateway's queue sends it at its next check (every\n"
+            "5 s). Exit status 1 when refused (nothing changed)."),
+        epilog=(
+            "examples:\n"
+            "  bankgate withholding resend 42 --reason \"bank host back after maintenance\""
+            " --actor wang.fang"))
+    c.add_argument("id", type=int, help="the debit's number (withholding queue)")
+    c.add_argument("--reason", required=True, help="why (recorded in bg_audit)")
+    add_actor(c)
+    c.set_defaults(func=functools.partial(cmd_resend, ctx))
 
     c = ws.add_parser(
         "simulate-host", help="play a bank's debit host (560/561) for demos",

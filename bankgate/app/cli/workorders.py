@@ -187,39 +187,3 @@ def _cmd_supply_set(orders: WorkOrders, args) -> int:
     was = orders.set_valve(args.customer, args.season, args.state, args.actor)
     print(f"{args.customer} {args.season}: valve {args.state} (was {was})")
     return 0
-
-
-# -- the supply reports, for ``bankgate report NAME`` ---------------------------------------
-
-#: name -> summary, for ``bankgate report list``
-SUPPLY_REPORTS = {
-    "supplied-unpaid": "households supplied (valve open) but unpaid for the season of --to,"
-                       " by district (--by customer: each household)",
-    "paid-closed": "households paid for the season of --to but still closed, by district"
-                   " (--by customer: each household)",
-}
-
-
-def report_finder(name: str, cfg) -> Callable | None:
-    """A runner ``fn(store, params) -> ReportTable`` for the two supply reports (a
-    finder of ``bankgate.app.cli.report.FINDERS``); None for any other name.  The
-    season is the one ``--to`` falls in; ``--by customer`` lists the households."""
-    if name not in SUPPLY_REPORTS:
-        return None
-
-    def run(store, params: dict):
-        from bankgate.app import wiring
-        from bankgate.domain.supply import season_of
-
-        if params.get("bank"):
-            raise SupplyError(f"report {name} is not per bank: leave out --bank")
-        by = params.get("by") or ""
-        if by not in ("", "district", "customer"):
-            raise SupplyError(f"--by {by!r}: report {name} groups by district (default) or"
-                              " lists each customer (--by customer)")
-        orders = WorkOrders(store, cfg.supply, wiring.wall_clock(cfg))
-        season = season_of(params["to"]) if params.get("to") else None
-        build = orders.supplied_unpaid if name == "supplied-unpaid" else orders.paid_closed
-        return build(season, detail=by == "customer")
-
-    return run

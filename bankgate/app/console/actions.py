@@ -66,7 +66,7 @@ class ActionRefused(Exception):
 class Field:
     """One input of an action's form.  ``kind``: ``text``, ``money`` (yuan with up
     to two decimals), ``date`` (YYYY-MM-DD), ``select`` (one of ``choices``),
-    ``textarea``."""
+    ``textarea``, ``password`` (not echoed, never refilled when the form comes back)."""
 
     name: str
     label: str

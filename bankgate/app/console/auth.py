@@ -128,8 +128,17 @@ def check_password(password: str, name: str = "") -> str:
 
 
 def new_password() -> str:
-    """A random password for a first admin: 20 characters of ``token_urlsafe``."""
+    """A random password (a first admin's, one the console generates): 20 characters
+    of ``token_urlsafe``."""
     return secrets.token_urlsafe(15)
+
+
+def is_last_admin(users: list[dict], name: str) -> bool:
+    """Whether ``name`` is the only enabled admin among ``users`` (rows of
+    :meth:`Accounts.list`): disabling or demoting it would leave no one who may
+    manage the users from the console."""
+    admins = [u["name"] for u in users if u["role"] == "admin" and u["disabled_at"] is None]
+    return admins == [name]
 
 
 # -- accounts --------------------------------------------------------------------
@@ -150,7 +159,9 @@ class Accounts:
 
     Synchronous: the CLI calls them directly, the service on the store's thread pool
     (``store.call(accounts.sign_in, ...)``): each hashes or checks a password first,
-    outside the transaction, then reads and writes.
+    outside the transaction, then reads and writes.  The only enabled admin is never
+    disabled nor given another role (:func:`is_last_admin`): someone must be left
+    who may manage the users.
     """
 
     def __init__(self, store, now: Callable[[], datetime]):
@@ -180,6 +191,12 @@ class Accounts:
             values, before, after = change(row)
             if not values:
                 raise AccountError("name", f"{name!r}: nothing to change ({after})")
+            takes_admin = (values.get("disabled_at") is not None
+                           or values.get("role", "admin") != "admin")
+            if takes_admin and is_last_admin(sql.users(tx), name):
+                raise AccountError("role" if "role" in values else "name",
+                                   f"{name!r} is the only enabled admin: make another user"
+                                   " admin first")
             sql.update(tx, name, self.now(), **values)
             self._audit(tx, actor, action, name, before=before, after=after, reason=reason)
 

@@ -5,6 +5,11 @@ reconciliation run, invoice stock per holder against its low-water mark
 (:func:`bankgate.domain.overview.overview`), read on the store's pool -- never on the
 reactor thread -- for the overview page to poll.  Money is integer fen, dates ISO 8601.
 A database that does not answer gives ``503`` with ``{"error": ...}``.
+
+The figures are read once for every console client: a read is kept for
+:data:`MAX_AGE` seconds on the injected clock, and a client asking while a read is
+running waits for that read -- twenty operators watching the overview cost the
+database what one does, and the banks' payments do not wait behind them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from datetime import date, datetime
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -22,6 +28,8 @@ from bankgate.domain import overview
 from bankgate.store.db import StoreUnavailable
 
 log = Logger(namespace="bankgate.console.figures")
+
+MAX_AGE = 5.0  # seconds a read of the figures is shown to every client
 
 
 def _plain(value):
@@ -34,17 +42,45 @@ class OverviewFigures(resource.Resource):
     isLeaf = True
 
     def __init__(self, store, today: Callable[[], date], banks: Iterable[str],
-                 invoice_settings: Mapping | None = None):
+                 invoice_settings: Mapping | None = None, *, clock=None,
+                 max_age: float = MAX_AGE):
         super().__init__()
         self.store, self.today = store, today
         self.banks, self.settings = list(banks), dict(invoice_settings or {})
+        self.clock, self.max_age = clock, max_age  # no clock: every fetch reads
+        self._kept: tuple[float, str] | None = None  # (read at, the figures as JSON)
+        self._waiting: list[defer.Deferred] | None = None  # while a read runs
 
     def fetch(self) -> defer.Deferred:
-        """The figures as this resource sends them (read on the store's pool); the
-        overview page renders them before its script polls for newer ones."""
+        """The figures as this resource sends them (read on the store's pool, or the
+        read of less than ``max_age`` seconds ago); the overview page renders them
+        before its script polls for newer ones.  Each caller gets its own copy."""
+        now = self.clock.seconds() if self.clock is not None else None
+        if self._kept is not None and now is not None and now - self._kept[0] < self.max_age:
+            return defer.succeed(json.loads(self._kept[1]))
+        mine: defer.Deferred = defer.Deferred()
+        if self._waiting is not None:  # a read is running: its answer is ours too
+            self._waiting.append(mine)
+            return mine
+        self._waiting = [mine]
         d = self.store.call(overview.overview, self.store, self.today(), self.banks,
                             self.settings)
-        return d.addCallback(lambda f: json.loads(json.dumps(f, default=_plain)))
+
+        def answered(result):
+            waiting, self._waiting = self._waiting, None
+            if isinstance(result, Failure):
+                for w in waiting:
+                    w.errback(result)
+                return None
+            text = json.dumps(result, default=_plain)
+            if now is not None:
+                self._kept = (now, text)
+            for w in waiting:
+                w.callback(json.loads(text))
+            return None
+
+        d.addBoth(answered)
+        return mine
 
     def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
@@ -72,8 +108,9 @@ class OverviewFigures(resource.Resource):
 
 
 def mount(console, store, today: Callable[[], date], banks: Iterable[str],
-          invoice_settings: Mapping | None = None) -> OverviewFigures:
-    """Mount ``/api/overview`` for viewers on ``console``."""
-    page = OverviewFigures(store, today, banks, invoice_settings)
+          invoice_settings: Mapping | None = None, *, clock=None) -> OverviewFigures:
+    """Mount ``/api/overview`` for viewers on ``console``; with ``clock``, a read is
+    shared by every client for :data:`MAX_AGE` seconds."""
+    page = OverviewFigures(store, today, banks, invoice_settings, clock=clock)
     console.mount("api/overview", page, role="viewer")
     return page

@@ -158,14 +158,19 @@ class HelpdeskPages(resource.Resource):
 
         return d.addCallbacks(render, refused)
 
-    # -- /helpdesk/payment?id= ------------------------------------------------------------
+    # -- /helpdesk/payment?id= or ?receipt= ------------------------------------------------
 
     def _payment(self, request):
         text = _arg(request, "id")
-        if not text.isascii() or not text.isdigit() or len(text) > 18:
+        receipt = _arg(request, "receipt")
+        if receipt and not text:  # by receipt number: where the back-office actions return
+            text = receipt
+            d = self.store.call(self._payment_by_receipt, receipt)
+        elif not text.isascii() or not text.isdigit() or len(text) > 18:
             return _done(self.console.page(request, "refused.html", 400, title="Bad request",
                                            message="payment: expected a payment id"))
-        d = self.store.call(helpdesk.payment_detail, self.store, int(text))
+        else:
+            d = self.store.call(helpdesk.payment_detail, self.store, int(text))
 
         def render(p):
             if p is None:
@@ -180,6 +185,10 @@ class HelpdeskPages(resource.Resource):
                                      message=str(failure.value))
 
         return d.addCallbacks(render, refused)
+
+    def _payment_by_receipt(self, receipt: str) -> dict | None:
+        rows = helpdesk.find_payments(self.store, receipt=receipt)
+        return helpdesk.payment_detail(self.store, rows[0]["id"]) if rows else None
 
 
 def _done(value):

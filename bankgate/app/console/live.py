@@ -2,8 +2,10 @@
 
 Per bank: the endpoints it listens on and whether they listen, connected
 peers, the last message (time, and seconds since), requests per minute,
-accepted payments per minute, the error rate over the last five minutes, and
-the outbound card-debit link's state where the bank has one.
+accepted payments per minute, the error rate over the last five minutes, the
+outbound card-debit link's state where the bank has one, and -- where the bank's
+plugin signs in (ISO 8583) -- the connections signed in, the last sign-in and the
+age of the oldest working key in use (:func:`_signin`).
 
 Where they come from, and what they cost:
 
@@ -23,6 +25,13 @@ An *error* is a request the gateway could not handle as the bank meant it:
 a refused frame, a codec or ledger failure, or an answer of
 :data:`ERROR_OUTCOMES` (format, MAC, sign-in, busy, internal error).  A
 business refusal (unknown customer, nothing due, date closed) is not one.
+
+With ``[gateway] workers = N`` the banks are served by worker processes: the
+service's factories are then their sums (:class:`bankgate.app.workers.RemoteFactory`:
+the same shape, fed once a second from each worker's counts, which it replays to the
+observers here; accepted payments arrive through its ``payment_observers``), and the
+snapshot lists each worker (``workers``: pid, serving, restarts, connections,
+transactions); with one process ``workers`` is ``None``.
 
 Served as JSON at ``/api/live`` and as server-sent events at
 ``/api/live/stream``: one ``data:`` event a second while at least one client
@@ -85,8 +94,8 @@ class Ring:
         if error:
             self.errors[i] += 1
 
-    def add_payment(self, t: float) -> None:
-        self.payments[self._bucket(t)] += 1
+    def add_payment(self, t: float, n: int = 1) -> None:
+        self.payments[self._bucket(t)] += n
 
     def totals(self, t: float, seconds: int) -> tuple[int, int, int]:
         """``(requests, errors, payments)`` of the last ``seconds`` seconds up to
@@ -121,17 +130,28 @@ class LiveFigures:
         times are in it).
     :param banks: ``[(bank, BankFactory, [endpoint, ...])]``.
     :param debit_links: ``() -> {bank: DebitLink}``.
+    :param alerts: ``() -> [open alert as a dict]`` (the alert service's), or ``None``
+        when alerts are off: the snapshot's ``alerts`` is then ``None``.
+    :param workers: ``() -> [worker as a dict]`` (the worker pool's ``status``), or
+        ``None`` in one process: the snapshot's ``workers`` is then ``None``.
     """
 
     def __init__(self, clock, now: Callable[[], datetime], banks: list[tuple[str, Any, list]],
-                 debit_links: Callable[[], dict] | None = None):
+                 debit_links: Callable[[], dict] | None = None,
+                 alerts: Callable[[], list] | None = None,
+                 workers: Callable[[], list] | None = None):
         self.clock = clock
         self.now = now
         self.debit_links = debit_links or dict
+        self.alerts = alerts
+        self.workers = workers
         self.banks = {name: BankLive(name, f, eps) for name, f, eps in banks}
         self._snapshot: tuple[int, dict] | None = None
         for b in self.banks.values():
             b.factory.observers.append(self._observer(b.ring))
+            paid = getattr(b.factory, "payment_observers", None)  # the workers' sums
+            if paid is not None:
+                paid.append(self._paid_observer(b))
 
     def _observer(self, ring: Ring):
         seconds, errors = self.clock.seconds, ERROR_OUTCOMES
@@ -140,6 +160,14 @@ class LiveFigures:
             ring.add(seconds(), outcome in errors)
 
         return observe
+
+    def _paid_observer(self, b: BankLive):
+        def paid(count: int, last: datetime | None) -> None:
+            b.ring.add_payment(self.clock.seconds(), count)
+            if last is not None and (b.last_payment is None or last > b.last_payment):
+                b.last_payment = last
+
+        return paid
 
     def on_request(self, req, result) -> None:
         """A LedgerService listener: an accepted payment counts for its bank."""
@@ -160,7 +188,9 @@ class LiveFigures:
         now = self.now()
         links = self.debit_links()
         out = {"at": now.isoformat(timespec="seconds"),
-               "banks": [self._bank(b, t, now, links.get(b.name)) for b in self.banks.values()]}
+               "banks": [self._bank(b, t, now, links.get(b.name)) for b in self.banks.values()],
+               "alerts": self.alerts() if self.alerts is not None else None,
+               "workers": self.workers() if self.workers is not None else None}
         self._snapshot = (second, out)
         return out
 
@@ -185,7 +215,19 @@ class LiveFigures:
             "errors_5m": errors,
             "error_rate_5m": round(errors / window, 4) if window else None,
             "debit_link": _link(link) if link is not None else None,
+            "signin": _signin(b.factory, now) if b.factory.signin_txn else None,
         }
+
+
+def _signin(factory, now: datetime) -> dict:
+    """A signing-in bank's connections signed in, its last sign-in (any connection's,
+    also one closed since), and the age in seconds of the oldest working key in use
+    (exchanged at its connection's sign-in; ``None`` when none is signed in)."""
+    since = [p.signed_in_at for p in factory.connections if p.signed_in_at is not None]
+    last = factory.stats.last_signin
+    return {"signed_in": len(since),
+            "last_signin": last.isoformat(timespec="seconds") if last else None,
+            "key_age": max(0, round((now - min(since)).total_seconds())) if since else None}
 
 
 def _link(link) -> dict:
@@ -283,7 +325,12 @@ def live_for(gw) -> LiveFigures:
     live = _per_service.get(gw)
     if live is None:
         banks = [(b.name, gw.factories[b.name], list(b.listen)) for b in gw.cfg.banks]
-        live = LiveFigures(gw.reactor, gw.now, banks, debit_links=lambda: _debit_links(gw))
+        alerts = getattr(gw, "alerts", None)  # the alert service, or None ([alerts] off)
+        pool = getattr(gw, "pool", None)  # the worker processes, or None (one process)
+        live = LiveFigures(gw.reactor, gw.now, banks, debit_links=lambda: _debit_links(gw),
+                           alerts=(lambda: [e.as_dict() for e in alerts.open_alerts()])
+                           if alerts is not None else None,
+                           workers=pool.status if pool is not None else None)
         gw.ledger_service.listeners.append(live.on_request)
         _per_service[gw] = live
     return live

@@ -17,6 +17,11 @@ What costs what:
   and within :attr:`GatewayMetrics.db_timeout` seconds; a database that does
   not answer leaves the last figures (and ``bankgate_db_up 0``).  Nothing in a
   ``collect()`` touches the database.
+
+With ``[gateway] workers = N`` the bank figures are the workers' sums (the
+service's factories are :class:`bankgate.app.workers.RemoteFactory`, which replays
+each worker's counts to :meth:`RequestFigures.observe`), and each worker has
+``bankgate_worker_up`` and ``bankgate_worker_restarts``.
 """
 
 from __future__ import annotations
@@ -94,7 +99,12 @@ class GatewayMetrics:
     :param clock: ``IReactorTime`` (the refresh interval and timeout).
     :param banks: ``{bank: BankFactory}`` (connections and refused frames).
     :param debit_links: ``() -> {bank: DebitLink}`` (outbound card-debit links).
-    :param alerts: ``() -> int``, active alerts (none until alerts exist).
+    :param alerts: ``() -> int``, active alerts.
+    :param alerts_open: ``() -> {kind: count}``, open alerts per kind
+        (``bankgate_alerts_open{kind}``; no series without it).
+    :param workers: ``() -> [worker as a dict]``, the worker pool's ``status``
+        (``bankgate_worker_up{worker}``, ``bankgate_worker_restarts{worker}``); ``None``
+        in one process: no series.
     """
 
     db_interval = 15.0
@@ -102,12 +112,16 @@ class GatewayMetrics:
 
     def __init__(self, store, clock, banks: dict[str, Any] | None = None,
                  debit_links: Callable[[], dict] | None = None,
-                 alerts: Callable[[], int] | None = None):
+                 alerts: Callable[[], int] | None = None,
+                 alerts_open: Callable[[], dict[str, int]] | None = None,
+                 workers: Callable[[], list] | None = None):
         self.store = store
+        self.workers = workers
         self.clock = clock
         self.banks = dict(banks or {})
         self.debit_links = debit_links or dict
         self.alerts = alerts or (lambda: 0)
+        self.alerts_open = alerts_open or dict
         self.requests = RequestFigures()
         self.db_figures: dict[str, dict[str, int]] | None = None
         self.db_up: bool | None = None  # None: not asked yet
@@ -163,6 +177,24 @@ class GatewayMetrics:
         alerts = GaugeMetricFamily("bankgate_alerts_active", "Alerts active now")
         alerts.add_metric([], float(self.alerts()))
         yield alerts
+        by_kind = GaugeMetricFamily("bankgate_alerts_open", "Alerts open now, per kind",
+                                    labels=["kind"])
+        for kind, n in sorted(self.alerts_open().items()):
+            by_kind.add_metric([kind], float(n))
+        yield by_kind
+        if self.workers is not None:
+            yield from self._worker_families(self.workers())
+
+    def _worker_families(self, workers: list):
+        up = GaugeMetricFamily("bankgate_worker_up", "Worker process serving the banks (1)"
+                               " or not (0)", labels=["worker"])
+        restarts = CounterMetricFamily("bankgate_worker_restarts", "Worker processes"
+                                       " restarted after an unexpected exit", labels=["worker"])
+        for w in workers:
+            up.add_metric([str(w["worker"])], 1.0 if w["serving"] else 0.0)
+            restarts.add_metric([str(w["worker"])], float(w["restarts"]))
+        yield up
+        yield restarts
 
     def _pool_families(self):
         pool = self.store.engine.pool
@@ -267,13 +299,21 @@ def metrics_for(gw) -> GatewayMetrics:
     bank listeners on first use)."""
     m = _per_service.get(gw)
     if m is None:
+        pool = getattr(gw, "pool", None)  # the worker processes, or None (one process)
         m = GatewayMetrics(
             gw.store, gw.reactor, banks=gw.factories,
             debit_links=lambda: _debit_links(gw),
-            alerts=lambda: len(getattr(gw, "alerts", None) or ()),
+            alerts=lambda: sum(_alerts_open(gw).values()),
+            alerts_open=lambda: _alerts_open(gw),
+            workers=pool.status if pool is not None else None,
         )
         _per_service[gw] = m
     return m
+
+
+def _alerts_open(gw) -> dict[str, int]:
+    alerts = getattr(gw, "alerts", None)  # the alert service; None: [alerts] off
+    return alerts.open_by_kind() if alerts is not None else {}
 
 
 def _debit_links(gw) -> dict:

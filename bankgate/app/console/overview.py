@@ -34,7 +34,7 @@ log = Logger(namespace="bankgate.console.overview")
 FIGURES_TIMEOUT = 5.0
 #: the live columns of the bank table, in order (``data-field`` of each cell)
 LINK_FIELDS = ("listening", "peers", "last_message", "requests_per_minute",
-               "payments_per_minute", "errors", "debit_link")
+               "payments_per_minute", "errors", "debit_link", "signin")
 #: the figure tables (``data-table`` of each body) and the text of an empty one
 TABLES = {"per_bank": "No bank.", "totals": "", "by_channel": "No payment today.",
           "by_fee_type": "No payment today.", "states": "No bank.",
@@ -98,7 +98,21 @@ def link_cells(b: dict | None) -> dict[str, Cell]:
             "last_message": last,
             "requests_per_minute": (str(b["requests_per_minute"]), "num"),
             "payments_per_minute": (str(b["payments_per_minute"]), "num"),
-            "errors": errors, "debit_link": debit}
+            "errors": errors, "debit_link": debit,
+            "signin": signin_cell(b.get("signin"), b["peers"])}
+
+
+def signin_cell(s: dict | None, peers: int) -> Cell:
+    """A signing-in bank's connections signed in and the oldest key's age (``1 of 2,
+    key 5 min old``), or its last sign-in when none is (``none (last ...)``, red while
+    a peer is connected); ``-`` where the bank does not sign in."""
+    if s is None:
+        return ("-", "")
+    if s["signed_in"]:
+        return (f"{s['signed_in']} of {peers}, key {ago(s['key_age'])} old",
+                "ok" if s["signed_in"] >= peers else "warn")
+    return (f"none (last {when(s['last_signin'])})" if s["last_signin"] else "never",
+            "bad" if peers else "")
 
 
 def _num(n) -> Cell:

@@ -38,8 +38,9 @@ from twisted.application import service, strports
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web import pages, resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from bankgate.app.config import CONSOLE_MAX_BODY
 from bankgate.app.console import auth
 from bankgate.app.console.overview import OverviewPage
 
@@ -48,6 +49,7 @@ log = Logger(namespace="bankgate.console")
 SESSION_COOKIE = b"bg_session"
 LOGIN_COOKIE = b"bg_login"
 CSRF_FIELD = b"csrf"
+LOGIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 CSRF_HEADER = b"x-csrf-token"
 SAFE_METHODS = (b"GET", b"HEAD")
 REFRESH = 30.0  # seconds between checks of the accounts (disabled, changed)
@@ -124,6 +126,8 @@ class Console(resource.Resource):
         self.public: dict[str, resource.Resource] = {}  # path -> resource (healthz, metrics)
         self.putChild(b"login", LoginPage(self))
         self.putChild(b"static", _Static(STATIC))
+        # browsers ask for it on every page, signed in or not: no redirect to sign in
+        self.putChild(b"favicon.ico", pages.notFound())
         self.overview = OverviewPage(self)  # the service gives it the live and day figures
         self.mount("", self.overview, role="viewer")
         self.mount("logout", LogoutPage(self), role="viewer")
@@ -336,7 +340,11 @@ class LoginPage(resource.Resource):
 
     def _form(self, request, status: int = 200, *, name: str = "", errors=None,
               message: str = "") -> bytes:
-        token = secrets.token_urlsafe(32)
+        # the form's token is the browser's: a second form (another tab, a redirect
+        # to sign in for /favicon.ico) must not make the first one out of date
+        token = (request.getCookie(LOGIN_COOKIE) or b"").decode("ascii", "replace")
+        if not LOGIN_TOKEN.fullmatch(token):
+            token = secrets.token_urlsafe(32)
         self.console.set_cookie(request, LOGIN_COOKIE, token, path=b"/login")
         return self.console.page(
             request, "login.html", status, title="Sign in", login_csrf=token, name=name,
@@ -437,15 +445,60 @@ class LogoutPage(resource.Resource):
 # -- the site and the service ------------------------------------------------------
 
 
+class ConsoleRequest(Request):
+    """A request whose body may be at most its site's ``max_body`` bytes.  A larger one
+    is refused with 413 and the connection closed as soon as that is known -- at once
+    from its ``Content-Length``, or when a chunked body's chunks pass the limit --
+    without reading it whole, and no page sees the request."""
+
+    too_large = False
+
+    def gotLength(self, length):
+        self.body_limit, self.body_read = self.channel.site.max_body, 0
+        if length is not None and length > self.body_limit:
+            self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after the 413
+            super().gotLength(0)
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self.too_large:
+            return
+        self.body_read += len(data)
+        if self.body_read > self.body_limit:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command, path, version):
+        if not self.too_large:  # else answered already, and the connection is closing
+            super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        self.too_large = True
+        body = f"Request body too large: at most {self.body_limit} bytes.\n".encode()
+        head = [b"HTTP/1.1 413 Content Too Large", b"content-type: text/plain; charset=utf-8",
+                b"content-length: %d" % len(body), b"connection: close",
+                *(k + b": " + v for k, v in SECURITY_HEADERS.items())]
+        self.channel.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.channel.loseConnection()
+        log.warn("console: a request body over {limit} bytes from {address} refused (413)",
+                 limit=self.body_limit, address=client_address(self))
+
+
 class ConsoleSite(Site):
-    """A ``Site`` adding the security headers to every response; no tracebacks shown."""
+    """A ``Site`` adding the security headers to every response; no tracebacks shown;
+    request bodies of at most ``max_body`` bytes (:class:`ConsoleRequest`)."""
 
     displayTracebacks = False
     noisy = False
+    requestFactory = ConsoleRequest
 
-    def __init__(self, root: resource.Resource, **kw):
+    def __init__(self, root: resource.Resource, *, max_body: int = CONSOLE_MAX_BODY, **kw):
         super().__init__(root, **kw)
         self.console = root if isinstance(root, Console) else None
+        self.max_body = max_body
 
     def mount(self, path: str, page: resource.Resource, **kw) -> None:
         self.console.mount(path, page, **kw)
@@ -471,7 +524,7 @@ def console_site(parts, cfg, reactor, clock) -> ConsoleSite:
     root = Console(auth.Accounts(parts.store, parts.now), clock,
                    run_blocking=parts.store.call, wall=wall, banks=cfg.banks,
                    session_idle=c.session_idle, session_lifetime=c.session_lifetime)
-    return ConsoleSite(root, reactor=reactor)
+    return ConsoleSite(root, reactor=reactor, max_body=c.max_body)
 
 
 class ConsoleService(service.MultiService):
@@ -555,13 +608,17 @@ def console_service(gw) -> ConsoleService:
     from bankgate.app.console import figures  # W3: the day's figures from the database
 
     day = figures.mount(site.console, gw.parts.store, lambda: gw.parts.now().date(),
-                        [b.name for b in gw.cfg.banks], gw.parts.invoice_settings)
+                        [b.name for b in gw.cfg.banks], gw.parts.invoice_settings,
+                        clock=gw.reactor)
     from bankgate.app.console import reports, workorders  # W5: reports and work orders
+    from bankgate.app.report_catalogue import Catalogue  # standard, supply and custom
     from bankgate.domain.supply import WorkOrders
 
-    reports.mount(site.console, gw.parts.store, [b.name for b in gw.cfg.banks],
-                  lambda: gw.parts.now().date())
+    reports.mount(site.console, gw.parts.store, Catalogue.for_config(gw.cfg, gw.parts.now))
     workorders.mount(site.console, WorkOrders(gw.parts.store, gw.cfg.supply, gw.parts.now))
+    from bankgate.app.console import alerts  # the alert service's open alerts and episodes
+
+    alerts.mount(site.console, getattr(gw, "alerts", None))
     from bankgate.app.console import admin, payment_actions, recon_actions  # back office
 
     payment_actions.mount(site.console, gw)  # counter payment, reversal, refund

@@ -2,7 +2,8 @@
  *
  * Plain JavaScript, no library, no build step. The server renders the page complete
  * (bankgate/app/console/overview.py); this script then updates it:
- *   - the bank links from the server-sent events of /api/live/stream (one a second);
+ *   - the bank links and the open alerts' count from the server-sent events of
+ *     /api/live/stream (one a second);
  *   - the day's figures from /api/overview, fetched every 10 s.
  * Each cell's text is made exactly as the server makes it (link_cells, figure_tables
  * there; a test runs both over the same figures). Every value goes in with textContent:
@@ -13,7 +14,7 @@
 
   var POLL_MS = 10000;
   var LINK_FIELDS = ["listening", "peers", "last_message", "requests_per_minute",
-                     "payments_per_minute", "errors", "debit_link"];
+                     "payments_per_minute", "errors", "debit_link", "signin"];
 
   // -- the cells: [text, class] -----------------------------------------------------
 
@@ -60,7 +61,26 @@
     out.debit_link = link === null || link === undefined ? ["-", ""]
       : [(link.connected ? "up" : "down") + ", " + link.queued + " queued",
          link.connected ? "ok" : "bad"];
+    out.signin = signinCell(b.signin, b.peers);
     return out;
+  }
+
+  // a signing-in bank's connections signed in and the oldest key's age (signin_cell)
+  function signinCell(s, peers) {
+    if (s === null || s === undefined) return ["-", ""];
+    if (s.signed_in) {
+      return [s.signed_in + " of " + peers + ", key " + ago(s.key_age) + " old",
+              s.signed_in >= peers ? "ok" : "warn"];
+    }
+    return [s.last_signin ? "none (last " + when(s.last_signin) + ")" : "never",
+            peers ? "bad" : ""];
+  }
+
+  // "N open alerts" over the overview, as the template writes it
+  function alertsLine(list) {
+    var n = list.length;
+    var critical = list.some(function (a) { return a.severity === "critical"; });
+    return [n + " open alert" + (n === 1 ? "" : "s"), critical ? "bad" : (n ? "warn" : "ok")];
   }
 
   function num(n) { return [String(n), "num"]; }
@@ -112,7 +132,8 @@
     };
   }
 
-  var api = {yuan: yuan, ago: ago, linkCells: linkCells, figureTables: figureTables};
+  var api = {yuan: yuan, ago: ago, linkCells: linkCells, figureTables: figureTables,
+             alertsLine: alertsLine};
   if (typeof module !== "undefined" && module.exports) {  // node, for the tests
     module.exports = api;
     return;
@@ -180,6 +201,12 @@
         if (cell) setCell(td, cell);
       });
     });
+    var line = document.getElementById("alerts-line");
+    if (line && snapshot.alerts) {
+      var text = alertsLine(snapshot.alerts);
+      line.className = text[1];
+      line.querySelector("a").textContent = text[0];
+    }
     say("live-state", "Live: " + when(snapshot.at), "state ok");
   }
 
