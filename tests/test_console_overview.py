@@ -208,15 +208,21 @@ class CountingStore:
 
     def __init__(self):
         self.calls: list[defer.Deferred] = []
+        self.fee_types: list[bool] = []  # each read: with the figures per fee type?
 
-    def call(self, fn, *args):
+    def call(self, fn, *args, by_fee_type=True):
         d: defer.Deferred = defer.Deferred()
         self.calls.append(d)
+        self.fee_types.append(by_fee_type)
         return d
 
     def answer(self, value=None, failure=None):
         d = self.calls[-1]
         d.errback(failure) if failure is not None else d.callback(value)
+
+
+def read(n, fees=None):
+    return {"figures": {"n": n, "by_fee_type": fees}}
 
 
 def test_every_client_shares_one_read_of_the_figures_for_max_age_seconds():
@@ -227,16 +233,33 @@ def test_every_client_shares_one_read_of_the_figures_for_max_age_seconds():
     for _ in range(20):  # twenty clients at once: one read, each its own copy
         page.fetch().addCallback(got.append)
     assert len(store.calls) == 1 and got == []
-    store.answer({"figures": {"n": 1}})
-    assert got == [{"figures": {"n": 1}}] * 20 and got[0] is not got[1]
+    store.answer(read(1, ["fee 1"]))
+    assert [g["figures"]["n"] for g in got] == [1] * 20 and got[0] is not got[1]
     clock.advance(4.9)
     page.fetch().addCallback(got.append)
-    assert len(store.calls) == 1 and got[-1] == {"figures": {"n": 1}}
+    assert len(store.calls) == 1 and got[-1]["figures"]["n"] == 1
     clock.advance(0.1)  # five seconds old: read again
     page.fetch().addCallback(got.append)
     assert len(store.calls) == 2
-    store.answer({"figures": {"n": 2}})
-    assert got[-1] == {"figures": {"n": 2}}
+    store.answer(read(2))
+    assert got[-1]["figures"]["n"] == 2
+
+
+def test_the_figures_per_fee_type_are_read_once_a_minute():
+    clock, store = Clock(), CountingStore()
+    page = figures.OverviewFigures(store, lambda: TODAY.date(), BANKS, clock=clock,
+                                   max_age=10)
+    got: list = []
+    for second in range(0, 130, 10):
+        clock.advance(10 if second else 0)
+        page.fetch().addCallback(got.append)
+        with_fees = store.fee_types[-1]
+        store.answer(read(second, [f"fees at {second}"] if with_fees else None))
+    assert store.fee_types == [True, False, False, False, False, False,
+                               True, False, False, False, False, False, True]
+    shown = [g["figures"]["by_fee_type"] for g in got]
+    assert shown[:6] == [["fees at 0"]] * 6 and shown[6:12] == [["fees at 60"]] * 6
+    assert got[5]["figures"]["by_fee_type_at"] == got[0]["figures"]["by_fee_type_at"]
 
 
 def test_a_failed_read_is_not_kept():

@@ -34,17 +34,19 @@ TOTALS = ("count", "amount", "reversed_count", "reversed_amount", "refunded_coun
 
 
 def overview(store: Store, today: date, banks: Iterable[str] = (),
-             invoice_settings: Mapping[str, InvoiceSettings] | None = None) -> dict:
+             invoice_settings: Mapping[str, InvoiceSettings] | None = None, *,
+             by_fee_type: bool = True) -> dict:
     """Everything the overview shows from the database.  ``banks``: the configured
     banks, listed even on a day without data (a bank found only in the data is
-    listed after them)."""
+    listed after them).  ``by_fee_type`` false leaves out the figures per fee type
+    (``None``): they join every allocation of the day to its bill, the dearest read."""
     return store.run_sync(_overview_tx, today, list(banks), dict(invoice_settings or {}),
-                          readonly=True)
+                          by_fee_type, readonly=True)
 
 
 def _overview_tx(tx: Tx, today: date, banks: list[str],
-                 settings: dict[str, InvoiceSettings]) -> dict:
-    figures = day_figures_tx(tx, today, banks)
+                 settings: dict[str, InvoiceSettings], by_fee_type: bool = True) -> dict:
+    figures = day_figures_tx(tx, today, banks, by_fee_type)
     return {"date": today, "figures": figures,
             "banks": bank_states_tx(tx, today, figures["banks"]),
             "invoices": invoice_stock_tx(tx, settings)}
@@ -54,9 +56,9 @@ def day_figures(store: Store, today: date, banks: Iterable[str] = ()) -> dict:
     return store.run_sync(day_figures_tx, today, list(banks), readonly=True)
 
 
-def day_figures_tx(tx: Tx, today: date, banks: list[str]) -> dict:
+def day_figures_tx(tx: Tx, today: date, banks: list[str], by_fee_type: bool = True) -> dict:
     by_channel = sql.collections(tx, today, ("bank", "channel"))
-    by_fee = sql.collections(tx, today, ("bank", "fee_type"))
+    by_fee = sql.collections(tx, today, ("bank", "fee_type")) if by_fee_type else None
     pending = {r["bank"]: r for r in sql.pending(tx, today)}
     names = list(dict.fromkeys([*banks, *sorted({r["bank"] for r in by_channel}),
                                 *sorted(pending)]))
