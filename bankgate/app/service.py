@@ -383,22 +383,13 @@ class Scheduler:
     def _lease(self, name: str, what: str, quiet: bool = False):
         """The lease ``name`` for the block, or ``None`` (logged) when another
         process holds it."""
-        try:
-            lease = self.leases.acquire(name, job={"job": what, "by": "service"})
-        except LeaseBusy as e:
+        def busy(row: dict) -> None:
             if not quiet:
                 log.info("bankgate: {what}: {name} {held}: left to it", what=what, name=name,
-                         held=describe(e.row))
-            yield None
-            return
-        try:
+                         held=describe(row))
+
+        with self.leases.holding(name, busy=busy, job={"job": what, "by": "service"}) as lease:
             yield lease
-        finally:
-            try:
-                lease.release()
-            except Exception as e:  # noqa: BLE001 - the database away: it expires by itself
-                log.warn("bankgate: lease {name} not released ({why}); it expires",
-                         name=name, why=startup.one_line(e))
 
 
 # -- nightly reconciliation (对账) ----------------------------------------------------

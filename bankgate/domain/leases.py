@@ -225,12 +225,16 @@ class Leases:
         return Lease(self, name, ttl, got["row"], prev)
 
     @contextmanager
-    def holding(self, name: str, **kw) -> Iterator[Lease | None]:
+    def holding(self, name: str, *, busy: Callable[[dict], None] | None = None,
+                **kw) -> Iterator[Lease | None]:
         """``with leases.holding(name) as lease:`` -- the lease, or ``None`` when
-        another process holds it; released at the end of the block."""
+        another process holds it (``busy`` is called with the holder's row then);
+        released at the end of the block."""
         try:
             lease = self.acquire(name, **kw)
-        except LeaseBusy:
+        except LeaseBusy as e:
+            if busy is not None:
+                busy(e.row)
             yield None
             return
         try:
