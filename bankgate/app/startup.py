@@ -151,7 +151,8 @@ def _bind(family: int, address: tuple) -> None:
         s.bind(address)
 
 
-def _unix_in_use(path: str) -> bool:
+def unix_in_use(path: str) -> bool:
+    """Something listens on the Unix socket ``path``."""
     if not os.path.exists(path):
         return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -179,7 +180,7 @@ def check_ports(listens: Iterable[tuple[str, str]],
         except Exception as e:  # noqa: BLE001 - e.g. an ssl: key file that is not there
             raise StartupError(f"{who}: cannot listen on {ep}: {one_line(e)}") from None
         if a.kind == "unix":
-            if _unix_in_use(a.path):
+            if unix_in_use(a.path):
                 raise StartupError(f"{who}: cannot listen on {ep}: the socket {a.path}"
                                    " is in use")
             continue

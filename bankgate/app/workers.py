@@ -239,7 +239,7 @@ def bind(e: Endpoint) -> socket.socket:
     s = socket.socket(e.family, socket.SOCK_STREAM)
     try:
         if e.family == socket.AF_UNIX:
-            if os.path.exists(e.path) and not _answers(e.path):
+            if os.path.exists(e.path) and not startup.unix_in_use(e.path):
                 os.unlink(e.path)  # a stale socket file: a listener that did not clean up
             s.bind(e.path)
             os.chmod(e.path, e.mode)
@@ -252,16 +252,6 @@ def bind(e: Endpoint) -> socket.socket:
         s.close()
         raise CannotListenError(e.interface or e.path, e.port, err) from None
     return s
-
-
-def _answers(path: str) -> bool:
-    """Something listens on the Unix socket ``path``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(path)
-        except OSError:
-            return False
-    return True
 
 
 def adopt(reactor, fd: int, e: Endpoint, factory):
