@@ -20,11 +20,11 @@ session (its MAC key, STAN, sign-in: one TCP connection lives on one node), the
 supply hook's "is there a valve table" (a schema fact, read once), compiled
 statements.
 
-The last test is about a transaction, not a cache: a cut-off on one node while a
-payment for the same date is between its closed-date check and its commit on
-another.  SQLite's single writer serialises them; on PostgreSQL the payment
-commits after the cut-off took its totals (``xfail``, strict: the fix belongs to
-the ledger's and store's owner -- see the test's docstring).
+The last tests are about a transaction, not a cache: a cut-off on one node while a
+payment (or a reversal) for the same date is between its closed-date check and its
+commit on another.  SQLite's single writer serialises them; on PostgreSQL and
+MariaDB the date's ``bg_trade_day`` row does: a payment holds it shared until it
+commits, the cut-off closes it before counting.
 """
 
 from __future__ import annotations
@@ -55,10 +55,11 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 BIG = "100000200"  # owes 10,000.00 yuan: room for many small payments ("any" policy)
 
 
-def _nodes(backend: str, tmp_path) -> tuple[Store, Store]:
-    """Two stores on one database: node A's (which made the schema) and node B's."""
+def _nodes(backend: str, tmp_path, hot_path: bool = True) -> tuple[Store, Store]:
+    """Two stores on one database: node A's (which made the schema) and node B's
+    (``hot_path=False``: B on the generic path, also on PostgreSQL)."""
     a = make_store(backend, tmp_path)
-    b = Store(a.url, a.mapping, threads=4)
+    b = Store(a.url, a.mapping, threads=4, hot_path=hot_path)
     seed_fixture(a)
     a.initial_paid = bills(a)
     return a, b
@@ -273,51 +274,70 @@ class Pause:
 
 
 def _lock_waiters(store: Store) -> int:
-    """Sessions of this database waiting for a lock (PostgreSQL)."""
+    """Sessions of this database waiting for a lock (PostgreSQL, MariaDB)."""
+    if store.dialect == "postgresql":
+        sql = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+               " AND wait_event_type = 'Lock'")
+    else:
+        sql = ("SELECT count(*) FROM information_schema.innodb_trx AS t"
+               " JOIN information_schema.processlist AS p ON p.id = t.trx_mysql_thread_id"
+               " WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()")
     with store.engine.connect() as c:
-        return c.execute(sa.text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND wait_event_type = 'Lock'")).scalar()
+        return c.execute(sa.text(sql)).scalar()
 
 
-@pytest.mark.parametrize("backend", [
-    "sqlite",
-    pytest.param("postgres", marks=pytest.mark.xfail(strict=True, reason=(
-        "READ COMMITTED: the cut-off's totals miss a payment that read the date open"
-        " and commits after it; the fix is the ledger's (see the docstring)"))),
-])
+def _waiting(backend: str, store: Store):
+    """A function telling whether a transaction is waiting for another one's
+    lock on ``store``'s database: on SQLite, whether ``store`` has sent a BEGIN
+    (IMMEDIATE: it waits while the other node writes).  MariaDB refreshes
+    ``innodb_trx`` only when it was last read more than 0.1 s ago: asked at most
+    every 0.2 s (False in between)."""
+    if backend == "mariadb":
+        last = [0.0]
+
+        def asked() -> bool:
+            if time.monotonic() - last[0] < 0.2:
+                return False
+            last[0] = time.monotonic()
+            return _lock_waiters(store) > 0
+
+        return asked
+    if backend != "sqlite":
+        return lambda: _lock_waiters(store) > 0
+    began = threading.Event()
+
+    def sent(conn, cursor, statement, *args) -> None:
+        if statement.startswith("BEGIN"):
+            began.set()
+
+    sa.event.listen(store.engine, "before_cursor_execute", sent)
+    return began.is_set
+
+
+SERVERS = ["sqlite", "postgres", "postgres-generic", "mariadb"]
+
+
+def _pair(backend: str, tmp_path) -> tuple[Store, Store]:
+    """``postgres-generic``: node B on the generic path (psycopg, hot path off)."""
+    return _nodes(backend.removesuffix("-generic"), tmp_path,
+                  hot_path=not backend.endswith("-generic"))
+
+
+@pytest.mark.parametrize("backend", SERVERS)
 def test_a_cutoff_never_misses_a_payment_in_flight_on_another_node(backend, tmp_path):
     """Node B's payment has read its date open and posted, not committed; node A
     closes the date.  Either the payment is refused or the cut-off's totals count
     it: the totals always equal the date's standing payments.
 
     On SQLite the cut-off's BEGIN IMMEDIATE waits for B's write.  On PostgreSQL
-    (and MariaDB, same isolation) nothing makes it wait: it counts without B's
-    payment, B commits a payment on a closed date.  The smallest fix (not made
-    here: ``ledger.py`` / ``tx.py`` / ``pghot.py`` belong to another change now):
-    a lock per (bank, trade date) that a payment's claim takes shared and
-    ``_cutoff_tx`` takes exclusive before counting -- on PostgreSQL
-    ``pg_advisory_xact_lock_shared`` folded into the claim statement (no extra
-    round trip) and ``pg_advisory_xact_lock`` in the cut-off.  This test then
-    passes: B's hook sees the cut-off waiting for a lock and lets B commit.
+    and MariaDB the cut-off's update of the date's ``bg_trade_day`` row waits for
+    B's payment, which holds the row shared since its claim: B's hook sees the
+    cut-off waiting for a lock and lets B commit, and the cut-off counts it.
     """
-    sa_, sb = _nodes(backend, tmp_path)  # (seeded: A's engine is idle from here on)
-    began = threading.Event()
+    sa_, sb = _pair(backend, tmp_path)  # (seeded: A's engine is idle from here on)
     cut: dict = {}
     try:
-        if backend == "sqlite":
-            # the cut-off's BEGIN IMMEDIATE blocks while B writes: seen as it is sent
-            def sent(conn, cursor, statement, *args) -> None:
-                if statement.startswith("BEGIN"):
-                    began.set()
-
-            sa.event.listen(sa_.engine, "before_cursor_execute", sent)
-
-            def waiting() -> bool:
-                return began.is_set()
-        else:
-            def waiting() -> bool:
-                return _lock_waiters(sa_) > 0
+        waiting = _waiting(backend, sa_)
 
         clock = FakeClock()
         a = Ledger(sa_, dict(BANKS), now=clock)
@@ -340,5 +360,57 @@ def test_a_cutoff_never_misses_a_payment_in_flight_on_another_node(backend, tmp_
         assert (result.count, result.total) == standing, (
             f"cut-off counted {result.count} payment(s), {result.total} fen; the date"
             f" has {standing[0]}, {standing[1]} fen standing (payment: {paid['r'].outcome})")
+        assert paid["r"].outcome is Outcome.OK and standing == (1, 700)  # it waited for B
+        check_books(sa_)
+    finally:
+        _close(sa_, sb)
+
+
+@pytest.mark.parametrize("backend", SERVERS)
+@pytest.mark.parametrize("late", ["payment", "reversal"])
+def test_a_payment_or_reversal_during_a_cutoff_is_refused_once_it_commits(backend, late,
+                                                                          tmp_path):
+    """Node A's cut-off has closed the date's row and is held open before it
+    counts; node B's payment (or its reversal of a payment the cut-off counts)
+    arrives, waits for the cut-off's lock (SQLite: for its write lock), and once
+    the cut-off commits is refused with DATE_CLOSED: the date's figures are the
+    cut-off's, and nothing of B's stands on the closed date."""
+    sa_, sb = _pair(backend, tmp_path)
+    clock = FakeClock()
+    a, b = Ledger(sa_, dict(BANKS), now=clock), Ledger(sb, dict(BANKS), now=clock)
+    try:
+        assert b.pay(pay("S0", BIG, 300, bank="any")).outcome is Outcome.OK
+        waiting = _waiting(backend, sb)
+        started = threading.Event()
+
+        def hold(conn, cursor, statement, *args) -> None:
+            if statement.startswith("UPDATE bg_trade_day"):  # the cut-off's first step
+                started.set()
+                deadline = time.monotonic() + 30
+                while not waiting():  # until B waits for this transaction, bounded
+                    assert time.monotonic() < deadline, "node B never waited"
+                    time.sleep(0.01)
+
+        sa.event.listen(sa_.engine, "after_cursor_execute", hold)
+        cut: dict = {}
+        cutter = threading.Thread(
+            target=lambda: cut.setdefault("result", a.cutoff("any", TODAY)))
+        cutter.start()
+        assert started.wait(30), "the cut-off never closed the date"
+        if late == "payment":
+            got = b.pay(pay("S1", BIG, 500, bank="any"))
+        else:
+            got = b.reverse(rev("R1", "S0", BIG, 300, bank="any"))
+        cutter.join(60)
+        assert not cutter.is_alive() and "result" in cut, "the cut-off failed"
+        assert got.outcome is Outcome.DATE_CLOSED, got
+        assert (cut["result"].count, cut["result"].total) == (1, 300)
+        assert sa_.run_sync(lambda tx: tx.standing_totals("any", TODAY)) == (1, 300)
+        with sa_.engine.connect() as c:
+            p = model.payment
+            assert c.execute(sa.select(p.c.serial, p.c.status).where(p.c.bank == "any")
+                             ).all() == [("S0", "POSTED")]
+        assert b.known_closed("any", TODAY)
+        check_books(sa_)
     finally:
         _close(sa_, sb)

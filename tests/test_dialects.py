@@ -93,8 +93,8 @@ def test_every_statement_compiles(issued, dialect):
         assert sql.strip()
         if isinstance(stmt, sa.Select) and stmt._for_update_arg is not None:
             locking += 1
-            if dialect == "mssql":
-                assert "UPDLOCK" in sql
+            if dialect == "mssql":  # a shared read (FOR SHARE) holds a shared row lock
+                assert ("HOLDLOCK" if stmt._for_update_arg.read else "UPDLOCK") in sql, sql
             else:
                 assert "FOR UPDATE" in sql or "WITH RS" in sql or "USE AND KEEP" in sql, sql
         for ref in ("n8_customer", "n8_bill", "n8_payment"):

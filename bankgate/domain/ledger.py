@@ -146,12 +146,15 @@ class Ledger:
     def mark_closed(self, bank: str, d: date) -> None:
         self._closed.add((bank, d))
 
-    def _closed_date(self, tx: Tx, bank: str, d: date, known: bool | None = None) -> bool:
+    def _closed_date(self, tx: Tx, bank: str, d: date, known: bool | None = None,
+                     lock: bool = False) -> bool:
         """Is the bank's date closed?  ``known``: the answer already read with
-        the customer (``customer_context``), saving the round trip."""
+        the customer (``customer_context``), saving the round trip.  ``lock``:
+        and no cut-off may count the date until this transaction ends (a reversal
+        changes what it counts: ``Tx.is_closed``)."""
         if (bank, d) in self._closed:
             return True
-        if known if known is not None else tx.is_closed(bank, d):
+        if known if known is not None else tx.is_closed(bank, d, lock=lock):
             self._closed.add((bank, d))
             return True
         return False
@@ -423,7 +426,7 @@ class Ledger:
                 tx.journal_finish(jid, outcome.value, fields)
             return m.ReversalResult(outcome, message=message, **fields)
 
-        if self._closed_date(tx, o.bank, o.trade_date):
+        if self._closed_date(tx, o.bank, o.trade_date, lock=True):
             if jid is None:
                 # reversals without a key of their own (ISO 8583) repeat by the
                 # original's state: a repeat of one that was done answers as it did
@@ -706,7 +709,7 @@ class Ledger:
             return m.SimpleResult(Outcome.ALREADY_REVERSED, f"payment is {p['status'].lower()}")
         now = self.now()
         d = p["trade_date"]
-        if self._closed_date(tx, p["bank"], d) or (p["bank"] == COUNTER.name
+        if self._closed_date(tx, p["bank"], d, lock=not check) or (p["bank"] == COUNTER.name
                                                    and d < now.date()):
             return m.SimpleResult(Outcome.DATE_CLOSED, f"trade date {d:%Y-%m-%d} of"
                                   f" {p['bank']} is closed: refund it instead")
@@ -733,6 +736,10 @@ class Ledger:
         return self.store.run_sync(self._cutoff_tx, bank, d, reason, actor)
 
     def _cutoff_tx(self, tx: Tx, bank: str, d: date, reason: str, actor: str):
+        # closed first: this waits for the payments and reversals of the date still
+        # in flight (they hold its row), so the totals below count what they posted;
+        # those arriving from now on wait for this commit and are refused
+        tx.close_day(bank, d)
         row = tx.cutoff_get(bank, d)
         if row is None:
             count, total = tx.standing_totals(bank, d)

@@ -139,6 +139,19 @@ cutoff = sa.Table(
     _money("total"),
 )
 
+# One row per bank and trade date that a payment or a cut-off has touched: what
+# orders the two on a database server.  A payment reads its date's row FOR SHARE
+# (the first payment of the date creates it, open) and holds it until it commits;
+# the cut-off sets ``closed`` before it counts, so it waits for every payment in
+# flight, and a payment arriving meanwhile waits and then reads "closed".
+trade_day = sa.Table(
+    "bg_trade_day",
+    metadata,
+    sa.Column("bank", sa.String(BANK), primary_key=True),
+    sa.Column("trade_date", sa.Date, primary_key=True),
+    sa.Column("closed", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
 audit = sa.Table(
     "bg_audit",
     metadata,

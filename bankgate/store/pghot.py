@@ -9,9 +9,11 @@ does (SQLAlchemy and this module share one connection):
 
 - a query: the customer, the closed flag of the bank's date, the prepaid balance
   and the open bills, oldest first, in one ``SELECT``;
-- a payment's first statement claims the journal key and reads the customer and
-  its open bills, locked ``FOR UPDATE`` in ``period, bill_id`` order (as the
-  generic path locks them) -- one data-modifying CTE;
+- a payment's first statement claims the journal key, reads its trade date's
+  ``bg_trade_day`` row ``FOR SHARE`` (inserting it for the date's first payment),
+  and reads the customer and its open bills, locked ``FOR UPDATE`` in
+  ``period, bill_id`` order (as the generic path locks them) -- one
+  data-modifying CTE;
 - its second writes the payment, its allocations, the bills, the prepaid
   excess, N8's payment and its items (and the journal's answer when the ledger
   knows it already) -- another, after the ledger has allocated the money.
@@ -95,6 +97,7 @@ class PgHotPath:
         n8i = _Names(store.n8["payment_item"], prep)
         j = _Names(model.journal, prep)
         cut = _Names(model.cutoff, prep)
+        day = _Names(model.trade_day, prep)
         pp = _Names(model.prepaid, prep)
         pay = _Names(model.payment, prep)
         al = _Names(model.allocation, prep)
@@ -105,37 +108,57 @@ class PgHotPath:
 
         # the customer's row, then what a transaction needs beside it: is the
         # bank's date closed, the prepaid balance
-        context = (
-            f"{cust.columns('c')}, "
-            f"(SELECT k.{cut.bank} FROM {cut} AS k WHERE k.{cut.bank} = %(bank)s"
-            f" AND k.{cut.trade_date} = %(trade_date)s), "
-            f"(SELECT v.{pp.balance} FROM {pp} AS v"
-            f" WHERE v.{pp.customer_no} = c.{cust.customer_no})"
-        )
+        closed = (f"(SELECT k.{cut.bank} FROM {cut} AS k WHERE k.{cut.bank} = %(bank)s"
+                  f" AND k.{cut.trade_date} = %(trade_date)s)")
+
+        def context(closed: str) -> str:
+            return (f"{cust.columns('c')}, {closed}, "
+                    f"(SELECT v.{pp.balance} FROM {pp} AS v"
+                    f" WHERE v.{pp.customer_no} = c.{cust.customer_no})")
+
         open_bill = f"b.{bill.paid_amount} < b.{bill.amount}"
         oldest_first = f"b.{bill.period}, b.{bill.bill_id}"
 
         self.query_sql = (
-            f"SELECT {context}, {bill.columns('b')}"
+            f"SELECT {context(closed)}, {bill.columns('b')}"
             f" FROM {cust} AS c LEFT JOIN {bill} AS b"
             f" ON b.{bill.customer_no} = c.{cust.customer_no} AND {open_bill}"
             f" WHERE c.{cust.customer_no} = %(customer_no)s"
             f" ORDER BY {oldest_first}"
         )
 
-        # The claim is the statement's only write: a duplicate key fails the
-        # whole statement (and the transaction), as the generic claim does.  The
-        # bills are locked in the CTE in the generic path's order, oldest first.
+        # The claim: a duplicate key fails the whole statement (and the
+        # transaction), as the generic claim does.  The bills are locked in the
+        # CTE in the generic path's order, oldest first.  The date's bg_trade_day
+        # row is read FOR SHARE (Tx.lock_day): a locking read returns the row as
+        # last committed, after waiting for a cut-off closing it, although the
+        # statement's snapshot is older.  The first payment of a date inserts it
+        # (open, and its own until it commits).  Its closed column says: the
+        # cut-off's bank (closed), 'closed', NULL (open), or '?' when the row was
+        # committed by another transaction after this statement's snapshot (not
+        # a bank name: bank names are letters, digits, "_", "." and "-"), which
+        # Tx.claim_payment then locks in a statement of its own.
+        day_closed = (
+            f"COALESCE({closed}, (SELECT CASE WHEN bool_or(d.closed) THEN 'closed'"
+            f" WHEN count(*) = 0 AND NOT EXISTS (SELECT FROM new_day) THEN '?' END"
+            f" FROM tday AS d))"
+        )
         self.claim_sql = (
             f"WITH claim AS ("
             f"INSERT INTO {j} ({j.bank}, {j.trade_date}, {j.serial}, {j.kind}, {j.content},"
             f" {j.outcome}, {j.created_at})"
             f" VALUES (%(bank)s, %(trade_date)s, %(serial)s, %(kind)s, %(content)s,"
             f" 'PROCESSING', %(now)s) RETURNING {j.id} AS id), "
+            f"new_day AS (INSERT INTO {day} ({day.bank}, {day.trade_date}, {day.closed})"
+            f" VALUES (%(bank)s, %(trade_date)s, false)"
+            f" ON CONFLICT ({day.bank}, {day.trade_date}) DO NOTHING RETURNING {day.closed}), "
+            f"tday AS MATERIALIZED (SELECT t.{day.closed} AS closed FROM {day} AS t"
+            f" WHERE t.{day.bank} = %(bank)s AND t.{day.trade_date} = %(trade_date)s"
+            f" FOR SHARE), "
             f"locked AS MATERIALIZED (SELECT {bill.columns('b')} FROM {bill} AS b"
             f" WHERE b.{bill.customer_no} = %(customer_no)s AND {open_bill}"
             f" ORDER BY {oldest_first} FOR UPDATE) "
-            f"SELECT claim.id, {context}, {bill.columns('b')}"
+            f"SELECT claim.id, {context(day_closed)}, {bill.columns('b')}"
             f" FROM claim LEFT JOIN {cust} AS c ON c.{cust.customer_no} = %(customer_no)s"
             f" LEFT JOIN locked AS b ON c.{cust.customer_no} IS NOT NULL"
             f" ORDER BY {oldest_first}"
@@ -236,9 +259,12 @@ class PgHotPath:
 
     def claim(self, conn: sa.Connection, params: dict) -> tuple[int, dict | None, list[dict]]:
         """``params``: bank trade_date serial kind content now customer_no.
-        A duplicate key raises ``sqlalchemy.exc.IntegrityError``."""
+        A duplicate key raises ``sqlalchemy.exc.IntegrityError``.  The customer's
+        ``bg_closed`` is None when the date's row was not seen (see ``claim_sql``)."""
         rows = self._run(conn, self.claim_sql, params)
         cust = self._context(rows[0], 1)
+        if cust is not None and rows[0][1 + len(self.customer_keys)] == "?":
+            cust["bg_closed"] = None
         at = 1 + len(self.customer_keys) + 2
         return rows[0][0], cust, self._bills(rows, at) if cust is not None else []
 

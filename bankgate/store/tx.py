@@ -62,6 +62,13 @@ class HotStatements:
             outcome=_p("k_outcome"), result=_p("k_result"), payment_id=_p("k_pid"))
         self.is_closed = sa.select(c.c.bank).where(
             c.c.bank == _p("k_bank"), c.c.trade_date == _p("k_date"))
+        day = model.trade_day
+        # a shared row lock held to the end of the transaction (FOR SHARE, LOCK IN
+        # SHARE MODE; SQL Server has no locking clause: a table hint)
+        self.day_locked = sa.select(day.c.closed).where(
+            day.c.bank == _p("k_bank"), day.c.trade_date == _p("k_date")
+        ).with_for_update(read=True).with_hint(day, "WITH (HOLDLOCK, ROWLOCK)", "mssql")
+        self.day_insert = day.insert()
         cust = n8["customer"]
         self.customer = _select(cust).where(cust.c.customer_no == _p("k_cust"))
         # the customer with what a transaction needs to know beside it, in one
@@ -215,17 +222,29 @@ class Tx:
                       now: datetime, customer_no: str) -> tuple[int, dict | None, list[dict]]:
         """:meth:`claim` (raising :class:`Duplicate`), then the customer and its
         open bills locked for the payment (``open_bills(lock=True)``): the journal
-        id, the customer (None: no such customer) and the bills.  One statement on
-        PostgreSQL, three elsewhere."""
+        id, the customer (None: no such customer) and the bills.  On a database
+        server the date's row is read ``FOR SHARE`` (:meth:`lock_day`) and the
+        customer's ``bg_closed`` says what it holds: a cut-off cannot count the
+        date until this transaction ends.  One statement on PostgreSQL, four
+        elsewhere (three on SQLite, whose single writer orders it with a cut-off)."""
         if self.hot is not None:
             try:
-                return self.hot.claim(self.conn, {
+                jid, cust, bills = self.hot.claim(self.conn, {
                     "bank": bank, "trade_date": trade_date, "serial": serial, "kind": kind,
                     "content": content, "now": now, "customer_no": customer_no})
             except sa.exc.IntegrityError:
                 raise Duplicate(serial) from None
+            if cust is not None and cust["bg_closed"] is None:
+                # the date's row was committed after the claim's snapshot was taken
+                # (another first payment of the date): lock it in a statement of its own
+                cust["bg_closed"] = self.lock_day(bank, trade_date)
+            return jid, cust, bills
         jid = self.claim(bank, trade_date, serial, kind, content, now)
+        # the date's row before the bills: a payment never waits for a cut-off holding bills
+        closed = self.lock_day(bank, trade_date) if self.lock else False
         cust = self.customer_context(customer_no, bank, trade_date)
+        if cust is not None:
+            cust["bg_closed"] = cust["bg_closed"] or closed
         return jid, cust, self.open_bills(customer_no, lock=True) if cust is not None else []
 
     def post_payment(self, payment: dict, rows: list[dict], n8: dict,
@@ -254,9 +273,51 @@ class Tx:
 
     # -- cut-off ---------------------------------------------------------------
 
-    def is_closed(self, bank: str, trade_date: date) -> bool:
+    def is_closed(self, bank: str, trade_date: date, lock: bool = False) -> bool:
+        """Is the bank's trade date closed?  ``lock``: and keep a cut-off from
+        closing it until this transaction ends (:meth:`lock_day`), for a
+        transaction that changes what the date's cut-off counts (a reversal)."""
+        if lock and self.lock and self.lock_day(bank, trade_date):
+            return True
         r = self._x(self.sql.is_closed, {"k_bank": bank, "k_date": trade_date})
         return r.first() is not None
+
+    def lock_day(self, bank: str, trade_date: date) -> bool:
+        """Read the date's ``bg_trade_day`` row ``FOR SHARE``, creating it (open)
+        when there is none; True when it is closed.
+
+        A locking read returns the row as last committed, after waiting for a
+        cut-off that is closing it; and a cut-off's update waits for every
+        transaction holding the row, so it counts what they post.  A row this
+        transaction inserted is its own until it commits: a cut-off waits for it.
+        """
+        key = {"k_bank": bank, "k_date": trade_date}
+        row = self._x(self.sql.day_locked, key).first()
+        if row is None:
+            try:
+                with self.conn.begin_nested():
+                    self._x(self.sql.day_insert,
+                            {"bank": bank, "trade_date": trade_date, "closed": False})
+                return False
+            except sa.exc.IntegrityError:  # another transaction's, committed meanwhile
+                row = self._x(self.sql.day_locked, key).one()
+        return bool(row[0])
+
+    def close_day(self, bank: str, trade_date: date) -> None:
+        """Mark the date's ``bg_trade_day`` row closed (creating it closed), the
+        cut-off's first step: on a database server the update waits for the
+        payments and reversals holding the row, and those arriving later wait for
+        the cut-off's commit and then read the date closed."""
+        t = model.trade_day
+        close = t.update().where(t.c.bank == bank, t.c.trade_date == trade_date).values(
+            closed=True)
+        if self._x(close).rowcount:
+            return
+        try:
+            with self.conn.begin_nested():
+                self._x(t.insert().values(bank=bank, trade_date=trade_date, closed=True))
+        except sa.exc.IntegrityError:  # a payment's, committed meanwhile
+            self._x(close)
 
     def cutoff_get(self, bank: str, trade_date: date) -> dict | None:
         c = model.cutoff
