@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 
 from bankgate.app import wiring
@@ -28,9 +28,11 @@ from bankgate.domain import reporting, reports
 
 
 def catalogue(cfg) -> Catalogue:
-    """The configuration's reports, on the command's clocks (the zone's time for the
-    supply reports' season, the system's date for the rest)."""
-    return Catalogue.for_config(cfg, now=wiring.wall_clock(cfg), today=date.today)
+    """The configuration's reports, on the configuration's clock: "today" is the
+    date in its time zone, as the gateway's trade dates are (just after midnight in
+    Shanghai, a machine on UTC is still on yesterday)."""
+    now = wiring.wall_clock(cfg)
+    return Catalogue.for_config(cfg, now=now, today=lambda: now().date())
 
 
 def find_report(name: str, cfg) -> Callable:
@@ -58,7 +60,8 @@ def default_path(cfg, name: str, fmt: str, params: dict) -> Path:
 
 def cmd_report(args) -> int:
     cfg = _load(args.config)
-    params = {"from": args.date_from, "to": args.date_to or date.today(), "bank": args.bank,
+    params = {"from": args.date_from, "to": args.date_to or wiring.wall_clock(cfg)().date(),
+              "bank": args.bank,
               "by": args.by}
     check_report(args.name, cfg, params)  # bad input: refused before the database opens
     runner = find_report(args.name, cfg)
