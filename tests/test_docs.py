@@ -81,6 +81,7 @@ from pathlib import Path
 import pytest
 
 from bankgate.app.config import DEMO_MAC_KEY, default_config, parse_config
+from bankgate.devtools.console_browser import CONFIG, KCV_SM4
 from bankgate.devtools.gateway import GatewayProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -336,77 +337,9 @@ def test_substitutions_map_the_readers_machine_to_the_workspace():
 
 # -- running ---------------------------------------------------------------------------
 
-DEMO_CONFIG = """\
-# The embedded demo (bankgate.app.config.default_config) on free ports, with no schedule.
-[gateway]
-data_dir = "var"
-timezone = "Asia/Shanghai"
-
-[database]
-url = "sqlite:///var/bankgate.db"
-
-[n8]
-create = true
-demo_customers = 1000
-
-[console]
-listen = "tcp:{console}:interface=127.0.0.1"
-
-[[bank]]
-name = "demo-fixed"
-plugin = "ref-fixed"
-bank_code = "105210"
-listen = "tcp:{fixed}:interface=127.0.0.1"
-allow = ["127.0.0.0/8"]
-policy = "exact"
-mac = true
-mac_key = "{key}"
-mac_key_kcv = "{kcv}"
-exchange_dir = "var/exchange/demo-fixed"
-[bank.options]
-invoice = true
-invoice_low_water = 50
-
-[[bank]]
-name = "demo-delim"
-plugin = "ref-delim"
-bank_code = "103210"
-listen = "tcp:{delim}:interface=127.0.0.1"
-allow = ["127.0.0.0/8"]
-policy = "exact"
-exchange_dir = "var/exchange/demo-delim"
-[bank.options]
-withholding = true
-utility_code = "HEAT0001"
-debit_host = "tcp:host=127.0.0.1:port={host}"
-debit_host_simulate = true
-
-[[bank]]
-name = "demo-iso8583"
-plugin = "ref-iso8583"
-bank_code = "104210"
-listen = "tcp:{iso}:interface=127.0.0.1"
-allow = ["127.0.0.0/8"]
-policy = "partial"
-mac = true
-zmk = "{key}"
-zmk_kcv = "{kcv}"
-exchange_dir = "var/exchange/demo-iso8583"
-
-[[bank]]
-name = "demo-xml"
-plugin = "ref-xml"
-bank_code = "301210"
-listen = "tcp:{xml}:interface=127.0.0.1"
-allow = ["127.0.0.0/8"]
-policy = "exact"
-mac = true
-mac_key = "{key}"
-mac_key_kcv = "2677F4"  # SM4's check value of the same key
-two_phase = true
-confirm_timeout = 600
-exchange_dir = "var/exchange/demo-xml"
-"""
+#: the embedded demo on free ports, with no schedule: the template the browser tests and
+#: the screenshots start too (a test below checks it against the demo)
+DEMO_CONFIG = CONFIG
 #: what the workspace's configuration may differ in from the embedded demo: the ports,
 #: the schedule (no cut-off at 23:30, no nightly run at 02:00: the run must not depend on
 #: the hour) and what parsing a file records besides the values
@@ -430,7 +363,8 @@ def word_pattern(line: str) -> re.Pattern | None:
 
 
 def workspace_config(ports: dict) -> str:
-    return DEMO_CONFIG.format(key=DEMO_MAC_KEY, kcv=DEMO_KCV, **ports)
+    return DEMO_CONFIG.format(data="var", customers=1000, key=DEMO_MAC_KEY, kcv_3des=DEMO_KCV,
+                              kcv_sm4=KCV_SM4, **ports)
 
 
 def test_the_workspace_runs_the_embedded_demo_on_other_ports():

@@ -42,7 +42,8 @@ VIEWPORT = {"width": 1280, "height": 800}
 PORT_NAMES = ("fixed", "delim", "iso", "xml", "host", "console")
 
 CONFIG = """\
-# The embedded demo on free ports, with {customers} customers and no schedule.
+# The embedded demo (bankgate.app.config.default_config) on free ports, with {customers}
+# customers and no schedule (tests/test_docs.py checks it against the demo).
 [gateway]
 data_dir = "{data}"
 timezone = "Asia/Shanghai"
