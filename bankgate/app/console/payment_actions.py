@@ -82,6 +82,15 @@ class _PaymentAction(actions.Action):
         receipt = values.get("receipt", "")
         return payment_page(receipt) if receipt.isascii() and receipt.isdigit() else "/helpdesk"
 
+    def perform(self, parsed, actor, reason):
+        """The office's function of this action's name (``reverse``, ``refund``)."""
+        try:
+            getattr(self.office, self.name)(parsed["receipt"], actor=actor, reason=reason)
+        except (BadInput, Refused) as e:
+            raise ActionRefused(e.message, e.field) from None
+        return Done(f"Payment {parsed['receipt']} {self.after.lower()}.",
+                    payment_page(parsed["receipt"]))
+
 
 class Reverse(_PaymentAction):
     name, title, verb, after = "reverse", "Reverse a payment (冲正)", "Reverse", "REVERSED"
@@ -90,26 +99,12 @@ class Reverse(_PaymentAction):
                " payment the bank has reversed too (it asked by telephone), on a trade date"
                " not yet closed.")
 
-    def perform(self, parsed, actor, reason):
-        try:
-            self.office.reverse(parsed["receipt"], actor=actor, reason=reason)
-        except (BadInput, Refused) as e:
-            raise ActionRefused(e.message, e.field) from None
-        return Done(f"Payment {parsed['receipt']} reversed.", payment_page(parsed["receipt"]))
-
 
 class Refund(_PaymentAction):
     name, title, verb, after = "refund", "Refund a payment (退单)", "Refund", "REFUNDED"
     warning = ("The payment is undone in the books and in N8: its bills are open again,"
                " its prepaid excess is taken off the balance and its invoice number is made"
                " void. Give the customer the money back at the counter.")
-
-    def perform(self, parsed, actor, reason):
-        try:
-            self.office.refund(parsed["receipt"], actor=actor, reason=reason)
-        except (BadInput, Refused) as e:
-            raise ActionRefused(e.message, e.field) from None
-        return Done(f"Payment {parsed['receipt']} refunded.", payment_page(parsed["receipt"]))
 
 
 class CounterPay(actions.Action):
