@@ -77,8 +77,16 @@ TARGETS = {"payments": 1500, "queries": 4000, "ratio": 0.6}
 
 
 def ensure_database(url: str) -> None:
-    """Create the PostgreSQL database of ``url`` when it does not exist."""
+    """Create the PostgreSQL or MariaDB database of ``url`` when it does not exist."""
     u = sa.engine.make_url(url)
+    if u.get_backend_name() == "mysql" and u.database:
+        admin = sa.create_engine(u.set(database="mysql"))
+        try:
+            with admin.begin() as c:
+                c.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS `{u.database}`")
+        finally:
+            admin.dispose()
+        return
     if u.get_backend_name() != "postgresql" or not u.database:
         return
     admin = sa.create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
@@ -93,9 +101,13 @@ def ensure_database(url: str) -> None:
         admin.dispose()
 
 
-def prepare(url: str, customers: int, threads: int, reseed: bool = False) -> tuple[Store, int]:
+def prepare(url: str, customers: int, threads: int, reseed: bool = False,
+            n8_url: str | None = None) -> tuple[Store, int]:
+    """The store on ``url`` (N8 in ``n8_url`` when given: two databases), N8 seeded."""
     ensure_database(url)
-    store = Store(url, N8Mapping(), threads=threads)
+    if n8_url:
+        ensure_database(n8_url)
+    store = Store(url, N8Mapping(), threads=threads, n8_url=n8_url)
     store.create_gateway_tables()
     if not store.n8_exists():
         store.create_n8_tables()
@@ -124,7 +136,7 @@ def sample(store: Store, population: int, k: int, rng: random.Random,
     c, b = store.n8["customer"], store.n8["bill"]
     order = rng.sample(range(population), population)
     out: list[tuple[str, int]] = []
-    with store.engine.connect() as conn:
+    with store.n8_engine.connect() as conn:
         for at in range(0, population, 2000):
             if len(out) >= k:
                 break
@@ -582,6 +594,11 @@ class _Median:
 
     def __init__(self, phases: list[Phase]):
         self.rate = statistics.median(p.rate for p in phases)
+        self._p99 = statistics.median(p.pct(0.99) for p in phases)
+
+    def pct(self, p: float) -> float:
+        assert p == 0.99, "the median of the rounds' p99 only"
+        return self._p99
 
 
 def hooked_ledger(url: str, threads: int, tag: str, stock: int) -> tuple[Store, Ledger]:
@@ -669,6 +686,11 @@ def main(argv=None) -> int:
     ap.add_argument("--hooks", action="store_true",
                     help="build the ledger as the service does (bankgate.app.wiring): with "
                          "its invoice and supply-status hooks")
+    ap.add_argument("--n8-url", default=None,
+                    help="also time the two-database case: the gateway on --url, N8 in this "
+                         "database ([n8.database]; e.g. mysql+pymysql://root@127.0.0.1/"
+                         "bankgate_bench_n8), seeded like --url; its ledger phases run beside "
+                         "the one-database ledger's, and the ratio is printed (target >= 0.6)")
     a = ap.parse_args(argv)
 
     store, population = prepare(a.url, a.customers, a.threads, a.reseed)
@@ -692,6 +714,11 @@ def main(argv=None) -> int:
         ledger = Ledger(store, {"bench": BANK})
     generic_store = Store(a.url, N8Mapping(), threads=a.threads, hot_path=False) if generic \
         else None
+    # the two-database case: the same gateway database, N8 in --n8-url
+    split_store = prepare(a.url, a.customers, a.threads, a.reseed, n8_url=a.n8_url)[0] \
+        if a.n8_url else None
+    split_ledger = (Ledger(split_store, ledger.banks, hooks=ledger.hooks)
+                    if split_store is not None else None)
     generic_ledger = (Ledger(generic_store, ledger.banks, hooks=ledger.hooks)
                       if generic_store is not None else None)
     taken: set[str] = set()
@@ -751,6 +778,11 @@ def main(argv=None) -> int:
     if lean:
         plan.append(("lean", raw_pay_worker(store.hot_path, "N", lean_=True),
                      raw_query_worker(store.hot_path, lean_=True)))
+    if split_ledger is not None:
+        plan.append(("two-db ledger", ledger_pay_worker(split_ledger, "T"),
+                     ledger_query_worker(split_ledger)))
+    # where each phase's customers are sampled from (the two-database N8 is its own)
+    home = {label: (split_store if label == "two-db ledger" else store) for label, _, _ in plan}
 
     runs: dict[str, list[Phase]] = {}  # label -> one Phase per round
     header = (f"\n{'phase':<26} {'ops':>8} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
@@ -766,8 +798,11 @@ def main(argv=None) -> int:
     if a.only in ("all", "pay"):
         print(f"sampling {rounds * len(plan) * per_phase:,} customers with dues ...",
               flush=True)
-        items = [[pay_items(sample(store, population, per_phase, rng, taken), r * per_phase)
-                  for _ in plan] for r in range(rounds)]
+        split_taken: set[str] = set()  # N8's own customers: the same numbers, other rows
+        items = [[pay_items(sample(home[label], population, per_phase, rng,
+                                   split_taken if home[label] is split_store else taken),
+                            r * per_phase)
+                  for label, _, _ in plan] for r in range(rounds)]
         for r in range(rounds):
             for (label, pay_worker, _), its in zip(plan, items[r], strict=True):
                 checkpoint(store)
@@ -777,9 +812,11 @@ def main(argv=None) -> int:
         print(f"sampling {2 * n:,} customers to query ...", flush=True)
         seen: set[str] = set()
         lq, bq = sample(store, population, n, rng, seen), sample(store, population, n, rng, seen)
+        tq = sample(split_store, population, n, rng, seen) if split_store is not None else []
         for _ in range(rounds):
             for i, (label, _, query_worker) in enumerate(plan):
-                run(f"{label} queries", query_worker, lq if i % 2 == 0 else bq, cycle=True)
+                run(f"{label} queries", query_worker,
+                    tq if label == "two-db ledger" else lq if i % 2 == 0 else bq, cycle=True)
 
     print(header)
     for ps in runs.values():
@@ -812,10 +849,17 @@ def main(argv=None) -> int:
             print(f"{'':<9} lean   {ln.rate:>8,.0f}/s   ledger/lean {lp_.rate / ln.rate:.2f}   "
                   f"baseline/lean {bp_.rate / ln.rate:.2f}")
 
+        tl, ol = phases.get(f"two-db ledger {kind}"), phases.get(f"ledger {kind}")
+        if tl and ol and ol.rate:
+            print(f"{'':<9} two databases {tl.rate:>8,.0f}/s (p99 {tl.pct(0.99):.1f} ms)   one "
+                  f"database {ol.rate:,.0f}/s (p99 {ol.pct(0.99):.1f} ms)   two/one "
+                  f"{tl.rate / ol.rate:.2f}   (target >= 0.6)")
+
     if a.profile:
         profile(ledger, store, population, rng, taken, origin, tag, a.profile_seconds)
-    if generic_store is not None:
-        generic_store.stop()
+    for extra in (generic_store, split_store):
+        if extra is not None:
+            extra.stop()
     store.stop()
     return 0
 

@@ -47,7 +47,38 @@ RENAMED = N8Mapping(
     },
 )
 
-BACKENDS = ["sqlite", "sqlite-renamed", "postgres", "mariadb"]
+# An N8 in its own units and codes (docs/n8-mapping.rst, "Value mapping"): money in
+# yuan DECIMAL(12,2), dates as CHAR(8) text, keys in CHAR(n), its own codes; created
+# from the mapping, so the whole suite runs against a legacy-shaped schema.
+LEGACY = N8Mapping(
+    tables=dict(RENAMED.tables),
+    columns={
+        **RENAMED.columns,
+        "payment": {**RENAMED.columns["payment"], "pay_date": "JFRQ", "created_at": "CZSJ"},
+        "payment_item": {**RENAMED.columns["payment_item"], "principal": "BJ",
+                         "late_fee": "ZNJ"},
+        "invoice": {"invoice_no": "FPH", "amount": "JE", "status": "ZT"},
+    },
+    values={
+        "bill": {"amount": "yuan", "paid_amount": "yuan", "late_fee_paid": "yuan",
+                 "due_date": "char8", "bill_id": "trim", "customer_no": "trim"},
+        "payment": {"amount": "yuan", "pay_date": "char8", "created_at": "char14",
+                    "customer_no": "trim"},
+        "payment_item": {"principal": "yuan", "late_fee": "yuan", "bill_id": "trim"},
+        "invoice": {"amount": "yuan"},
+        "tariff": {"unit_price": "yuan"},
+        "customer": {"customer_no": "trim"},
+    },
+    codes={
+        "status": {"active": ["0", "Z"], "locked": ["1"]},
+        "customer_class": {"R": ["1"], "I": ["2"], "C": ["3"]},
+        "fee_type": {"01": ["RL"], "02": ["WY"], "03": ["ZQ"], "04": ["DF"], "05": ["JK"]},
+        "payment_status": {"N": ["0"], "P": ["1"], "C": ["9"]},
+        "invoice_status": {"U": ["0"], "I": ["1"], "V": ["2"]},
+    },
+)
+
+BACKENDS = ["sqlite", "sqlite-renamed", "sqlite-legacy", "postgres", "mariadb", "sqlite+sqlite"]
 TODAY = date(2026, 11, 27)
 NOW = datetime(2026, 11, 27, 9, 30, 0)
 
@@ -66,13 +97,14 @@ def _reachable(url: str) -> str | None:
 _private: dict[str, str] = {}
 
 
-def _private_database(url: str) -> str:
+def _private_database(url: str, suffix: str = "") -> str:
     """A database of this test run's own on the server at ``url``.
 
     Several test runs may share one server (developers, CI); each works in
-    ``bgtest_<pid>``, created here and dropped at exit.
+    ``bgtest_<pid>`` (``bgtest_<pid>_<suffix>`` for a second one, such as N8's
+    beside the gateway's), created here and dropped at exit.
     """
-    name = f"bgtest_{os.getpid()}"
+    name = f"bgtest_{os.getpid()}" + (f"_{suffix}" if suffix else "")
     u = sa.engine.make_url(url)
     admin = sa.create_engine(u, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
@@ -95,38 +127,67 @@ def _private_database(url: str) -> str:
     return u.set(database=name).render_as_string(hide_password=False)
 
 
-def server_url(kind: str) -> str:
+def server_url(kind: str, suffix: str = "") -> str:
+    """This run's private database on server ``kind`` (a second one with ``suffix``)."""
     url = SERVERS[kind]
-    if url not in _private:
+    if (url, suffix) not in _private:
         why = _reachable(url)
         if why:
             msg = f"{kind} server not reachable at {url}: {why}"
             if os.environ.get("BANKGATE_REQUIRE_SERVERS") == "1":
                 pytest.fail(msg + " (BANKGATE_REQUIRE_SERVERS=1: servers are required here)")
             pytest.skip(msg)
-        _private[url] = _private_database(url)
-    return _private[url]
+        _private[url, suffix] = _private_database(url, suffix)
+    return _private[url, suffix]
 
 
 def make_store(backend: str, tmp_path) -> Store:
-    mapping = RENAMED if backend.endswith("-renamed") else N8Mapping()
-    kind = backend.removesuffix("-renamed")
+    """``backend``: sqlite, sqlite-renamed, postgres, mariadb; or a pair
+    "GATEWAY+N8" (``sqlite+sqlite``, ``postgres+mariadb`` ...): N8 in a database
+    of its own ([n8.database])."""
+    mapping = (RENAMED if backend.endswith("-renamed")
+               else LEGACY if backend.endswith("-legacy") else N8Mapping())
+    kind = backend.removesuffix("-renamed").removesuffix("-legacy")
+    kind, _, n8_kind = kind.partition("+")
     url = f"sqlite:///{tmp_path / 'bg.db'}" if kind == "sqlite" else server_url(kind)
-    store = Store(url, mapping, threads=4)
-    if kind != "sqlite":
+    n8_url = None
+    if n8_kind:  # on the gateway's server: a second database (postgres+postgres)
+        n8_url = (f"sqlite:///{tmp_path / 'n8.db'}" if n8_kind == "sqlite"
+                  else server_url(n8_kind, "n8" if n8_kind == kind else ""))
+    store = Store(url, mapping, threads=4, n8_url=n8_url)
+    if kind != "sqlite" or (n8_kind and n8_kind != "sqlite"):
         store.drop_all()
     store.create_gateway_tables()
     store.create_n8_tables()
     return store
 
 
-@pytest.fixture(params=BACKENDS)
-def store(request, tmp_path):
-    s = make_store(request.param, tmp_path)
-    yield s
-    if s.dialect != "sqlite":
+def close_store(s: Store) -> None:
+    """Drop what a server holds of ``s`` (SQLite files go with tmp_path), stop it."""
+    if s.dialect != "sqlite" or s.n8_dialect != "sqlite":
         s.drop_all()
     s.stop()
+
+
+def store_fixture(backends: list[str]):
+    """A ``store`` fixture over ``backends``.  A test module assigns one to the name
+    ``store`` to run on more back-ends than :data:`BACKENDS` (its ``ledger`` fixture
+    follows): ``store = store_fixture(BACKENDS + LEDGER_PAIRS)``."""
+
+    @pytest.fixture(params=backends, name="store")
+    def _store(request, tmp_path):
+        s = make_store(request.param, tmp_path)
+        yield s
+        close_store(s)
+
+    return _store
+
+
+store = store_fixture(BACKENDS)
+
+# N8 in a database of its own on real servers, in N8's legacy shape: the ledger suite
+# and the property tests run on these too (not every store test: see store_fixture)
+LEDGER_PAIRS = ["sqlite+mariadb-legacy", "postgres+postgres-legacy"]
 
 
 BANKS = {
@@ -151,7 +212,7 @@ class FakeClock:
 def seed_fixture(store: Store) -> None:
     """A small hand-built N8: every case the ledger tests need."""
     n8 = store.n8
-    with store.engine.begin() as c:
+    with store.n8_engine.begin() as c:
         c.execute(n8["tariff"].insert(), [
             {"fee_type": "01", "customer_class": "R", "unit_price": 2600, "late_fee_ppm": 500},
             {"fee_type": "01", "customer_class": "I", "unit_price": 3200, "late_fee_ppm": 1000},

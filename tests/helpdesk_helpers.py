@@ -47,7 +47,7 @@ class Day:
 
 def extra_customers(store) -> None:
     n8 = store.n8
-    with store.engine.begin() as c:
+    with store.n8_engine.begin() as c:
         c.execute(n8["customer"].insert(), [
             {"customer_no": "100000500", "name": "50%_off!折扣店", "address": "和平区1号",
              "customer_class": "R", "status": "A"},

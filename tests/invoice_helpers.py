@@ -12,7 +12,7 @@ from datetime import date
 
 import sqlalchemy as sa
 from conftest import BANKS, seed_fixture
-from ledger_helpers import bills
+from ledger_helpers import bills, engine_of
 
 from bankgate.app import wiring
 from bankgate.app.config import BankConfig, Config
@@ -41,7 +41,7 @@ def extra_customers(store, n: int, amount: int = 10000) -> list[str]:
     """``n`` more customers, each with one open bill of ``amount`` (no late fee)."""
     n8 = store.n8
     nos = [f"2000{i:05d}" for i in range(n)]
-    with store.engine.begin() as c:
+    with store.n8_engine.begin() as c:
         c.execute(n8["customer"].insert(), [
             {"customer_no": no, "name": f"客户{i}", "address": f"和平区{i}号",
              "customer_class": "R", "status": "A"} for i, no in enumerate(nos)])
@@ -64,7 +64,7 @@ def setup(store, clock, tmp_path, *, extra: int = 0, hooks_after=(), **fixed_opt
 
 
 def rows(store, table, *where) -> list[dict]:
-    with store.engine.connect() as c:
+    with engine_of(store, table).connect() as c:
         q = sa.select(*[col.label(col.key) for col in table.c])
         if where:
             q = q.where(*where)

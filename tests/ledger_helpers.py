@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import date
 
 import sqlalchemy as sa
@@ -35,9 +36,25 @@ def query(customer: str = "100000123", bank: str = "fixed", d: date = TODAY) -> 
     return m.QueryRequest(origin(bank, d), customer)
 
 
+def engine_of(store, table):
+    """The engine holding ``table``: N8's own database for N8's tables
+    ([n8.database]), else the gateway's."""
+    return store.n8_engine if table.metadata is store.n8_metadata else store.engine
+
+
+def clear(store) -> None:
+    """Delete every row of the gateway's tables and of N8's, each on its database."""
+    with store.engine.begin() as c:
+        for t in reversed(model.metadata.sorted_tables):
+            c.execute(t.delete())
+    with store.n8_engine.begin() as c:
+        for t in reversed(store.n8_metadata.sorted_tables):
+            c.execute(t.delete())
+
+
 def bills(store) -> dict[str, tuple[int, int]]:
     b = store.n8["bill"]
-    with store.engine.connect() as c:
+    with store.n8_engine.connect() as c:
         return {
             r.bill_id: (int(r.paid_amount), int(r.late_fee_paid))
             for r in c.execute(sa.select(*[col.label(col.key) for col in b.c]))
@@ -51,8 +68,19 @@ def prepaid(store) -> dict[str, int]:
 
 
 def count(store, table) -> int:
-    with store.engine.connect() as c:
+    with engine_of(store, table).connect() as c:
         return c.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+
+
+@contextmanager
+def _n8_connection(store, conn):
+    """N8's connection beside the gateway's ``conn``: ``conn`` itself when N8 is in
+    the same database (a second SQLite connection would wait for the first's lock)."""
+    if not store.split:
+        yield conn
+        return
+    with store.n8_engine.connect() as n:
+        yield n
 
 
 def check_books(store) -> None:
@@ -61,7 +89,7 @@ def check_books(store) -> None:
     allocations plus prepaid balances; N8's payment records agree."""
     p, a = model.payment, model.allocation
     b = store.n8["bill"]
-    with store.engine.connect() as c:
+    with store.engine.connect() as c, _n8_connection(store, c) as n:
         standing = (
             sa.select(a.c.bill_id, sa.func.sum(a.c.principal).label("pr"),
                       sa.func.sum(a.c.late_fee).label("lf"))
@@ -71,7 +99,7 @@ def check_books(store) -> None:
         )
         alloc = {r.bill_id: (int(r.pr), int(r.lf)) for r in c.execute(standing)}
         initial = getattr(store, "initial_paid", {})
-        for r in c.execute(sa.select(*[col.label(col.key) for col in b.c])):
+        for r in n.execute(sa.select(*[col.label(col.key) for col in b.c])):
             base = initial.get(r.bill_id, (0, 0))
             got = (int(r.paid_amount) - base[0], int(r.late_fee_paid) - base[1])
             assert got == alloc.get(r.bill_id, (0, 0)), (
@@ -89,7 +117,7 @@ def check_books(store) -> None:
         ).scalar()
         assert int(money_in) == allocated + int(balance)
         n8p = store.n8["payment"]
-        n8_in = c.execute(
+        n8_in = n.execute(
             sa.select(sa.func.coalesce(sa.func.sum(n8p.c.amount), 0)).where(
                 n8p.c.status.in_(("N", "P")))
         ).scalar()

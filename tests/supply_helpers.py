@@ -8,6 +8,7 @@ from datetime import date
 
 import sqlalchemy as sa
 from conftest import BANKS, FakeClock
+from ledger_helpers import engine_of
 
 from bankgate.domain.ledger import Ledger
 from bankgate.domain.supply import SupplyHook, SupplySettings, WorkOrders
@@ -46,7 +47,8 @@ def valve_table(store, source: str) -> sa.Table:
 def seed_supply(store, source: str) -> None:
     n8 = store.n8
     v = valve_table(store, source)
-    with store.engine.begin() as c:
+    valves = []
+    with store.n8_engine.begin() as c:
         c.execute(n8["tariff"].insert(), [
             {"fee_type": "01", "customer_class": "R", "unit_price": 2600, "late_fee_ppm": 500},
             {"fee_type": "02", "customer_class": "R", "unit_price": 150, "late_fee_ppm": 0},
@@ -60,13 +62,17 @@ def seed_supply(store, source: str) -> None:
                     bill_id=bill_id, customer_no=no, fee_type=fee, period=period,
                     amount=amount, paid_amount=paid, late_fee_paid=0, due_date=DUE))
             if valve is not None:
-                c.execute(v.insert().values(season=SEASON, customer_no=no, state=valve))
+                valves.append({"season": SEASON, "customer_no": no, "state": valve})
+    if valves:
+        with engine_of(store, v).begin() as c:
+            c.execute(v.insert(), valves)
 
 
 def reset(store) -> None:
     with store.engine.begin() as c:
         for t in reversed(model.metadata.sorted_tables):
             c.execute(t.delete())
+    with store.n8_engine.begin() as c:
         for t in reversed(store.n8_metadata.sorted_tables):
             c.execute(t.delete())
 
@@ -95,7 +101,7 @@ def all_orders(store) -> list[dict]:
 
 def valve_states(store, source: str) -> dict[str, str]:
     v = valve_table(store, source)
-    with store.engine.connect() as c:
+    with engine_of(store, v).connect() as c:
         return {r.customer_no: r.state
                 for r in c.execute(sa.select(v.c.customer_no, v.c.state)
                                    .where(v.c.season == SEASON))}

@@ -183,6 +183,7 @@ NOT_BACK_OFFICE = {
     "recon exceptions", "plugins list", "plugins check", "invoice stock", "invoice check",
     "withholding list", "withholding simulate-host", "withholding simulate-result",
     "status", "backup", "report", "workorders list", "workorders export", "user list",
+    "n8 check", "n8 pending",
 }
 
 

@@ -254,6 +254,7 @@ def test_an_operator_reverses_a_payment_the_bank_reversed(office, store):
     assert row["status"] == "REVERSED" and row["invoice_no"] is None
     with store.engine.connect() as c:
         undo = c.execute(sa.select(model.undo)).mappings().one()
+    with store.n8_engine.connect() as c:
         n8 = c.execute(sa.select(store.n8["payment"].c.status)).scalar()
     assert (undo["kind"], undo["actor"], undo["reason"]) == ("OPERATOR", "wang",
                                                              "bank called: 0420 lost")

@@ -265,7 +265,7 @@ def test_a_custom_reports_form_says_its_default_range(site):
 def by_channel(store, first: date, last: date) -> dict[str, tuple[int, int]]:
     """The oracle: payments standing or pending (N, P) per channel, straight from N8."""
     p = store.n8["payment"]
-    with store.engine.connect() as c:
+    with store.n8_engine.connect() as c:
         return {ch: (n, int(amount)) for ch, n, amount in c.execute(
             sa.select(p.c.channel, sa.func.count(), sa.func.sum(p.c.amount))
             .where(p.c.status.in_(("N", "P")), p.c.pay_date.between(first, last))

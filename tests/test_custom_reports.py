@@ -69,7 +69,7 @@ PAYMENTS = [
 
 def seed(store: Store) -> None:
     n8 = store.n8
-    with store.engine.begin() as c:
+    with store.n8_engine.begin() as c:  # N8's rows in N8's database ([n8.database])
         c.execute(n8["customer"].insert(), [
             {"customer_no": no, "name": f"客户{no}", "customer_class": k, "district": d,
              "status": "A"} for no, d, k in CUSTOMERS])
@@ -85,6 +85,7 @@ def seed(store: Store) -> None:
         c.execute(n8["payment_item"].insert(), [
             {"pay_id": p, "bill_id": b, "principal": pr, "late_fee": lf}
             for p, *_, b, pr, lf in PAYMENTS])
+    with store.engine.begin() as c:
         c.execute(model.payment.insert(), [
             {"bank": f"bank{bank}", "trade_date": d, "serial": f"S{p}", "customer_no": cu,
              "amount": a, "principal": pr, "late_fee": lf, "prepaid_in": 0, "channel": ch,
@@ -338,10 +339,10 @@ def test_values_are_bound_never_joined_into_the_sql(data):
         op = "like"
         value = "%' OR '1'='1"
     """)
-    shape = cr.describe(d, data.n8, data.engine.dialect)
+    shape = cr.describe(d, data.n8, data.n8_engine.dialect)
     assert "DROP" not in shape and "OR '1'" not in shape
     assert list(cr.run(d, data, TODAY).rows) == []  # the quote matched nothing
-    with data.engine.connect() as c:  # and the bills are still there
+    with data.n8_engine.connect() as c:  # and the bills are still there
         assert c.execute(sa.select(sa.func.count()).select_from(data.n8["bill"])).scalar() == 6
 
 

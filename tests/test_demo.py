@@ -48,7 +48,7 @@ def store(tmp_path):
 
 def rows(store: Store, logical: str) -> list[tuple]:
     t = store.n8[logical]
-    with store.engine.connect() as c:
+    with store.n8_engine.connect() as c:
         return [tuple(r) for r in c.execute(sa.select(t).order_by(*t.primary_key.columns))]
 
 
@@ -111,7 +111,7 @@ def test_seed_counts_and_shape(store):
 def test_spec_customer_exists_and_the_ledger_serves_it(store):
     demo.seed(store, 200, today=TODAY)
     c = store.n8["customer"]
-    with store.engine.connect() as conn:
+    with store.n8_engine.connect() as conn:
         row = conn.execute(sa.select(c).where(c.c.customer_no == "100000123")).mappings().one()
     assert row["status"] == "A"
 
@@ -187,7 +187,7 @@ def test_refuses_without_replace(store):
 def test_replace_keeps_other_customers_and_drops_demo_payments(store):
     demo.seed(store, 30, today=TODAY)
     n8 = store.n8
-    with store.engine.begin() as c:
+    with store.n8_engine.begin() as c:
         c.execute(n8["customer"].insert().values(
             customer_no="K0001", name="真实用户", customer_class="R"))
         c.execute(n8["bill"].insert().values(
@@ -210,6 +210,28 @@ def test_bad_counts(store):
         demo.seed(store, -1)
     assert demo.seed(store, 0, today=TODAY)["customers"] == 0
     assert rows(store, "customer") == []
+
+
+def test_seeds_n8_in_a_database_of_its_own(tmp_path):
+    """[n8.database]: the demo writes N8's database only; the gateway's holds no N8
+    table, and the ledger serves a demo customer across the two."""
+    store = Store("sqlite:///" + str(tmp_path / "bg.db"), n8_url="sqlite:///"
+                  + str(tmp_path / "n8.db"))
+    try:
+        store.create_gateway_tables()
+        store.create_n8_tables()
+        stats = demo.seed(store, 50, today=TODAY, supply=True)
+        assert store.split and store.customer_count() == 50 == stats["customers"]
+        assert not {t for t in sa.inspect(store.engine).get_table_names()
+                    if t.startswith("n8_")}
+        assert {"n8_customer", "n8_bill", "n8_valve"} <= set(
+            sa.inspect(store.n8_engine).get_table_names())
+        ledger = Ledger(store, {"b": BankPolicy("b", "105210", policy="any")},
+                        now=lambda: datetime(2026, 11, 27, 10, 0))
+        q = ledger.query(QueryRequest(Origin("b", TODAY, "100000"), "100000001"))
+        assert q.outcome is Outcome.OK and q.name and q.bills
+    finally:
+        store.stop()
 
 
 def test_goes_through_the_mapping(tmp_path):

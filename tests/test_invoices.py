@@ -90,7 +90,7 @@ def test_adjacent_ranges_and_other_codes_are_fine(env, store):
 
 def test_issue_refuses_numbers_n8_already_has(env, store):
     _, inv = env
-    with store.engine.begin() as c:
+    with store.n8_engine.begin() as c:
         c.execute(store.n8["invoice"].insert().values(invoice_no=no(7), status="I",
                                                       pay_id="N8OWN", amount=5))
     with pytest.raises(InvoiceError, match="N8 already has 1 number"):
@@ -222,7 +222,7 @@ def test_number_n8_already_used_is_skipped_and_recorded(env, store, caplog):
     ledger, inv = env
     stock(inv, first=1, last=10)
     t = store.n8["invoice"]
-    with store.engine.begin() as c:  # N8's own counter used number 1 meanwhile
+    with store.n8_engine.begin() as c:  # N8's own counter used number 1 meanwhile
         c.execute(t.update().where(t.c.invoice_no == no(1)).values(status="I", pay_id="N8X"))
     with caplog.at_level(logging.WARNING, logger="bankgate.domain.invoices"):
         r = ledger.pay(pay("S1"))
@@ -239,7 +239,7 @@ def test_ten_numbers_owned_by_n8_in_a_row_post_without_invoice(env, store):
     ledger, inv = env
     stock(inv, first=1, last=12)
     t = store.n8["invoice"]
-    with store.engine.begin() as c:
+    with store.n8_engine.begin() as c:
         c.execute(t.update().where(t.c.invoice_no <= no(10)).values(status="V"))
     r = ledger.pay(pay("S1"))
     assert r.outcome is Outcome.OK and r.invoice_no == ""
@@ -252,7 +252,7 @@ def test_ten_numbers_owned_by_n8_in_a_row_post_without_invoice(env, store):
 def test_n8_without_unused_rows_gets_the_row_inserted(env, store):
     ledger, inv = env
     stock(inv, first=1, last=3)
-    with store.engine.begin() as c:
+    with store.n8_engine.begin() as c:
         c.execute(store.n8["invoice"].delete())
     r = ledger.pay(pay("S1"))
     assert n8_invoices(store)[r.invoice_no]["status"] == "I"
@@ -520,13 +520,14 @@ def test_check_finds_every_kind_of_difference(env, store):
     inv.print(r2.receipt_no, actor="ops1")
     assert inv.check() == []
     t = store.n8["invoice"]
-    with store.engine.begin() as c:
+    with store.n8_engine.begin() as c:
         c.execute(t.update().where(t.c.invoice_no == r1.invoice_no).values(amount=1))
         c.execute(t.update().where(t.c.invoice_no == r2.invoice_no).values(status="V"))
         c.execute(t.delete().where(t.c.invoice_no == no(4)))
         c.execute(t.update().where(t.c.invoice_no == no(5)).values(status="I", pay_id="N8X"))
         c.execute(t.insert().values(invoice_no="ELSEWHERE1", pay_id=r1.receipt_no,
                                     status="I", amount=FULL))
+    with store.engine.begin() as c:
         s = model.invoice_stock
         c.execute(s.update().values(next_no=s.c.next_no + 1))  # number 3 taken silently
         c.execute(model.payment.update().where(model.payment.c.receipt_no == r1.receipt_no)

@@ -1,4 +1,5 @@
-"""The ledger's rules, on every database (see conftest.BACKENDS)."""
+"""The ledger's rules, on every database (see conftest.BACKENDS) and with N8 in a
+database of its own in its legacy shape (conftest.LEDGER_PAIRS)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from conftest import BACKENDS, LEDGER_PAIRS, store_fixture
 from ledger_helpers import TODAY, bills, check_books, count, pay, prepaid, query, rev
 
 from bankgate.canon import messages as m
@@ -14,6 +16,8 @@ from bankgate.domain.ledger import late_fee
 from bankgate.store import model
 
 FULL = 260000 + 15000 + 260000 + 13000  # three bills + 100 days of 万分之五 on B0001
+
+store = store_fixture(BACKENDS + LEDGER_PAIRS)
 
 
 # -- query -----------------------------------------------------------------------

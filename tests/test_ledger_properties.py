@@ -1,5 +1,6 @@
 """Property tests: random sequences of payments, retries, reversals, refunds,
-confirmations and expiries keep the books exact (SQLite and PostgreSQL)."""
+confirmations and expiries keep the books exact (SQLite and PostgreSQL, and N8 in a
+database of its own: conftest.LEDGER_PAIRS)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import BANKS, NOW, FakeClock, make_store, seed_fixture
+from conftest import BANKS, LEDGER_PAIRS, NOW, FakeClock, close_store, make_store, seed_fixture
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from ledger_helpers import TODAY, bills, check_books, pay, rev
+from ledger_helpers import TODAY, bills, check_books, clear, pay, rev
 
 from bankgate.canon import messages as m
 from bankgate.canon.messages import Outcome
@@ -22,22 +23,16 @@ BANK_NAMES = ["partial", "overpay", "any", "fixed", "twophase", "latest"]
 SERIALS = [f"S{i}" for i in range(8)]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=["sqlite", "postgres", *LEDGER_PAIRS])
 def world(request, tmp_path_factory):
-    store = make_store(request.param, tmp_path_factory.mktemp(request.param))
+    store = make_store(request.param, tmp_path_factory.mktemp("ledger-prop"))
     clock = FakeClock()
     yield store, clock, Ledger(store, dict(BANKS), now=clock)
-    if store.dialect != "sqlite":
-        store.drop_all()
-    store.stop()
+    close_store(store)
 
 
 def reset(store, clock, ledger):
-    with store.engine.begin() as c:
-        for t in reversed(model.metadata.sorted_tables):
-            c.execute(t.delete())
-        for t in reversed(store.n8_metadata.sorted_tables):
-            c.execute(t.delete())
+    clear(store)
     seed_fixture(store)
     store.initial_paid = bills(store)
     clock.now = NOW

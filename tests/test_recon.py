@@ -115,6 +115,7 @@ def snapshot(store) -> tuple:
         undos = sorted(tuple(r) for r in c.execute(sa.select(
             model.undo.c.payment_id, model.undo.c.kind, model.undo.c.run_id)))
         journal = c.execute(sa.select(sa.func.count()).select_from(model.journal)).scalar()
+    with store.n8_engine.connect() as c:
         b = store.n8["bill"]
         bills = sorted(tuple(r) for r in c.execute(sa.select(b.c.bill_id, b.c.paid_amount,
                                                              b.c.late_fee_paid)))
@@ -373,8 +374,9 @@ def test_ref_delim_posts_against_the_named_bills_and_writes_the_error_file(
     assert "no longer open" in items["D005"].detail
     b = store.n8["bill"]
     d004 = payment(store, "partial", "D004")["id"]
-    with store.engine.connect() as c:
+    with store.n8_engine.connect() as c:
         paid = dict(c.execute(sa.select(b.c.bill_id, b.c.paid_amount)).all())
+    with store.engine.connect() as c:
         alloc = c.execute(sa.select(model.allocation.c.bill_id).where(
             model.allocation.c.payment_id == d004)).all()
     assert paid["B0003"] == 260000 and [a[0] for a in alloc] == ["B0003"]
@@ -490,7 +492,7 @@ def second_store(store, tmp_path):
     """Another Store on the same database: a second gateway process."""
     from bankgate.store.db import Store
 
-    return Store(store.url, store.mapping, threads=4)
+    return Store(store.url, store.mapping, threads=4, n8_url=store.n8_url)
 
 
 def test_one_run_per_bank_and_date_across_two_processes(ledger, store, tmp_path):

@@ -4,8 +4,9 @@ difference is an open exception -- to the record and to the fen -- and a
 second run of the same file changes nothing.
 
 Each example is a fresh settle date of bank ``any`` on one database (SQLite
-and PostgreSQL); the customers have bills too large to pay off, so only the
-perturbations decide what happens.
+and PostgreSQL) or with N8 in a database of its own (conftest.LEDGER_PAIRS); the
+customers have bills too large to pay off, so only the perturbations decide what
+happens.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import date, timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import BANKS, FakeClock, make_store
+from conftest import BANKS, LEDGER_PAIRS, FakeClock, close_store, make_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledger_helpers import bills, check_books, origin
@@ -31,12 +32,12 @@ UNKNOWN = ["299999998", "299999999"]
 _dates = itertools.count()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=["sqlite", "postgres", *LEDGER_PAIRS])
 def world(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(f"prop-{request.param}")
+    tmp = tmp_path_factory.mktemp("recon-prop")
     store = make_store(request.param, tmp)
     n8 = store.n8
-    with store.engine.begin() as c:
+    with store.n8_engine.begin() as c:  # 10**11 fen: within N8's legacy DECIMAL(12,2) yuan
         c.execute(n8["tariff"].insert(), [{"fee_type": "01", "customer_class": "R",
                                             "unit_price": 1, "late_fee_ppm": 0}])
         c.execute(n8["customer"].insert(), [
@@ -44,13 +45,11 @@ def world(request, tmp_path_factory):
              "status": "A"} for i, no in enumerate(CUSTOMERS)])
         c.execute(n8["bill"].insert(), [
             {"bill_id": f"P{no}", "customer_no": no, "fee_type": "01", "period": "2026",
-             "amount": 10**12, "paid_amount": 0, "late_fee_paid": 0,
+             "amount": 10**11, "paid_amount": 0, "late_fee_paid": 0,
              "due_date": date(2030, 1, 1)} for no in CUSTOMERS])
     store.initial_paid = bills(store)
     yield store, tmp
-    if store.dialect != "sqlite":
-        store.drop_all()
-    store.stop()
+    close_store(store)
 
 
 payment_st = st.tuples(st.integers(0, len(CUSTOMERS) - 1), st.integers(1, 90000),

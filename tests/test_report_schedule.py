@@ -158,7 +158,7 @@ def test_a_failure_logs_one_line_and_the_next_day_tries_again(setup, events):
     store, folder, clock, make, out = setup
     (folder / "owed.toml").write_text(GOOD, encoding="utf-8")
     bill = store.n8["bill"]
-    with store.engine.begin() as c:  # N8's bill table is gone (renamed) for the day
+    with store.n8_engine.begin() as c:  # N8's bill table is gone (renamed) for the day
         c.exec_driver_sql(f"ALTER TABLE {bill.name} RENAME TO n8_bill_away")
     s = make()
     s.start()
@@ -168,7 +168,7 @@ def test_a_failure_logs_one_line_and_the_next_day_tries_again(setup, events):
     assert errors[0].startswith("report owed: 2026-11-27 failed: ")
     assert errors[0].endswith("; next try tomorrow at 06:30")
     assert not (out / "owed").exists()
-    with store.engine.begin() as c:
+    with store.n8_engine.begin() as c:
         c.exec_driver_sql(f"ALTER TABLE n8_bill_away RENAME TO {bill.name}")
     clock.advance(3600)  # no retry the same day
     assert len(lines(events, "error")) == 1 and not (out / "owed").exists()

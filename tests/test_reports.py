@@ -43,7 +43,7 @@ def _payment(pid, bank, d, channel, customer, amount, principal, late, prepaid, 
 
 def seed(store) -> None:
     n8 = store.n8
-    with store.engine.begin() as c:
+    with store.n8_engine.begin() as c:  # N8's rows in N8's database ([n8.database])
         c.execute(n8["tariff"].insert(), [
             {"fee_type": "01", "customer_class": "R", "unit_price": 2600, "late_fee_ppm": 500},
             {"fee_type": "01", "customer_class": "I", "unit_price": 3200, "late_fee_ppm": 1000},
@@ -69,6 +69,7 @@ def seed(store) -> None:
             # 1 day: 1000 x 500 x 1 = 0.5 fen, rounded half up to 1
             _bill("B6", "C1", "01", "2024-2025", 1000, 0, date(2026, 11, 29)),
         ])
+    with store.engine.begin() as c:
         c.execute(model.payment.insert(), [
             _payment(1, "fixed", date(2026, 11, 2), "01", "C1", 105150, 100000, 5150, 0,
                      "POSTED"),
@@ -583,5 +584,5 @@ def test_indexes_exist(data):
     names = {ix["name"] for ix in insp.get_indexes("bg_payment")}
     assert "ix_bg_payment_date" in names
     bill = data.n8["bill"]
-    names = {ix["name"] for ix in insp.get_indexes(bill.name)}
+    names = {ix["name"] for ix in sa.inspect(data.n8_engine).get_indexes(bill.name)}
     assert f"ix_{bill.name.lower()}_fee_due" in names

@@ -758,7 +758,7 @@ def test_customers_with_open_bills_come_through_the_mapping(tmp_path, renamed):
         store.create_n8_tables()
         seed(store, 12, today=date(2026, 11, 27))
         c, b = store.n8["customer"], store.n8["bill"]
-        with store.engine.begin() as conn:
+        with store.n8_engine.begin() as conn:
             conn.execute(sa.update(b).where(b.c.customer_no == "100000002")
                          .values(paid_amount=b.c.amount))  # paid up
             conn.execute(sa.update(c).where(c.c.customer_no == "100000003")

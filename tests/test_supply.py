@@ -1,6 +1,7 @@
 """Supply status (开栓/停栓): the rule, the work-order life cycle through the ledger's
-hook, the operator's actions and the two reports, on SQLite (plain and under a
-renamed N8 mapping) and PostgreSQL, with valve states from N8 or the gateway."""
+hook, the operator's actions and the two reports, on SQLite (plain, under a renamed
+N8 mapping, and with N8 in a SQLite database of its own) and PostgreSQL, with valve
+states from N8 or the gateway."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from bankgate.canon.messages import Outcome
 from bankgate.domain.supply import SupplyError, SupplySettings, season_of
 from bankgate.store import model
 
-BACKENDS = ["sqlite", "sqlite-renamed", "postgres"]
+BACKENDS = ["sqlite", "sqlite-renamed", "postgres", "sqlite+sqlite"]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -406,7 +407,7 @@ def test_demo_seeds_valve_states_and_leaves_the_open_bills_as_they_were(tmp_path
 
         def open_bills(store):
             b = store.n8["bill"]
-            with store.engine.connect() as c:
+            with store.n8_engine.connect() as c:
                 return c.execute(sa.select(b.c.bill_id, b.c.amount, b.c.paid_amount)
                                  .where(b.c.paid_amount < b.c.amount).order_by(b.c.bill_id)
                                  ).all()

@@ -48,7 +48,7 @@ def backend(request, tmp_path_factory):
 
 def season_totals(store) -> dict[str, tuple[int, int]]:
     b = store.n8["bill"]
-    with store.engine.connect() as c:
+    with store.n8_engine.connect() as c:
         rows = c.execute(sa.select(b.c.customer_no, sa.func.sum(b.c.amount),
                                    sa.func.sum(b.c.paid_amount))
                          .where(b.c.fee_type == "01", b.c.period == SEASON)

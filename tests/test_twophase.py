@@ -70,7 +70,7 @@ def row(store, serial: str, bank: str = "twophase") -> dict:
 
 def n8_status(store, receipt_no: str) -> str:
     n8p = store.n8["payment"]
-    with store.engine.connect() as c:
+    with store.n8_engine.connect() as c:
         return c.execute(sa.select(n8p.c.status).where(n8p.c.pay_id == receipt_no)).scalar()
 
 
@@ -84,7 +84,7 @@ def undo_kinds(store) -> dict[int, tuple[str, str | None]]:
 def restarted(store, clock, hooks=()):
     """A gateway process started anew: its own Store (engine, pool) over the same
     database and a Ledger that knows nothing but what the database holds."""
-    other = Store(store.url, store.mapping, threads=2)
+    other = Store(store.url, store.mapping, threads=2, n8_url=store.n8_url)
     try:
         yield Ledger(other, dict(BANKS), now=clock, hooks=list(hooks))
     finally:

@@ -1,9 +1,9 @@
 """Property test of two-phase payments: random prepay / confirm / cancel / reverse /
 clock / expiry-sweep / restart sequences (a hypothesis state machine) on SQLite and
-PostgreSQL.  After every step the money is conserved, every payment moved only along
-an allowed transition, the database holds what a plain model of the rules expects,
-and at the end every journaled confirm, cancel and reversal sent again answers what it
-answered first."""
+PostgreSQL, and with N8 in a database of its own (conftest.LEDGER_PAIRS).  After every
+step the money is conserved, every payment moved only along an allowed transition, the
+database holds what a plain model of the rules expects, and at the end every journaled
+confirm, cancel and reversal sent again answers what it answered first."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import BANKS, NOW, FakeClock, make_store, seed_fixture
+from conftest import BANKS, LEDGER_PAIRS, NOW, FakeClock, close_store, make_store, seed_fixture
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-from ledger_helpers import TODAY, bills, check_books, origin, pay, rev
+from ledger_helpers import TODAY, bills, check_books, clear, origin, pay, rev
 
 from bankgate.canon import messages as m
 from bankgate.canon.messages import Outcome
@@ -33,24 +33,18 @@ ALLOWED = {
     "PENDING": {"POSTED", "CANCELLED", "EXPIRED", "REVERSED"},  # REVERSED: not confirmed-only
     "POSTED": {"REVERSED", "REFUNDED"},
 }
-EXAMPLES = {"sqlite": 80, "postgres": 20}
+EXAMPLES = {"sqlite": 80, "postgres": 20, **dict.fromkeys(LEDGER_PAIRS, 20)}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=["sqlite", "postgres", *LEDGER_PAIRS])
 def world(request, tmp_path_factory):
-    store = make_store(request.param, tmp_path_factory.mktemp(request.param))
+    store = make_store(request.param, tmp_path_factory.mktemp("twophase-prop"))
     yield request.param, store
-    if store.dialect != "sqlite":
-        store.drop_all()
-    store.stop()
+    close_store(store)
 
 
 def reset(store) -> None:
-    with store.engine.begin() as c:
-        for t in reversed(model.metadata.sorted_tables):
-            c.execute(t.delete())
-        for t in reversed(store.n8_metadata.sorted_tables):
-            c.execute(t.delete())
+    clear(store)
     seed_fixture(store)
     store.initial_paid = bills(store)
 
@@ -229,9 +223,10 @@ class TwoPhaseMachine(RuleBasedStateMachine):
     def money_is_conserved(self):
         check_books(self.store)
         b, a, p = self.store.n8["bill"], model.allocation, model.payment
-        with self.store.engine.connect() as c:
-            billed, outstanding = c.execute(sa.select(
+        with self.store.n8_engine.connect() as n:  # N8's own database, when it has one
+            billed, outstanding = n.execute(sa.select(
                 sa.func.sum(b.c.amount), sa.func.sum(b.c.amount - b.c.paid_amount))).one()
+        with self.store.engine.connect() as c:
             allocated = c.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(a.c.principal), 0))
                 .join(p, p.c.id == a.c.payment_id)

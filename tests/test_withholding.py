@@ -64,7 +64,7 @@ def make_cfg(tmp_path, extra: dict | None = None):
 def wh(store, tmp_path):
     seed_fixture(store)
     c = store.n8["customer"]
-    with store.engine.begin() as conn:
+    with store.n8_engine.begin() as conn:
         conn.execute(c.update().where(c.c.customer_no == "100000200").values(large_customer=1))
         # a customer of another bank, and one with a blank account
         conn.execute(c.insert(), [
@@ -172,9 +172,10 @@ def test_check_config_refuses_a_plugin_without_files(tmp_path):
 def test_sign_writes_n8_through_the_mapping_and_audits_masked(wh):
     store = wh.store
     c = store.n8["customer"]
-    with store.engine.connect() as conn:
+    with store.n8_engine.connect() as conn:
         row = conn.execute(sa.select(c.c.withholding_bank, c.c.withholding_account)
                            .where(c.c.customer_no == "100000123")).first()
+    with store.engine.connect() as conn:
         audits = conn.execute(sa.select(model.audit.c.action, model.audit.c.subject,
                                         model.audit.c.detail, model.audit.c.actor)
                               .where(model.audit.c.action == "withholding-sign")).all()

@@ -77,6 +77,7 @@ class Inputs:
     first_activity: dict[str, date | None]
     stock: list[dict]
     reversals: list[rules.PendingReversals]
+    n8_waiting: tuple[int, float] = (0, 0.0)  # outbox rows, the oldest's age in seconds
 
 
 def read_inputs(tx, due: list[tuple[str, date]], invoice_settings: Mapping) -> Inputs:
@@ -85,6 +86,7 @@ def read_inputs(tx, due: list[tuple[str, date]], invoice_settings: Mapping) -> I
     statement should be read by now."""
     from bankgate.domain.overview import invoice_stock_tx
     from bankgate.store import alerts as sql
+    from bankgate.store import n8outbox
     from bankgate.store.recon import first_activity
 
     recon = [rules.ReconState(r["bank"], r["settle_date"], r["run_no"], r["status"],
@@ -96,7 +98,8 @@ def read_inputs(tx, due: list[tuple[str, date]], invoice_settings: Mapping) -> I
         first_activity={bank: first_activity(tx, bank) for bank, _ in due},
         stock=invoice_stock_tx(tx, dict(invoice_settings)),
         reversals=[rules.PendingReversals(b, n, oldest)
-                   for b, n, oldest in sql.pending_reversals(tx)])
+                   for b, n, oldest in sql.pending_reversals(tx)],
+        n8_waiting=n8outbox.oldest_waiting(tx.conn) if tx.split else (0, 0.0))
 
 
 class AlertService(service.Service):
@@ -236,6 +239,7 @@ class AlertService(service.Service):
                                             inputs.statements_read, inputs.first_activity)
             found += rules.stock_alerts(inputs.stock)
             found += rules.reversal_alerts(inputs.reversals, w.reversal_pending_after, now)
+            found += rules.n8_alerts(*inputs.n8_waiting, now)
             checked |= rules.FROM_DATABASE
         self.database_ok = db_reason is None
         events = self.tracker.update(found, now, checked)

@@ -26,7 +26,9 @@ from bankgate.codec.capabilities import BANK_DEFAULT_TYPES
 from bankgate.domain.alerts import ALL_DAY, BusinessHours
 from bankgate.domain.ledger import COUNTER, POLICIES, BankPolicy
 from bankgate.domain.supply import SupplySettings
+from bankgate.store import n8adapters as na
 from bankgate.store.n8 import REFERENCE, N8Mapping
+from bankgate.store.n8adapters import PostSettings
 
 DEFAULT_DATA_DIR = "var"
 DEMO_MAC_KEY = "0123456789ABCDEFFEDCBA9876543210"  # the specs' test key: demo banks only
@@ -306,6 +308,11 @@ class Config:
     n8_create: bool = True  # create the reference N8 schema when it is missing
     demo_customers: int = 0  # seed this many demo customers into a new N8 schema
     n8: N8Mapping = field(default_factory=N8Mapping)
+    # [n8.database]: N8 in a database of its own (None: in the gateway's, [database])
+    n8_db_url: str | None = None
+    n8_repair_every: float = 5.0  # seconds between the outbox repair job's runs
+    # [n8.post]: how N8's writes are made (bankgate/store/n8adapters.py)
+    n8_post: PostSettings = field(default_factory=PostSettings)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)  # [console]
     alerts: AlertsConfig = field(default_factory=AlertsConfig)  # [alerts]
     mail: MailConfig | None = None  # [mail]: the SMTP server; None: no mail is sent
@@ -800,8 +807,30 @@ def parse_config(data: dict, source: str = "<config>", *, data_dir: str | None =
         sec.finish()
         colmap[t] = dict(sec.data)
     columns.finish()
+    # value representations and code maps (docs/n8-mapping.rst, "Value mapping")
+    values_sec = n8.section("values")
+    values: dict[str, dict[str, str]] = {}
+    for t in values_sec.data:
+        sec = values_sec.section(t)
+        values[t] = {c: sec.get(c, str) for c in sec.data}
+    codes_sec = n8.section("codes")
+    codes: dict[str, dict[str, list[str]]] = {}
+    for name in codes_sec.data:
+        sec = codes_sec.section(name)
+        codes[name] = {}
+        for lg in sec.data:
+            v = sec.get(lg, (str, list), what="a code or a list of codes")
+            v = [v] if isinstance(v, str) else v
+            if not v or not all(isinstance(x, str) and x for x in v):
+                raise sec.err(lg, f"expected a list of one or more codes (text), got {v!r}")
+            codes[name][lg] = v
+    _parse_n8_database(cfg, n8)
+    cfg.n8_post = _parse_n8_post(n8, cfg.n8_db_url or cfg.db_url)
     n8.finish()
-    cfg.n8 = N8Mapping(tables=dict(tables.data), columns=colmap, schema=schema)
+    cfg.n8 = N8Mapping(tables=dict(tables.data), columns=colmap, schema=schema,
+                       values=values, codes=codes)
+    for key, problem in cfg.n8.problems():
+        raise ConfigError(source, key, problem)
 
     cfg.console = _parse_console(top, "console" in data)
     cfg.mail = _parse_mail(top) if "mail" in data else None
@@ -820,6 +849,11 @@ def parse_config(data: dict, source: str = "<config>", *, data_dir: str | None =
         if not isinstance(b, dict):
             raise ConfigError(source, f"bank[{i}]", "expected a table")
         cfg.banks.append(_parse_bank(_Section(source, f"bank[{i}].", b), names))
+    iface = cfg.n8_post.interface
+    two_phase = [b.name for b in cfg.banks if b.two_phase]
+    if iface is not None and two_phase and "confirm" not in iface.kinds:
+        raise ConfigError(source, "n8.post.interface.kinds.confirm",
+                          f"missing; bank {two_phase[0]} is two-phase (its confirms)")
     top.finish()
     return cfg
 
@@ -1150,6 +1184,140 @@ def _parse_bank_alerts(sec: _Section, b: BankConfig) -> None:
         except ValueError as e:
             raise sec.err("business_hours", str(e)) from None
     b.statement_expected = _hhmm(sec, "statement_expected")
+
+
+def _parse_n8_database(cfg: Config, n8: _Section) -> None:
+    """``[n8.database]``: N8's own database, apart from the gateway's ``[database]``
+    (docs/n8-databases.rst).  Absent: N8's tables are in the gateway's database."""
+    if "database" not in n8.data:
+        return
+    sec = n8.section("database")
+    url = sec.get("url", str, required=True)
+    if "://" not in url:
+        raise sec.err("url", "expected an SQLAlchemy URL like 'mysql+pymysql://user@host/n8'")
+    problem = check_db_url(url)
+    if problem:
+        raise sec.err("url", problem)
+    cfg.n8_repair_every = _seconds(sec, "repair_every", 5, 1, 3600)
+    sec.finish()
+    if url != cfg.db_url:
+        cfg.n8_db_url = url
+
+
+def _parse_n8_post(n8: _Section, n8_url: str) -> PostSettings:
+    """``[n8.post]``: the posting adapter that writes N8 (docs/n8-mapping.rst,
+    "Posting adapters"); ``n8_url`` is N8's database, for what its dialect allows."""
+    if "post" not in n8.data:
+        return PostSettings()
+    sec = n8.section("post")
+    adapter = _choice(sec, "adapter", na.ADAPTERS, "direct")
+    for other in ("procedure", "interface"):
+        if other in sec.data and other != adapter:
+            raise sec.err(other, f"given, but adapter = {adapter!r}: set adapter = "
+                                 f"{other!r} or remove [n8.post.{other}]")
+    if adapter != "direct" and adapter not in sec.data:
+        raise sec.err(adapter, f"missing; adapter = {adapter!r} needs [n8.post.{adapter}]")
+    out = PostSettings()
+    if adapter == "procedure":
+        dialect = n8_url.split("://", 1)[0].split("+", 1)[0]
+        if dialect == "sqlite":
+            raise sec.err("adapter", "SQLite has no stored procedures: N8's database "
+                                     "must be PostgreSQL, MariaDB/MySQL, SQL Server, "
+                                     "Oracle or DB2 for adapter = \"procedure\"")
+        out = PostSettings(adapter, procedure=_parse_n8_procedure(sec.section("procedure"),
+                                                                  dialect))
+    elif adapter == "interface":
+        out = PostSettings(adapter, interface=_parse_n8_interface(sec.section("interface")))
+    sec.finish()
+    return out
+
+
+def _n8_name(sec: _Section, k: str, required: bool = False, column: bool = False):
+    v = sec.get(k, str, required=required, what="a column name" if column else "a name")
+    if v is not None and not (na.COLUMN if column else na.NAME).fullmatch(v):
+        raise sec.err(k, "expected letters, digits and _" + (
+            "" if column else ", with one optional schema dot (like \"N8.N8_JF\")")
+            + f", got {v!r}")
+    return v
+
+
+def _parse_n8_procedure(p: _Section, dialect: str):
+    names = {r: _n8_name(p, r, required=r in ("pay", "cancel")) for r in na.ROUTINES}
+    params = {}
+    for r in na.ROUTINES:
+        k = f"{r}_params"
+        default = list(getattr(na.ProcedureSettings, k))
+        v = p.get(k, list, default, what="a list of parameter names")
+        known = na.PARAMS[r]
+        for x in v:
+            if x not in known:
+                raise p.err(k, f"unknown parameter {x!r} (known: {', '.join(known)})")
+        if len(set(v)) != len(v):
+            raise p.err(k, "a parameter is listed twice")
+        if k in p.data and not names[r]:
+            raise p.err(k, f"given without {r} (the routine's name)")
+        params[k] = tuple(v)
+    kind = _choice(p, "kind", ("procedure", "function"), "procedure")
+    result = _choice(p, "result", ("none", "row"), "none")
+    codes = {}
+    for k, default in (("ok", ["0"]), ("already", [])):
+        v = p.get(k, list, default, what="a list of codes (text)")
+        if not all(isinstance(x, str) and x for x in v):
+            raise p.err(k, f"expected a list of codes (text, like \"0\"), got {v!r}")
+        if k in p.data and result == "none":
+            raise p.err(k, "read only with result = \"row\" (the call returns its code)")
+        codes[k] = tuple(v)
+    if result == "row" and not codes["ok"]:
+        raise p.err("ok", "expected at least one code meaning done")
+    both = set(codes["ok"]) & set(codes["already"])
+    if both:
+        raise p.err("already", f"code {sorted(both)[0]!r} is also in ok")
+    s = na.ProcedureSettings(pay=names["pay"], cancel=names["cancel"], item=names["item"],
+                             confirm=names["confirm"], kind=kind, result=result, **params,
+                             **codes)
+    problem = na.procedure_problem(dialect, s)
+    if problem is not None:
+        raise p.err(problem[0], problem[1])
+    p.finish()
+    return s
+
+
+def _parse_n8_interface(t: _Section):
+    table = _n8_name(t, "table", required=True)
+    columns = {}
+    for f in na.INTERFACE_FIELDS:
+        v = _n8_name(t, f, required=f in na.INTERFACE_REQUIRED, column=True)
+        if v is not None:
+            columns[f] = v
+    seen: dict[str, str] = {}
+    for f, c in columns.items():
+        if c.lower() in seen:
+            raise t.err(f, f"column {c!r} is also given for {seen[c.lower()]}")
+        seen[c.lower()] = f
+    ks = t.section("kinds")
+    kinds = {k: ks.get(k, str, required=k != "confirm", what="the kind column's value")
+             for k in na.INTERFACE_KINDS}
+    kinds = {k: v for k, v in kinds.items() if v is not None}
+    if len(set(kinds.values())) != len(kinds):
+        raise t.err("kinds", f"expected a different value for each kind, got {kinds!r}")
+    ks.finish()
+    new_state = t.get("new_state", str)
+    if new_state is not None and "state" not in columns:
+        raise t.err("new_state", "given without state (the state column's name)")
+    item_table = _n8_name(t, "item_table")
+    ic = t.section("item_columns")
+    item_columns = {}
+    for f in ic.data:
+        if f not in na.INTERFACE_ITEM_FIELDS:
+            raise ic.err(f, f"unknown field (known: {', '.join(na.INTERFACE_ITEM_FIELDS)})")
+        item_columns[f] = _n8_name(ic, f, column=True)
+    ic.finish()
+    if item_columns and not item_table:
+        raise t.err("item_columns", "given without item_table")
+    t.finish()
+    return na.InterfaceSettings(table=table, columns=columns, kinds=kinds,
+                                new_state=new_state, item_table=item_table,
+                                item_columns=item_columns)
 
 
 def _parse_supply(sec: _Section, n8_create: bool) -> SupplySettings:

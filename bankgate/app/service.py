@@ -32,6 +32,7 @@ from bankgate.app import startup, wiring, workers
 from bankgate.app.audit_tail import AuditTail
 from bankgate.app.carddebits import make_services as card_debit_services
 from bankgate.app.config import Config
+from bankgate.app.n8repair import N8Repair, repair_at_start
 from bankgate.app.options import simulated_listen
 from bankgate.app.report_schedule import ReportScheduler
 from bankgate.canon import messages as m
@@ -110,6 +111,9 @@ class GatewayService(service.MultiService):
                     f"console: cannot listen on {cfg.console.listen}:"
                     f" {startup.one_line(e)}") from None
         self.scheduler = Scheduler(self)
+        # N8 in a database of its own: what a lost N8 commit left, applied
+        self.n8_repair = (N8Repair(self, lease_client(self), cfg.n8_repair_every)
+                          if self.store.split else None)
         self.recon = ReconScheduler(self)
         self.reports = ReportScheduler.for_service(self)  # [reports] dir, scheduled ones
         if worker is None:  # a worker hands statement notices to its supervisor
@@ -183,6 +187,8 @@ class GatewayService(service.MultiService):
         if self.alerts is not None:  # checked from now on, the database's answer included
             self.alerts.setServiceParent(self)
         self.scheduler.start()
+        if self.n8_repair is not None:
+            self.n8_repair.start()
         self.recon.start()
         self.reports.start()  # a broken definition is logged here, at start
         self.store.call(self.parts.invoices().low_stock)
@@ -233,6 +239,8 @@ class GatewayService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         self.scheduler.stop()
+        if self.n8_repair is not None:
+            self.n8_repair.stop()
         self.recon.stop()
         self.reports.stop()
         if self.worker is not None:  # stop listening, answer what is in flight, close
@@ -280,6 +288,8 @@ def prepare_database(parts: wiring.Parts, demo=None) -> str:
         else:
             done.extend(demo.seed(store, cfg.demo_customers, parts.invoices()))
     done.append(f"{store.customer_count()} customers")
+    if store.split:  # what a crash or an outage left for N8, before any bank is served
+        done.append(repair_at_start(store))
     return ", ".join(done)
 
 

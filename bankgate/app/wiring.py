@@ -59,7 +59,8 @@ class Parts:
 
 def store(cfg: Config, *, reactor=None) -> Store:
     """The configuration's store (not started, not migrated)."""
-    return Store(cfg.db_url, cfg.n8, reactor=reactor, threads=cfg.db_threads, echo=cfg.db_echo)
+    return Store(cfg.db_url, cfg.n8, reactor=reactor, threads=cfg.db_threads, echo=cfg.db_echo,
+                 n8_url=cfg.n8_db_url, writer=cfg.n8_post.factory())
 
 
 def invoices(cfg: Config, store: Store, now: Callable[[], datetime],

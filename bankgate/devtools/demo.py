@@ -436,8 +436,20 @@ class _CopyWriter(_CoreWriter):
                 write_row(r)
 
 
+def _converted(n8) -> bool:
+    """Does the mapping convert values ([n8.values], [n8.codes])?  Then only the Core
+    path writes them as N8 stores them (the driver's paths bypass the column types)."""
+    return any(isinstance(col.type, sa.types.TypeDecorator)
+               for t in n8.values() for col in t.columns)
+
+
 def _writer(conn: sa.Connection, n8, method: str):
     d = conn.dialect
+    if method in ("copy", "executemany") and _converted(n8):
+        raise ValueError(f"method {method!r} cannot convert values ([n8.values], "
+                         "[n8.codes]); use 'core' or 'auto'")
+    if method == "auto" and _converted(n8):
+        method = "core"
     if method == "auto":
         if d.name == "postgresql" and d.driver == "psycopg":
             method = "copy"
@@ -530,7 +542,7 @@ def seed(
     n8 = store.n8
     c = n8["customer"]
     t0 = time.perf_counter()
-    with store.engine.begin() as conn:
+    with store.n8_engine.begin() as conn:
         existing = conn.execute(sa.select(sa.func.count()).select_from(c)).scalar()
         if existing and not replace:
             raise ValueError(
@@ -562,9 +574,9 @@ def seed(
             done += n
             if progress is not None:
                 progress(done, customers)
-    if store.engine.dialect.name == "postgresql" and customers:
+    if store.n8_engine.dialect.name == "postgresql" and customers:
         # fresh statistics, or the first queries plan against empty tables
-        with store.engine.connect() as aconn:
+        with store.n8_engine.connect() as aconn:
             aconn = aconn.execution_options(isolation_level="AUTOCOMMIT")
             prep = aconn.dialect.identifier_preparer
             for tt in (c, n8["bill"], t, *([n8["valve"]] if supply else [])):

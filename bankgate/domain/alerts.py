@@ -37,9 +37,13 @@ STATEMENT_MISSING = "statement-missing"
 INVOICE_STOCK_LOW = "invoice-stock-low"
 REVERSAL_PENDING = "card-debit-reversal-pending"
 DATABASE_UNREACHABLE = "database-unreachable"
+N8_WAITING = "n8-writes-waiting"
 
 KINDS = (BANK_QUIET, RECON_FAILED, RECON_UNBALANCED, STATEMENT_MISSING, INVOICE_STOCK_LOW,
-         REVERSAL_PENDING, DATABASE_UNREACHABLE)
+         REVERSAL_PENDING, DATABASE_UNREACHABLE, N8_WAITING)
+
+#: seconds an N8 write may wait in the outbox before n8-writes-waiting is raised
+N8_WAITING_AFTER = 60.0
 
 #: what the operator does about each kind (the console and the e-mail show it;
 #: ``docs/console.rst``, *Alerts*, says more)
@@ -62,12 +66,15 @@ ADVICE = {
                       " withholding queue).",
     DATABASE_UNREACHABLE: "check the database server and the network to it; payments are"
                           " answered BUSY until it is back.",
+    N8_WAITING: "N8's own database does not take the gateway's writes: check it and the"
+                " network to it (bankgate n8 pending shows the error); the repair job"
+                " applies them once it answers.",
 }
 
 #: the kinds whose inputs are read from the database: not judged in a check the
 #: database did not answer (their open alerts stay open, none is raised)
 FROM_DATABASE = frozenset({RECON_FAILED, RECON_UNBALANCED, STATEMENT_MISSING,
-                           INVOICE_STOCK_LOW, REVERSAL_PENDING})
+                           INVOICE_STOCK_LOW, REVERSAL_PENDING, N8_WAITING})
 
 RAISED = "raised"
 CLEARED = "cleared"
@@ -311,6 +318,19 @@ def reversal_alerts(pending: Iterable[PendingReversals], older_than: float,
                   f"{p.count} card-debit reversal(s) (561) of {p.bank} not confirmed by the"
                   f" bank, the oldest since {_at(p.oldest)}", p.oldest)
             for p in pending if (now - p.oldest).total_seconds() > older_than]
+
+
+def n8_alerts(waiting: int, oldest_age: float, now: datetime,
+              older_than: float = N8_WAITING_AFTER) -> list[Alert]:
+    """n8-writes-waiting: with N8 in a database of its own, writes the gateway made
+    have waited in its outbox longer than ``older_than`` seconds (``oldest_age``:
+    the oldest's age) -- N8 is away or refuses them."""
+    if not waiting or oldest_age <= older_than:
+        return []
+    return [Alert(N8_WAITING, "n8", CRITICAL,
+                  f"{waiting} write(s) of the gateway not in N8 yet, the oldest"
+                  f" {oldest_age / 60:.0f} min old (bankgate n8 pending)",
+                  now - timedelta(seconds=oldest_age))]
 
 
 def database_alert(reason: str | None, now: datetime) -> list[Alert]:

@@ -276,6 +276,8 @@ class Ledger:
         row = tx.journal_get(o.bank, o.trade_date, req.serial)
         if row is None:  # the claim that beat ours rolled back: post afresh
             return None
+        # N8 apart: its writes of the first answer must be committed before it is given
+        tx.finish_n8(row["id"])
         result_type = _RESULT_OF_KIND[kind]
         if row["kind"] == "BLOCK":
             if kind == "PAY":
@@ -479,13 +481,12 @@ class Ledger:
             if tx.prepaid_get(p["customer_no"], lock=True) < p["prepaid_in"]:
                 return Outcome.REVERSAL_NOT_ALLOWED  # the excess was drawn on since
             tx.prepaid_add(p["customer_no"], -p["prepaid_in"], now)
-        tx.apply_allocations(tx.allocations(p["id"]), -1)
+        tx.n8_undo(p["receipt_no"], tx.allocations(p["id"]))
         tx.payment_set_status(p["id"], status, now)
         tx.undo_insert(
             payment_id=p["id"], kind=kind, bank=p["bank"], trade_date=p["trade_date"],
             serial=serial, actor=actor, reason=reason[:200], run_id=run_id, created_at=now,
         )  # the reason whole is in the audit row; bg_undo keeps 200 characters
-        tx.n8_payment_set_status(p["receipt_no"], "C")
         for hook in self.hooks:
             hook.after_undo(tx, p, kind, now)
         return Outcome.OK
@@ -608,7 +609,7 @@ class Ledger:
         if kind == "CONFIRM":
             if status == "PENDING":
                 tx.payment_set_status(pid, "POSTED", expires_at=None)
-                tx.n8_payment_set_status(p["receipt_no"], "N")
+                tx.n8_confirm(p["receipt_no"])
                 status = "POSTED"
             if status == "POSTED":  # a confirm repeated under any serial answers the same
                 return finish(Outcome.OK, "", pid, invoice_no=p["invoice_no"] or "", **said)

@@ -15,6 +15,7 @@ payment and bill, a payment's gateway record), so a measure is never counted twi
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import date
 
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 
 from bankgate.store import model
 from bankgate.store.n8 import REFERENCE
+from bankgate.store.n8values import sql_date, sql_fen
 from bankgate.store.tx import Tx
 
 # -- what may be reported on -------------------------------------------------------
@@ -166,13 +168,15 @@ def _grain(col, grain: str | None, dialect: str):
 
 
 class _Tables:
-    """The physical tables of one query: N8's under the mapping, and bg_payment."""
+    """The physical tables of one query: N8's under the mapping, and bg_payment
+    (or ``gateway``: its copy beside N8, when N8 is a database of its own)."""
 
-    def __init__(self, n8: dict[str, sa.Table]):
+    def __init__(self, n8: dict[str, sa.Table], gateway: sa.Table = model.payment):
         self.n8 = n8
+        self.gateway = gateway
 
     def table(self, logical: str) -> sa.Table:
-        return model.payment if logical == "gateway_payment" else self.n8[logical]
+        return self.gateway if logical == "gateway_payment" else self.n8[logical]
 
     def column(self, field: str):
         if field not in CATALOG:
@@ -181,10 +185,12 @@ class _Tables:
         tab = self.table(t)
         if (t, c) in VIRTUAL:
             a, b = VIRTUAL[(t, c)][1]
-            return tab.c[a] - tab.c[b]
+            return sql_fen(tab.c[a]) - sql_fen(tab.c[b])
         if t == "gateway_payment":
             return tab.c[GATEWAY_PAYMENT[c]]
-        return tab.c[c]
+        # fen and SQL dates whatever N8 stores ([n8.values]): sums, averages and
+        # grains compute on them
+        return sql_date(sql_fen(tab.c[c]))
 
 
 def _tables_of(q: Query) -> set[str]:
@@ -262,13 +268,14 @@ def _condition(tables: _Tables, c: Cond):
     raise KeyError(f"unknown operator {c.op!r}")
 
 
-def build(n8: dict[str, sa.Table], q: Query, dialect: str, *, grouped: bool = True):
+def build(n8: dict[str, sa.Table], q: Query, dialect: str, *, grouped: bool = True,
+          gateway: sa.Table = model.payment):
     """The SELECT of ``q`` over the mapped tables ``n8``: the dimensions then the
     measures, labelled ``d0.. m0..``; ``grouped=False`` gives the totals (no
     dimensions, no order, no limit)."""
     if q.fact not in FACTS:
         raise KeyError(f"{q.fact!r} is not a table a report can count")
-    tables = _Tables(n8)
+    tables = _Tables(n8, gateway)
     frm = _from_clause(tables, q.fact, _tables_of(q))
     dims = [_grain(tables.column(d.field), d.grain, dialect).label(f"d{i}")
             for i, d in enumerate(q.dims)] if grouped else []
@@ -315,12 +322,79 @@ def _plain(v):
 
 def run(tx: Tx, q: Query, totals: bool = False) -> tuple[list[tuple], tuple | None]:
     """The rows of ``q`` (and, with ``totals``, the one row of its measures over
-    everything selected), as plain tuples."""
-    dialect = tx.conn.dialect.name
-    n8 = tx.n8
-    rows = [tuple(_plain(v) for v in r) for r in tx.conn.execute(build(n8, q, dialect))]
+    everything selected), as plain tuples.  With N8 in a database of its own the
+    statement runs on N8's connection; one that reads ``gateway_payment`` reads it
+    from a copy of the rows it needs, made beside N8 for the statement
+    (:func:`_gateway_copy`)."""
+    if not tx.split:
+        return _run(tx.conn, tx.n8, q, totals)
+    if "gateway_payment" not in _tables_of(q):
+        return _run(tx.n8conn, tx.n8, q, totals)
+    n8conn = tx.n8conn
+    copy = _gateway_copy(tx, n8conn, q)
+    try:
+        return _run(n8conn, tx.n8, q, totals, copy)
+    finally:
+        copy.drop(n8conn)
+
+
+def _run(conn, n8, q: Query, totals: bool, gateway: sa.Table = model.payment):
+    dialect = conn.dialect.name
+    rows = [tuple(_plain(v) for v in r)
+            for r in conn.execute(build(n8, q, dialect, gateway=gateway))]
     total = None
     if totals:
-        r = tx.conn.execute(build(n8, q, dialect, grouped=False)).one()
+        r = conn.execute(build(n8, q, dialect, grouped=False, gateway=gateway)).one()
         total = tuple(_plain(v) for v in r)
     return rows, total
+
+
+IN_CHUNK = 500  # keys per IN (...) list, and rows per insert
+
+
+def _gateway_copy(tx: Tx, n8conn, q: Query) -> sa.Table:
+    """A temporary table on N8's connection holding the ``bg_payment`` rows (the
+    receipt number and the columns ``q`` reads) of the payments ``q`` may count,
+    so that the one statement of :func:`build` runs there unchanged -- the same
+    join, groups, order and limit as with one database.  The smaller side is read
+    first: with a condition on ``gateway_payment`` the gateway's rows meeting it
+    (a payment without one could not meet it either: the join is outer, the
+    condition false on NULL); otherwise N8's payments meeting the report's other
+    conditions, then their gateway rows, :data:`IN_CHUNK` receipts at a time."""
+    p = model.payment
+    fields = {d.field for d in q.dims} | {m.field for m in q.measures if m.field} \
+        | {c.field for c in q.conds}
+    physical = sorted({GATEWAY_PAYMENT[f.split(".", 1)[1]] for f in fields
+                       if f.startswith("gateway_payment.")})
+    copy = sa.Table(f"bgtmp_gp_{secrets.token_hex(4)}", sa.MetaData(),
+                    sa.Column("receipt_no", p.c.receipt_no.type, primary_key=True),
+                    *[sa.Column(c, p.c[c].type) for c in physical],
+                    prefixes=["TEMPORARY"])
+    copy.create(n8conn)
+    try:
+        cols = [p.c.receipt_no, *[p.c[c] for c in physical]]
+
+        def put(rows) -> None:
+            if rows:
+                n8conn.execute(copy.insert(), [dict(zip(copy.c.keys(), r, strict=True))
+                                               for r in rows])
+
+        mine = [c for c in q.conds if c.field.startswith("gateway_payment.")]
+        if mine:
+            tables = _Tables(tx.n8)
+            result = tx.conn.execute(
+                sa.select(*cols).where(*[_condition(tables, c) for c in mine]))
+            while chunk := result.fetchmany(IN_CHUNK):
+                put(chunk)
+        else:
+            others = tuple(c for c in q.conds if not c.field.startswith("gateway_payment."))
+            keys = Query(q.fact, (Dim("payment.pay_id"),), (), others)
+            ids = [r[0] for r in n8conn.execute(build(tx.n8, keys, n8conn.dialect.name))
+                   if r[0] is not None]
+            for i in range(0, len(ids), IN_CHUNK):
+                put(tx.conn.execute(sa.select(*cols).where(
+                    p.c.receipt_no.in_(ids[i:i + IN_CHUNK]))).all())
+    except BaseException:
+        copy.drop(n8conn)
+        raise
+    return copy

@@ -10,6 +10,7 @@ times, and returns a Deferred.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -20,21 +21,19 @@ import sqlalchemy as sa
 from twisted.internet import threads
 from twisted.python.threadpool import ThreadPool
 
-from bankgate.store import model, pghot
+from bankgate.store import model, n8outbox, pghot, splithot
 from bankgate.store.dialects import create_engine, is_transient
+from bankgate.store.errors import N8Unavailable, Retry, StoreUnavailable
 from bankgate.store.n8 import N8Mapping, build_tables
+from bankgate.store.n8write import DirectWriter
 from bankgate.store.tx import HotStatements, Tx
+
+__all__ = ["N8Unavailable", "Retry", "Store", "StoreUnavailable"]
 
 T = TypeVar("T")
 log = logging.getLogger("bankgate.store")
 
 
-class StoreUnavailable(Exception):
-    """The database could not be reached or kept failing: answer BUSY."""
-
-
-class Retry(Exception):
-    """Raised inside a transaction to run it again from the start."""
 
 
 class Store:
@@ -48,24 +47,46 @@ class Store:
         echo: bool = False,
         retries: int = 3,
         hot_path: bool = True,
+        n8_url: str | None = None,
+        writer=None,
     ):
         self.url = url
         self.mapping = mapping or N8Mapping()
         # two connections a thread: one for transactions, one kept for reads
         self.engine = create_engine(url, pool_size=2 * threads, echo=echo)
+        # N8 in a database of its own ([n8.database]): its own engine, and every
+        # N8 write also recorded in the gateway's outbox (bankgate.store.n8outbox)
+        self.split = bool(n8_url) and n8_url != url
+        self.n8_url = n8_url if self.split else url
+        self.n8_engine = (create_engine(n8_url, pool_size=2 * threads, echo=echo)
+                          if self.split else self.engine)
         self._local = threading.local()
         self.dialect = self.engine.dialect.name
+        self.n8_dialect = self.n8_engine.dialect.name
         # SELECT ... FOR UPDATE on the rows a payment changes; SQLite locks
         # the whole file at BEGIN IMMEDIATE instead (and ignores the clause).
         self.row_locks = self.dialect != "sqlite"
+        self.n8_row_locks = self.n8_dialect != "sqlite"
         self.n8_metadata = sa.MetaData()
         self.n8 = build_tables(self.mapping, self.n8_metadata)
+        # how N8's writes are made (bankgate.store.n8write): ``writer(n8 tables,
+        # row locks)`` makes the posting adapter; the mapped tables themselves by default
+        self.writer = (writer or DirectWriter)(self.n8, self.n8_row_locks)
+        # outbox rows N8 has committed, deleted in batches (bankgate.store.n8outbox)
+        self.outbox_done: collections.deque[int] = collections.deque()
         self.reactor = reactor
         self.retries = retries
         self.statements = HotStatements(self)
         # PostgreSQL: the ledger's queries and payments in folded statements on the
-        # driver (bankgate.store.pghot); hot_path=False keeps the generic path (tests)
-        self.hot_path = pghot.PgHotPath(self) if hot_path and pghot.usable(self.engine) else None
+        # driver (bankgate.store.pghot); hot_path=False keeps the generic path (tests).
+        # Only with N8 beside the gateway's tables and written directly.
+        self.hot_path = (pghot.PgHotPath(self)
+                         if hot_path and not self.split and self.writer.name == "direct"
+                         and self.mapping.plain  # raw SQL: reference units and codes
+                         and pghot.usable(self.engine) else None)
+        # N8 apart: the same, folded on each side where the databases allow
+        # (bankgate.store.splithot); None: the generic path
+        self.split_hot = splithot.make(self, hot_path)
         self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="bankgate-db")
         self._started = False
 
@@ -77,19 +98,28 @@ class Store:
             self._started = True
 
     def stop(self) -> None:
+        if self.split and self.outbox_done:
+            try:
+                n8outbox.clear_done(self)
+            except sa.exc.SQLAlchemyError as e:  # the repair applies them again: harmless
+                log.warning("N8 outbox: %d applied rows not cleared: %s",
+                            len(self.outbox_done), e)
         self.release_reader()
         if self._started:
             self.pool.stop()
             self._started = False
         self.engine.dispose()
+        if self.split:
+            self.n8_engine.dispose()
 
     def release_reader(self) -> None:
         """Give the calling thread's kept read connection back to the pool (a
         thread that reads no more, e.g. a benchmark's worker at its end)."""
-        reader = getattr(self._local, "reader", None)
-        if reader is not None:
-            self._local.reader = None
-            reader.close()
+        for name in ("reader", "n8_reader"):
+            reader = getattr(self._local, name, None)
+            if reader is not None:
+                setattr(self._local, name, None)
+                reader.close()
 
     # -- running work ------------------------------------------------------
 
@@ -120,6 +150,8 @@ class Store:
                 with self.engine.connect() as conn:
                     if readonly:
                         conn = conn.execution_options(bankgate_readonly=True)
+                    if self.split:
+                        return n8outbox.run_split(self, conn, Tx, fn, args, kw, readonly)
                     with conn.begin():
                         return fn(Tx(conn, self), *args, **kw)
             except Retry:
@@ -136,20 +168,35 @@ class Store:
     def _read(self, fn, *args, **kw):
         """Reads on a server: each statement on its own (autocommit, no BEGIN or
         COMMIT round trips), on a connection this thread keeps for its reads."""
-        conn = getattr(self._local, "reader", None)
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._local.reader = conn
+        conn = self._reader("reader", self.engine)
+        n8conn = self._reader("n8_reader", self.n8_engine) if self.split else None
         try:
-            return fn(Tx(conn, self), *args, **kw)
+            return fn(Tx(conn, self, n8conn), *args, **kw)
         except sa.exc.SQLAlchemyError:
-            self._local.reader = None
-            conn.close()
+            for name in ("reader", "n8_reader"):
+                c = getattr(self._local, name, None)
+                setattr(self._local, name, None)
+                if c is not None:
+                    c.close()
             raise
+
+    def _reader(self, name: str, engine: sa.Engine) -> sa.Connection:
+        conn = getattr(self._local, name, None)
+        if conn is None or conn.closed or conn.invalidated:
+            if engine.dialect.name == "sqlite":
+                conn = engine.connect().execution_options(bankgate_readonly=True)
+            else:
+                conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            setattr(self._local, name, conn)
+        return conn
 
     def connect(self):
         """A plain connection for bulk work (demo seeding, reports)."""
         return self.engine.connect()
+
+    def n8_connect(self):
+        """A plain connection to N8's database (the gateway's own when N8 is in it)."""
+        return self.n8_engine.connect()
 
     # -- schema ---------------------------------------------------------------
 
@@ -161,20 +208,21 @@ class Store:
 
     def create_n8_tables(self) -> None:
         """Create the reference N8 schema (the embedded default and tests only)."""
-        self.n8_metadata.create_all(self.engine)
+        self.n8_metadata.create_all(self.n8_engine)
 
     def drop_all(self) -> None:
         """Tests only: drop everything the store knows of."""
         with self.engine.begin() as conn:
             model.metadata.drop_all(conn)
-            self.n8_metadata.drop_all(conn)
             conn.execute(sa.text("DROP TABLE IF EXISTS bg_alembic_version"))
+        with self.n8_engine.begin() as conn:
+            self.n8_metadata.drop_all(conn)
 
     def n8_exists(self) -> bool:
-        insp = sa.inspect(self.engine)
+        insp = sa.inspect(self.n8_engine)
         return insp.has_table(self.n8["customer"].name, schema=self.mapping.schema)
 
     def customer_count(self) -> int:
-        with self.engine.connect() as conn:
+        with self.n8_engine.connect() as conn:
             q = sa.select(sa.func.count()).select_from(self.n8["customer"])
             return conn.execute(q).scalar()

@@ -26,6 +26,13 @@ def ping(store) -> None:
         conn.execute(sa.select(sa.literal(1))).scalar()
 
 
+def ping_n8(store) -> None:
+    """:func:`ping` on N8's database (with ``[n8.database]`` a database of its own,
+    which may be down while the gateway's answers)."""
+    with store.n8_engine.connect() as conn:
+        conn.execute(sa.select(sa.literal(1))).scalar()
+
+
 def pending_reversals(tx: Tx) -> dict[str, int]:
     """``{bank: count}`` of card debits with a reversal still pending."""
     d = model.debit

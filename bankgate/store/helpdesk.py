@@ -20,6 +20,7 @@ from datetime import date
 import sqlalchemy as sa
 
 from bankgate.store import model
+from bankgate.store.n8join import outer_join
 from bankgate.store.tx import Tx, _dicts
 
 ESCAPE = "!"
@@ -54,12 +55,19 @@ def find_customers(tx: Tx, text: str, limit: int) -> list[dict]:
                        c.c.name.like("%" + pattern + "%", escape=ESCAPE)))
          .order_by(sa.case((exact, 0), else_=1), c.c.customer_no)
          .limit(limit))
-    return _dicts(tx.conn.execute(q))
+    return _dicts(tx.n8conn.execute(q))
 
 
 def customer(tx: Tx, customer_no: str) -> dict | None:
     """N8's record of the customer with the prepaid balance the gateway keeps."""
     c, pp = tx.n8["customer"], model.prepaid
+    if tx.split:  # N8 in a database of its own: the balance from the gateway's
+        rows = _dicts(tx.n8conn.execute(_customer_select(tx).where(c.c.customer_no == customer_no)))
+        if not rows:
+            return None
+        balance = tx.conn.execute(sa.select(pp.c.balance).where(
+            pp.c.customer_no == rows[0]["customer_no"])).scalar()
+        return {**rows[0], "prepaid": balance if balance is not None else 0}
     balance = (sa.select(pp.c.balance).where(pp.c.customer_no == c.c.customer_no)
                .scalar_subquery())
     q = (_customer_select(tx).add_columns(sa.func.coalesce(balance, 0).label("prepaid"))
@@ -86,7 +94,7 @@ def bills(tx: Tx, customer_no: str, limit: int) -> list[dict]:
         .order_by(b.c.period.desc(), b.c.bill_id)
         .limit(limit)
     )
-    return _dicts(tx.conn.execute(q))
+    return _dicts(tx.n8conn.execute(q))
 
 
 # -- payments -------------------------------------------------------------------------
@@ -105,14 +113,17 @@ def _payments(tx: Tx, *where, limit: int) -> list[dict]:
         sa.select(*[p.c[k].label(k) for k in _PAYMENT_COLUMNS],
                   u.c.kind.label("undo_kind"), u.c.serial.label("undo_serial"),
                   u.c.trade_date.label("undo_trade_date"), u.c.actor.label("undo_actor"),
-                  u.c.reason.label("undo_reason"), u.c.created_at.label("undo_at"),
-                  c.c.name.label("customer_name"))
-        .select_from(p.outerjoin(u, u.c.payment_id == p.c.id)
-                     .outerjoin(c, c.c.customer_no == p.c.customer_no))
+                  u.c.reason.label("undo_reason"), u.c.created_at.label("undo_at"))
         .where(*where)
         .order_by(p.c.id.desc())
         .limit(limit)
     )
+    name = {"customer_name": c.c.name}
+    if tx.split:  # N8 in a database of its own: the names by the customers found
+        rows = _dicts(tx.conn.execute(q.select_from(p.outerjoin(u, u.c.payment_id == p.c.id))))
+        return outer_join(tx.n8conn, rows, "customer_no", c.c.customer_no, name)
+    q = q.add_columns(*[col.label(n) for n, col in name.items()]).select_from(
+        p.outerjoin(u, u.c.payment_id == p.c.id).outerjoin(c, c.c.customer_no == p.c.customer_no))
     return _dicts(tx.conn.execute(q))
 
 
@@ -155,6 +166,15 @@ def payments_by_invoice(tx: Tx, invoice_no: str, limit: int) -> list[dict]:
 def allocations(tx: Tx, payment_id: int) -> list[dict]:
     """The bills a payment paid, with each bill's fee type and period."""
     a, b = model.allocation, tx.n8["bill"]
+    if tx.split:  # N8 in a database of its own: the bills by the ids allocated
+        rows = _dicts(tx.conn.execute(
+            sa.select(a.c.bill_id.label("bill_id"), a.c.principal.label("principal"),
+                      a.c.late_fee.label("late_fee"))
+            .where(a.c.payment_id == payment_id).order_by(a.c.id)))
+        outer_join(tx.n8conn, rows, "bill_id", b.c.bill_id,
+                   {"fee_type": b.c.fee_type, "period": b.c.period})
+        return [{k: r[k] for k in ("bill_id", "fee_type", "period", "principal", "late_fee")}
+                for r in rows]
     q = (sa.select(a.c.bill_id.label("bill_id"), b.c.fee_type.label("fee_type"),
                    b.c.period.label("period"), a.c.principal.label("principal"),
                    a.c.late_fee.label("late_fee"))

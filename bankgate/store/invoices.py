@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from bankgate.store import model
 from bankgate.store.dialects import lock_rows
+from bankgate.store.n8join import lookup
 from bankgate.store.tx import Tx
 
 ACTIVE = ("ISSUED", "PRINTED")
@@ -38,17 +39,13 @@ class InvoiceStatements:
     built on first use."""
 
     def __init__(self, n8: dict[str, sa.Table]):
-        s, i, p, t = model.invoice_stock, model.invoice, model.payment, n8["invoice"]
+        s, i, p = model.invoice_stock, model.invoice, model.payment
         self.range_advance = s.update().where(
             s.c.id == sa.bindparam("k_id"), s.c.next_no == sa.bindparam("k_taken")
         ).values(next_no=sa.bindparam("k_next"))
         self.invoice_insert = i.insert()
         self.payment_set_invoice = p.update().where(p.c.id == sa.bindparam("k_pid")).values(
             invoice_no=sa.bindparam("k_no"), invoice_printed=sa.bindparam("k_printed"))
-        self.n8_use = t.update().where(
-            t.c.invoice_no == sa.bindparam("k_no"), t.c.status == "U"
-        ).values(status="I", pay_id=sa.bindparam("k_pay"), customer_no=sa.bindparam("k_cust"),
-                 amount=sa.bindparam("k_amount"), issued_at=sa.bindparam("k_now"))
         self._ranges: dict[tuple, sa.Select] = {}
 
     def ranges(self, holder: bool, open_only: bool, lock: bool) -> sa.Select:
@@ -235,7 +232,7 @@ def print_data(tx: Tx, payment_id: int) -> dict:
 
 def n8_get(tx: Tx, invoice_no: str) -> dict | None:
     t = tx.n8["invoice"]
-    rows = _dicts(tx.conn.execute(_n8_select(t).where(t.c.invoice_no == invoice_no)))
+    rows = _dicts(tx.n8conn.execute(_n8_select(t).where(t.c.invoice_no == invoice_no)))
     return rows[0] if rows else None
 
 
@@ -244,15 +241,12 @@ def n8_between(tx: Tx, low: str, high: str) -> list[dict]:
     (callers keep those of exactly their own format)."""
     t = tx.n8["invoice"]
     q = _n8_select(t).where(t.c.invoice_no >= low, t.c.invoice_no <= high)
-    return _dicts(tx.conn.execute(q))
+    return _dicts(tx.n8conn.execute(q))
 
 
 def n8_insert_unused(tx: Tx, numbers: list[str]) -> None:
     """Stock issued: one row per number, status U (unused)."""
-    t = tx.n8["invoice"]
-    for chunk in _chunks(numbers, BATCH):
-        tx.conn.execute(t.insert(), [{"invoice_no": n, "status": "U", "amount": 0}
-                                     for n in chunk])
+    tx.n8_do("invoice_stock", numbers=list(numbers))
 
 
 def n8_use(tx: Tx, invoice_no: str, pay_id: str, customer_no: str, amount: int,
@@ -263,19 +257,8 @@ def n8_use(tx: Tx, invoice_no: str, pay_id: str, customer_no: str, amount: int,
     unused (the caller must not use it).  A number N8 never heard of (an N8
     that keeps no unused stock) is inserted.
     """
-    t = tx.n8["invoice"]
-    r = tx.conn.execute(_st(tx).n8_use, {"k_no": invoice_no, "k_pay": pay_id,
-                                          "k_cust": customer_no, "k_amount": amount,
-                                          "k_now": now})
-    if r.rowcount == 1:
-        return None
-    row = n8_get(tx, invoice_no)
-    if row is not None:
-        return row["status"] or "?"
-    tx.conn.execute(t.insert().values(invoice_no=invoice_no, pay_id=pay_id,
-                                      customer_no=customer_no, amount=amount, status="I",
-                                      issued_at=now))
-    return None
+    return tx.n8_do("invoice_use", invoice_no=invoice_no, pay_id=pay_id,
+                    customer_no=customer_no, amount=amount, now=now)
 
 
 def n8_void(tx: Tx, invoice_no: str, *, pay_id: str | None = None,
@@ -283,20 +266,24 @@ def n8_void(tx: Tx, invoice_no: str, *, pay_id: str | None = None,
     """Mark a number void (V); inserts the row if N8 lacks it.  The payment's
     fields are filled in when given (a number refused before it was used
     keeps N8's)."""
-    t = tx.n8["invoice"]
-    values: dict = {"status": "V"}
-    if pay_id is not None:
-        values.update(pay_id=pay_id, customer_no=customer_no, amount=amount)
-    r = tx.conn.execute(t.update().where(t.c.invoice_no == invoice_no).values(**values))
-    if r.rowcount == 0:
-        values.setdefault("amount", 0)
-        tx.conn.execute(t.insert().values(invoice_no=invoice_no, **values))
+    tx.n8_do("invoice_void", invoice_no=invoice_no, pay_id=pay_id, customer_no=customer_no,
+             amount=amount)
 
 
 def n8_rows_of_gateway_payments(tx: Tx) -> list[dict]:
     """N8 invoice rows whose pay_id is one of the gateway's receipts but
     whose number the gateway never used."""
     t, p, i = tx.n8["invoice"], model.payment, model.invoice
+    if tx.split:  # N8 in a database of its own: N8's rows with a pay_id, by chunks
+        out: list[dict] = []
+        result = tx.n8conn.execute(_n8_select(t).where(t.c.pay_id.is_not(None))
+                                   .order_by(t.c.invoice_no))
+        for part in result.mappings().partitions(IN_CHUNK):
+            rows = [dict(r) for r in part]
+            ours = lookup(tx.conn, p.c.receipt_no, {}, (r["pay_id"] for r in rows))
+            used = lookup(tx.conn, i.c.invoice_no, {}, (r["invoice_no"] for r in rows))
+            out.extend(r for r in rows if r["pay_id"] in ours and r["invoice_no"] not in used)
+        return out
     q = (
         _n8_select(t)
         .select_from(

@@ -253,6 +253,23 @@ recon_lock = sa.Table(
     sa.Column("since", sa.DateTime, nullable=False),
 )
 
+# N8's writes not yet known to be committed there, when N8 is a database of its own
+# ([n8.database]; bankgate/store/n8outbox.py): written in the gateway's transaction
+# with the journal, deleted once N8 has committed them; the repair job applies what is
+# left (each operation is idempotent, keyed by the receipt or invoice number).
+n8_outbox = sa.Table(
+    "bg_n8_outbox",
+    metadata,
+    _id(),
+    sa.Column("journal_id", sa.BigInteger, nullable=True, index=True),
+    sa.Column("receipt_no", sa.String(20), nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("ops", sa.Text, nullable=False),  # JSON: [[operation, {arguments}], ...]
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("tried_at", sa.DateTime, nullable=True),
+    sa.Column("last_error", sa.String(200), nullable=True),
+)
+
 # One row per lease (bankgate/store/leases.py): the job it guards by name
 # (``recon:{bank}:{date}``, ``cutoff:{bank}:{date}``, ``expiry`` ...), the process
 # holding it and until when; a job that runs once keeps its row, finished.

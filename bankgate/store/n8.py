@@ -7,7 +7,10 @@ installation (``[n8.tables] bill = "HRB_ZD"``, ``[n8.columns.bill] amount =
 the schema the embedded default creates and seeds with demo data.
 
 Every SQLAlchemy column is built with ``key=<logical name>``, so the store's
-code always says ``t.c.amount`` while the SQL says whatever N8 calls it.
+code always says ``t.c.amount`` while the SQL says whatever N8 calls it.  A column
+whose values N8 stores otherwise (``[n8.values.bill] amount = "yuan"``, code maps
+``[n8.codes.status]``) gets a converting type from :mod:`bankgate.store.n8values`, so
+the store's code always sees integer fen, dates and the reference codes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
+
+from bankgate.store import n8values
 
 # logical table -> (reference table name, [(logical column, type, options)])
 _Money = sa.BigInteger
@@ -138,8 +143,92 @@ class N8Mapping:
     tables: dict[str, str] = field(default_factory=dict)
     columns: dict[str, dict[str, str]] = field(default_factory=dict)
     schema: str | None = None  # a database schema / owner, e.g. "N8"
+    # logical table -> logical column -> representation ("yuan", "char8", "trim", ...;
+    # bankgate.store.n8values.REPRESENTATIONS); not given: as the reference schema
+    values: dict[str, dict[str, str]] = field(default_factory=dict)
+    # code map ("status", "customer_class", "fee_type", "payment_status",
+    # "invoice_status") -> logical code (for "status": "active", "locked") -> N8's codes,
+    # the first of which is written
+    codes: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+    @property
+    def plain(self) -> bool:
+        """No value is converted: N8 stores the reference units and codes."""
+        if any(self.codes.values()):
+            return False
+        for t, cols in self.values.items():
+            ref = {c[0]: c[1] for c in REFERENCE.get(t, ("", []))[1]}
+            for c, rep in cols.items():
+                if rep != n8values.DEFAULTS.get(n8values.kind_of(ref.get(c)) or "", rep):
+                    return False
+        return True
+
+    def representation(self, table: str, column: str) -> str | None:
+        return self.values.get(table, {}).get(column)
+
+    def code_map(self, table: str, column: str) -> tuple[str | None, dict[str, list[str]]]:
+        """(name, codes) of the code map that applies to ``table.column``, if any."""
+        for name, cols in n8values.CODE_COLUMNS.items():
+            if (table, column) in cols:
+                return name, self.codes.get(name, {})
+        return None, {}
 
     def validate(self) -> None:
+        self._validate_names()
+        for key, message in self.problems():
+            raise MappingError(f"{key}: {message}")
+
+    def problems(self) -> list[tuple[str, str]]:
+        """What is wrong with the value representations and code maps, as (key,
+        message) pairs; the configuration raises the first one on its key."""
+        out: list[tuple[str, str]] = []
+        for t, cols in self.values.items():
+            if t not in REFERENCE:
+                out.append((f"n8.values.{t}",
+                            f"unknown N8 table (known: {', '.join(REFERENCE)})"))
+                continue
+            ref = {c[0]: c[1] for c in REFERENCE[t][1]}
+            for c, rep in cols.items():
+                key = f"n8.values.{t}.{c}"
+                if c not in ref:
+                    out.append((key, f"unknown column (known: {', '.join(ref)})"))
+                    continue
+                kind = n8values.kind_of(ref[c])
+                if rep not in n8values.REPRESENTATIONS and rep not in n8values.DEFAULTS.values():
+                    out.append((key, f"unknown representation {rep!r} (known: "
+                                     f"{', '.join(n8values.REPRESENTATIONS)})"))
+                elif rep == n8values.DEFAULTS.get(kind or ""):
+                    continue
+                elif n8values.REPRESENTATIONS.get(rep) != kind and not (
+                        rep == "datetime" and kind == "timestamp"):
+                    what = n8values.KIND_NAMES.get(kind or "", "a column with no representations")
+                    out.append((key, f"{rep!r} does not fit {t}.{c}, {what}"))
+        for name, codes in self.codes.items():
+            key = f"n8.codes.{name}"
+            if name not in n8values.CODE_COLUMNS:
+                out.append((key, f"unknown code map (known: "
+                                 f"{', '.join(n8values.CODE_COLUMNS)})"))
+                continue
+            known = n8values.LOGICAL_CODES[name]
+            seen: dict[str, str] = {}
+            for lg, phys in codes.items():
+                if lg not in known:
+                    out.append((f"{key}.{lg}", f"unknown code (known: {', '.join(known)})"))
+                elif not phys or not all(isinstance(p, str) and p for p in phys):
+                    out.append((f"{key}.{lg}", "expected a list of one or more codes "
+                                               "(text), the first of which is written"))
+                else:
+                    for p in phys:
+                        if p in seen and seen[p] != lg:
+                            out.append((f"{key}.{lg}",
+                                        f"code {p!r} is also listed for {seen[p]!r}"))
+                        seen[p] = lg
+            if name == "status" and codes and "active" not in codes:
+                out.append((key, "expected the key 'active' (the codes of an active "
+                                 "customer; any other reads as locked)"))
+        return out
+
+    def _validate_names(self) -> None:
         for t in self.tables:
             if t not in REFERENCE:
                 raise MappingError(f"n8.tables.{t}: unknown table (known: {', '.join(REFERENCE)})")
@@ -161,7 +250,11 @@ class N8Mapping:
 
 
 def build_tables(mapping: N8Mapping, metadata: sa.MetaData | None = None) -> dict[str, sa.Table]:
-    """SQLAlchemy tables for N8 under ``mapping``, keyed by logical name."""
+    """SQLAlchemy tables for N8 under ``mapping``, keyed by logical name.
+
+    A column with a representation or a code map gets a converting type whose DDL is
+    the physical one (``DECIMAL(12,2)`` for yuan, ``CHAR(8)`` for char8 ...): creating
+    the mapped tables makes an N8-shaped schema (the tests' legacy copy)."""
     mapping.validate()
     md = metadata if metadata is not None else sa.MetaData()
     out = {}
@@ -169,6 +262,14 @@ def build_tables(mapping: N8Mapping, metadata: sa.MetaData | None = None) -> dic
         columns = []
         for cname, ctype, opts in cols:
             opts = dict(opts)
+            rep = mapping.representation(logical, cname)
+            code_name, codes = mapping.code_map(logical, cname)
+            if rep is not None or codes:
+                ref_type = ctype() if isinstance(ctype, type) else ctype
+                ctype = n8values.column_type(logical, cname, ref_type, rep, codes, code_name)
+                default = opts.get("server_default")
+                if codes and isinstance(default, str):  # the physical code of "A", "N", "U"
+                    opts["server_default"] = ctype.process_bind_param(default, None)
             columns.append(
                 sa.Column(mapping.column_name(logical, cname), ctype, key=cname, **opts)
             )

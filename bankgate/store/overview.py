@@ -16,7 +16,7 @@ from datetime import date
 import sqlalchemy as sa
 
 from bankgate.store import model
-from bankgate.store.reports import collections_queries
+from bankgate.store.reports import collections_queries, execute
 from bankgate.store.tx import Tx, _dicts
 
 #: the measures of a collections row, in the order collections_queries gives them
@@ -35,7 +35,7 @@ def collections(tx: Tx, day: date, by: Sequence[str]) -> list[dict]:
     bills of two fee types counts once in each; the prepaid excess is fee type ``""``."""
     rows, _totals = collections_queries(tx.store, day, day, list(by))
     out = []
-    for r in tx.conn.execute(rows):
+    for r in execute(tx, rows):  # N8 apart: joined in Python (bankgate.store.reports)
         keys, values = r[:len(by)], r[len(by):]
         d = dict(zip(by, keys, strict=True))
         d.update({k: int(v or 0) for k, v in zip(MEASURES, values, strict=True)})

@@ -684,4 +684,4 @@ def customers_with_open_bills(tx: Tx, exclude: Iterable[str] = (), limit: int = 
     q = (sa.select(b.c.customer_no).distinct()
          .where(b.c.paid_amount < b.c.amount).order_by(b.c.customer_no).limit(limit + 50))
     skip = set(exclude)
-    return [r[0] for r in tx.conn.execute(q) if r[0] not in skip][:limit]
+    return [r[0] for r in tx.n8conn.execute(q) if r[0] not in skip][:limit]

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from bankgate.store import model
 from bankgate.store.dialects import days_between
+from bankgate.store.n8values import sql_date, sql_fen
 
 #: Payment statuses that took money at some time (a two-phase payment that was never
 #: confirmed -- PENDING, EXPIRED, CANCELLED -- did not).
@@ -35,20 +36,106 @@ PREPAID_FEE_TYPE = ""  # the fee type of the excess kept as prepaid balance
 STREAM_BATCH = 2000
 
 
-def iter_rows(store, query: sa.Select, batch: int = STREAM_BATCH) -> Iterator[tuple]:
-    """The rows of ``query`` as plain tuples, streamed ``batch`` at a time."""
-    with store.engine.connect() as conn:
+def side(store, query) -> str:
+    """Which database ``query`` reads: ``"n8"`` (N8's tables only), ``"gateway"``
+    (the gateway's only) or ``"both"`` (a join across; one database only)."""
+    n8 = store.n8_metadata
+    kinds = {"n8" if t.metadata is n8 else "gateway"
+             for t in sa.sql.visitors.iterate(query) if isinstance(t, sa.Table)}
+    return kinds.pop() if len(kinds) == 1 else "both" if kinds else "gateway"
+
+
+def _pick(store, query, gateway, n8):
+    """``gateway`` (the gateway's connection or engine) or ``n8`` (N8's, or a
+    function giving it) for ``query``; a join across the two with N8 apart is a
+    fault of the caller (it goes through :class:`Joined`)."""
+    if not store.split:
+        return gateway
+    where = side(store, query)
+    if where == "both":
+        raise RuntimeError("a report statement joins the gateway's tables with N8's,"
+                           " which is a database of its own ([n8.database])")
+    if where == "n8":
+        return n8() if callable(n8) else n8
+    return gateway
+
+
+def iter_rows(store, query, batch: int = STREAM_BATCH) -> Iterator[tuple]:
+    """The rows of ``query`` as plain tuples, streamed ``batch`` at a time, from
+    the database holding its tables (a :class:`Joined` reads both)."""
+    if isinstance(query, Joined):
+        with store.engine.connect() as conn, store.n8_engine.connect() as n8conn:
+            yield from query.rows(conn, n8conn)
+        return
+    with _pick(store, query, store.engine, store.n8_engine).connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
         for row in result:
             yield tuple(row)
 
 
-def one_row(store, query: sa.Select) -> tuple | None:
+def execute(tx, query) -> list[tuple]:
+    """The rows of ``query`` in the transaction ``tx``: on N8's connection when it
+    reads only N8, joined in Python (:class:`Joined`) across two databases."""
+    if isinstance(query, Joined):
+        return list(query.rows(tx.conn, tx.n8conn))
+    conn = _pick(tx.store, query, tx.conn, lambda: tx.n8conn)
+    return [tuple(r) for r in conn.execute(query)]
+
+
+def one_row(store, query) -> tuple | None:
     def read(tx):
-        row = tx.conn.execute(query).first()
+        if isinstance(query, Joined):
+            return query.total(tx.conn, tx.n8conn)
+        row = _pick(store, query, tx.conn, lambda: tx.n8conn).execute(query).first()
         return None if row is None else tuple(row)
 
     return store.run_sync(read, readonly=True)
+
+
+# -- N8 apart: a join done in Python ----------------------------------------------------
+
+IN_CHUNK = 500  # keys per IN (...) list
+
+
+def n8_lookup(n8conn: sa.Connection, table: sa.Table, key: str, columns: Sequence[str],
+              keys, found: dict) -> None:
+    """Add to ``found`` ``{key: (columns...)}`` of N8's ``table`` for ``keys`` not in
+    it yet, :data:`IN_CHUNK` keys per statement (a key N8 lacks stays out)."""
+    want = sorted({k for k in keys if k is not None and k not in found})
+    k = table.c[key]
+    cols = [table.c[c] for c in columns]
+    for i in range(0, len(want), IN_CHUNK):
+        for r in n8conn.execute(sa.select(k, *cols).where(k.in_(want[i:i + IN_CHUNK]))):
+            found[r[0]] = tuple(r[1:])
+
+
+def _order_key(values: tuple) -> tuple:
+    # NULL first, as SQLite and MariaDB order it
+    return tuple((v is not None, v) for v in values)
+
+
+class Joined:
+    """A statement of one database (N8 apart: ``store.split``) done as two:
+    ``compute(conn, n8conn) -> (rows, totals)``, computed once and kept; the
+    rows already grouped and in the one-database statement's order."""
+
+    def __init__(self, compute, part: str = "rows", shared: dict | None = None):
+        self.compute, self.part = compute, part
+        self.shared = {} if shared is None else shared
+
+    def totals_part(self) -> Joined:
+        return Joined(self.compute, "totals", self.shared)
+
+    def _result(self, conn, n8conn):
+        if "result" not in self.shared:
+            self.shared["result"] = self.compute(conn, n8conn)
+        return self.shared["result"]
+
+    def rows(self, conn, n8conn) -> Iterator[tuple]:
+        yield from self._result(conn, n8conn)[0]
+
+    def total(self, conn, n8conn) -> tuple | None:
+        return self._result(conn, n8conn)[1]
 
 
 def _sum(expr) -> sa.ColumnElement:
@@ -68,9 +155,12 @@ def _day_span(d_from: date | None, d_to: date):
 # -- collections (收费统计) ---------------------------------------------------------
 
 
-def _collection_facts(store, d_from: date, d_to: date, bank: str | None, by_fee: bool):
+def _collection_facts(store, d_from: date, d_to: date, bank: str | None, by_fee: bool,
+                      apart: bool = False):
     """One row per payment -- or, by fee type, one per allocation to a bill plus one per
-    excess kept as prepaid -- with the payment's keys and its money."""
+    excess kept as prepaid -- with the payment's keys and its money.  ``apart`` (N8 in
+    a database of its own): the allocation's ``bill_id`` instead of its bill's fee type
+    (``None`` for the excess), the bill not joined."""
     p = model.payment
     keys = [p.c.id.label("pid"), p.c.bank, p.c.trade_date, p.c.channel, p.c.customer_no,
             p.c.status]
@@ -82,16 +172,22 @@ def _collection_facts(store, d_from: date, d_to: date, bank: str | None, by_fee:
                          p.c.amount, p.c.principal, p.c.late_fee,
                          p.c.prepaid_in.label("prepaid")).where(*where).subquery("facts")
     a, b = model.allocation, store.n8["bill"]
+    fee = a.c.bill_id.label("bill_id") if apart else b.c.fee_type.label("fee_type")
+    joined = a.join(p, p.c.id == a.c.payment_id)
+    if not apart:
+        joined = joined.join(b, b.c.bill_id == a.c.bill_id)
     allocated = (
-        sa.select(*keys, b.c.fee_type.label("fee_type"),
+        sa.select(*keys, fee,
                   (a.c.principal + a.c.late_fee).label("amount"),
                   a.c.principal.label("principal"), a.c.late_fee.label("late_fee"),
                   sa.literal(0, sa.BigInteger).label("prepaid"))
-        .select_from(a.join(p, p.c.id == a.c.payment_id).join(b, b.c.bill_id == a.c.bill_id))
+        .select_from(joined)
         .where(*where)
     )
+    excess_fee = (sa.null().label("bill_id") if apart
+                  else sa.literal(PREPAID_FEE_TYPE).label("fee_type"))
     excess = (
-        sa.select(*keys, sa.literal(PREPAID_FEE_TYPE).label("fee_type"),
+        sa.select(*keys, excess_fee,
                   p.c.prepaid_in.label("amount"), sa.literal(0, sa.BigInteger).label("principal"),
                   sa.literal(0, sa.BigInteger).label("late_fee"),
                   p.c.prepaid_in.label("prepaid"))
@@ -110,6 +206,10 @@ def collections_queries(store, d_from: date, d_to: date, by: Sequence[str],
     if unknown:
         raise ValueError(f"unknown dimension {unknown[0]!r}")
     by_fee = "fee_type" in by
+    if store.split and set(by) & set(N8_DIMS):
+        rows = Joined(lambda conn, n8conn: _collections_apart(
+            store, conn, n8conn, d_from, d_to, list(by), bank))
+        return rows, rows.totals_part()
     f = _collection_facts(store, d_from, d_to, bank, by_fee)
     source = f
     c = store.n8["customer"]
@@ -142,6 +242,104 @@ def collections_queries(store, d_from: date, d_to: date, by: Sequence[str],
     return rows, totals
 
 
+#: the collections' dimensions that are N8's (a bill's fee type, a customer's district
+#: and class); the others are the payment's own
+N8_DIMS = ("fee_type", "district", "customer_class")
+_MEASURES = 10  # count amount principal late_fee prepaid rev_n rev_amt ref_n ref_amt net
+
+
+def _collections_apart(store, conn, n8conn, d_from, d_to, by: list[str], bank):
+    """:func:`collections_queries`' rows and totals with N8 in a database of its own:
+    the payments' facts from the gateway (by fee type one per allocation, in payment
+    order, so that a payment counts once per group), their bills' fee types and
+    customers' district and class from N8, :data:`IN_CHUNK` keys at a time, summed
+    here.  The same rows, totals and order as the one-database statement: a bill N8
+    lacks drops its allocation (a join), a customer N8 lacks is district and class
+    ``""`` (an outer join)."""
+    by_fee = "fee_type" in by
+    want_customer = "district" in by or "customer_class" in by
+    f = _collection_facts(store, d_from, d_to, bank, by_fee, apart=True)
+    own = {"day": f.c.trade_date, "bank": f.c.bank, "channel": f.c.channel}
+    gw_dims = [d for d in by if d in own]
+    if by_fee:  # each fact, in payment order
+        q = (sa.select(f.c.pid, f.c.status, *[own[d] for d in gw_dims], f.c.customer_no,
+                       f.c.bill_id, f.c.amount, f.c.principal, f.c.late_fee, f.c.prepaid)
+             .order_by(f.c.pid))
+    else:  # summed per payment dimensions and customer: the measures all add up
+        keys = [*[own[d] for d in gw_dims], f.c.customer_no]
+        st = f.c.status
+        rev, ref = st == "REVERSED", st == "REFUNDED"
+        q = (sa.select(sa.null(), sa.null(), *keys, sa.null(), sa.func.count(),
+                       _sum(f.c.amount), _sum(f.c.principal), _sum(f.c.late_fee),
+                       _sum(f.c.prepaid), _sum(_when(rev, 1)), _sum(_when(rev, f.c.amount)),
+                       _sum(_when(ref, 1)), _sum(_when(ref, f.c.amount)),
+                       _sum(_when(st == "POSTED", f.c.amount)))
+             .group_by(*keys))
+    n8 = store.n8
+    customers: dict = {}
+    fees: dict = {}
+    groups: dict[tuple, list] = {}
+    total = [0] * _MEASURES + [None]  # the measures, then the last payment counted
+    n_own = len(gw_dims)
+    if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        # a server-side cursor (PostgreSQL's needs a transaction: a server's
+        # autocommit reader reads the facts whole)
+        conn = conn.execution_options(stream_results=True, yield_per=STREAM_BATCH)
+    result = conn.execute(q)
+    while chunk := result.fetchmany(IN_CHUNK):
+        if want_customer:
+            n8_lookup(n8conn, n8["customer"], "customer_no", ("district", "customer_class"),
+                      (r[2 + n_own] for r in chunk), customers)
+        if by_fee:
+            n8_lookup(n8conn, n8["bill"], "bill_id", ("fee_type",),
+                      (r[3 + n_own] for r in chunk), fees)
+        for r in chunk:
+            mine = dict(zip(gw_dims, r[2:2 + n_own], strict=True))
+            customer, bill = r[2 + n_own], r[3 + n_own]
+            if want_customer:
+                district, klass = customers.get(customer, (None, None))
+                mine["district"], mine["customer_class"] = district or "", klass or ""
+            if by_fee:
+                if bill is None:
+                    mine["fee_type"] = PREPAID_FEE_TYPE
+                elif bill in fees:
+                    mine["fee_type"] = fees[bill][0]
+                else:
+                    continue  # the allocation's bill is not in N8: the join drops it
+            key = tuple(mine[d] for d in by)
+            acc = groups.setdefault(key, [0] * _MEASURES + [None])
+            for a in (acc, total):
+                if by_fee:
+                    _add_fact(a, r[0], r[1], r[-4:])
+                else:
+                    for i, v in enumerate(r[-_MEASURES:]):
+                        a[i] += int(v or 0)
+    rows = [key + tuple(acc[:_MEASURES])
+            for key, acc in sorted(groups.items(), key=lambda kv: _order_key(kv[0]))]
+    return rows, tuple(total[:_MEASURES])
+
+
+def _add_fact(acc: list, pid, status, money) -> None:
+    """Add one fact (by fee type) to a group's measures: money always, counts once
+    per payment (the facts come in payment order)."""
+    amount, principal, late, prepaid = (int(v or 0) for v in money)
+    new = int(acc[_MEASURES] != pid)
+    acc[_MEASURES] = pid
+    acc[0] += new
+    acc[1] += amount
+    acc[2] += principal
+    acc[3] += late
+    acc[4] += prepaid
+    if status == "REVERSED":
+        acc[5] += new
+        acc[6] += amount
+    elif status == "REFUNDED":
+        acc[7] += new
+        acc[8] += amount
+    elif status == "POSTED":
+        acc[9] += amount
+
+
 # -- arrears (欠费统计) and the collection rate (收费率) -------------------------------------
 
 
@@ -159,12 +357,14 @@ def _arrears_facts(store, as_of: date, due_from: date | None):
     """(source, where, outstanding, late fee owed) over the bills with principal
     outstanding, joined to their customer and tariff: what both arrears reports sum."""
     b, c, t = store.n8["bill"], store.n8["customer"], store.n8["tariff"]
-    outstanding = b.c.amount - b.c.paid_amount
-    days = days_between(b.c.due_date, sa.literal(as_of, sa.Date))
+    # fen and dates in SQL, whatever N8 stores ([n8.values]: yuan, char8 ...)
+    outstanding = sql_fen(b.c.amount) - sql_fen(b.c.paid_amount)
+    days = days_between(sql_date(b.c.due_date), sa.literal(as_of, sa.Date))
     ppm = sa.func.coalesce(t.c.late_fee_ppm, 0)
     accrued = (outstanding * ppm * days + PPM // 2) // PPM
+    late_paid = sql_fen(b.c.late_fee_paid)
     late = sa.case(
-        (sa.and_(days > 0, ppm > 0, accrued > b.c.late_fee_paid), accrued - b.c.late_fee_paid),
+        (sa.and_(days > 0, ppm > 0, accrued > late_paid), accrued - late_paid),
         else_=0)
     source = b.join(c, c.c.customer_no == b.c.customer_no).outerjoin(
         t, sa.and_(t.c.fee_type == b.c.fee_type, t.c.customer_class == c.c.customer_class))

@@ -16,6 +16,8 @@ points, that counts as paid -- 10000 is "paid in full".
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -23,6 +25,7 @@ import sqlalchemy as sa
 
 from bankgate.store import model
 from bankgate.store.dialects import lock_rows
+from bankgate.store.n8join import lookup, outer_join
 from bankgate.store.tx import Tx
 
 OPEN, CLOSED = "open", "closed"
@@ -90,7 +93,7 @@ class SupplyStatements:
         return q
 
     def _build_season(self, source: str | None, orders: bool) -> sa.Select:
-        b, w, p = self.n8["bill"], model.work_order, model.payment
+        b = self.n8["bill"]
         h = sa.select(
             sa.func.coalesce(sa.func.sum(b.c.amount), 0).label("billed"),
             sa.func.coalesce(sa.func.sum(b.c.paid_amount), 0).label("paid"),
@@ -105,15 +108,21 @@ class SupplyStatements:
         else:
             cols.append(sa.null().label("valve"))
         if orders:
-            # OR, not IN: an IN list of constants is expanded at every execution
-            standing_payment = sa.exists().where(
-                p.c.receipt_no == w.c.receipt_no, sa.or_(*[p.c.status == s for s in STANDING]))
-            cols.append(sa.select(sa.func.count()).select_from(w).where(
-                w.c.customer_no == _p("s_cust"), w.c.season == _p("s_season"),
-                w.c.kind == "open_valve",
-                sa.or_(w.c.state == "open", sa.and_(w.c.state == "done", standing_payment)))
-                .scalar_subquery().label("standing"))
+            cols.append(self.standing_orders.scalar_subquery().label("standing"))
         return sa.select(*cols).select_from(h)
+
+    @functools.cached_property
+    def standing_orders(self) -> sa.Select:
+        """How many open-valve orders of the household and season stand (open, or
+        done for a standing payment): the gateway's tables only."""
+        w, p = model.work_order, model.payment
+        # OR, not IN: an IN list of constants is expanded at every execution
+        standing_payment = sa.exists().where(
+            p.c.receipt_no == w.c.receipt_no, sa.or_(*[p.c.status == s for s in STANDING]))
+        return sa.select(sa.func.count()).select_from(w).where(
+            w.c.customer_no == _p("s_cust"), w.c.season == _p("s_season"),
+            w.c.kind == "open_valve",
+            sa.or_(w.c.state == "open", sa.and_(w.c.state == "done", standing_payment)))
 
     def orders(self, filters: tuple[str, ...], lock: bool) -> sa.Select:
         """Work orders matching ``filters`` (bound as ``w_<column>``), oldest first."""
@@ -137,21 +146,26 @@ def valve_table(tx_or_store, source: str) -> sa.Table:
     return tx_or_store.n8["valve"] if source == "n8" else model.valve
 
 
+def _valve_conn(tx: Tx, source: str) -> sa.Connection:
+    """The connection the valve table of ``source`` is read on."""
+    return tx.n8conn if source == "n8" else tx.conn
+
+
 def valve_table_exists(tx: Tx, source: str) -> bool:
     """Whether the valve table is there (N8's may not be, in an N8 the gateway did
     not create, or in a reference N8 created before the table existed)."""
     if source != "n8":
         return True
     t = tx.n8["valve"]
-    return sa.inspect(tx.conn).has_table(t.name, schema=t.schema)
+    return sa.inspect(tx.n8conn).has_table(t.name, schema=t.schema)
 
 
 # -- valve state ------------------------------------------------------------------------
 
 
 def valve_state(tx: Tx, source: str, customer_no: str, season: str) -> str:
-    row = tx.conn.execute(_st(tx).valve_state(source),
-                          {"s_season": season, "s_cust": customer_no}).first()
+    row = _valve_conn(tx, source).execute(_st(tx).valve_state(source),
+                                          {"s_season": season, "s_cust": customer_no}).first()
     return row[0] if row is not None and row[0] else CLOSED
 
 
@@ -179,14 +193,19 @@ def heating_periods(tx: Tx, bill_ids: list[str], fee_type: str) -> list[str]:
     """The periods (seasons) of those of ``bill_ids`` that are heating bills."""
     if not bill_ids:
         return []
-    rows = tx.conn.execute(_st(tx).heating_periods,
-                           {"s_bills": list(bill_ids), "s_fee": fee_type}).all()
+    rows = tx.n8conn.execute(_st(tx).heating_periods,
+                             {"s_bills": list(bill_ids), "s_fee": fee_type}).all()
     return sorted(r[0] for r in rows)
 
 
 def paid_seasons(tx: Tx, payment_id: int, fee_type: str) -> list[str]:
     """The periods (seasons) of the heating bills whose principal the payment paid,
     from its allocations (one round trip)."""
+    if tx.split:  # N8 in a database of its own: the bills allocated, then their seasons
+        a = model.allocation
+        ids = [r[0] for r in tx.conn.execute(sa.select(a.c.bill_id).distinct().where(
+            a.c.payment_id == payment_id, a.c.principal > 0))]
+        return heating_periods(tx, ids, fee_type)
     rows = tx.conn.execute(_st(tx).paid_seasons, {"s_pid": payment_id, "s_fee": fee_type}).all()
     return sorted(r[0] for r in rows)
 
@@ -194,8 +213,8 @@ def paid_seasons(tx: Tx, payment_id: int, fee_type: str) -> list[str]:
 def season_heating(tx: Tx, customer_no: str, season: str, fee_type: str) -> tuple[int, int]:
     """(billed, paid) heating principal of a household in a season, as it stands
     in this transaction; (0, 0) when it has no heating bill for the season."""
-    row = tx.conn.execute(_st(tx).season_heating,
-                          {"s_cust": customer_no, "s_season": season, "s_fee": fee_type}).first()
+    row = tx.n8conn.execute(_st(tx).season_heating,
+                            {"s_cust": customer_no, "s_season": season, "s_fee": fee_type}).first()
     return int(row[0]), int(row[1])
 
 
@@ -208,6 +227,13 @@ def season_state(tx: Tx, source: str | None, customer_no: str, season: str, fee_
     None without ``orders``).  The orders are read without a row lock: for a
     database that locks the whole file per transaction (SQLite); elsewhere read
     them with :func:`orders` (``lock=True``)."""
+    if tx.split:  # N8 in a database of its own: each part on its own database
+        billed, paid = season_heating(tx, customer_no, season, fee_type)
+        valve = valve_state(tx, source, customer_no, season) if source is not None else CLOSED
+        standing = (int(tx.conn.execute(_st(tx).standing_orders,
+                                        {"s_cust": customer_no, "s_season": season}).scalar())
+                    if orders else None)
+        return billed, paid, valve, standing
     row = tx.conn.execute(_st(tx).season(source, orders),
                           {"s_cust": customer_no, "s_season": season, "s_fee": fee_type}).first()
     return (int(row[0]), int(row[1]), row[2] or CLOSED,
@@ -220,6 +246,10 @@ def settling_receipt(tx: Tx, customer_no: str, season: str, fee_type: str) -> st
     p, a, b = model.payment, model.allocation, tx.n8["bill"]
     heating = sa.select(b.c.bill_id).where(
         b.c.customer_no == customer_no, b.c.period == season, b.c.fee_type == fee_type)
+    if tx.split:  # N8 in a database of its own: the household's few heating bills first
+        heating = [r[0] for r in tx.n8conn.execute(heating)]
+        if not heating:
+            return None
     q = (sa.select(p.c.receipt_no)
          .join(a, a.c.payment_id == p.c.id)
          .where(p.c.customer_no == customer_no, p.c.status.in_(STANDING),
@@ -275,6 +305,9 @@ def order_list(tx: Tx, *, state: str | None = None, district: str | None = None,
     newest first: (id, customer_no, name, district, address, season, kind, state,
     receipt_no, created_at, done_at, done_by, note)."""
     w, c = model.work_order, tx.n8["customer"]
+    if tx.split:  # N8 in a database of its own
+        yield from _order_list_split(tx, state, district, season, kind, limit)
+        return
     q = (sa.select(w.c.id, w.c.customer_no, c.c.name, c.c.district, c.c.address, w.c.season,
                    w.c.kind, w.c.state, w.c.receipt_no, w.c.created_at, w.c.done_at,
                    w.c.done_by, w.c.note)
@@ -292,6 +325,40 @@ def order_list(tx: Tx, *, state: str | None = None, district: str | None = None,
         q = q.limit(limit)
     for r in tx.conn.execute(q):
         yield tuple(r)
+
+
+def _order_list_split(tx: Tx, state, district, season, kind, limit) -> Iterator[tuple]:
+    """:func:`order_list` with N8 apart: the orders from the gateway's database, the
+    households from N8's by the customers found; a district filter takes N8's
+    households of the district first."""
+    w, c = model.work_order, tx.n8["customer"]
+    q = sa.select(w.c.id, w.c.customer_no, w.c.season, w.c.kind, w.c.state, w.c.receipt_no,
+                  w.c.created_at, w.c.done_at, w.c.done_by, w.c.note)
+    for col, value in ((w.c.state, state), (w.c.season, season), (w.c.kind, kind)):
+        if value is not None:
+            q = q.where(col == value)
+    q = q.order_by(w.c.id.desc())
+    if district is None:
+        rows = _dicts(tx.conn.execute(q if limit is None else q.limit(limit)))
+    else:
+        keys = {r[0] for r in tx.n8conn.execute(
+            sa.select(c.c.customer_no).where(c.c.district == district))}
+        rows = []
+        result = tx.conn.execute(q)
+        try:
+            for r in result.mappings():
+                if limit is not None and len(rows) >= limit:
+                    break
+                if r["customer_no"] in keys:
+                    rows.append(dict(r))
+        finally:
+            result.close()
+    outer_join(tx.n8conn, rows, "customer_no", c.c.customer_no,
+               {"name": c.c.name, "district": c.c.district, "address": c.c.address})
+    for r in rows:
+        yield (r["id"], r["customer_no"], r["name"], r["district"], r["address"], r["season"],
+               r["kind"], r["state"], r["receipt_no"], r["created_at"], r["done_at"],
+               r["done_by"], r["note"])
 
 
 # -- reports ------------------------------------------------------------------------------
@@ -315,11 +382,58 @@ def _settled(h, share_bp: int):
     return h.c.paid * FULL_BP >= h.c.billed * share_bp
 
 
+def _split_households(tx: Tx, source: str, season: str, fee_type: str, share_bp: int,
+                      which: str, district: str | None, coalesced: bool) -> list[dict]:
+    """The households behind a report with N8 apart, in the report's order (by
+    district -- ``coalesced``: NULL as "" -- then customer): the season's heating
+    totals, settled or not by the rule, and the customers from N8 (with N8's valve
+    table in the same statement); the gateway's valve states (``source =
+    "gateway"``) by the households found.  Dicts: customer_no name district address
+    billed paid valve."""
+    h, c = _season_heating(tx, season, fee_type), tx.n8["customer"]
+    settled = _settled(h, share_bp)
+    where = [sa.not_(settled) if which == "supplied-unpaid" else settled]
+    cols = [h.c.customer_no.label("customer_no"), c.c.name.label("name"),
+            c.c.district.label("district"), c.c.address.label("address"),
+            h.c.billed.label("billed"), h.c.paid.label("paid")]
+    joined = h.outerjoin(c, c.c.customer_no == h.c.customer_no)
+    if source == "n8":
+        v = valve_table(tx, source)
+        joined = joined.outerjoin(v, sa.and_(v.c.customer_no == h.c.customer_no,
+                                             v.c.season == season))
+        cols.append(v.c.state.label("valve"))
+        where.append(v.c.state == OPEN if which == "supplied-unpaid"
+                     else sa.or_(v.c.state.is_(None), v.c.state != OPEN))
+    if district is not None:
+        where.append(c.c.district == district)
+    order = sa.func.coalesce(c.c.district, "") if coalesced else c.c.district
+    rows = _dicts(tx.n8conn.execute(
+        sa.select(*cols).select_from(joined).where(*where).order_by(order, h.c.customer_no)))
+    if source != "n8":
+        v = valve_table(tx, source)
+        outer_join(tx.conn, rows, "customer_no", v.c.customer_no, {"valve": v.c.state},
+                   v.c.season == season)
+        rows = [r for r in rows if (r["valve"] == OPEN) == (which == "supplied-unpaid")]
+    return rows
+
+
+def _by_district(rows: list[dict]) -> Iterator[tuple[str, list[dict]]]:
+    """``rows`` (in district order) by district, NULL as ""."""
+    for d, group in itertools.groupby(rows, key=lambda r: r["district"] or ""):
+        yield d, list(group)
+
+
 def supplied_unpaid(tx: Tx, source: str, season: str, fee_type: str,
                     share_bp: int) -> list[tuple]:
     """The leak, by district: households whose valve is open for the season but whose
     heating bills of the season are not settled by the rule.  Rows: (district,
     households, billed, paid, outstanding), by district."""
+    if tx.split:  # N8 in a database of its own
+        return [(d, len(g), sum(int(r["billed"] or 0) for r in g),
+                 sum(int(r["paid"] or 0) for r in g),
+                 sum(int(r["billed"] or 0) - int(r["paid"] or 0) for r in g))
+                for d, g in _by_district(_split_households(
+                    tx, source, season, fee_type, share_bp, "supplied-unpaid", None, True))]
     h, v, c = _season_heating(tx, season, fee_type), valve_table(tx, source), tx.n8["customer"]
     district = sa.func.coalesce(c.c.district, "")
     q = (sa.select(district.label("district"), sa.func.count().label("households"),
@@ -339,8 +453,19 @@ def paid_closed(tx: Tx, source: str, season: str, fee_type: str,
     """The complaints, by district: households whose heating bills of the season are
     settled by the rule but whose valve is not open.  Rows: (district, households,
     with an open open-valve order, without one, paid)."""
-    h, v, c = _season_heating(tx, season, fee_type), valve_table(tx, source), tx.n8["customer"]
     w = model.work_order
+    if tx.split:  # N8 in a database of its own: the open orders by the households found
+        rows = _split_households(tx, source, season, fee_type, share_bp, "paid-closed",
+                                 None, True)
+        ordered = lookup(tx.conn, w.c.customer_no, {}, (r["customer_no"] for r in rows),
+                         w.c.season == season, w.c.kind == "open_valve", w.c.state == "open")
+        out = []
+        for d, g in _by_district(rows):
+            with_order = sum(1 for r in g if r["customer_no"] in ordered)
+            out.append((d, len(g), with_order, len(g) - with_order,
+                        sum(int(r["paid"] or 0) for r in g)))
+        return out
+    h, v, c = _season_heating(tx, season, fee_type), valve_table(tx, source), tx.n8["customer"]
     ordered = (sa.select(w.c.customer_no).where(
         w.c.season == season, w.c.kind == "open_valve", w.c.state == "open")
         .distinct().subquery("o"))
@@ -362,6 +487,13 @@ def households(tx: Tx, source: str, season: str, fee_type: str, share_bp: int,
                which: str, district: str | None = None) -> Iterator[tuple]:
     """The households behind either report (``which``: "supplied-unpaid" or
     "paid-closed"): (customer_no, name, district, address, billed, paid, valve)."""
+    if tx.split:  # N8 in a database of its own
+        for r in _split_households(tx, source, season, fee_type, share_bp, which, district,
+                                   False):
+            yield (r["customer_no"], r["name"] or "", r["district"] or "", r["address"] or "",
+                   int(r["billed"] or 0), int(r["paid"] or 0),
+                   r["valve"] if r["valve"] is not None else CLOSED)
+        return
     h, v, c = _season_heating(tx, season, fee_type), valve_table(tx, source), tx.n8["customer"]
     state = sa.func.coalesce(v.c.state, CLOSED)
     q = (sa.select(h.c.customer_no, c.c.name, c.c.district, c.c.address, h.c.billed,

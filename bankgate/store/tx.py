@@ -17,7 +17,7 @@ from typing import TypeVar
 import sqlalchemy as sa
 
 from bankgate.canon.messages import Outcome
-from bankgate.store import model
+from bankgate.store import model, n8outbox
 from bankgate.store.dialects import lock_rows
 
 T = TypeVar("T")
@@ -90,14 +90,6 @@ class HotStatements:
         )
         self.open_bills = open_bills
         self.open_bills_locked = lock_rows(open_bills, b)
-        self.apply_allocations = (
-            b.update()
-            .where(b.c.bill_id == _p("b_id"))
-            .values(
-                paid_amount=b.c.paid_amount + _p("b_p", sa.BigInteger),
-                late_fee_paid=b.c.late_fee_paid + _p("b_l", sa.BigInteger),
-            )
-        )
         self.payment_insert = p.insert()
         self.allocations_insert = a.insert()
         self.allocations = (
@@ -115,11 +107,6 @@ class HotStatements:
         self.prepaid_add = pp.update().where(pp.c.customer_no == _p("k_cust")).values(
             balance=pp.c.balance + _p("k_delta", sa.BigInteger), updated_at=_p("k_now"))
         self.prepaid_insert = pp.insert()
-        self.n8_payment_insert = n8["payment"].insert()
-        self.n8_items_insert = n8["payment_item"].insert()
-        n8p = n8["payment"]
-        self.n8_payment_set_status = n8p.update().where(n8p.c.pay_id == _p("k_pay")).values(
-            status=_p("k_status"))
         self.undo_insert = model.undo.insert()
         self.audit = model.audit.insert()
 
@@ -134,17 +121,58 @@ class HotStatements:
 
 
 class Tx:
-    def __init__(self, conn: sa.Connection, store):
+    """One transaction.  ``conn`` is the gateway's database; N8's tables are read
+    and written on :attr:`n8conn`, the same connection unless N8 is a database
+    of its own (``[n8.database]``), when it is a second connection in a second
+    transaction, opened on first use and committed after the gateway's
+    (:mod:`bankgate.store.n8outbox`)."""
+
+    def __init__(self, conn: sa.Connection, store, n8conn: sa.Connection | None = None):
         self.conn = conn
         self.store = store
         self.n8 = store.n8
         self.lock = store.row_locks
+        self.split = store.split
+        # row locks on N8's rows: N8's own database decides (SQLite locks the file)
+        self.n8lock = store.n8_row_locks
+        self._n8conn = n8conn if self.split else conn
+        self._n8_open = None  # split: opens N8's connection and transaction on first use
+        # split: N8's operations of this transaction, for the outbox (bankgate.store.n8write)
+        self.n8_ops: list[tuple[str, dict]] = []
+        self.journal_id: int | None = None  # the journal row this transaction claimed
+        self.receipt_no: str | None = None  # the payment it posted or undid, for the outbox
         self.sql: HotStatements = store.statements
         # PostgreSQL's folded statements (bankgate.store.pghot), or None: the generic path
         self.hot = store.hot_path
+        # N8 apart: the folded statements (bankgate.store.splithot), or None: the generic path
+        self.shot = getattr(store, "split_hot", None) if self.split else None
+        # split: the outbox row the payment's post wrote itself (id, operations in it,
+        # outbox ids it deleted), or None: bankgate.store.n8outbox.run_split writes it
+        self.outbox_row: tuple[int, int, list[int]] | None = None
+
+    @property
+    def n8conn(self) -> sa.Connection:
+        """N8's connection (the gateway's own unless N8 is a database of its own)."""
+        if self._n8conn is None:
+            self._n8conn = self._n8_open()
+        return self._n8conn
 
     def _x(self, stmt, params=None):
         return self.conn.execute(stmt, params) if params is not None else self.conn.execute(stmt)
+
+    def _n(self, stmt, params=None):
+        """Execute on N8's connection."""
+        c = self.n8conn
+        return c.execute(stmt, params) if params is not None else c.execute(stmt)
+
+    def n8_do(self, op: str, **args):
+        """Apply N8 operation ``op`` (:mod:`bankgate.store.n8write`) through the
+        store's posting adapter, now, in N8's transaction; with N8 apart it is
+        also kept for the outbox, so it is applied even if N8's commit is lost."""
+        result = self.store.writer.apply(self.n8conn, op, args)
+        if self.split:
+            self.n8_ops.append((op, args))
+        return result
 
     # -- journal ---------------------------------------------------------------
 
@@ -167,7 +195,8 @@ class Tx:
             })
         except sa.exc.IntegrityError:
             raise Duplicate(serial) from None
-        return r.inserted_primary_key[0]
+        self.journal_id = r.inserted_primary_key[0]
+        return self.journal_id
 
     def journal_get(self, bank: str, trade_date: date, serial: str) -> dict | None:
         rows = _dicts(self._x(self.sql.journal_get,
@@ -177,6 +206,16 @@ class Tx:
         row = rows[0]
         row["result"] = json.loads(row["result"]) if row["result"] else {}
         return row
+
+    def finish_n8(self, journal_id: int) -> None:
+        """With N8 apart: apply to N8 what this journal row's transaction left in
+        the outbox (its N8 commit failed), so its answer may be given; raises
+        :class:`~bankgate.store.errors.N8Unavailable` while N8 refuses."""
+        if not self.split:
+            return
+        o = model.n8_outbox
+        for (oid,) in self._x(sa.select(o.c.id).where(o.c.journal_id == journal_id)).all():
+            n8outbox.apply_row(self.store, oid)
 
     def block(self, bank: str, trade_date: date, serial: str, now: datetime) -> bool:
         """Remember that a reversal came before the payment ``serial``.
@@ -215,6 +254,8 @@ class Tx:
         statement on PostgreSQL, two elsewhere."""
         if self.hot is not None:
             return self.hot.query(self.conn, customer_no, bank, trade_date)
+        if self.shot is not None:  # N8 apart: one statement on each side
+            return self.shot.query(self, customer_no, bank, trade_date)
         cust = self.customer_context(customer_no, bank, trade_date)
         return cust, self.open_bills(customer_no) if cust is not None else []
 
@@ -239,6 +280,12 @@ class Tx:
                 # (another first payment of the date): lock it in a statement of its own
                 cust["bg_closed"] = self.lock_day(bank, trade_date)
             return jid, cust, bills
+        if self.shot is not None:  # N8 apart: one statement on each side (bankgate.store.splithot)
+            try:
+                return self.shot.claim(self, bank, trade_date, serial, kind, content, now,
+                                       customer_no)
+            except sa.exc.IntegrityError:
+                raise Duplicate(serial) from None
         jid = self.claim(bank, trade_date, serial, kind, content, now)
         # the date's row before the bills: a payment never waits for a cut-off holding bills
         closed = self.lock_day(bank, trade_date) if self.lock else False
@@ -260,13 +307,14 @@ class Tx:
             if journal is not None:
                 journal = (journal[0], journal[1], json.dumps(journal[2], sort_keys=True))
             return self.hot.post(self.conn, payment, rows, n8, journal)
+        if self.shot is not None:  # N8 apart: bankgate.store.splithot
+            return self.shot.post(self, payment, rows, n8, journal)
         pid = self.payment_insert(**payment)
         self.allocations_insert(pid, rows)
-        self.apply_allocations(rows, +1)
         if payment["prepaid_in"]:
             self.prepaid_add(payment["customer_no"], payment["prepaid_in"],
                              payment["created_at"])
-        self.n8_payment_insert(**n8, items=rows)
+        self.n8_post(**n8, items=rows)
         if journal is not None:
             self.journal_finish(journal[0], journal[1], journal[2], pid)
         return pid
@@ -356,12 +404,24 @@ class Tx:
     # -- N8: customers, tariffs, bills -------------------------------------------
 
     def customer(self, customer_no: str) -> dict | None:
-        rows = _dicts(self._x(self.sql.customer, {"k_cust": customer_no}))
+        rows = _dicts(self._n(self.sql.customer, {"k_cust": customer_no}))
         return rows[0] if rows else None
 
     def customer_context(self, customer_no: str, bank: str, trade_date: date) -> dict | None:
         """The customer, plus ``bg_closed`` (is the bank's trade date closed)
-        and ``bg_prepaid`` (the prepaid balance): one round trip."""
+        and ``bg_prepaid`` (the prepaid balance): one round trip (three with N8
+        apart: the customer from N8, the rest from the gateway's database)."""
+        if self.split:
+            row = self.customer(customer_no)
+            if row is None:
+                return None
+            if self.shot is not None:  # the two of the gateway's in one
+                row["bg_closed"], row["bg_prepaid"] = self.shot.context(
+                    self.conn, customer_no, bank, trade_date)
+                return row
+            row["bg_closed"] = self.is_closed(bank, trade_date)
+            row["bg_prepaid"] = self.prepaid_get(customer_no)
+            return row
         rows = _dicts(self._x(self.sql.customer_context,
                               {"k_cust": customer_no, "k_bank": bank, "k_date": trade_date}))
         if not rows:
@@ -381,32 +441,20 @@ class Tx:
         )
         q = (sa.select(c.c.customer_no).where(c.c.status == "A", open_bill)
              .order_by(c.c.customer_no).limit(limit))
-        return [str(r[0]) for r in self._x(q)]
+        return [str(r[0]) for r in self._n(q)]
 
     def tariffs(self) -> dict[tuple[str, str], dict]:
         t = self.n8["tariff"]
-        return {(r["fee_type"], r["customer_class"]): r for r in _dicts(self._x(_select(t)))}
+        return {(r["fee_type"], r["customer_class"]): r for r in _dicts(self._n(_select(t)))}
 
     def open_bills(self, customer_no: str, lock: bool = False) -> list[dict]:
         """The customer's bills with principal outstanding, oldest first."""
-        q = self.sql.open_bills_locked if lock and self.lock else self.sql.open_bills
-        return _dicts(self._x(q, {"k_cust": customer_no}))
+        q = self.sql.open_bills_locked if lock and self.n8lock else self.sql.open_bills
+        return _dicts(self._n(q, {"k_cust": customer_no}))
 
     def bills(self, bill_ids: list[str]) -> list[dict]:
         b = self.n8["bill"]
-        return _dicts(self._x(_select(b).where(b.c.bill_id.in_(bill_ids))))
-
-    def apply_allocations(self, rows: list[dict], sign: int) -> None:
-        """Add (sign=+1) or take back (sign=-1) allocations on the bills."""
-        if not rows:
-            return
-        self._x(
-            self.sql.apply_allocations,
-            [
-                {"b_id": r["bill_id"], "b_p": sign * r["principal"], "b_l": sign * r["late_fee"]}
-                for r in rows
-            ],
-        )
+        return _dicts(self._n(_select(b).where(b.c.bill_id.in_(bill_ids))))
 
     # -- gateway payments ----------------------------------------------------------
 
@@ -501,26 +549,29 @@ class Tx:
 
     # -- N8's payment records ---------------------------------------------------------
 
-    def n8_payment_insert(self, pay_id: str, customer_no: str, amount: int, pay_date: date,
-                          bank_code: str, bank_serial: str, channel: str, status: str,
-                          now: datetime, items: list[dict]) -> None:
-        self._x(self.sql.n8_payment_insert, {
+    def n8_post(self, pay_id: str, customer_no: str, amount: int, pay_date: date,
+                bank_code: str, bank_serial: str, channel: str, status: str,
+                now: datetime, items: list[dict]) -> None:
+        """N8's payment record and its ``items`` onto the bills (operation ``post``)."""
+        self.receipt_no = pay_id
+        self.n8_do("post", pay={
             "pay_id": pay_id, "customer_no": customer_no, "amount": amount,
             "pay_date": pay_date, "bank_code": bank_code, "bank_serial": bank_serial,
             "channel": channel, "status": status, "created_at": now,
-        })
-        if items:
-            self._x(
-                self.sql.n8_items_insert,
-                [
-                    {"pay_id": pay_id, "bill_id": i["bill_id"], "principal": i["principal"],
-                     "late_fee": i["late_fee"]}
-                    for i in items
-                ],
-            )
+        }, items=[{"bill_id": i["bill_id"], "principal": i["principal"],
+                   "late_fee": i["late_fee"]} for i in items])
 
-    def n8_payment_set_status(self, pay_id: str, status: str) -> None:
-        self._x(self.sql.n8_payment_set_status, {"k_pay": pay_id, "k_status": status})
+    def n8_undo(self, pay_id: str, items: list[dict]) -> None:
+        """N8's payment cancelled and its ``items`` taken back off the bills."""
+        self.receipt_no = pay_id
+        self.n8_do("undo", pay_id=pay_id, items=[
+            {"bill_id": i["bill_id"], "principal": i["principal"], "late_fee": i["late_fee"]}
+            for i in items])
+
+    def n8_confirm(self, pay_id: str) -> None:
+        """A pending (two-phase) payment made normal in N8."""
+        self.receipt_no = pay_id
+        self.n8_do("confirm", pay_id=pay_id)
 
     # -- audit -------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from bankgate.store import model
 from bankgate.store.db import Retry
 from bankgate.store.dialects import lock_rows
+from bankgate.store.n8join import outer_join
 from bankgate.store.tx import Tx, _dicts, _select
 
 #: debit statuses that keep the bills busy (no second debit, no batch line)
@@ -51,15 +52,12 @@ def agreement_set(tx: Tx, customer_no: str, bank_code: str | None, account_no: s
     account in N8; audited.  Returns the customer as it was, ``None`` if unknown."""
     c = tx.n8["customer"]
     q = _select(c).where(c.c.customer_no == customer_no)
-    if tx.lock:
+    if tx.n8lock:
         q = lock_rows(q, c)
-    rows = _dicts(tx.conn.execute(q))
+    rows = _dicts(tx.n8conn.execute(q))
     if not rows:
         return None
-    tx.conn.execute(
-        c.update().where(c.c.customer_no == customer_no)
-        .values(withholding_bank=bank_code, withholding_account=account_no)
-    )
+    tx.n8_do("agreement", customer_no=customer_no, bank_code=bank_code, account_no=account_no)
     tx.audit(now, actor, action, customer_no, detail)
     return rows[0]
 
@@ -83,7 +81,7 @@ def agreements(tx: Tx, bank_codes: Iterable[str] | None = None, limit: int | Non
         q = q.where(c.c.customer_no == customer_no)
     if limit:
         q = q.limit(limit)
-    return [r for r in _dicts(tx.conn.execute(q))
+    return [r for r in _dicts(tx.n8conn.execute(q))
             if (r["withholding_account"] or "").strip() and (r["withholding_bank"] or "").strip()]
 
 
@@ -162,7 +160,7 @@ def batch_candidates(tx: Tx, bank_code: str, large: bool | None = None) -> list[
         q = q.where(c.c.large_customer == 1)
     elif large is False:
         q = q.where(sa.or_(c.c.large_customer.is_(None), c.c.large_customer != 1))
-    return [r for r in _dicts(tx.conn.execute(q)) if (r["account_no"] or "").strip()]
+    return [r for r in _dicts(tx.n8conn.execute(q)) if (r["account_no"] or "").strip()]
 
 
 def batch_create(tx: Tx, bank: str, deduct_date: date, name_for, lines: list[dict],
@@ -229,6 +227,12 @@ def batch_lines(tx: Tx, batch_id: int) -> list[dict]:
     bill's period from N8 (outer joins: a line survives a deleted bill)."""
     ln = model.wh_line
     c, b = tx.n8["customer"], tx.n8["bill"]
+    if tx.split:  # N8 in a database of its own: the customers and bills of the lines
+        rows = _dicts(tx.conn.execute(
+            sa.select(ln).where(ln.c.batch_id == batch_id).order_by(ln.c.line_no)))
+        outer_join(tx.n8conn, rows, "customer_no", c.c.customer_no,
+                   {"name": c.c.name, "large_customer": c.c.large_customer})
+        return outer_join(tx.n8conn, rows, "bill_id", b.c.bill_id, {"period": b.c.period})
     q = (
         sa.select(ln, c.c.name.label("name"), c.c.large_customer.label("large_customer"),
                   b.c.period.label("period"))

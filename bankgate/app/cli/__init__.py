@@ -11,6 +11,7 @@ from bankgate.app.cli import (
     backup,
     common,
     invoices,
+    n8,
     recon,
     status,
     withholding,
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_cli(sub)
     report_cli.add_cli(sub)
     user_cli.add_cli(sub, _load, _store)
+    n8.add_parsers(sub)  # bankgate n8 check, ...
     return p
 
 

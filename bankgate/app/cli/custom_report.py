@@ -39,9 +39,11 @@ def cmd_check(args) -> int:
     defn = _definition(ref, cfg)
     store = wiring.store(cfg)  # the mapping and the dialect: no connection is made
     try:
-        print(custom_reports.describe(defn, store.n8, store.engine.dialect))
+        # the SQL runs on N8's database (its own with [n8.database]): in its dialect
+        print(custom_reports.describe(defn, store.n8, store.n8_engine.dialect))
     finally:
         store.engine.dispose()
+        store.n8_engine.dispose()
     if defn.name in reports.CATALOGUE:
         print(f"  note: {defn.name!r} is a standard report's name: `bankgate report"
               f" {defn.name}` runs the standard one; run this one with --definition,"

@@ -1,6 +1,7 @@
 """``/healthz``: may a load balancer send this gateway traffic?
 
-``200`` with ``{"status": "ok", ...}`` when the database answers, every bank
+``200`` with ``{"status": "ok", ...}`` when the database answers (and N8's, when
+it is a database of its own: the check ``n8 database``), every bank
 listens on all its endpoints and every scheduler runs; ``503`` with
 ``{"status": "fail", "reasons": [...]}`` naming what is wrong otherwise.
 
@@ -35,42 +36,54 @@ class HealthCheck:
         self.checks = checks or list
         if timeout is not None:
             self.timeout = timeout
-        self._waiters: list[defer.Deferred] | None = None
+        self._waiters: dict[str, list[defer.Deferred]] = {}
 
     def database(self) -> defer.Deferred:
         """A Deferred of ``None`` (it answered) or the reason it did not."""
+        return self._probe("database", sql.ping)
+
+    def n8_database(self) -> defer.Deferred:
+        """The same for N8's database when it is one of its own (``[n8.database]``)."""
+        return self._probe("n8 database", sql.ping_n8)
+
+    def _probe(self, what: str, ping) -> defer.Deferred:
         waiter: defer.Deferred = defer.Deferred()
-        if self._waiters is not None:
-            self._waiters.append(waiter)
+        if what in self._waiters:
+            self._waiters[what].append(waiter)
             return waiter
-        self._waiters = [waiter]
+        self._waiters[what] = [waiter]
         try:
-            d = self.store.call(sql.ping, self.store)
+            d = self.store.call(ping, self.store)
         except Exception as e:  # noqa: BLE001 -- a store not started: say so
             d = defer.fail(e)
         d.addTimeout(self.timeout, self.clock)
-        d.addCallbacks(lambda _: None, self._why)
-        d.addBoth(self._answered)
+        d.addCallbacks(lambda _: None, self._why, errbackArgs=(what,))
+        d.addBoth(self._answered, what)
         return waiter
 
-    def _why(self, failure) -> str:
+    def _why(self, failure, what: str = "database") -> str:
         if failure.check(defer.TimeoutError):
-            return f"database: no answer within {self.timeout:g} s"
+            return f"{what}: no answer within {self.timeout:g} s"
         text = " ".join(str(failure.value).split()) or failure.type.__name__
-        return f"database: {text[:200]}"
+        return f"{what}: {text[:200]}"
 
-    def _answered(self, reason):
-        waiters, self._waiters = self._waiters or [], None
-        for w in waiters:
+    def _answered(self, reason, what: str = "database"):
+        for w in self._waiters.pop(what, []):
             w.callback(reason)
 
     def check(self) -> defer.Deferred:
         """A Deferred of ``(ok, report)``; ``report`` is the JSON body."""
         others = [(what, why) for what, why in self.checks()]
+        probes = [("database", self.database())]
+        if getattr(self.store, "split", False):  # N8 in a database of its own
+            probes.append(("n8 database", self.n8_database()))
 
-        def done(db_reason):
-            report = {"database": "ok" if db_reason is None else "fail"}
-            reasons = [] if db_reason is None else [db_reason]
+        def done(db_reasons):
+            report, reasons = {}, []
+            for (what, _), why in zip(probes, db_reasons, strict=True):
+                report[what] = "ok" if why is None else "fail"
+                if why is not None:
+                    reasons.append(why)
             for what, why in others:
                 report[what] = "ok" if why is None else "fail"
                 if why is not None:
@@ -80,7 +93,7 @@ class HealthCheck:
                 body["reasons"] = reasons
             return not reasons, body
 
-        return self.database().addCallback(done)
+        return defer.gatherResults([d for _, d in probes]).addCallback(done)
 
 
 class HealthResource(Resource):

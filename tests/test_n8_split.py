@@ -1,0 +1,174 @@
+"""N8 in a database of its own ([n8.database]): exactly once across two databases.
+
+The gateway's journal is the record; N8's writes go into N8's transaction and
+into the gateway's outbox; the gateway commits, then N8, then the outbox row
+goes.  These tests break each step: N8 refusing its commit after the gateway's,
+N8 unreachable, a repair applied twice; and check the books on both sides.
+"""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from conftest import BANKS, make_store, seed_fixture
+from ledger_helpers import bills, check_books, count, pay, query, rev
+
+from bankgate.canon.messages import Outcome
+from bankgate.domain.ledger import Ledger
+from bankgate.store import model, n8outbox
+from bankgate.store.errors import N8Unavailable, StoreUnavailable
+
+PAIRS = ["sqlite+sqlite", "postgres+mariadb", "mariadb+postgres"]
+
+
+@pytest.fixture(params=PAIRS)
+def split(request, tmp_path, clock):
+    store = make_store(request.param, tmp_path)
+    seed_fixture(store)
+    store.initial_paid = bills(store)
+    yield store, Ledger(store, dict(BANKS), now=clock)
+    store.drop_all()
+    store.stop()
+
+
+def _tables(engine) -> set[str]:
+    return {t.lower() for t in sa.inspect(engine).get_table_names()}
+
+
+class _FailingCommit:
+    """Make N8's next commits fail, as a database that went away would."""
+
+    def __init__(self, store, times: int = 1):
+        self.store, self.times = store, times
+
+    def __enter__(self):
+        sa.event.listen(self.store.n8_engine, "commit", self._commit)
+        return self
+
+    def _commit(self, conn):
+        if self.times > 0:
+            self.times -= 1
+            raise sa.exc.OperationalError("COMMIT", {}, Exception("N8 went away"))
+
+    def __exit__(self, *exc):
+        sa.event.remove(self.store.n8_engine, "commit", self._commit)
+
+
+def test_each_side_holds_only_its_own_tables(split):
+    store, ledger = split
+    assert store.split
+    gw, n8 = _tables(store.engine), _tables(store.n8_engine)
+    assert "bg_journal" in gw and "bg_journal" not in n8
+    assert store.n8["bill"].name.lower() in n8 and store.n8["bill"].name.lower() not in gw
+
+
+def test_payment_posts_on_both_sides_once(split):
+    store, ledger = split
+    r = ledger.pay(pay("S1"))
+    assert r.outcome is Outcome.OK
+    assert count(store, model.payment) == 1
+    assert count(store, store.n8["payment"]) == 1
+    # N8 committed: the outbox row is known applied, and deleted with the next batch
+    assert len(store.outbox_done) == 1
+    assert n8outbox.clear_done(store) == 1
+    assert count(store, model.n8_outbox) == 0
+    again = ledger.pay(pay("S1"))
+    assert again.outcome is Outcome.OK and again.retry
+    assert count(store, store.n8["payment"]) == 1
+    check_books(store)
+    q = ledger.query(query())
+    assert q.outcome is Outcome.NOTHING_DUE
+
+
+def test_n8_commit_lost_after_the_gateways_is_busy_then_repaired(split):
+    store, ledger = split
+    before = bills(store)
+    with _FailingCommit(store):
+        with pytest.raises(N8Unavailable):
+            ledger.pay(pay("S1"))
+    # the gateway holds the payment and the outbox row; N8 has nothing yet
+    assert count(store, model.payment) == 1
+    assert count(store, model.n8_outbox) == 1
+    assert count(store, store.n8["payment"]) == 0
+    assert bills(store) == before
+    # a repeat while N8 still refuses is not answered
+    with _FailingCommit(store, times=5):
+        with pytest.raises(StoreUnavailable):
+            ledger.pay(pay("S1"))
+    assert count(store, store.n8["payment"]) == 0
+    # a repeat once N8 is back finishes N8's side and gives the first answer
+    r = ledger.pay(pay("S1"))
+    assert r.outcome is Outcome.OK and r.retry
+    assert count(store, model.n8_outbox) == 0
+    assert count(store, store.n8["payment"]) == 1
+    check_books(store)
+
+
+def test_applied_rows_are_deleted_in_batches_by_later_transactions(split):
+    store, ledger = split
+    for i in range(n8outbox.CLEAR_BATCH):
+        assert ledger.pay(pay(f"S{i}", amount=100, bank="any")).outcome is Outcome.OK
+    assert count(store, model.n8_outbox) == n8outbox.CLEAR_BATCH
+    # the next transaction writing the outbox deletes the batch N8 has committed
+    assert ledger.pay(pay("S-last", amount=100, bank="any")).outcome is Outcome.OK
+    assert count(store, model.n8_outbox) == 1
+    assert n8outbox.repair(store) == (0, 0)  # the last one: known applied, deleted
+    assert count(store, model.n8_outbox) == 0
+    assert count(store, store.n8["payment"]) == n8outbox.CLEAR_BATCH + 1
+    check_books(store)
+
+
+def test_repair_applies_once_and_a_second_repair_changes_nothing(split):
+    store, ledger = split
+    with _FailingCommit(store):
+        with pytest.raises(N8Unavailable):
+            ledger.pay(pay("S1"))
+    (row,) = n8outbox.pending(store.engine)
+    assert [op for op, _ in row["ops"]] == ["post"]
+    assert n8outbox.repair(store) == (1, 0)
+    after = bills(store)
+    check_books(store)
+    # the same operations applied again (a repair that died before deleting its row)
+    with store.n8_engine.begin() as c:
+        for op, args in row["ops"]:
+            store.writer.apply(c, op, args, replay=True)
+    assert bills(store) == after
+    assert count(store, store.n8["payment"]) == 1
+    check_books(store)
+
+
+def test_reversal_lost_on_n8_is_repaired(split):
+    store, ledger = split
+    assert ledger.pay(pay("S1")).outcome is Outcome.OK
+    with _FailingCommit(store):
+        with pytest.raises(N8Unavailable):
+            ledger.reverse(rev("R1", "S1"))
+    # the payment's row (applied, not deleted yet) and the reversal's (not applied)
+    assert count(store, model.n8_outbox) == 2
+    assert n8outbox.repair(store) == (1, 0)
+    r = ledger.reverse(rev("R1", "S1"))
+    assert r.outcome is Outcome.OK and r.retry
+    assert bills(store) == store.initial_paid
+    check_books(store)
+
+
+def test_n8_unreachable_answers_busy_and_writes_nothing(split, tmp_path):
+    store, ledger = split
+    real = store.n8_engine
+    store.n8_engine = sa.create_engine(
+        "postgresql+psycopg://nobody@127.0.0.1:1/none" if store.n8_dialect != "sqlite"
+        else f"sqlite:///{tmp_path / 'missing' / 'n8.db'}")
+    try:
+        with pytest.raises(StoreUnavailable):
+            ledger.pay(pay("S1"))
+        with pytest.raises(StoreUnavailable):
+            ledger.query(query())
+    finally:
+        store.n8_engine.dispose()
+        store.n8_engine = real
+    store.release_reader()
+    assert count(store, model.journal) == 0
+    assert count(store, model.payment) == 0
+    assert count(store, model.n8_outbox) == 0
+    assert ledger.pay(pay("S1")).outcome is Outcome.OK
+    check_books(store)

@@ -1,0 +1,459 @@
+"""N8 in a database of its own: the folded statements (bankgate/store/splithot.py)
+against the generic path.
+
+Two stores on the same pair of databases, one folded and one with
+``hot_path=False``: the same requests must give the same answers and leave the
+same rows on both sides (the gateway's books, N8's bills and records, the outbox's
+operations).  Also: the path is chosen by dialect, driver, mapping and adapter; the
+claim locks the customer's open bills on N8; a hook's N8 operation after the
+folded post goes into the same outbox row; the batched outbox deletion; a failure
+in N8's write after the gateway's folded post leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from conftest import BANKS, LEGACY, NOW, FakeClock, make_store, seed_fixture
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from ledger_helpers import TODAY, bills, check_books, clear, count, pay, query, rev
+
+from bankgate.canon.messages import Outcome
+from bankgate.domain.ledger import BankPolicy, Ledger, _Bill, allocate, late_fee
+from bankgate.store import model, n8outbox
+from bankgate.store.db import Store
+from bankgate.store.errors import StoreUnavailable
+from bankgate.store.n8write import decode
+
+CUSTOMER = "200000001"
+PPM = {"01": 500, "02": 0, "03": 1000}  # late fee per day, parts per million (class R)
+PAIRS = ["postgres+mariadb", "mariadb+postgres", "sqlite+mariadb"]
+
+
+@pytest.fixture(scope="module", params=PAIRS)
+def stores(request, tmp_path_factory):
+    hot = make_store(request.param, tmp_path_factory.mktemp("split"))
+    generic = Store(hot.url, hot.mapping, threads=2, n8_url=hot.n8_url, hot_path=False)
+    yield hot, generic
+    generic.stop()
+    hot.outbox_done.clear()
+    hot.drop_all()
+    hot.stop()
+
+
+def _fresh(store: Store) -> None:
+    clear(store)
+    store.outbox_done.clear()
+
+
+# -- which path ----------------------------------------------------------------------------
+
+
+def test_the_path_is_chosen_by_dialect_driver_mapping_and_adapter(tmp_path):
+    """Folded only with N8 apart, on pymysql or psycopg, with the reference units
+    and the direct adapter; the gateway's side only on PostgreSQL (psycopg)."""
+    pg, my = "postgresql+psycopg://u@h/gw", "mysql+pymysql://u@h/n8"  # never connect
+    s = Store(pg, n8_url=my)
+    assert s.split_hot is not None and s.split_hot.gw is not None
+    assert s.split_hot.n8.pg is False and s.hot_path is None
+    assert "FOR UPDATE" in s.split_hot.n8.lock_sql and "n8_bill AS b" in s.split_hot.n8.lock_sql
+    s = Store(my.replace("/n8", "/gw"), n8_url=pg.replace("/gw", "/n8"))
+    assert s.split_hot is not None and s.split_hot.gw is None and s.split_hot.n8.pg
+    assert "MATERIALIZED" in s.split_hot.n8.lock_sql
+    off = [
+        Store(pg),  # N8 beside the gateway: pghot's
+        Store(pg, n8_url=my, hot_path=False),
+        Store(pg, LEGACY, n8_url=my),  # values converted: the generic path
+        Store(pg, n8_url=f"sqlite:///{tmp_path / 'n8.db'}"),
+        Store(f"sqlite:///{tmp_path / 'gw.db'}", n8_url=f"sqlite:///{tmp_path / 'n8b.db'}"),
+    ]
+
+    class Procedure:  # another posting adapter
+        name = "procedure"
+
+        def __init__(self, n8, row_locks):
+            pass
+
+    off.append(Store(pg, n8_url=my, writer=Procedure))
+    for store in off:
+        assert store.split_hot is None, store.url
+        store.stop()
+
+
+def test_the_folded_sql_is_built_once_per_number_of_bills():
+    store = Store("postgresql+psycopg://u@h/gw", n8_url="mysql+pymysql://u@h/n8")
+    n8 = store.split_hot.n8
+    assert n8.bills_sql(3) is n8.bills_sql(3) and n8.items_sql(2) is n8.items_sql(2)
+    sql = n8.bills_sql(2)
+    assert sql.count("WHEN") == 4 and "IN (%(b0)s, %(b1)s)" in sql
+    assert n8.items_sql(3).count("(%(rec_pay_id)s,") == 3
+    gw = store.split_hot.gw
+    for text in (gw.claim_sql, gw.post_sql, gw.post_finish_sql):
+        assert "n8_" not in text.replace("bg_n8_outbox", "")  # the gateway's tables only
+    assert "bg_n8_outbox" in gw.post_sql and "DELETE" in gw.post_sql
+    store.stop()
+
+
+# -- both paths, same rows ------------------------------------------------------------------
+
+bill_sets = st.lists(
+    st.tuples(
+        st.sampled_from(sorted(PPM)),  # fee type
+        st.sampled_from(["2025-01", "2025-02", "2025-03"]),  # period (ties: bill id order)
+        st.integers(1, 400_000),  # amount
+        st.floats(0, 1),  # share already paid (1: a paid bill, not open)
+        st.integers(0, 3000),  # late fee already paid
+        st.integers(-400, 60),  # due date, days from the trade date
+    ),
+    min_size=0, max_size=5,
+)
+
+
+def _seed(store: Store, spec: list[tuple], status: str = "A", prepaid: int = 0) -> None:
+    n8 = store.n8
+    with store.n8_engine.begin() as c:
+        c.execute(n8["tariff"].insert(), [
+            {"fee_type": f, "customer_class": "R", "unit_price": 100, "late_fee_ppm": ppm}
+            for f, ppm in PPM.items()])
+        c.execute(n8["customer"].insert(), [{"customer_no": CUSTOMER, "name": "赵六",
+                                             "address": None, "customer_class": "R",
+                                             "status": status}])
+        # bill ids in reverse of the list order, so the list order is not the bills' order
+        for i, (fee, period, amount, share, late_paid, due) in enumerate(spec):
+            c.execute(n8["bill"].insert().values(
+                bill_id=f"H{9 - i}", customer_no=CUSTOMER, fee_type=fee, period=period,
+                amount=amount, paid_amount=int(amount * share), late_fee_paid=late_paid,
+                due_date=TODAY + timedelta(days=due)))
+    if prepaid:
+        with store.engine.begin() as c:
+            c.execute(model.prepaid.insert().values(customer_no=CUSTOMER, balance=prepaid,
+                                                    updated_at=NOW))
+
+
+def _expected_dues(spec: list[tuple]) -> list[_Bill]:
+    out = []
+    for i, (fee, period, amount, share, late_paid, due) in enumerate(spec):
+        outstanding = amount - int(amount * share)
+        if outstanding > 0:
+            out.append(_Bill(f"H{9 - i}", fee, period, outstanding, late_fee(
+                outstanding, TODAY + timedelta(days=due), TODAY, PPM[fee], late_paid)))
+    return sorted(out, key=lambda b: (b.period, b.bill_id))
+
+
+def _rows(conn, table, order) -> list[dict]:
+    return [dict(r) for r in conn.execute(
+        sa.select(*[c.label(c.key) for c in table.c]).order_by(*order)).mappings()]
+
+
+def _books(store: Store) -> dict:
+    """Every row a payment writes on both sides, receipt numbers as their order."""
+    p, a, j, o = model.payment, model.allocation, model.journal, model.n8_outbox
+    n8p, n8i = store.n8["payment"], store.n8["payment_item"]
+    with store.engine.connect() as c:
+        pays = _rows(c, p, [p.c.id])
+        receipts = {r["receipt_no"]: k for k, r in enumerate(pays)}
+        out = {
+            "payments": [{k: v for k, v in r.items() if k not in ("id", "receipt_no")}
+                         for r in pays],
+            "allocations": [tuple(r) for r in c.execute(
+                sa.select(a.c.bill_id, a.c.principal, a.c.late_fee).order_by(a.c.id))],
+            "prepaid": [tuple(r) for r in c.execute(
+                sa.select(model.prepaid.c.customer_no, model.prepaid.c.balance)
+                .order_by(model.prepaid.c.customer_no))],
+            "journal": [(r["kind"], r["serial"], r["outcome"], _no_receipt(r["result"]),
+                         r["payment_id"] is not None) for r in _rows(c, j, [j.c.id])],
+            "outbox": [(receipts.get(r["receipt_no"]), _ops(r["ops"], receipts))
+                       for r in _rows(c, o, [o.c.id])],
+        }
+    with store.n8_engine.connect() as c:
+        out["bills"] = bills(store)
+        out["n8"] = [(receipts[r["pay_id"]], *(r[k] for k in (
+            "customer_no", "amount", "pay_date", "bank_code", "bank_serial", "channel",
+            "status"))) for r in _rows(c, n8p, [n8p.c.pay_id])]
+        out["n8_items"] = sorted((receipts[r["pay_id"]], r["bill_id"], r["principal"],
+                                  r["late_fee"]) for r in _rows(c, n8i, [n8i.c.pay_id]))
+    out["n8"].sort()
+    return out
+
+
+def _no_receipt(result: str | None) -> str | None:
+    import json
+
+    if not result:
+        return result
+    d = json.loads(result)
+    d.pop("receipt_no", None)
+    return json.dumps(d, sort_keys=True)
+
+
+def _ops(text: str, receipts: dict) -> list:
+    out = []
+    for op, args in decode(text):
+        args = dict(args)
+        if "pay" in args:
+            args["pay"] = {**args["pay"], "pay_id": receipts.get(args["pay"]["pay_id"])}
+        if "pay_id" in args:
+            args["pay_id"] = receipts.get(args["pay_id"])
+        out.append((op, args))
+    return out
+
+
+def _run(store: Store, spec, status, prepaid, amount_of, named, serial="P1"):
+    """Seed, query, pay (twice: the repeat), reverse, and read back everything."""
+    _fresh(store)
+    _seed(store, spec, status, prepaid)
+    ledger = Ledger(store, {"any": BankPolicy("any", "106210", policy="any")},
+                    now=FakeClock())
+    q = ledger.query(query(CUSTOMER, bank="any"))
+    amount = max(1, amount_of(q))
+    bill_ids = tuple(b.bill_id for b in q.bills[:named]) if named else ()
+    req = pay(serial, customer=CUSTOMER, amount=amount, bank="any", bill_ids=bill_ids)
+    first = ledger.pay(req)
+    again = ledger.pay(req)
+    after = ledger.query(query(CUSTOMER, bank="any"))
+    strip = lambda r: dataclasses.replace(r, receipt_no="")  # noqa: E731
+    return q, strip(first), strip(again), after, amount, bill_ids, _books(store)
+
+
+amounts = st.one_of(
+    st.just(lambda q: q.total),  # exactly what is due
+    st.integers(1, 1_500_000).map(lambda n: lambda q: n),  # partial, or an excess
+    st.integers(1, 20_000).map(lambda n: lambda q: q.total + n),  # due + an excess
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(spec=bill_sets, amount_of=amounts, named=st.sampled_from([0, 0, 0, 1, 2]),
+       prepaid=st.sampled_from([0, 0, 700]), status=st.sampled_from(["A"] * 5 + ["S"]))
+def test_both_paths_leave_the_same_books_and_allocate_as_allocate_does(
+        stores, spec, amount_of, named, prepaid, status):
+    hot, generic = stores
+    h = _run(hot, spec, status, prepaid, amount_of, named)
+    g = _run(generic, spec, status, prepaid, amount_of, named)
+    assert h == g  # answers, repeats, and every row written, on both sides
+    q, first, again, after, amount, bill_ids, books = h
+    event(f"pay {first.outcome.value}")
+    event(f"allocations: {min(len(books['allocations']), 3)}+")
+    assert again == dataclasses.replace(first, retry=True)
+    dues = _expected_dues(spec)
+    if status != "A":
+        assert q.outcome is Outcome.ACCOUNT_LOCKED and first.outcome is Outcome.ACCOUNT_LOCKED
+        return
+    assert [(b.bill_id, b.fee_type, b.period, b.amount, b.late_fee) for b in q.bills] == [
+        (b.bill_id, b.fee_type, b.period, b.outstanding, b.late) for b in dues]
+    assert q.prepaid_balance == prepaid
+    if first.outcome is not Outcome.OK:
+        assert books["payments"] == [] and books["n8"] == []
+        return
+    chosen = [b for b in dues if b.bill_id in bill_ids] if bill_ids else dues
+    rows, excess = allocate(chosen, amount)
+    assert books["allocations"] == [(r["bill_id"], r["principal"], r["late_fee"])
+                                    for r in rows]
+    assert books["n8_items"] == sorted((0, r["bill_id"], r["principal"], r["late_fee"])
+                                       for r in rows)
+    assert books["prepaid"] == ([(CUSTOMER, prepaid + excess)] if prepaid + excess else [])
+    assert after.total == first.remaining_due
+    for bill_id, (paid, late_paid) in books["bills"].items():
+        before = next(s for i, s in enumerate(spec) if f"H{9 - i}" == bill_id)
+        r = next((r for r in rows if r["bill_id"] == bill_id), {"principal": 0, "late_fee": 0})
+        assert (paid, late_paid) == (int(before[2] * before[3]) + r["principal"],
+                                     before[4] + r["late_fee"])
+
+
+def _day(store: Store, hooks=()) -> tuple[list, dict]:
+    """The fixture's customers through a day: queries, payments under every policy,
+    repeats, reversals (one before its payment), a cut-off, a payment after it."""
+    _fresh(store)
+    seed_fixture(store)
+    store.initial_paid = bills(store)
+    ledger = Ledger(store, dict(BANKS), now=FakeClock(), hooks=list(hooks))
+    got = [ledger.query(query(c)) for c in ("100000123", "100000200", "100000300",
+                                            "100000400", "999")]
+    for serial, (cust, amount, bank) in enumerate([
+        ("100000123", 548000, "fixed"), ("100000200", 1000, "fixed"),
+        ("100000200", 1000, "partial"), ("100000123", 99, "overpay"),
+        ("100000300", 5000, "any"), ("100000400", 5000, "any"), ("999", 5, "any"),
+        ("100000200", 1_200_000, "overpay"), ("100000123", 0, "any"),
+        ("100000200", 30000, "twophase"),
+    ]):
+        for _ in range(2):
+            r = ledger.pay(pay(f"F{serial}", customer=cust, amount=amount, bank=bank))
+            got.append(dataclasses.replace(r, receipt_no=""))
+    for serial, orig, cust, amount, bank in [
+        ("R1", "F2", "100000200", 1000, "partial"),  # a partial payment reversed
+        ("R2", "F0", "100000123", 548000, "fixed"),
+        ("R3", "F99", "100000123", 100, "fixed"),  # before its payment
+    ]:
+        for _ in range(2):
+            got.append(ledger.reverse(rev(serial, orig, customer=cust, amount=amount,
+                                          bank=bank)))
+    got.append(ledger.pay(pay("F99", customer="100000123", amount=100, bank="fixed")))
+    got.append(dataclasses.replace(
+        ledger.pay(pay("F20", customer="100000123", amount=548000, bank="fixed")),
+        receipt_no=""))
+    ledger.cutoff("fixed", TODAY)
+    got.append(ledger.pay(pay("F21", customer="100000200", amount=1000, bank="partial")))
+    got.append(ledger.pay(pay("F22", customer="100000200", amount=1000, bank="fixed")))
+    got += [ledger.query(query(c)) for c in ("100000123", "100000200")]
+    check_books(store)
+    # receipt numbers follow the journal's ids, which differ between the stores
+    got = [dataclasses.replace(r, receipt_no="") if hasattr(r, "receipt_no") else r
+           for r in got]
+    return got, _books(store)
+
+
+def test_a_day_of_payments_and_reversals_gives_the_same_answers_and_books(stores):
+    hot, generic = stores
+    h, g = _day(hot), _day(generic)
+    assert h == g
+    outcomes = {r.outcome for r in h[0]}
+    assert {Outcome.OK, Outcome.NOT_FOUND, Outcome.ACCOUNT_LOCKED, Outcome.NOTHING_DUE,
+            Outcome.AMOUNT_REJECTED, Outcome.REVERSED_FIRST, Outcome.DATE_CLOSED} <= outcomes
+    assert len(h[1]["n8"]) >= 5 and any(r[-1] == "C" for r in h[1]["n8"])  # a reversal
+
+
+class _Stamp:
+    """A hook writing to N8 after the payment (as the invoices do)."""
+
+    def after_post(self, tx, payment, allocations, now):
+        tx.n8_do("invoice_use", invoice_no=f"T{payment['serial']}",
+                 pay_id=payment["receipt_no"], customer_no=payment["customer_no"],
+                 amount=payment["amount"], now=now)
+        return {"invoice_no": f"T{payment['serial']}"}
+
+    def after_undo(self, tx, payment, kind, now):
+        tx.n8_do("invoice_void", invoice_no=f"T{payment['serial']}")
+
+
+def test_a_hooks_n8_operation_goes_into_the_folded_posts_outbox_row(stores):
+    hot, generic = stores
+    h, g = _day(hot, [_Stamp()]), _day(generic, [_Stamp()])
+    assert h == g
+    # (a repeat applies its row again and deletes it: the payments not repeated keep theirs)
+    posted = [ops for _, ops in h[1]["outbox"] if ops[0][0] == "post"]
+    assert posted and all([op for op, _ in ops] == ["post", "invoice_use"] for ops in posted)
+    inv = hot.n8["invoice"]
+    with hot.n8_engine.connect() as c:
+        issued = dict(c.execute(sa.select(inv.c.invoice_no, inv.c.status)).all())
+    assert issued["TF20"] == "I" and issued["TF0"] == "V"  # F0 was reversed
+
+
+def test_applied_outbox_rows_are_deleted_in_a_batch_by_a_later_payment(stores):
+    hot, generic = stores
+    for store in (hot, generic):
+        _fresh(store)
+        seed_fixture(store)
+        ledger = Ledger(store, dict(BANKS), now=FakeClock())
+        for i in range(n8outbox.CLEAR_BATCH + 1):
+            r = ledger.pay(pay(f"B{i}", customer="100000200", amount=100, bank="partial"))
+            assert r.outcome is Outcome.OK
+        # the 33rd payment deleted the 32 rows before it, in its own transaction
+        assert count(store, model.n8_outbox) == 1
+        assert list(store.outbox_done) == [_outbox_ids(store)[0]]
+
+
+def _outbox_ids(store: Store) -> list[int]:
+    o = model.n8_outbox
+    with store.engine.connect() as c:
+        return [r[0] for r in c.execute(sa.select(o.c.id).order_by(o.c.id))]
+
+
+# -- locks and failures ------------------------------------------------------------------
+
+
+def test_the_claim_locks_the_customers_open_bills_on_n8(stores):
+    hot, _ = stores
+    _fresh(hot)
+    seed_fixture(hot)
+    b = hot.n8["bill"]
+    seen = {}
+
+    def claim_then_try(tx):
+        jid, cust, open_rows = tx.claim_payment("fixed", TODAY, "L1", "PAY", "", NOW,
+                                                "100000123")
+        seen["bills"] = [r["bill_id"] for r in open_rows]
+        seen["customer"] = cust["customer_no"]
+        with hot.n8_engine.connect() as other:
+            try:
+                other.execute(sa.select(b.c.bill_id).where(b.c.bill_id == open_rows[0]["bill_id"])
+                              .with_for_update(nowait=True)).all()
+                seen["other"] = "got the lock"
+            except sa.exc.DBAPIError as e:
+                seen["other"] = type(e).__name__
+        raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError):
+        hot.run_sync(claim_then_try)
+    assert seen["customer"] == "100000123" and seen["bills"]
+    assert seen["other"] in ("OperationalError", "InternalError"), seen
+    assert count(hot, model.journal) == 0  # rolled back
+
+
+def test_a_failing_n8_write_after_the_folded_post_leaves_nothing(stores):
+    """N8 refuses the payment's items (an item of bill B0001, the payment's first)
+    after the gateway's folded post: the journal,
+    payment, outbox row -- nothing stays on either side, the outbox rows the post
+    had deleted are known applied still, and the request posts once N8 takes it."""
+    hot, _ = stores
+    _fresh(hot)
+    seed_fixture(hot)
+    hot.initial_paid = before = bills(hot)
+    ledger = Ledger(hot, dict(BANKS), now=FakeClock())
+    for i in range(n8outbox.CLEAR_BATCH):
+        assert ledger.pay(pay(f"B{i}", customer="100000200", amount=100,
+                              bank="partial")).outcome is Outcome.OK
+    done = list(hot.outbox_done)
+    assert len(done) == n8outbox.CLEAR_BATCH
+    before = bills(hot)
+    items = hot.n8["payment_item"]
+    prep = hot.n8_engine.dialect.identifier_preparer
+    table = prep.format_table(items)
+    with hot.n8_engine.begin() as c:
+        c.execute(sa.text(f"ALTER TABLE {table} ADD CONSTRAINT bg_test_no"
+                          f" CHECK ({prep.quote(items.c.bill_id.name)} <> 'B0001')"))
+    try:
+        # (MariaDB's error is an OperationalError, retried, then StoreUnavailable: each
+        # attempt rolls back both sides and puts the deleted batch back)
+        with pytest.raises((sa.exc.DBAPIError, StoreUnavailable)):
+            ledger.pay(pay("S1"))
+        assert count(hot, model.payment) == n8outbox.CLEAR_BATCH
+        assert count(hot, model.journal) == n8outbox.CLEAR_BATCH
+        assert _outbox_ids(hot) == done and sorted(hot.outbox_done) == done
+        assert bills(hot) == before
+    finally:
+        with hot.n8_engine.begin() as c:
+            c.execute(sa.text(f"ALTER TABLE {table} DROP CONSTRAINT bg_test_no"))
+    r = ledger.pay(pay("S1"))
+    assert r.outcome is Outcome.OK and not r.retry
+    assert count(hot, model.n8_outbox) == 1  # the batch deleted with it
+    check_books(hot)
+
+
+def test_a_query_on_a_closed_date_and_with_prepaid_balance(stores):
+    hot, generic = stores
+    got = []
+    for store in (hot, generic):
+        _fresh(store)
+        _seed(store, [("01", "2025-01", 5000, 0.0, 0, -10)], prepaid=1234)
+        with store.engine.begin() as c:
+            c.execute(model.cutoff.insert().values(bank="fixed", trade_date=TODAY,
+                                                   reason="bank", closed_at=NOW))
+
+        def read(tx, cust=CUSTOMER, d=TODAY):
+            return tx.query_context(cust, "fixed", d), tx.customer_context(cust, "fixed", d)
+
+        got.append((store.run_sync(read, readonly=True),
+                    store.run_sync(read, d=TODAY - timedelta(days=1), readonly=True),
+                    store.run_sync(read, cust="nobody", readonly=True),
+                    store.run_sync(read)))  # in a transaction too
+    assert got[0] == got[1]
+    ((cust, open_bills), ctx), (_, other), none, in_tx = got[0]
+    assert cust["bg_closed"] is True and other["bg_closed"] is False
+    assert none == ((None, []), None) and in_tx == got[0][0]
+    assert cust["bg_prepaid"] == ctx["bg_prepaid"] == 1234
+    assert [b["bill_id"] for b in open_bills] == ["H9"]
+    assert {k: v for k, v in ctx.items()} == cust
