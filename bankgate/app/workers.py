@@ -879,6 +879,11 @@ def channel_observer(channel: Channel, predicate) -> FilteringLogObserver:
     return FilteringLogObserver(send, [predicate])
 
 
+#: field values a log line carries as they are (a subclass -- an enum, a bool-like --
+#: goes through JSON's own rendering)
+_JSON_PLAIN = frozenset({str, int, float, bool})
+
+
 def event_for_supervisor(event: dict) -> dict:
     """A log event as a worker sends it: its message formatted here (format specs and
     all), its traceback as text, and its own fields as JSON holds them (for the JSON
@@ -888,6 +893,9 @@ def event_for_supervisor(event: dict) -> dict:
     fields = {}
     for k, v in event.items():
         if k.startswith(("log_", "_")):
+            continue
+        if v is None or type(v) in _JSON_PLAIN:  # as JSON holds it already (most fields)
+            fields[k] = v
             continue
         try:
             fields[k] = json.loads(json.dumps(v, default=str))
