@@ -7,7 +7,10 @@ same rows on both sides (the gateway's books, N8's bills and records, the outbox
 operations).  Also: the path is chosen by dialect, driver, mapping and adapter; the
 claim locks the customer's open bills on N8; a hook's N8 operation after the
 folded post goes into the same outbox row; the batched outbox deletion; a failure
-in N8's write after the gateway's folded post leaves nothing behind.
+in N8's write after the gateway's folded post leaves nothing behind; on MariaDB, N8's
+three writes go in one text (multi statements), and a failure in its last statement
+leaves nothing behind either; N8's pool on MariaDB rolls back a returned connection
+only when a transaction may be open on it.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import BANKS, LEGACY, NOW, FakeClock, make_store, seed_fixture
+from conftest import BANKS, LEGACY, NOW, FakeClock, make_store, seed_fixture, server_url
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from ledger_helpers import TODAY, bills, check_books, clear, count, pay, query, rev
 
 from bankgate.canon.messages import Outcome
 from bankgate.domain.ledger import BankPolicy, Ledger, _Bill, allocate, late_fee
-from bankgate.store import model, n8outbox
+from bankgate.store import model, n8outbox, splithot
 from bankgate.store.db import Store
 from bankgate.store.errors import StoreUnavailable
 from bankgate.store.n8write import decode
@@ -457,3 +460,136 @@ def test_a_query_on_a_closed_date_and_with_prepaid_balance(stores):
     assert cust["bg_prepaid"] == ctx["bg_prepaid"] == 1234
     assert [b["bill_id"] for b in open_bills] == ["H9"]
     assert {k: v for k, v in ctx.items()} == cust
+
+
+# -- N8 on MariaDB: the payment's writes in one text ---------------------------------------
+
+
+def _n8_flags(store: Store) -> int:
+    with store.n8_engine.connect() as c:
+        return c.connection.driver_connection.client_flag
+
+
+def test_n8_on_mariadb_takes_the_payments_three_writes_in_one_text(stores, monkeypatch):
+    """MariaDB: the folded store's N8 connections take several statements in one
+    text (FOUND_ROWS kept: SQLAlchemy's row counts rely on it), the generic store's
+    do not, and a payment's N8 writes are one text of three statements.  N8 on
+    PostgreSQL: one statement already, no text of several."""
+    hot, generic = stores
+    texts = []
+    real = splithot.run_script
+
+    def counting(conn, sql, params):
+        texts.append(sql)
+        return real(conn, sql, params)
+
+    monkeypatch.setattr(splithot, "run_script", counting)
+    _fresh(hot)
+    seed_fixture(hot)
+    ledger = Ledger(hot, dict(BANKS), now=FakeClock())
+    r = ledger.pay(pay("M1", customer="100000123", amount=548000, bank="fixed"))
+    assert r.outcome is Outcome.OK
+    with hot.n8_engine.connect() as c:
+        items = c.execute(sa.select(sa.func.count()).select_from(hot.n8["payment_item"])
+                          ).scalar()
+    assert items >= 1
+    if hot.n8_dialect == "postgresql":
+        assert texts == []
+    else:
+        from pymysql.constants import CLIENT
+
+        assert _n8_flags(hot) & CLIENT.MULTI_STATEMENTS
+        assert _n8_flags(hot) & CLIENT.FOUND_ROWS and _n8_flags(generic) & CLIENT.FOUND_ROWS
+        assert not _n8_flags(generic) & CLIENT.MULTI_STATEMENTS
+        assert len(texts) == 1
+        parts = [t.split()[0] for t in texts[0].split(";")]
+        assert parts == ["INSERT", "INSERT", "UPDATE"]
+        assert texts[0] == hot.split_hot.n8.post_script(items)
+    check_books(hot)
+
+
+def test_a_failing_last_n8_write_leaves_nothing_and_the_connection_usable(stores):
+    """N8 refuses the bills' update (the last statement of MariaDB's text; the only
+    one on PostgreSQL) after N8's payment and items were written: nothing stays on
+    either side, and the same request posts on the pooled connections once N8
+    takes it."""
+    hot, _ = stores
+    _fresh(hot)
+    seed_fixture(hot)
+    ledger = Ledger(hot, dict(BANKS), now=FakeClock())
+    first = ledger.query(query("100000123")).bills[0].bill_id
+    before = bills(hot)
+    b = hot.n8["bill"]
+    prep = hot.n8_engine.dialect.identifier_preparer
+    table = prep.format_table(b)
+    with hot.n8_engine.begin() as c:
+        c.execute(sa.text(
+            f"ALTER TABLE {table} ADD CONSTRAINT bg_test_paid CHECK"
+            f" ({prep.quote(b.c.bill_id.name)} <> '{first}'"
+            f" OR {prep.quote(b.c.paid_amount.name)} = {before[first][0]})"))
+    try:
+        with pytest.raises((sa.exc.DBAPIError, StoreUnavailable)):
+            ledger.pay(pay("S2"))
+        assert count(hot, model.journal) == count(hot, model.payment) == 0
+        assert count(hot, model.n8_outbox) == 0 and not hot.outbox_done
+        assert count(hot, hot.n8["payment"]) == count(hot, hot.n8["payment_item"]) == 0
+        assert bills(hot) == before
+    finally:
+        with hot.n8_engine.begin() as c:
+            c.execute(sa.text(f"ALTER TABLE {table} DROP CONSTRAINT bg_test_paid"))
+    r = ledger.pay(pay("S2"))
+    assert r.outcome is Outcome.OK and not r.retry
+    assert bills(hot)[first][0] > before[first][0]
+    check_books(hot)
+
+
+def test_n8s_pool_on_mariadb_rolls_back_only_a_connection_with_a_transaction(monkeypatch):
+    """``lazy_reset``: no ROLLBACK for a connection returned after its commit (nor
+    after SQLAlchemy's own rollback); one for a connection whose driver ran a
+    statement the pool saw no transaction for -- and that statement's write is
+    undone.  Without the option, a ROLLBACK every time."""
+    import pymysql.connections
+
+    from bankgate.store.dialects import create_engine
+
+    url = server_url("mariadb")
+    rollbacks = []
+    real = pymysql.connections.Connection.rollback
+
+    def counting(self):
+        rollbacks.append(self)
+        return real(self)
+
+    monkeypatch.setattr(pymysql.connections.Connection, "rollback", counting)
+    lazy = create_engine(url, pool_size=1, lazy_reset=True)
+    plain = create_engine(url, pool_size=1)
+    t = sa.Table("bg_test_lazy", sa.MetaData(), sa.Column("n", sa.Integer, primary_key=True))
+    try:
+        with lazy.begin() as c:
+            t.drop(c, checkfirst=True)
+            t.create(c)
+        with plain.connect():  # (its first connection's set-up rolls back too)
+            pass
+        for engine, after_commit in ((lazy, 0), (plain, 1)):
+            rollbacks.clear()
+            with engine.connect() as c:
+                c.execute(t.insert().values(n=1 if engine is lazy else 2))
+                c.commit()
+            assert len(rollbacks) == after_commit
+        rollbacks.clear()
+        with lazy.connect() as c:  # SQLAlchemy's own rollback: no second one
+            c.execute(t.insert().values(n=3))
+            c.rollback()
+        assert len(rollbacks) == 1
+        rollbacks.clear()
+        with lazy.connect() as c:  # a write on the driver, unseen by SQLAlchemy
+            c.connection.driver_connection.cursor().execute(
+                "INSERT INTO bg_test_lazy (n) VALUES (4)")
+        assert len(rollbacks) == 1
+        with lazy.connect() as c:
+            assert sorted(c.execute(sa.select(t.c.n)).scalars()) == [1, 2]
+    finally:
+        with lazy.begin() as c:
+            t.drop(c, checkfirst=True)
+        lazy.dispose()
+        plain.dispose()

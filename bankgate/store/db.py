@@ -58,7 +58,11 @@ class Store:
         # N8 write also recorded in the gateway's outbox (bankgate.store.n8outbox)
         self.split = bool(n8_url) and n8_url != url
         self.n8_url = n8_url if self.split else url
-        self.n8_engine = (create_engine(n8_url, pool_size=2 * threads, echo=echo)
+        # (MariaDB: N8's writes of a payment in one text where splithot folds them, and
+        # no ROLLBACK when a committed connection goes back to the pool)
+        self.n8_engine = (create_engine(n8_url, pool_size=2 * threads, echo=echo,
+                                        multi_statements=hot_path and self.mapping.plain,
+                                        lazy_reset=True)
                           if self.split else self.engine)
         self._local = threading.local()
         self.dialect = self.engine.dialect.name

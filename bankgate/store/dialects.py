@@ -9,7 +9,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.compiler import compiles
 
 
-def create_engine(url: str, *, pool_size: int = 4, echo: bool = False) -> sa.Engine:
+def create_engine(url: str, *, pool_size: int = 4, echo: bool = False,
+                  multi_statements: bool = False, lazy_reset: bool = False) -> sa.Engine:
+    """On MariaDB/MySQL through pymysql (elsewhere both are ignored):
+    ``multi_statements``, connections that take several statements in one text (N8
+    in a database of its own: N8's writes of a payment in one round trip,
+    :mod:`bankgate.store.splithot`); ``lazy_reset``, a connection going back to the
+    pool is rolled back only when a transaction may be open on it (no ROLLBACK
+    round trip after every commit)."""
     u = make_url(url)
     backend = u.get_backend_name()
     kw: dict = {"echo": echo, "future": True}
@@ -32,7 +39,35 @@ def create_engine(url: str, *, pool_size: int = 4, echo: bool = False) -> sa.Eng
         kw["pool_recycle"] = 3600
     elif backend == "postgresql":
         kw["isolation_level"] = "READ COMMITTED"
-    return sa.create_engine(u, **kw)
+    pymysql = backend in ("mysql", "mariadb") and u.get_driver_name() == "pymysql"
+    if lazy_reset and pymysql:
+        kw["pool_reset_on_return"] = None  # _lazy_rollback below does it
+    engine = sa.create_engine(u, **kw)
+    if multi_statements and pymysql:
+        from pymysql.constants import CLIENT  # the mysql extra: only here
+
+        @sa.event.listens_for(engine, "do_connect")
+        def _multi(_dialect, _record, _cargs, cparams):
+            # added to the dialect's flags (FOUND_ROWS), which connect_args would replace
+            cparams["client_flag"] = cparams.get("client_flag", 0) | CLIENT.MULTI_STATEMENTS
+
+    if lazy_reset and pymysql:
+        sa.event.listen(engine, "reset", _lazy_rollback)
+    return engine
+
+
+def _lazy_rollback(dbapi_conn, _record, state) -> None:
+    """The pool's reset of a pymysql connection: a ROLLBACK unless the last command
+    on it was one answered by an OK packet (a COMMIT, a ROLLBACK: pymysql then holds
+    no result) whose server status says no transaction is open."""
+    from pymysql.constants import SERVER_STATUS  # the mysql extra: only here
+
+    if not state.asyncio_safe or state.transaction_was_reset:
+        return
+    if (getattr(dbapi_conn, "_result", True) is None
+            and not (dbapi_conn.server_status or 0) & SERVER_STATUS.SERVER_STATUS_IN_TRANS):
+        return
+    dbapi_conn.rollback()
 
 
 def _sqlite_quirks(engine: sa.Engine) -> None:

@@ -20,7 +20,8 @@ folds them, as :mod:`bankgate.store.pghot` does with N8 beside the gateway:
   materialized CTE, oldest first); N8's payment, its items and the bills in one
   statement on PostgreSQL, three on MariaDB (the payment, one multi-row
   ``INSERT`` of the items, one ``UPDATE`` of the bills with a ``CASE`` per
-  bill).
+  bill) sent as one text, one round trip, when N8's connections take multi
+  statements (the store asks for it: :func:`run_script`).
 
 Only with the reference units and codes (``mapping.plain``) and N8 written by
 the direct adapter: the SQL text runs on the driver's own cursor, built once
@@ -150,6 +151,7 @@ class N8Side:
         )
         self._items_sql: dict[int, str] = {}
         self._bills_sql: dict[int, str] = {}
+        self._scripts: dict[int, str] = {}
 
     def items_sql(self, n: int) -> str:
         """The items of a payment of ``n`` bills: one multi-row INSERT."""
@@ -200,14 +202,58 @@ class N8Side:
             params["late_fees"] = [r["late_fee"] for r in items]
             pghot.run_raw(conn, self.post_sql, params, self.setup, rows=False)
             return
-        pghot.run_raw(conn, self.payment_sql, params, None, rows=False)
         if not items:
+            pghot.run_raw(conn, self.payment_sql, params, None, rows=False)
             return
         for k, r in enumerate(items):
             params[f"b{k}"], params[f"p{k}"], params[f"l{k}"] = (
                 r["bill_id"], r["principal"], r["late_fee"])
-        pghot.run_raw(conn, self.items_sql(len(items)), params, None, rows=False)
-        pghot.run_raw(conn, self.bills_sql(len(items)), params, None, rows=False)
+        n = len(items)
+        if _multi_statements(conn):  # the three in one text: one round trip
+            run_script(conn, self.post_script(n), params)
+            return
+        pghot.run_raw(conn, self.payment_sql, params, None, rows=False)
+        pghot.run_raw(conn, self.items_sql(n), params, None, rows=False)
+        pghot.run_raw(conn, self.bills_sql(n), params, None, rows=False)
+
+    def post_script(self, n: int) -> str:
+        """MariaDB: N8's payment, its ``n`` items and the bills, one text of three
+        statements (connections with multi statements, :func:`run_script`)."""
+        sql = self._scripts.get(n)
+        if sql is None:
+            sql = self._scripts.setdefault(
+                n, ";\n".join([self.payment_sql, self.items_sql(n), self.bills_sql(n)]))
+        return sql
+
+
+def _multi_statements(conn: sa.Connection) -> bool:
+    """Does this pymysql connection take several statements in one text (the
+    store's N8 engine asks for it: ``dialects.create_engine(multi_statements=...)``)?"""
+    from pymysql.constants import CLIENT  # the mysql extra: N8 on MariaDB only
+
+    return bool(getattr(conn.connection.driver_connection, "client_flag", 0)
+                & CLIENT.MULTI_STATEMENTS)
+
+
+def run_script(conn: sa.Connection, sql: str, params: dict) -> None:
+    """Run a text of several statements (pymysql, multi statements; parameters bound
+    on the client, as for one) on the connection's driver cursor, reading every
+    statement's result: the first statement that fails raises as
+    :func:`bankgate.store.pghot.run_raw` does, and the ones after it do not run."""
+    pghot.run_raw(conn, sql, params, None, rows=False)
+    cur = conn.connection.info["bankgate_pg_cursor"]
+    dialect = conn.dialect
+    try:
+        while cur.nextset():
+            pass
+    except dialect.dbapi.Error as e:
+        gone = dialect.is_disconnect(e, conn.connection, cur)
+        if gone:
+            conn.connection.info.pop("bankgate_pg_cursor", None)
+            conn.invalidate(e)
+        raise sa.exc.DBAPIError.instance(
+            sql, params, e, dialect.dbapi.Error, connection_invalidated=gone,
+            dialect=dialect) from e
 
 
 class SplitHot:
