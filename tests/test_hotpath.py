@@ -18,17 +18,23 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 from conftest import BANKS, NOW, RENAMED, FakeClock, make_store, seed_fixture
+from hotpath_helpers import (
+    CUSTOMER,
+    amounts,
+    bill_sets,
+    expected_dues,
+    no_receipt,
+    run_payment,
+    seed,
+)
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from ledger_helpers import TODAY, bills, check_books, count, pay, query
 
 from bankgate.canon.messages import Outcome
-from bankgate.domain.ledger import BankPolicy, Ledger, _Bill, allocate, late_fee
+from bankgate.domain.ledger import Ledger, allocate
 from bankgate.store import model, pghot
 from bankgate.store.db import Store
-
-CUSTOMER = "200000001"
-PPM = {"01": 500, "02": 0, "03": 1000}  # late fee per day, parts per million (class R)
 
 
 def _pair(backend: str, tmp_path) -> tuple[Store, Store]:
@@ -87,48 +93,7 @@ def test_hot_path_off_is_the_generic_path(stores):
 
 # -- both paths, same rows ---------------------------------------------------------------
 
-bill_sets = st.lists(
-    st.tuples(
-        st.sampled_from(sorted(PPM)),  # fee type
-        st.sampled_from(["2025-01", "2025-02", "2025-03"]),  # period (ties: bill id order)
-        st.integers(1, 400_000),  # amount
-        st.floats(0, 1),  # share already paid (1: a paid bill, not open)
-        st.integers(0, 3000),  # late fee already paid
-        st.integers(-400, 60),  # due date, days from the trade date
-    ),
-    min_size=0, max_size=5,
-)
 
-
-def _seed(store: Store, spec: list[tuple], status: str = "A", prepaid: int = 0) -> None:
-    n8 = store.n8
-    with store.engine.begin() as c:
-        c.execute(n8["tariff"].insert(), [
-            {"fee_type": f, "customer_class": "R", "unit_price": 100, "late_fee_ppm": ppm}
-            for f, ppm in PPM.items()])
-        c.execute(n8["customer"].insert(), [{"customer_no": CUSTOMER, "name": "赵六",
-                                             "address": None, "customer_class": "R",
-                                             "status": status}])
-        # bill ids in reverse of the list order, so the list order is not the bills' order
-        for i, (fee, period, amount, share, late_paid, due) in enumerate(spec):
-            c.execute(n8["bill"].insert().values(
-                bill_id=f"H{9 - i}", customer_no=CUSTOMER, fee_type=fee, period=period,
-                amount=amount, paid_amount=int(amount * share), late_fee_paid=late_paid,
-                due_date=TODAY + timedelta(days=due)))
-        if prepaid:
-            c.execute(model.prepaid.insert().values(customer_no=CUSTOMER, balance=prepaid,
-                                                    updated_at=NOW))
-
-
-def _expected_dues(spec: list[tuple]) -> list[_Bill]:
-    """The open bills, oldest first, with their late fees: what the ledger must see."""
-    out = []
-    for i, (fee, period, amount, share, late_paid, due) in enumerate(spec):
-        outstanding = amount - int(amount * share)
-        if outstanding > 0:
-            out.append(_Bill(f"H{9 - i}", fee, period, outstanding, late_fee(
-                outstanding, TODAY + timedelta(days=due), TODAY, PPM[fee], late_paid)))
-    return sorted(out, key=lambda b: (b.period, b.bill_id))
 
 
 def _books(store: Store) -> dict:
@@ -146,7 +111,7 @@ def _books(store: Store) -> dict:
             "bills": bills(store),
             "prepaid": [tuple(r) for r in c.execute(
                 sa.select(model.prepaid.c.customer_no, model.prepaid.c.balance))],
-            "journal": [(r.kind, r.outcome, _no_receipt(r.result), r.payment_id is not None)
+            "journal": [(r.kind, r.outcome, no_receipt(r.result), r.payment_id is not None)
                         for r in c.execute(sa.select(j).order_by(j.c.id))],
             "n8": [(receipts[r.pay_id], r.customer_no, r.amount, r.pay_date, r.bank_code,
                     r.bank_serial, r.channel, r.status) for r in c.execute(
@@ -157,38 +122,13 @@ def _books(store: Store) -> dict:
         }
 
 
-def _no_receipt(result: str | None) -> str | None:
-    import json
 
-    if not result:
-        return result
-    d = json.loads(result)
-    d.pop("receipt_no", None)
-    return json.dumps(d, sort_keys=True)
+
 
 
 def _run(store: Store, spec, status, prepaid, amount_of, named, serial="P1"):
-    """Seed, query, pay (twice: the repeat), and read back everything."""
-    reset(store)
-    _seed(store, spec, status, prepaid)
-    ledger = Ledger(store, {"any": BankPolicy("any", "106210", policy="any")},
-                    now=FakeClock())
-    q = ledger.query(query(CUSTOMER, bank="any"))
-    amount = max(1, amount_of(q))  # 0 is a format matter, tested elsewhere
-    bill_ids = tuple(b.bill_id for b in q.bills[:named]) if named else ()
-    req = pay(serial, customer=CUSTOMER, amount=amount, bank="any", bill_ids=bill_ids)
-    first = ledger.pay(req)
-    again = ledger.pay(req)
-    after = ledger.query(query(CUSTOMER, bank="any"))
-    strip = lambda r: dataclasses.replace(r, receipt_no="")  # noqa: E731
-    return q, strip(first), strip(again), after, amount, bill_ids, _books(store)
-
-
-amounts = st.one_of(
-    st.just(lambda q: q.total),  # exactly what is due
-    st.integers(1, 1_500_000).map(lambda n: lambda q: n),  # partial, or an excess
-    st.integers(1, 20_000).map(lambda n: lambda q: q.total + n),  # due + an excess
-)
+    return run_payment(store, spec, status, prepaid, amount_of, named, reset=reset,
+                       books=_books, serial=serial)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
@@ -204,7 +144,7 @@ def test_both_paths_leave_the_same_books_and_allocate_as_allocate_does(
     event(f"pay {first.outcome.value}")
     event(f"allocations: {min(len(books['allocations']), 3)}+")
     assert again == dataclasses.replace(first, retry=True)
-    dues = _expected_dues(spec)
+    dues = expected_dues(spec)
     if status != "A":
         assert q.outcome is Outcome.ACCOUNT_LOCKED and first.outcome is Outcome.ACCOUNT_LOCKED
         return
@@ -369,7 +309,7 @@ def test_a_query_on_a_closed_date_and_with_prepaid_balance(stores):
     got = []
     for store in (hot, generic):
         reset(store)
-        _seed(store, [("01", "2025-01", 5000, 0.0, 0, -10)], prepaid=1234)
+        seed(store, [("01", "2025-01", 5000, 0.0, 0, -10)], prepaid=1234)
         with store.engine.begin() as c:
             c.execute(model.cutoff.insert().values(bank="fixed", trade_date=TODAY,
                                                    reason="bank", closed_at=NOW))

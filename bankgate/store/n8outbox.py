@@ -142,18 +142,28 @@ def oldest_waiting(conn: sa.Connection, older_than: float = 0.0) -> tuple[int, f
 CLEAR_BATCH = 32
 
 
-def _clear_done(store, conn: sa.Connection, least: int = CLEAR_BATCH) -> list[int] | None:
-    """Delete, in the transaction of ``conn``, the outbox rows this process has
-    seen N8 commit, once there are ``least`` of them; the ids deleted."""
+def take_done(store, least: int = CLEAR_BATCH) -> list[int]:
+    """The outbox rows this process has seen N8 commit, taken for deletion once
+    there are ``least`` of them (else none); a caller whose delete fails puts them
+    back (``store.outbox_done.extend``)."""
     done = store.outbox_done
     if len(done) < max(1, least):
-        return None
+        return []
     ids = []
     try:
         while True:
             ids.append(done.popleft())
-    except IndexError:
+    except IndexError:  # another thread took the rest
         pass
+    return ids
+
+
+def _clear_done(store, conn: sa.Connection, least: int = CLEAR_BATCH) -> list[int] | None:
+    """Delete, in the transaction of ``conn``, the outbox rows this process has
+    seen N8 commit, once there are ``least`` of them; the ids deleted."""
+    ids = take_done(store, least)
+    if not ids:
+        return None
     o = model.n8_outbox
     conn.execute(o.delete().where(o.c.id.in_(ids)))
     return ids

@@ -55,21 +55,6 @@ def make(store, enabled: bool = True) -> SplitHot | None:
     return SplitHot(store)
 
 
-def _take_done(store) -> list[int]:
-    """The outbox rows N8 has committed, taken for deletion once there are
-    :data:`~bankgate.store.n8outbox.CLEAR_BATCH` of them (else none)."""
-    done = store.outbox_done
-    if len(done) < n8outbox.CLEAR_BATCH:
-        return []
-    ids = []
-    try:
-        while True:
-            ids.append(done.popleft())
-    except IndexError:
-        pass
-    return ids
-
-
 class PgGateway:
     """The gateway's claim and post in one statement each (PostgreSQL, psycopg)."""
 
@@ -322,7 +307,7 @@ class SplitHot:
         tx.receipt_no = pay["pay_id"]
         tx.n8_ops.append(("post", {"pay": pay, "items": items}))
         if self.gw is not None:
-            done = _take_done(self.store)
+            done = n8outbox.take_done(self.store)
             if journal is not None:
                 journal = (journal[0], journal[1], json.dumps(journal[2], sort_keys=True))
             try:
