@@ -11,10 +11,12 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from conftest import NOW, FakeClock
+from hypothesis import event
 from hypothesis import strategies as st
 from ledger_helpers import TODAY, pay, query
 
-from bankgate.domain.ledger import BankPolicy, Ledger, _Bill, late_fee
+from bankgate.canon.messages import Outcome
+from bankgate.domain.ledger import BankPolicy, Ledger, _Bill, allocate, late_fee
 from bankgate.store import model
 from bankgate.store.db import Store
 
@@ -101,3 +103,42 @@ def run_payment(store: Store, spec, status, prepaid, amount_of, named, *,
     after = ledger.query(query(CUSTOMER, bank="any"))
     strip = lambda r: dataclasses.replace(r, receipt_no="")  # noqa: E731
     return q, strip(first), strip(again), after, amount, bill_ids, books(store)
+
+
+def check_payment(run, spec, status, prepaid) -> None:
+    """What :func:`run_payment` gave (either path's: they are equal) is what the
+    ledger's rules say: the dues the query shows, the repeat's answer, the allocation
+    :func:`~bankgate.domain.ledger.allocate` makes, and every row it left."""
+    q, first, again, after, amount, bill_ids, books = run
+    event(f"pay {first.outcome.value}")
+    event(f"allocations: {min(len(books['allocations']), 3)}+")
+    assert again == dataclasses.replace(first, retry=True)
+    dues = expected_dues(spec)
+    if status != "A":
+        assert q.outcome is Outcome.ACCOUNT_LOCKED and first.outcome is Outcome.ACCOUNT_LOCKED
+        return
+    assert [(b.bill_id, b.fee_type, b.period, b.amount, b.late_fee) for b in q.bills] == [
+        (b.bill_id, b.fee_type, b.period, b.outstanding, b.late) for b in dues]
+    assert q.prepaid_balance == prepaid
+    if first.outcome is not Outcome.OK:
+        assert books["payments"] == [] and books["allocations"] == [] and books["n8"] == []
+        assert not dues or bill_ids  # "any" takes every amount unless bills are named
+        return
+    chosen = [b for b in dues if b.bill_id in bill_ids] if bill_ids else dues
+    rows, excess = allocate(chosen, amount)
+    assert books["allocations"] == [(r["bill_id"], r["principal"], r["late_fee"])
+                                    for r in rows]
+    assert sorted(books["n8_items"]) == sorted((0, r["bill_id"], r["principal"],
+                                                r["late_fee"]) for r in rows)
+    assert books["prepaid"] == ([(CUSTOMER, prepaid + excess)] if prepaid + excess else [])
+    (p,) = books["payments"]
+    assert (p["principal"], p["late_fee"], p["prepaid_in"]) == (
+        sum(r["principal"] for r in rows), sum(r["late_fee"] for r in rows), excess)
+    total = sum(b.outstanding + b.late for b in dues)
+    assert first.remaining_due == total - (amount - excess)
+    assert after.total == first.remaining_due
+    for bill_id, (paid, late_paid) in books["bills"].items():
+        before = next(s for i, s in enumerate(spec) if f"H{9 - i}" == bill_id)
+        r = next((r for r in rows if r["bill_id"] == bill_id), {"principal": 0, "late_fee": 0})
+        assert (paid, late_paid) == (int(before[2] * before[3]) + r["principal"],
+                                     before[4] + r["late_fee"])

@@ -22,17 +22,17 @@ from hotpath_helpers import (
     CUSTOMER,
     amounts,
     bill_sets,
-    expected_dues,
+    check_payment,
     no_receipt,
     run_payment,
     seed,
 )
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledger_helpers import TODAY, bills, check_books, count, pay, query
 
 from bankgate.canon.messages import Outcome
-from bankgate.domain.ledger import Ledger, allocate
+from bankgate.domain.ledger import Ledger
 from bankgate.store import model, pghot
 from bankgate.store.db import Store
 
@@ -94,8 +94,6 @@ def test_hot_path_off_is_the_generic_path(stores):
 # -- both paths, same rows ---------------------------------------------------------------
 
 
-
-
 def _books(store: Store) -> dict:
     """Every row a payment writes, without ids, receipt numbers and clocks."""
     p, a, j = model.payment, model.allocation, model.journal
@@ -122,10 +120,6 @@ def _books(store: Store) -> dict:
         }
 
 
-
-
-
-
 def _run(store: Store, spec, status, prepaid, amount_of, named, serial="P1"):
     return run_payment(store, spec, status, prepaid, amount_of, named, reset=reset,
                        books=_books, serial=serial)
@@ -140,39 +134,7 @@ def test_both_paths_leave_the_same_books_and_allocate_as_allocate_does(
     h = _run(hot, spec, status, prepaid, amount_of, named)
     g = _run(generic, spec, status, prepaid, amount_of, named)
     assert h == g  # answers, repeats, and every row written
-    q, first, again, after, amount, bill_ids, books = h
-    event(f"pay {first.outcome.value}")
-    event(f"allocations: {min(len(books['allocations']), 3)}+")
-    assert again == dataclasses.replace(first, retry=True)
-    dues = expected_dues(spec)
-    if status != "A":
-        assert q.outcome is Outcome.ACCOUNT_LOCKED and first.outcome is Outcome.ACCOUNT_LOCKED
-        return
-    assert [(b.bill_id, b.fee_type, b.period, b.amount, b.late_fee) for b in q.bills] == [
-        (b.bill_id, b.fee_type, b.period, b.outstanding, b.late) for b in dues]
-    assert q.prepaid_balance == prepaid
-    if first.outcome is not Outcome.OK:
-        assert books["payments"] == [] and books["allocations"] == []
-        assert not dues or bill_ids  # "any" takes every amount unless bills are named
-        return
-    chosen = [b for b in dues if b.bill_id in bill_ids] if bill_ids else dues
-    rows, excess = allocate(chosen, amount)
-    assert books["allocations"] == [(r["bill_id"], r["principal"], r["late_fee"])
-                                    for r in rows]
-    assert sorted(books["n8_items"]) == sorted((0, r["bill_id"], r["principal"],
-                                                r["late_fee"]) for r in rows)
-    assert books["prepaid"] == ([(CUSTOMER, prepaid + excess)] if prepaid + excess else [])
-    (p,) = books["payments"]
-    assert (p["principal"], p["late_fee"], p["prepaid_in"]) == (
-        sum(r["principal"] for r in rows), sum(r["late_fee"] for r in rows), excess)
-    total = sum(b.outstanding + b.late for b in dues)
-    assert first.remaining_due == total - (amount - excess)
-    assert after.total == first.remaining_due
-    for bill_id, (paid, late_paid) in books["bills"].items():
-        before = next(s for i, s in enumerate(spec) if f"H{9 - i}" == bill_id)
-        r = next((r for r in rows if r["bill_id"] == bill_id), {"principal": 0, "late_fee": 0})
-        assert (paid, late_paid) == (int(before[2] * before[3]) + r["principal"],
-                                     before[4] + r["late_fee"])
+    check_payment(h, spec, status, prepaid)
 
 
 def test_fixture_ledger_answers_the_same_on_both_paths(stores):
@@ -325,7 +287,6 @@ def test_a_query_on_a_closed_date_and_with_prepaid_balance(stores):
     (cust, open_bills), closed_before, none = got[0]
     assert cust["bg_closed"] is True and closed_before is False and none == (None, [])
     assert cust["bg_prepaid"] == 1234 and [b["bill_id"] for b in open_bills] == ["H9"]
-
 
 
 def test_a_thread_gives_its_read_connection_back(stores):

@@ -25,17 +25,17 @@ from hotpath_helpers import (
     CUSTOMER,
     amounts,
     bill_sets,
-    expected_dues,
+    check_payment,
     no_receipt,
     run_payment,
     seed,
 )
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledger_helpers import TODAY, bills, check_books, clear, count, pay, query, rev
 
 from bankgate.canon.messages import Outcome
-from bankgate.domain.ledger import Ledger, allocate
+from bankgate.domain.ledger import Ledger
 from bankgate.store import model, n8outbox, splithot
 from bankgate.store.db import Store
 from bankgate.store.errors import StoreUnavailable
@@ -111,8 +111,6 @@ def test_the_folded_sql_is_built_once_per_number_of_bills():
 # -- both paths, same rows ------------------------------------------------------------------
 
 
-
-
 def _rows(conn, table, order) -> list[dict]:
     return [dict(r) for r in conn.execute(
         sa.select(*[c.label(c.key) for c in table.c]).order_by(*order)).mappings()]
@@ -149,8 +147,6 @@ def _books(store: Store) -> dict:
     return out
 
 
-
-
 def _ops(text: str, receipts: dict) -> list:
     out = []
     for op, args in decode(text):
@@ -161,8 +157,6 @@ def _ops(text: str, receipts: dict) -> list:
             args["pay_id"] = receipts.get(args["pay_id"])
         out.append((op, args))
     return out
-
-
 
 
 def _run(store: Store, spec, status, prepaid, amount_of, named, serial="P1"):
@@ -179,33 +173,7 @@ def test_both_paths_leave_the_same_books_and_allocate_as_allocate_does(
     h = _run(hot, spec, status, prepaid, amount_of, named)
     g = _run(generic, spec, status, prepaid, amount_of, named)
     assert h == g  # answers, repeats, and every row written, on both sides
-    q, first, again, after, amount, bill_ids, books = h
-    event(f"pay {first.outcome.value}")
-    event(f"allocations: {min(len(books['allocations']), 3)}+")
-    assert again == dataclasses.replace(first, retry=True)
-    dues = expected_dues(spec)
-    if status != "A":
-        assert q.outcome is Outcome.ACCOUNT_LOCKED and first.outcome is Outcome.ACCOUNT_LOCKED
-        return
-    assert [(b.bill_id, b.fee_type, b.period, b.amount, b.late_fee) for b in q.bills] == [
-        (b.bill_id, b.fee_type, b.period, b.outstanding, b.late) for b in dues]
-    assert q.prepaid_balance == prepaid
-    if first.outcome is not Outcome.OK:
-        assert books["payments"] == [] and books["n8"] == []
-        return
-    chosen = [b for b in dues if b.bill_id in bill_ids] if bill_ids else dues
-    rows, excess = allocate(chosen, amount)
-    assert books["allocations"] == [(r["bill_id"], r["principal"], r["late_fee"])
-                                    for r in rows]
-    assert books["n8_items"] == sorted((0, r["bill_id"], r["principal"], r["late_fee"])
-                                       for r in rows)
-    assert books["prepaid"] == ([(CUSTOMER, prepaid + excess)] if prepaid + excess else [])
-    assert after.total == first.remaining_due
-    for bill_id, (paid, late_paid) in books["bills"].items():
-        before = next(s for i, s in enumerate(spec) if f"H{9 - i}" == bill_id)
-        r = next((r for r in rows if r["bill_id"] == bill_id), {"principal": 0, "late_fee": 0})
-        assert (paid, late_paid) == (int(before[2] * before[3]) + r["principal"],
-                                     before[4] + r["late_fee"])
+    check_payment(h, spec, status, prepaid)
 
 
 def _day(store: Store, hooks=()) -> tuple[list, dict]:
