@@ -68,15 +68,6 @@ def seed_supply(store, source: str) -> None:
             c.execute(v.insert(), valves)
 
 
-def reset(store) -> None:
-    with store.engine.begin() as c:
-        for t in reversed(model.metadata.sorted_tables):
-            c.execute(t.delete())
-    with store.n8_engine.begin() as c:
-        for t in reversed(store.n8_metadata.sorted_tables):
-            c.execute(t.delete())
-
-
 @dataclasses.dataclass
 class World:
     store: object

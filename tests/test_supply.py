@@ -10,8 +10,8 @@ from datetime import timedelta
 
 import pytest
 from conftest import NOW, make_store
-from ledger_helpers import origin, pay, rev
-from supply_helpers import SEASON, all_orders, reset, seed_supply, valve_states, world
+from ledger_helpers import clear, origin, pay, rev
+from supply_helpers import SEASON, all_orders, seed_supply, valve_states, world
 
 from bankgate.canon import messages as m
 from bankgate.canon.messages import Outcome
@@ -37,7 +37,7 @@ def source(request):
 
 @pytest.fixture
 def store(backend_store, source):
-    reset(backend_store)
+    clear(backend_store)
     seed_supply(backend_store, source)
     return backend_store
 

@@ -25,8 +25,8 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from ledger_helpers import origin, pay, query, rev
-from supply_helpers import HOUSEHOLDS, SEASON, all_orders, reset, seed_supply, valve_states
+from ledger_helpers import clear, origin, pay, query, rev
+from supply_helpers import HOUSEHOLDS, SEASON, all_orders, seed_supply, valve_states
 from supply_helpers import world as make_world
 
 from bankgate.canon import messages as m
@@ -69,7 +69,7 @@ def test_supply_rules_hold_under_any_sequence(backend):
         @initialize(source=st.sampled_from(["n8", "gateway"]),
                     rule_=st.sampled_from(["full", "share"]))
         def start(self, source, rule_):
-            reset(store)
+            clear(store)
             seed_supply(store, source)
             self.source = source
             self.w = make_world(store, source, rule_, 0.6)
