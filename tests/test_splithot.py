@@ -268,6 +268,28 @@ def test_applied_outbox_rows_are_deleted_in_a_batch_by_a_later_payment(stores):
         assert list(store.outbox_done) == [_outbox_ids(store)[0]]
 
 
+def test_both_paths_stamp_the_outbox_row_in_utc_whatever_the_local_zone(stores, monkeypatch):
+    """The repair job and `n8 pending` age the rows by UTC (n8outbox.utcnow): a row
+    stamped in local time would look 8 hours old, or young, in Shanghai."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    try:
+        for store in stores:
+            _fresh(store)
+            seed_fixture(store)
+            ledger = Ledger(store, dict(BANKS), now=FakeClock())
+            assert ledger.pay(pay("U1", customer="100000200", amount=100,
+                                  bank="partial")).outcome is Outcome.OK
+            with store.engine.connect() as c:
+                (stamp,) = c.execute(sa.select(model.n8_outbox.c.created_at)).scalars()
+            assert abs((n8outbox.utcnow() - stamp).total_seconds()) < 60, store.split_hot
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def _outbox_ids(store: Store) -> list[int]:
     o = model.n8_outbox
     with store.engine.connect() as c:

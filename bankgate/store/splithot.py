@@ -313,7 +313,7 @@ class SplitHot:
             try:
                 pid, oid = self.gw.post(tx.conn, payment, rows, journal, {
                     "o_journal": tx.journal_id, "o_receipt": tx.receipt_no,
-                    "o_at": datetime.now(), "o_ops": encode(tx.n8_ops), "o_done": done})
+                    "o_at": n8outbox.utcnow(), "o_ops": encode(tx.n8_ops), "o_done": done})
             except BaseException:
                 self.store.outbox_done.extend(done)  # not deleted: a later batch does it
                 raise
