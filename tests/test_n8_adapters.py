@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import textwrap
 import tomllib
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -451,10 +451,11 @@ def test_interface_rows_posted_reversed_confirmed_and_replays_change_nothing(ifa
     check_books(store)
     # reversal: a cancel row copying the payment's fields
     ops.clear()
+    clock.now += timedelta(minutes=7)  # the reversal's time is the gateway's clock's
     assert ledger.reverse(rev("R1", "S1", amount=FULL)).outcome is Outcome.OK
     cancel = [x for x in _rows(store, w.table) if x["kind"] == "2"]
     assert len(cancel) == 1 and cancel[0]["amount"] == FULL and cancel[0]["status"] == "C"
-    assert cancel[0]["state"] == "0"
+    assert cancel[0]["state"] == "0" and cancel[0]["created_at"] == clock.now
     before = snapshot(store)
     replay(store, ops)
     assert snapshot(store) == before

@@ -481,7 +481,7 @@ class Ledger:
             if tx.prepaid_get(p["customer_no"], lock=True) < p["prepaid_in"]:
                 return Outcome.REVERSAL_NOT_ALLOWED  # the excess was drawn on since
             tx.prepaid_add(p["customer_no"], -p["prepaid_in"], now)
-        tx.n8_undo(p["receipt_no"], tx.allocations(p["id"]))
+        tx.n8_undo(p["receipt_no"], tx.allocations(p["id"]), now)
         tx.payment_set_status(p["id"], status, now)
         tx.undo_insert(
             payment_id=p["id"], kind=kind, bank=p["bank"], trade_date=p["trade_date"],
@@ -609,7 +609,7 @@ class Ledger:
         if kind == "CONFIRM":
             if status == "PENDING":
                 tx.payment_set_status(pid, "POSTED", expires_at=None)
-                tx.n8_confirm(p["receipt_no"])
+                tx.n8_confirm(p["receipt_no"], now)
                 status = "POSTED"
             if status == "POSTED":  # a confirm repeated under any serial answers the same
                 return finish(Outcome.OK, "", pid, invoice_no=p["invoice_no"] or "", **said)

@@ -248,12 +248,14 @@ class ProcedureWriter(DirectWriter):
                 self._call(conn, "item", {**pay, **it})
         return True
 
-    def undo(self, conn, *, pay_id: str, items: list[dict], replay: bool = False) -> bool:
+    def undo(self, conn, *, pay_id: str, items: list[dict], replay: bool = False,
+             at: datetime | None = None) -> bool:
         if replay and self._status(conn, pay_id, lock=True) in (None, "C"):
             return False
         return self._call(conn, "cancel", {"pay_id": pay_id})
 
-    def confirm(self, conn, *, pay_id: str, replay: bool = False) -> bool:
+    def confirm(self, conn, *, pay_id: str, replay: bool = False,
+                at: datetime | None = None) -> bool:
         if not self.settings.confirm:  # no confirm routine: N8's payment row itself
             return super().confirm(conn, pay_id=pay_id, replay=replay)
         if replay and self._status(conn, pay_id, lock=True) != "P":
@@ -399,7 +401,10 @@ class InterfaceWriter(DirectWriter):
                                .where(p.c.pay_id == pay_id)).mappings().first()
         return None if row is None else dict(row)
 
-    def _follow_up(self, conn, op: str, pay_id: str, replay: bool, status: str) -> bool:
+    def _follow_up(self, conn, op: str, pay_id: str, replay: bool, status: str,
+                   at: datetime | None) -> bool:
+        """A cancel or confirm row; ``at``: when the gateway did it (its clock, as the
+        payment's own row has; an outbox row written before it was kept: now)."""
         kind = self._kind(op)
         if replay and self._has(conn, pay_id, kind):
             return False
@@ -408,15 +413,17 @@ class InterfaceWriter(DirectWriter):
             if replay:  # never reached N8: nothing to follow up
                 return False
             pay = {"pay_id": pay_id}
-        pay.update(status=status, created_at=datetime.now())
+        pay.update(status=status, created_at=at or datetime.now())
         conn.execute(self.table.insert(), self._row(kind, pay))
         return True
 
-    def undo(self, conn, *, pay_id: str, items: list[dict], replay: bool = False) -> bool:
-        return self._follow_up(conn, "cancel", pay_id, replay, "C")
+    def undo(self, conn, *, pay_id: str, items: list[dict], replay: bool = False,
+             at: datetime | None = None) -> bool:
+        return self._follow_up(conn, "cancel", pay_id, replay, "C", at)
 
-    def confirm(self, conn, *, pay_id: str, replay: bool = False) -> bool:
-        return self._follow_up(conn, "confirm", pay_id, replay, "N")
+    def confirm(self, conn, *, pay_id: str, replay: bool = False,
+                at: datetime | None = None) -> bool:
+        return self._follow_up(conn, "confirm", pay_id, replay, "N", at)
 
     def checks(self, conn) -> list[Check]:
         """The interface table (and item table) exist with every configured column."""

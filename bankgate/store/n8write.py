@@ -133,17 +133,20 @@ class DirectWriter:
         self._bills(conn, items, +1)
         return True
 
-    def undo(self, conn, *, pay_id: str, items: list[dict], replay: bool = False) -> bool:
+    def undo(self, conn, *, pay_id: str, items: list[dict], replay: bool = False,
+             at: datetime | None = None) -> bool:
         """Take payment ``pay_id``'s ``items`` back off the bills and cancel it (C).
-        False: it was cancelled already (or never posted)."""
+        False: it was cancelled already (or never posted).  ``at``: when (an
+        adapter that writes a row of its own records it)."""
         if replay and self._status(conn, pay_id, lock=True) in (None, "C"):
             return False
         self._bills(conn, items, -1)
         conn.execute(self.payment_status, {"k_pay": pay_id, "k_status": "C"})
         return True
 
-    def confirm(self, conn, *, pay_id: str, replay: bool = False) -> bool:
-        """A pending payment made normal (N)."""
+    def confirm(self, conn, *, pay_id: str, replay: bool = False,
+                at: datetime | None = None) -> bool:
+        """A pending payment made normal (N); ``at`` as for :meth:`undo`."""
         if replay and self._status(conn, pay_id, lock=True) != "P":
             return False
         conn.execute(self.payment_status, {"k_pay": pay_id, "k_status": "N"})

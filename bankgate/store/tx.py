@@ -561,17 +561,17 @@ class Tx:
         }, items=[{"bill_id": i["bill_id"], "principal": i["principal"],
                    "late_fee": i["late_fee"]} for i in items])
 
-    def n8_undo(self, pay_id: str, items: list[dict]) -> None:
+    def n8_undo(self, pay_id: str, items: list[dict], now: datetime) -> None:
         """N8's payment cancelled and its ``items`` taken back off the bills."""
         self.receipt_no = pay_id
-        self.n8_do("undo", pay_id=pay_id, items=[
+        self.n8_do("undo", pay_id=pay_id, at=now, items=[
             {"bill_id": i["bill_id"], "principal": i["principal"], "late_fee": i["late_fee"]}
             for i in items])
 
-    def n8_confirm(self, pay_id: str) -> None:
+    def n8_confirm(self, pay_id: str, now: datetime) -> None:
         """A pending (two-phase) payment made normal in N8."""
         self.receipt_no = pay_id
-        self.n8_do("confirm", pay_id=pay_id)
+        self.n8_do("confirm", pay_id=pay_id, at=now)
 
     # -- audit -------------------------------------------------------------------------
 
