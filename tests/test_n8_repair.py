@@ -192,3 +192,13 @@ def test_writes_waiting_over_a_minute_raise_an_alert(split):
     _lose_one(store, ledger)
     n, age = store.run_sync(read_inputs, [], {}, readonly=True).n8_waiting
     assert n == 1 and 0 <= age < 60
+
+
+def test_pending_on_a_database_not_migrated_yet_changes_nothing(tmp_path, capsys):
+    path = _config(tmp_path)  # bg.db does not exist yet
+    assert main(["-c", path, "n8", "pending"]) == 0
+    assert "no outbox yet" in capsys.readouterr().out
+    assert main(["-c", path, "n8", "repair"]) == 0
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'bg.db'}")
+    assert sa.inspect(engine).get_table_names() == []  # not migrated by a look
+    engine.dispose()

@@ -200,6 +200,11 @@ def pending(engine: sa.Engine, limit: int = 1000, older_than: float = 0.0) -> li
     return rows
 
 
+def has_outbox(engine: sa.Engine) -> bool:
+    """Is the gateway's database migrated to the outbox (migration 0010)?"""
+    return sa.inspect(engine).has_table(model.n8_outbox.name)
+
+
 def waiting(engine: sa.Engine, older_than: float = 0.0) -> int:
     """How many outbox rows older than ``older_than`` seconds wait."""
     o = model.n8_outbox

@@ -42,7 +42,11 @@ def _split_store(args):
               " with the gateway's, nothing waits")
         return cfg, None
     store = wiring.store(cfg)
-    store.create_gateway_tables()  # the outbox table, on a database not migrated yet
+    if not n8outbox.has_outbox(store.engine):  # not migrated yet: nothing was ever kept
+        store.stop()
+        print("the gateway's database has no outbox yet (the gateway migrates it at start):"
+              " nothing waits")
+        return cfg, None
     return cfg, store
 
 
