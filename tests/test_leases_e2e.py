@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 from datetime import date, datetime
 from pathlib import Path
@@ -31,11 +30,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from e2e_helpers import ask_fixed, wait_log
 
 from bankgate.app.config import load_config
 from bankgate.canon import messages as m
 from bankgate.canon.messages import Outcome
-from bankgate.codec.base import Session
 from bankgate.codec.registry import load_codec
 from bankgate.devtools.gateway import GatewayProcess, free_port
 from bankgate.domain.ledger import Ledger
@@ -216,37 +215,17 @@ class Node:
         return self.log.read_text(errors="replace")
 
     def wait_log(self, pattern: str, timeout: float = 30.0) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = re.search(pattern, self.text())
-            if found:
-                return found
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {pattern!r} in the log after {timeout:g} s:\n"
-                                     f"{self.process.tail(60)}")
-            time.sleep(0.1)
+        return wait_log(self.text, self.process.tail, pattern, timeout)
 
     def notice(self, d: date, file_name: str, data: bytes) -> dict:
         """The bank's statement notice (ref-fixed 1005) on a connection of its own."""
-        session = Session(bank=self.profile, now=local_now)
         values = {"serial": f"N{d:%Y%m%d}{os.getpid() % 100000:05d}", "settle_date": d,
                   "file_name": file_name, "record_count": data.count(b"\r\nD"),
                   "total_amount": int(data[23:38])}
-        frame = FIXED.client_encode("notice", values, session)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=IO_TIMEOUT) as s:
-            s.sendall(b"%04d" % len(frame) + frame)
-            n = int(_read(s, 4))
-            return FIXED.client_decode(_read(s, n), session)
+        return ask_fixed(FIXED, self.profile, self.port, "notice", values, local_now,
+                         IO_TIMEOUT)
 
 
-def _read(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"closed by the gateway after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
 
 
 def wait_for(what: str, fn, timeout: float, nodes=()):

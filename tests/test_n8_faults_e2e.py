@@ -45,10 +45,10 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 from conftest import SERVERS, _reachable
+from e2e_helpers import ask_fixed, wait_log
 from ledger_helpers import bills, check_books
 
 from bankgate.app.config import load_config
-from bankgate.codec.base import Session
 from bankgate.codec.registry import load_codec
 from bankgate.devtools import demo
 from bankgate.devtools.gateway import GatewayProcess, free_port
@@ -210,24 +210,11 @@ class Gateway:
         return self.logs[-1].read_text(errors="replace")
 
     def wait_log(self, pattern: str, timeout: float = 60.0, after: int = 0) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = re.search(pattern, self.text()[after:])
-            if found:
-                return found
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {pattern!r} in the log after {timeout:g} s:\n"
-                                     f"{self.process.tail(60)}")
-            time.sleep(0.05)
+        return wait_log(self.text, self.process.tail, pattern, timeout, after)
 
     def ask(self, txn: str, values: dict) -> dict:
         """One request on a new connection; ``OSError`` when no answer comes."""
-        session = Session(bank=self.profile, now=local_now)
-        frame = FIXED.client_encode(txn, values, session)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=IO_TIMEOUT) as s:
-            s.sendall(b"%04d" % len(frame) + frame)
-            n = int(_read(s, 4))
-            return FIXED.client_decode(_read(s, n), session)
+        return ask_fixed(FIXED, self.profile, self.port, txn, values, local_now, IO_TIMEOUT)
 
     # -- the books, read by the test itself -------------------------------------------------
 
@@ -281,14 +268,6 @@ class Gateway:
         return ours - n8
 
 
-def _read(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"closed by the gateway after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
 
 
 _serials = itertools.count(1)

@@ -36,9 +36,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from e2e_helpers import ask_fixed, wait_log
 
 from bankgate.app.config import load_config
-from bankgate.codec.base import Session
 from bankgate.codec.registry import load_codec
 from bankgate.devtools.gateway import GatewayProcess, free_port
 from bankgate.devtools.simulate import response_code
@@ -146,15 +146,7 @@ class Gateway:
 
     def wait_log(self, pattern: str, timeout: float = 30.0, after: int = 0) -> re.Match:
         """The first match of ``pattern`` in the log after character ``after``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = re.search(pattern, self.text()[after:])
-            if found:
-                return found
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {pattern!r} in the log after {timeout:g} s:\n"
-                                     f"{self.process.tail(60)}")
-            time.sleep(0.05)
+        return wait_log(self.text, self.process.tail, pattern, timeout, after)
 
     def workers(self) -> dict[int, int]:
         """worker number -> pid, of the latest start of each, by the log."""
@@ -183,24 +175,11 @@ class Gateway:
 
     def ask(self, txn: str, values: dict) -> dict:
         """One request on a new connection; ``OSError`` when no answer comes."""
-        session = Session(bank=self.profile, now=local_now)
-        frame = FIXED.client_encode(txn, values, session)
-        with socket.create_connection(("127.0.0.1", self.ports["bank"]),
-                                      timeout=IO_TIMEOUT) as s:
-            self.sent += 1
-            s.sendall(b"%04d" % len(frame) + frame)
-            n = int(_read(s, 4))
-            return FIXED.client_decode(_read(s, n), session)
+        self.sent += 1
+        return ask_fixed(FIXED, self.profile, self.ports["bank"], txn, values, local_now,
+                         IO_TIMEOUT)
 
 
-def _read(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"closed by the gateway after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
 
 
 _serials = itertools.count(1)
