@@ -202,3 +202,20 @@ def test_pending_on_a_database_not_migrated_yet_changes_nothing(tmp_path, capsys
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'bg.db'}")
     assert sa.inspect(engine).get_table_names() == []  # not migrated by a look
     engine.dispose()
+
+
+def test_n8_on_sqlite_keeps_one_worker(tmp_path):
+    from bankgate.app.config import ConfigError, with_workers
+    from bankgate.app.config import load_config as load
+
+    path = tmp_path / "bankgate.toml"
+    body = (f'[gateway]\ndata_dir = "{tmp_path.as_posix()}"\nworkers = WORKERS\n'
+            '[database]\nurl = "postgresql+psycopg://u@h/gw"\n'
+            f'[n8.database]\nurl = "sqlite:///{(tmp_path / "n8.db").as_posix()}"\n')
+    path.write_text(body.replace("WORKERS", "2"))
+    with pytest.raises(ConfigError, match=r"n8\.database\.url: SQLite keeps one writer"
+                                          r".* for N8's database"):
+        load(str(path))
+    path.write_text(body.replace("WORKERS", "1"))
+    with pytest.raises(ConfigError, match="N8's database"):
+        with_workers(load(str(path)), 2)

@@ -600,13 +600,14 @@ def _endpoint(sec: _Section, k: str, v: str) -> str:
 MAX_WORKERS = 64
 
 
-def workers_problem(db_url: str, workers: int) -> str | None:
-    """Why ``workers`` processes cannot run on ``db_url``, or ``None``: SQLite takes one
-    writer at a time, and a second process would wait on its lock (or fail) while the
-    first posts."""
+def workers_problem(db_url: str, workers: int, what: str = "") -> str | None:
+    """Why ``workers`` processes cannot run on ``db_url`` (``what``: which database, when
+    not the gateway's own), or ``None``: SQLite takes one writer at a time, and a second
+    process would wait on its lock (or fail) while the first posts."""
     backend = db_url.split(":", 1)[0].split("+", 1)[0].lower()
     if workers > 1 and _DB_ALIASES.get(backend, backend) == "sqlite":
-        return "SQLite keeps one writer process: workers = 1, or use a database server"
+        return ("SQLite keeps one writer process: workers = 1, or use a database server"
+                + (f" for {what}" if what else ""))
     return None
 
 
@@ -615,7 +616,8 @@ def with_workers(cfg: Config, workers: int, key: str = "(twistd --workers)") -> 
     over ``[gateway] workers``); raises :class:`ConfigError` naming ``key``."""
     if not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(cfg.source, key, f"expected 1 to {MAX_WORKERS}, got {workers!r}")
-    problem = workers_problem(cfg.db_url, workers)
+    problem = workers_problem(cfg.db_url, workers) or (
+        cfg.n8_db_url and workers_problem(cfg.n8_db_url, workers, "N8's database"))
     if problem:
         raise ConfigError(cfg.source, key, problem)
     cfg.workers = workers
@@ -1202,6 +1204,9 @@ def _parse_n8_database(cfg: Config, n8: _Section) -> None:
     sec.finish()
     if url != cfg.db_url:
         cfg.n8_db_url = url
+        problem = workers_problem(url, cfg.workers, "N8's database")
+        if problem:
+            raise sec.err("url", problem)
 
 
 def _parse_n8_post(n8: _Section, n8_url: str) -> PostSettings:
