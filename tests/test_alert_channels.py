@@ -396,13 +396,8 @@ class Mailbox:
         return lambda: Received(self.messages)
 
 
-def test_the_message_arrives_at_an_esmtp_server():
-    box = Mailbox()
-    reactor = MemoryReactorClock()
-    mail, text = mail_text(RAISE, gateway="gw1")
-    d = send_mail(reactor, Smtp(), ["ops@example.com"], mail, text)
-    factory = reactor.tcpClients[0][2]
-
+def connect(factory, box: Mailbox) -> None:
+    """The client ``factory`` talks to an ESMTP server delivering to ``box``."""
     def server():
         s = smtp.ESMTP()
         s.delivery, s.timeout, s.host = box, None, b"smtp.example.com"
@@ -410,13 +405,21 @@ def test_the_message_arrives_at_an_esmtp_server():
 
     server_address, client_address = (IPv4Address("TCP", "192.0.2.25", 25),
                                       IPv4Address("TCP", "192.0.2.9", 40000))
-    client, _server, pump = iosim.connectedServerAndClient(
+    _client, _server, pump = iosim.connectedServerAndClient(
         server, lambda: factory.buildProtocol(server_address),
         clientTransportFactory=lambda p: iosim.FakeTransport(
             p, False, hostAddress=client_address, peerAddress=server_address),
         serverTransportFactory=lambda p: iosim.FakeTransport(
             p, True, hostAddress=server_address, peerAddress=client_address))
     pump.flush()
+
+
+def test_the_message_arrives_at_an_esmtp_server():
+    box = Mailbox()
+    reactor = MemoryReactorClock()
+    mail, text = mail_text(RAISE, gateway="gw1")
+    d = send_mail(reactor, Smtp(), ["ops@example.com"], mail, text)
+    connect(reactor.tcpClients[0][2], box)
     assert d.result == 1 and box.recipients == ["ops@example.com"]
     [raw] = box.messages
     msg = email.message_from_bytes(raw, policy=policy.default)

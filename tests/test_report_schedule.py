@@ -23,15 +23,13 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_alert_channels import Mailbox
+from test_alert_channels import Mailbox, connect
 from test_custom_reports import seed
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.mail import smtp
-from twisted.test import iosim
 
 from bankgate.app.alert_channels import build_message
 from bankgate.app.config import MailConfig
@@ -384,24 +382,6 @@ def test_the_mail_arrives_at_an_esmtp_server(tmp_path):
     assert "和平区,4000.00" in parts[0].get_content()  # said to be UTF-8, read as UTF-8
     s.stop()
     store.stop()
-
-
-def connect(factory, box: Mailbox) -> None:
-    """The client ``factory`` talks to an ESMTP server delivering to ``box``."""
-    def server():
-        s = smtp.ESMTP()
-        s.delivery, s.timeout, s.host = box, None, b"smtp.example.com"
-        return s
-
-    server_address, client_address = (IPv4Address("TCP", "192.0.2.25", 25),
-                                      IPv4Address("TCP", "192.0.2.9", 40000))
-    _client, _server, pump = iosim.connectedServerAndClient(
-        server, lambda: factory.buildProtocol(server_address),
-        clientTransportFactory=lambda p: iosim.FakeTransport(
-            p, False, hostAddress=client_address, peerAddress=server_address),
-        serverTransportFactory=lambda p: iosim.FakeTransport(
-            p, True, hostAddress=server_address, peerAddress=client_address))
-    pump.flush()
 
 
 def test_mail_text_of_a_dated_report():
