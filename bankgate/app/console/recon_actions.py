@@ -248,11 +248,17 @@ class _InvoiceAction(actions.Action):
             return "/helpdesk"
         return "/helpdesk?" + ("receipt=" if len(n) == 20 and n.isdigit() else "invoice=") + n
 
-    def preview(self, parsed):
+    @staticmethod
+    def _attempt(call, *args, **kw):
+        """``call(*args, **kw)``; an :class:`InvoiceError` refuses the action at the
+        number, changing nothing."""
         try:
-            p = self.invoices.preview(self.kind, parsed["number"])
+            return call(*args, **kw)
         except InvoiceError as e:
             raise ActionRefused(str(e), "number") from None
+
+    def preview(self, parsed):
+        p = self._attempt(self.invoices.preview, self.kind, parsed["number"])
         pay, inv = p["payment"], p["invoice"]
         if inv is None:
             what = f"a new number from the stock of {pay['bank']}"
@@ -278,10 +284,7 @@ class PrintInvoice(_InvoiceAction):
                " until the invoice is voided.")
 
     def perform(self, parsed, actor, reason):
-        try:
-            r = self.invoices.print(parsed["number"], actor=actor, reason=reason)
-        except InvoiceError as e:
-            raise ActionRefused(str(e), "number") from None
+        r = self._attempt(self.invoices.print, parsed["number"], actor=actor, reason=reason)
         return Done(f"Invoice {r.invoice_no} printed for receipt {r.receipt_no}: its PDF is"
                     " linked under Invoice numbers.",
                     self._payment_page(r.receipt_no, r.payment_id))
@@ -292,10 +295,7 @@ class ReprintInvoice(_InvoiceAction):
     warning = "The copy keeps the number and is marked as a copy; every copy is audited."
 
     def perform(self, parsed, actor, reason):
-        try:
-            r = self.invoices.reprint(parsed["number"], actor=actor, reason=reason)
-        except InvoiceError as e:
-            raise ActionRefused(str(e), "number") from None
+        r = self._attempt(self.invoices.reprint, parsed["number"], actor=actor, reason=reason)
         return Done(f"Invoice {r.invoice_no} reprinted (copy {r.copy}) for receipt"
                     f" {r.receipt_no}: its PDF is linked under Invoice numbers.",
                     self._payment_page(r.receipt_no, r.payment_id))
@@ -307,10 +307,7 @@ class VoidInvoice(_InvoiceAction):
                " collect the paper. The payment may then be reversed or refunded.")
 
     def perform(self, parsed, actor, reason):
-        try:
-            r = self.invoices.void(parsed["number"], reason=reason, actor=actor)
-        except InvoiceError as e:
-            raise ActionRefused(str(e), "number") from None
+        r = self._attempt(self.invoices.void, parsed["number"], reason=reason, actor=actor)
         return Done(f"Invoice {r['invoice_no']} ({r['was'].lower()}) of receipt"
                     f" {r['receipt_no']} is void.", self._payment_page(r["receipt_no"]))
 
