@@ -171,7 +171,9 @@ def _clear_done(store, conn: sa.Connection, least: int = CLEAR_BATCH) -> list[in
 
 def clear_done(store) -> int:
     """Delete every outbox row this process has seen applied (the repair job, the
-    store's stop); how many."""
+    store's stop); how many.  Nothing seen: no transaction."""
+    if not store.outbox_done:
+        return 0
     with store.engine.begin() as c:
         ids = _clear_done(store, c, least=1)
     return len(ids or ())
