@@ -128,11 +128,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def _made_before(seconds: float) -> datetime:
+    """The outbox's time ``seconds`` ago: rows made before it are that old."""
+    return utcnow() - timedelta(seconds=seconds)
+
+
 def oldest_waiting(conn: sa.Connection, older_than: float = 0.0) -> tuple[int, float]:
     """How many outbox rows older than ``older_than`` seconds there are, and the age
     of the oldest in seconds (0: none), on the gateway's connection ``conn``."""
     o = model.n8_outbox
-    cutoff = utcnow() - timedelta(seconds=older_than)
+    cutoff = _made_before(older_than)
     n, oldest = conn.execute(sa.select(sa.func.count(), sa.func.min(o.c.created_at))
                              .where(o.c.created_at <= cutoff)).one()
     return int(n), (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
@@ -192,7 +197,7 @@ def pending(engine: sa.Engine, limit: int = 1000, older_than: float = 0.0) -> li
     operations decoded.  (A younger row may be in flight, or applied and about to be
     deleted with its batch.)"""
     o = model.n8_outbox
-    cutoff = utcnow() - timedelta(seconds=older_than)
+    cutoff = _made_before(older_than)
     with engine.connect() as c:
         rows = [dict(r) for r in c.execute(
             sa.select(o).where(o.c.created_at <= cutoff).order_by(o.c.id).limit(limit)
@@ -210,7 +215,7 @@ def has_outbox(engine: sa.Engine) -> bool:
 def waiting(engine: sa.Engine, older_than: float = 0.0) -> int:
     """How many outbox rows older than ``older_than`` seconds wait."""
     o = model.n8_outbox
-    cutoff = utcnow() - timedelta(seconds=older_than)
+    cutoff = _made_before(older_than)
     with engine.connect() as c:
         return int(c.execute(sa.select(sa.func.count()).select_from(o)
                              .where(o.c.created_at <= cutoff)).scalar())
@@ -253,7 +258,7 @@ def repair(store, older_than: float = 0.0, limit: int = 500) -> tuple[int, int]:
     the next run goes on)."""
     o = model.n8_outbox
     clear_done(store)
-    cutoff = utcnow() - timedelta(seconds=older_than)
+    cutoff = _made_before(older_than)
     with store.engine.connect() as c:
         ids = [r[0] for r in c.execute(sa.select(o.c.id).where(o.c.created_at <= cutoff)
                                        .order_by(o.c.id).limit(limit))]
