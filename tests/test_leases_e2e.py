@@ -346,8 +346,11 @@ def test_the_lease_holder_killed_mid_reconciliation_is_taken_over(databases, tmp
                                " WHERE action = 'recon-lock-takeover'")
         assert holder in detail and actor.split(":")[1] == str(b.process.proc.pid)
         assert "taken over from " + holder in b.text()
-        # nothing left held: B released the lock
-        assert db("SELECT count(*) FROM bg_lease WHERE name LIKE 'recon:%'")[0][0] == 0
+        # nothing left held: B releases the lock once the run is recorded (its own commit,
+        # a moment after the run's status)
+        wait_for("node B releases the run lock", lambda: db(
+            "SELECT count(*) FROM bg_lease WHERE name LIKE 'recon:%'")[0][0] == 0,
+            timeout=15, nodes=(a, b))
 
         clean_run(ref_url, d, data, tmp_path / "ref")
         got, want = outcome(url, d), outcome(ref_url, d)
