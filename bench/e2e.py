@@ -532,7 +532,7 @@ class Gateway:
 
     def worker_pids(self) -> list[int]:
         """The worker processes now (children of the ``twistd`` process)."""
-        return [pid for pid, (_, _, ppid) in _all_ticks().items() if ppid == self.proc.pid]
+        return [pid for pid, (_, _, ppid) in all_ticks().items() if ppid == self.proc.pid]
 
     def stop(self) -> None:
         self.process.stop()
@@ -583,7 +583,7 @@ def _postgres_ticks(database: str | None = None) -> tuple[dict[int, int], dict[i
     return ours, others
 
 
-def _all_ticks() -> dict[int, tuple[str, int, int]]:
+def all_ticks() -> dict[int, tuple[str, int, int]]:
     """Every process: ``{pid: (command, CPU ticks, parent pid)}``."""
     out = {}
     for d in os.listdir("/proc"):
@@ -599,7 +599,8 @@ def _all_ticks() -> dict[int, tuple[str, int, int]]:
     return out
 
 
-def _machine() -> tuple[int, int]:
+def machine_ticks() -> tuple[int, int, int]:
+    """The machine's CPU ticks since boot: (busy, all, irq + softirq)."""
     with open("/proc/stat") as fh:
         v = [int(x) for x in fh.readline().split()[1:9]]
     idle = v[3] + v[4]
@@ -608,9 +609,9 @@ def _machine() -> tuple[int, int]:
 
 def machine_busy(seconds: float = 1.0) -> float:
     """Share of the machine's CPU busy over ``seconds`` (before we load it)."""
-    a = _machine()
+    a = machine_ticks()
     time.sleep(seconds)
-    b = _machine()
+    b = machine_ticks()
     return (b[0] - a[0]) / max(1, b[1] - a[1])
 
 
@@ -632,11 +633,11 @@ class CpuMeter:
         self.database = database  # PostgreSQL: the backends of other databases are others'
 
     def snapshot(self):
-        procs = _all_ticks()
+        procs = all_ticks()
         children = {pid: (t, _ticks(pid, pid)) for pid, (_, t, ppid) in procs.items()
                     if ppid == self.pid}
         pg, pg_others = _postgres_ticks(self.database)
-        return (time.monotonic(), _ticks(self.pid), pg, _machine(),
+        return (time.monotonic(), _ticks(self.pid), pg, machine_ticks(),
                 _ticks(self.pid, self.pid), procs, children, pg_others)
 
     def delta(self, a, b) -> dict:

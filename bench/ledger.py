@@ -15,6 +15,9 @@ times the hot path's statements pipelined (psycopg pipeline mode: BEGIN with the
 first, COMMIT with the second -- two round trips) and a query reading only what
 the answer shows -- the headroom left.  ``--rounds N`` runs every phase N times in
 turn and compares the medians (on a shared machine a phase's rate comes and goes).
+On Linux each
+phase also gets the machine's CPU per operation, split between this process, the
+PostgreSQL and MariaDB servers and the rest (``/proc``; printed before the summary).
 ``--hooks``
 builds the ledger as the service does (``bankgate.app.wiring`` on the embedded
 default configuration, bank ``bench`` invoicing like ``demo-fixed``): the
@@ -503,6 +506,7 @@ class Phase:
         self.lat: list[float] = []
         self.elapsed = 0.0
         self.cpu = 0.0  # this process's CPU seconds (every thread) over the measured window
+        self.split: dict[str, float] | None = None  # the machine's CPU seconds, by whom
         self.ran_out = False
         self.errors: list[str] = []
 
@@ -557,7 +561,11 @@ class Phase:
         clock["end"] = clock["start"] + self.seconds
         ready.wait()
         time.sleep(max(0.0, clock["start"] - time.perf_counter()))
-        cpu0 = time.process_time()
+        cpu0, where0 = time.process_time(), cpu_where()
+        time.sleep(max(0.0, clock["end"] - time.perf_counter()))
+        where1 = cpu_where()  # the window, before the workers close their connections
+        if where0 and where1:
+            self.split = cpu_spent(where0, where1)
         for t in ts:
             t.join()
         self.cpu = time.process_time() - cpu0
@@ -587,6 +595,50 @@ class Phase:
         cpu = 1000 * self.cpu / self.ops if self.ops else 0.0
         return (f"{self.label:<26} {self.ops:>8,} {self.rate:>9,.0f} {self.pct(0.5):>8.2f} "
                 f"{self.pct(0.99):>8.2f} {cpu:>8.3f}  {oc}{flags}{errs}")
+
+
+def cpu_where() -> dict | None:
+    """CPU seconds used so far (Linux's /proc; None elsewhere): the machine's busy
+    ones, this process's, and each PostgreSQL and MariaDB server process's."""
+    if not os.path.exists("/proc/stat"):
+        return None
+    from e2e import CLK, all_ticks, machine_ticks  # bench/, beside this script
+
+    servers = {pid: (comm, ticks / CLK) for pid, (comm, ticks, _) in all_ticks().items()
+               if comm in ("postgres", "mariadbd", "mysqld")}
+    return {"machine": machine_ticks()[0] / CLK, "bench": time.process_time(),
+            "servers": servers}
+
+
+def cpu_spent(a: dict, b: dict) -> dict[str, float]:
+    """CPU seconds from snapshot ``a`` to ``b`` (:func:`cpu_where`), by whom: a server
+    process that ended in between is lost to "the rest" (the benchmark's own
+    connections live through the window)."""
+    out = {"machine": b["machine"] - a["machine"], "bench": b["bench"] - a["bench"],
+           "postgres": 0.0, "mariadb": 0.0}
+    for pid, (comm, t) in b["servers"].items():
+        was = a["servers"].get(pid)
+        out["postgres" if comm == "postgres" else "mariadb"] += (
+            t - was[1] if was and was[0] == comm else t)
+    return out
+
+
+def cpu_line(label: str, phases: list[Phase]) -> str | None:
+    """Where the machine's CPU went per operation, summed over ``phases`` (the rounds)."""
+    got = [p.split for p in phases if p.split]
+    ops = sum(p.ops for p in phases if p.split)
+    if not got or not ops:
+        return None
+    tot = {k: sum(g[k] for g in got) for k in got[0]}
+    wall = sum(p.elapsed for p in phases if p.split)
+    rest = tot["machine"] - tot["bench"] - tot["postgres"] - tot["mariadb"]
+    ms = {k: 1000 * v / ops for k, v in tot.items()}
+    return (f"  {label:<26} {ms['machine']:6.2f} ms: this process {ms['bench']:.2f}, "
+            f"PostgreSQL {ms['postgres']:.2f}, MariaDB {ms['mariadb']:.2f}, the rest "
+            f"{1000 * rest / ops:.2f}   (machine {100 * tot['machine'] / wall / CPUS:.0f}% busy)")
+
+
+CPUS = os.cpu_count() or 1
 
 
 class _Median:
@@ -827,6 +879,11 @@ def main(argv=None) -> int:
         print(f"ops/s below: the median of {rounds} rounds; each round's, in order:")
         for label, ps in runs.items():
             print(f"  {label:<26} " + "  ".join(f"{p.rate:,.0f}" for p in ps))
+        print()
+    lines = [line for label, ps in runs.items() if (line := cpu_line(label, ps))]
+    if lines:
+        print("the machine's CPU per operation (every round), and who used it:")
+        print("\n".join(lines))
         print()
     phases = {label: _Median(ps) for label, ps in runs.items()}
     for kind in ("payments", "queries"):
