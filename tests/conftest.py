@@ -15,10 +15,16 @@ from datetime import date, datetime
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings
 
 from bankgate.domain.ledger import BankPolicy, Ledger
 from bankgate.store.db import Store
 from bankgate.store.n8 import N8Mapping
+
+# Property tests assert properties, not speed (bench/ measures speed): no per-example
+# deadline, which on a loaded CI machine fails an example for being slow, not wrong.
+settings.register_profile("bankgate", deadline=None)
+settings.load_profile("bankgate")
 
 SERVERS = {
     "postgres": os.environ.get(
