@@ -15,14 +15,12 @@ times the hot path's statements pipelined (psycopg pipeline mode: BEGIN with the
 first, COMMIT with the second -- two round trips) and a query reading only what
 the answer shows -- the headroom left.  ``--rounds N`` runs every phase N times in
 turn and compares the medians (on a shared machine a phase's rate comes and goes).
-On Linux each
-phase also gets the machine's CPU per operation, split between this process, the
-PostgreSQL and MariaDB servers and the rest (``/proc``; printed before the summary).
-``--hooks``
-builds the ledger as the service does (``bankgate.app.wiring`` on the embedded
-default configuration, bank ``bench`` invoicing like ``demo-fixed``): the
-invoice-number and supply-status hooks run inside every payment, as they do in
-production; without it the ledger has no hooks.
+On Linux each phase also gets the machine's CPU per operation, split between this
+process, the PostgreSQL and MariaDB servers and the rest (``/proc``; printed before
+the summary).  ``--hooks`` builds the ledger as the service does
+(``bankgate.app.wiring`` on the embedded default configuration, bank ``bench``
+invoicing like ``demo-fixed``): the invoice-number and supply-status hooks run
+inside every payment, as they do in production; without it the ledger has no hooks.
 
     .venv/bin/python bench/ledger.py                       # SQLite file under /tmp
     .venv/bin/python bench/ledger.py --threads 4 --seconds 10 \\
@@ -74,6 +72,7 @@ from bankgate.store.n8 import N8Mapping  # noqa: E402
 DEFAULT_URL = "sqlite:////tmp/bankgate-bench.db"
 BANK = BankPolicy("bench", "999999", policy="any")
 TARGETS = {"payments": 1500, "queries": 4000, "ratio": 0.6}
+CPUS = os.cpu_count() or 1
 
 
 # -- setup ------------------------------------------------------------------------------
@@ -630,15 +629,12 @@ def cpu_line(label: str, phases: list[Phase]) -> str | None:
     if not got or not ops:
         return None
     tot = {k: sum(g[k] for g in got) for k in got[0]}
-    wall = sum(p.elapsed for p in phases if p.split)
+    wall = sum(p.seconds for p in phases if p.split)  # the CPU's window: start to end
     rest = tot["machine"] - tot["bench"] - tot["postgres"] - tot["mariadb"]
     ms = {k: 1000 * v / ops for k, v in tot.items()}
     return (f"  {label:<26} {ms['machine']:6.2f} ms: this process {ms['bench']:.2f}, "
             f"PostgreSQL {ms['postgres']:.2f}, MariaDB {ms['mariadb']:.2f}, the rest "
             f"{1000 * rest / ops:.2f}   (machine {100 * tot['machine'] / wall / CPUS:.0f}% busy)")
-
-
-CPUS = os.cpu_count() or 1
 
 
 class _Median:
