@@ -100,3 +100,35 @@ def test_every_statement_compiles(issued, dialect):
         for ref in ("n8_customer", "n8_bill", "n8_payment"):
             assert ref not in sql  # every N8 name comes from the mapping
     assert locking >= 3
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=str)
+def test_custom_reports_gateway_copy_is_a_temporary_table_in_each_dialects_form(dialect):
+    """With N8 apart, a custom report reading ``gateway_payment`` copies the gateway's
+    rows into a temporary table on N8's connection (store/custom_reports.py)."""
+    from bankgate.store import custom_reports as cr
+
+    d = DIALECTS[dialect]
+    p = model.payment
+    copy = cr.copy_table(d.name, [sa.Column("receipt_no", p.c.receipt_no.type,
+                                            primary_key=True),
+                                  sa.Column("status", p.c.status.type),
+                                  sa.Column("bank", p.c.bank.type)])
+    create, drop = (" ".join(str(s.compile(dialect=d)).split()) for s in cr.copy_ddl(copy, d))
+    name = {"mssql": "[#bgtmp_gp_", "oracle": "ora$ptt_bgtmp_gp_",
+            "db2": "SESSION.bgtmp_gp_"}[dialect]
+    assert create.startswith({
+        "mssql": "CREATE TABLE " + name,
+        "oracle": "CREATE PRIVATE TEMPORARY TABLE " + name,  # Oracle 18c and later
+        "db2": "DECLARE GLOBAL TEMPORARY TABLE " + name}[dialect]), create
+    assert create.endswith({"mssql": "PRIMARY KEY (receipt_no) )",
+                            "oracle": ") ON COMMIT PRESERVE DEFINITION",
+                            "db2": ") ON COMMIT PRESERVE ROWS NOT LOGGED WITH REPLACE"}[dialect])
+    assert drop.startswith("DROP TABLE " + name), drop
+    # the report's one statement runs against the copy as against bg_payment
+    q = cr.Query("payment", (cr.Dim("gateway_payment.bank"),), (cr.Measure("count"),),
+                 (cr.Cond("gateway_payment.status", "=", "POSTED"),))
+    sql = str(cr.build(build_tables(RENAMED, sa.MetaData()), q, d.name, gateway=copy)
+              .compile(dialect=d))
+    assert name in sql and "bg_payment" not in sql, sql
+    assert name in str(copy.insert().compile(dialect=d))

@@ -335,7 +335,7 @@ def run(tx: Tx, q: Query, totals: bool = False) -> tuple[list[tuple], tuple | No
     try:
         return _run(n8conn, tx.n8, q, totals, copy)
     finally:
-        copy.drop(n8conn)
+        n8conn.execute(copy_ddl(copy, n8conn.dialect)[1])
 
 
 def _run(conn, n8, q: Query, totals: bool, gateway: sa.Table = model.payment):
@@ -366,11 +366,11 @@ def _gateway_copy(tx: Tx, n8conn, q: Query) -> sa.Table:
         | {c.field for c in q.conds}
     physical = sorted({GATEWAY_PAYMENT[f.split(".", 1)[1]] for f in fields
                        if f.startswith("gateway_payment.")})
-    copy = sa.Table(f"bgtmp_gp_{secrets.token_hex(4)}", sa.MetaData(),
-                    sa.Column("receipt_no", p.c.receipt_no.type, primary_key=True),
-                    *[sa.Column(c, p.c[c].type) for c in physical],
-                    prefixes=["TEMPORARY"])
-    copy.create(n8conn)
+    copy = copy_table(n8conn.dialect.name, [
+        sa.Column("receipt_no", p.c.receipt_no.type, primary_key=True),
+        *[sa.Column(c, p.c[c].type) for c in physical]])
+    create, drop = copy_ddl(copy, n8conn.dialect)
+    n8conn.execute(create)
     try:
         cols = [p.c.receipt_no, *[p.c[c] for c in physical]]
 
@@ -395,6 +395,43 @@ def _gateway_copy(tx: Tx, n8conn, q: Query) -> sa.Table:
                 put(tx.conn.execute(sa.select(*cols).where(
                     p.c.receipt_no.in_(ids[i:i + IN_CHUNK]))).all())
     except BaseException:
-        copy.drop(n8conn)
+        n8conn.execute(drop)
         raise
     return copy
+
+
+def _db2(dialect_name: str) -> bool:
+    return dialect_name.startswith("ibm_db") or dialect_name == "db2"
+
+
+def copy_table(dialect_name: str, columns: list[sa.Column]) -> sa.Table:
+    """The gateway's copy on N8's connection, a temporary table in the form N8's
+    database takes: ``CREATE TEMPORARY TABLE`` (PostgreSQL, MariaDB/MySQL, SQLite);
+    a ``#`` table (SQL Server); a private temporary table, ``ORA$PTT_`` named and
+    without a primary key, which Oracle (18c and later) does not index; a declared
+    global temporary table in ``SESSION``, without constraints (DB2, which needs a
+    user temporary table space).  Each is seen by its connection only, and dropped
+    when the report is done (:func:`copy_ddl`)."""
+    name = f"bgtmp_gp_{secrets.token_hex(4)}"
+    if dialect_name == "oracle" or _db2(dialect_name):
+        columns = [sa.Column(c.name, c.type) for c in columns]
+    if dialect_name == "mssql":
+        return sa.Table("#" + name, sa.MetaData(), *columns)
+    if dialect_name == "oracle":
+        return sa.Table("ora$ptt_" + name, sa.MetaData(), *columns,
+                        prefixes=["PRIVATE TEMPORARY"], oracle_on_commit="PRESERVE DEFINITION")
+    if _db2(dialect_name):
+        return sa.Table(name, sa.MetaData(), *columns,
+                        schema=sa.sql.quoted_name("SESSION", quote=False))
+    return sa.Table(name, sa.MetaData(), *columns, prefixes=["TEMPORARY"])
+
+
+def copy_ddl(table: sa.Table, dialect: sa.Dialect) -> tuple:
+    """(create, drop) of a :func:`copy_table` table, as statements to execute."""
+    if _db2(dialect.name):
+        ddl = str(sa.schema.CreateTable(table).compile(dialect=dialect)).strip()
+        assert ddl.startswith("CREATE TABLE ")
+        return (sa.text("DECLARE GLOBAL TEMPORARY TABLE " + ddl[len("CREATE TABLE "):]
+                        + " ON COMMIT PRESERVE ROWS NOT LOGGED WITH REPLACE"),
+                sa.schema.DropTable(table))
+    return sa.schema.CreateTable(table), sa.schema.DropTable(table)
