@@ -268,6 +268,24 @@ def test_database_unreachable_does_not_stop_the_service(world):
     assert w.service.loop.running and w.service.database_ok is True
 
 
+def test_n8s_own_database_unreachable_is_an_episode_of_its_own(world):
+    n8 = {"down": False}
+
+    def probe():  # HealthCheck.n8_database's answer: None, or the reason
+        return defer.succeed("n8 database: (2003, \"Can't connect to MySQL server\")"
+                             if n8["down"] else None)
+
+    w = world(n8_database=probe)
+    one_episode(w, a.DATABASE_UNREACHABLE, a.N8_DATABASE, lambda: n8.update(down=True),
+                lambda: n8.update(down=False))
+    raised = w.channel.events[0].alert
+    assert raised.severity == a.CRITICAL and "Can't connect" in raised.message
+    # the gateway's database answered all along: no episode of its own, and the kinds
+    # read from it were read at every check
+    assert [s for s in w.sent(a.DATABASE_UNREACHABLE) if s[1] == "database"] == []
+    assert w.db.calls == 2 * 6  # six checks, each: the ping and the read of the inputs
+
+
 def test_a_database_that_hangs_is_unreachable_after_the_timeout(world):
     w = world()
     w.service.startService()

@@ -109,6 +109,9 @@ class AlertService(service.Service):
     :param now: local wall-clock time (the service's ``now``).
     :param last_message: ``bank -> datetime or None``: the bank's last frame (local).
     :param database: ``() -> Deferred of None or the reason it did not answer``.
+    :param n8_database: the same for N8's database when it is one of its own: it
+        raises ``database-unreachable`` for subject ``n8 database`` (the banks'
+        queries and payments answer BUSY meanwhile).
     :param channels: each with ``send(event) -> Deferred`` that never fails.
     """
 
@@ -118,11 +121,13 @@ class AlertService(service.Service):
                  last_message: Callable[[str], datetime | None],
                  database: Callable[[], defer.Deferred], invoice_settings: Mapping | None = None,
                  channels: Iterable = (), interval: float = 60.0, history: int = 200,
-                 read_timeout: float = READ_TIMEOUT):
+                 read_timeout: float = READ_TIMEOUT,
+                 n8_database: Callable[[], defer.Deferred] | None = None):
         self.store, self.clock, self.now = store, clock, now
         self.watches = watches
         self.last_message = last_message
         self.database = database
+        self.n8_database = n8_database  # N8's own database ([n8.database]): its probe
         self.invoice_settings = dict(invoice_settings or {})
         self.channels = list(channels)
         self.interval = interval
@@ -154,6 +159,7 @@ class AlertService(service.Service):
         return cls(store=gw.store, clock=gw.reactor, now=gw.now,
                    watches=Watches.from_config(cfg, reconcilable),
                    last_message=last_message, database=health.database,
+                   n8_database=health.n8_database if gw.store.split else None,
                    invoice_settings=gw.parts.invoice_settings,
                    channels=channels_for(gw.reactor, cfg.alerts, cfg.mail),
                    interval=cfg.alerts.interval)
@@ -202,11 +208,15 @@ class AlertService(service.Service):
             self.watching_since = now
         due = [(w.bank, rules.statement_due(w, now, self.watches.statement_grace)[0])
                for w in self.watches.statements]
-        d = defer.maybeDeferred(self.database)
+        # the probes of the gateway's database and of N8's own, at once
+        probes = [defer.maybeDeferred(self.database),
+                  defer.maybeDeferred(self.n8_database) if self.n8_database is not None
+                  else defer.succeed(None)]
 
-        def asked(reason):
+        def asked(reasons):
+            reason, n8_reason = reasons
             if reason is not None:
-                return self._judge(now, reason, None)
+                return self._judge(now, reason, None, n8_reason)
             r = self.store.call(self.store.run_sync, read_inputs, due, self.invoice_settings,
                                 readonly=True)
             r.addTimeout(self.read_timeout, self.clock)
@@ -214,24 +224,27 @@ class AlertService(service.Service):
             def unread(f):
                 if f.check(StoreUnavailable):
                     why = " ".join(str(f.value).split())[:200] or "unavailable"
-                    return self._judge(now, f"database: {why}", None)
+                    return self._judge(now, f"database: {why}", None, n8_reason)
                 if f.check(defer.TimeoutError):
                     log.warn("alerts: the checks' inputs were not read within {s:g} s;"
                              " the kinds read from the database wait for the next check",
                              s=self.read_timeout)
                 else:
                     log.failure("alerts: the checks' inputs could not be read", f)
-                return self._judge(now, None, None)
+                return self._judge(now, None, None, n8_reason)
 
-            return r.addCallbacks(lambda inputs: self._judge(now, None, inputs), unread)
+            return r.addCallbacks(lambda inputs: self._judge(now, None, inputs, n8_reason),
+                                  unread)
 
-        return d.addCallback(asked)
+        return defer.gatherResults(probes, consumeErrors=True).addCallback(asked)
 
-    def _judge(self, now: datetime, db_reason: str | None, inputs: Inputs | None) -> list[Event]:
+    def _judge(self, now: datetime, db_reason: str | None, inputs: Inputs | None,
+               n8_reason: str | None = None) -> list[Event]:
         w = self.watches
         last = {q.bank: self.last_message(q.bank) for q in w.quiet}
         found = rules.quiet_banks(w.quiet, last, self.watching_since or now, now)
         found += rules.database_alert(db_reason, now)
+        found += rules.database_alert(n8_reason, now, subject=rules.N8_DATABASE)
         checked = {rules.BANK_QUIET, rules.DATABASE_UNREACHABLE}
         if inputs is not None:
             found += rules.recon_alerts(inputs.recon)

@@ -42,6 +42,9 @@ N8_WAITING = "n8-writes-waiting"
 KINDS = (BANK_QUIET, RECON_FAILED, RECON_UNBALANCED, STATEMENT_MISSING, INVOICE_STOCK_LOW,
          REVERSAL_PENDING, DATABASE_UNREACHABLE, N8_WAITING)
 
+#: the subject of database-unreachable for N8's own database ([n8.database])
+N8_DATABASE = "n8 database"
+
 #: seconds an N8 write may wait in the outbox before n8-writes-waiting is raised
 N8_WAITING_AFTER = 60.0
 
@@ -64,8 +67,9 @@ ADVICE = {
     REVERSAL_PENDING: "check the outbound card-debit link and the bank's debit host; the"
                       " reversal is sent again until the bank answers (bankgate"
                       " withholding queue).",
-    DATABASE_UNREACHABLE: "check the database server and the network to it; payments are"
-                          " answered BUSY until it is back.",
+    DATABASE_UNREACHABLE: "check the database server and the network to it (the subject"
+                          " says which: the gateway's database, or N8's own); payments"
+                          " are answered BUSY until it is back.",
     N8_WAITING: "N8's own database does not take the gateway's writes: check it and the"
                 " network to it (bankgate n8 pending shows the error); the repair job"
                 " applies them once it answers.",
@@ -333,11 +337,13 @@ def n8_alerts(waiting: int, oldest_age: float, now: datetime,
                   now - timedelta(seconds=oldest_age))]
 
 
-def database_alert(reason: str | None, now: datetime) -> list[Alert]:
-    """database-unreachable: the database did not answer (``reason`` says how)."""
+def database_alert(reason: str | None, now: datetime,
+                   subject: str = "database") -> list[Alert]:
+    """database-unreachable: the database did not answer (``reason`` says how);
+    ``subject`` :data:`N8_DATABASE`: N8's, when it is a database of its own."""
     if reason is None:
         return []
-    return [Alert(DATABASE_UNREACHABLE, "database", CRITICAL, reason, now)]
+    return [Alert(DATABASE_UNREACHABLE, subject, CRITICAL, reason, now)]
 
 
 # -- episodes -----------------------------------------------------------------------------
