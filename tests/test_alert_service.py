@@ -468,3 +468,33 @@ def test_the_service_mails_alerts_through_the_one_mail_server(tmp_path):
     assert isinstance(mail, EmailChannel)
     assert mail.smtp is cfg.mail is gw.reports.mail and mail.to == ["ops@example.com"]
     gw.store.stop()
+
+
+@pytest.mark.parametrize("apart", [False, True], ids=["n8-shared", "n8-apart"])
+def test_the_service_probes_n8s_database_when_it_is_one_of_its_own(tmp_path, apart):
+    """The wiring: with ``[n8.database]`` the checks probe N8's database too, and a
+    database that does not answer raises database-unreachable for ``n8 database``."""
+    from bankgate.app.config import parse_config
+    from bankgate.app.service import GatewayService
+
+    raw = {"gateway": {"data_dir": str(tmp_path)}, "alerts": {}}
+    if apart:
+        raw["n8"] = {"database": {"url": f"sqlite:///{tmp_path / 'n8.db'}"}}
+    gw = GatewayService(parse_config(raw, "t.toml"), Clock())
+    try:
+        assert (gw.alerts.n8_database is not None) is apart
+        if apart:
+            # the store's pool calls run at once here (no reactor): the same probes
+            health = HealthCheck(synchronous(gw.store), Clock(), timeout=10)
+            gw.alerts.store = synchronous(gw.store)
+            gw.alerts.database, gw.alerts.n8_database = health.database, health.n8_database
+            gw.store.create_gateway_tables()  # what the start's migration makes
+            gw.store.n8_engine.dispose()
+            (tmp_path / "n8.db").write_bytes(b"not a database")  # N8's file is broken
+            events = []
+            gw.alerts.check().addCallback(events.extend)
+            assert [(e.alert.kind, e.alert.subject) for e in events] == [
+                (a.DATABASE_UNREACHABLE, a.N8_DATABASE)]
+            assert "n8 database:" in events[0].alert.message
+    finally:
+        gw.store.stop()
