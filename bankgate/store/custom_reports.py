@@ -331,11 +331,11 @@ def run(tx: Tx, q: Query, totals: bool = False) -> tuple[list[tuple], tuple | No
     if "gateway_payment" not in _tables_of(q):
         return _run(tx.n8conn, tx.n8, q, totals)
     n8conn = tx.n8conn
-    copy = _gateway_copy(tx, n8conn, q)
+    copy, drop = _gateway_copy(tx, n8conn, q)
     try:
         return _run(n8conn, tx.n8, q, totals, copy)
     finally:
-        n8conn.execute(copy_ddl(copy, n8conn.dialect)[1])
+        n8conn.execute(drop)
 
 
 def _run(conn, n8, q: Query, totals: bool, gateway: sa.Table = model.payment):
@@ -352,15 +352,16 @@ def _run(conn, n8, q: Query, totals: bool, gateway: sa.Table = model.payment):
 IN_CHUNK = 500  # keys per IN (...) list, and rows per insert
 
 
-def _gateway_copy(tx: Tx, n8conn, q: Query) -> sa.Table:
-    """A temporary table on N8's connection holding the ``bg_payment`` rows (the
-    receipt number and the columns ``q`` reads) of the payments ``q`` may count,
-    so that the one statement of :func:`build` runs there unchanged -- the same
-    join, groups, order and limit as with one database.  The smaller side is read
-    first: with a condition on ``gateway_payment`` the gateway's rows meeting it
-    (a payment without one could not meet it either: the join is outer, the
-    condition false on NULL); otherwise N8's payments meeting the report's other
-    conditions, then their gateway rows, :data:`IN_CHUNK` receipts at a time."""
+def _gateway_copy(tx: Tx, n8conn, q: Query) -> tuple[sa.Table, sa.Executable]:
+    """A temporary table (:func:`copy_table`) on N8's connection holding the
+    ``bg_payment`` rows (the receipt number and the columns ``q`` reads) of the
+    payments ``q`` may count, and the statement that drops it, so that the one
+    statement of :func:`build` runs there unchanged -- the same join, groups, order
+    and limit as with one database.  The smaller side is read first: with a
+    condition on ``gateway_payment`` the gateway's rows meeting it (a payment
+    without one could not meet it either: the join is outer, the condition false on
+    NULL); otherwise N8's payments meeting the report's other conditions, then their
+    gateway rows, :data:`IN_CHUNK` receipts at a time."""
     p = model.payment
     fields = {d.field for d in q.dims} | {m.field for m in q.measures if m.field} \
         | {c.field for c in q.conds}
@@ -397,7 +398,7 @@ def _gateway_copy(tx: Tx, n8conn, q: Query) -> sa.Table:
     except BaseException:
         n8conn.execute(drop)
         raise
-    return copy
+    return copy, drop
 
 
 def _db2(dialect_name: str) -> bool:
@@ -430,8 +431,10 @@ def copy_ddl(table: sa.Table, dialect: sa.Dialect) -> tuple:
     """(create, drop) of a :func:`copy_table` table, as statements to execute."""
     if _db2(dialect.name):
         ddl = str(sa.schema.CreateTable(table).compile(dialect=dialect)).strip()
-        assert ddl.startswith("CREATE TABLE ")
-        return (sa.text("DECLARE GLOBAL TEMPORARY TABLE " + ddl[len("CREATE TABLE "):]
+        body = ddl.removeprefix("CREATE TABLE ")
+        if body == ddl:
+            raise RuntimeError(f"not a CREATE TABLE: {ddl[:60]}")
+        return (sa.text("DECLARE GLOBAL TEMPORARY TABLE " + body
                         + " ON COMMIT PRESERVE ROWS NOT LOGGED WITH REPLACE"),
                 sa.schema.DropTable(table))
     return sa.schema.CreateTable(table), sa.schema.DropTable(table)
