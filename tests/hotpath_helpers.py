@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
+import sqlalchemy as sa
 from conftest import NOW, FakeClock
 from hypothesis import event
 from hypothesis import strategies as st
@@ -142,3 +144,21 @@ def check_payment(run, spec, status, prepaid) -> None:
         r = next((r for r in rows if r["bill_id"] == bill_id), {"principal": 0, "late_fee": 0})
         assert (paid, late_paid) == (int(before[2] * before[3]) + r["principal"],
                                      before[4] + r["late_fee"])
+
+
+@contextmanager
+def refusing(engine: sa.Engine, table: sa.Table,
+             check: Callable[[Callable[[str], str]], str]) -> Iterator[None]:
+    """The database on ``engine`` refuses, for the block, the rows of ``table`` that
+    fail ``check(quote)`` (a CHECK constraint's condition, the column names quoted
+    by ``quote``): a write that fails half-way through a payment."""
+    prep = engine.dialect.identifier_preparer
+    name = prep.format_table(table)
+    with engine.begin() as c:
+        c.execute(sa.text(f"ALTER TABLE {name} ADD CONSTRAINT bg_test_refuse"
+                          f" CHECK ({check(prep.quote)})"))
+    try:
+        yield
+    finally:
+        with engine.begin() as c:
+            c.execute(sa.text(f"ALTER TABLE {name} DROP CONSTRAINT bg_test_refuse"))
