@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
-from conftest import BANKS, NOW, make_store, seed_fixture
+from conftest import BANKS, NOW, close_store, make_store, seed_fixture
 from ledger_helpers import bills, check_books, count, pay
 from test_n8_split import _FailingCommit
 from twisted.internet.task import Clock
@@ -219,3 +219,55 @@ def test_n8_on_sqlite_keeps_one_worker(tmp_path):
     path.write_text(body.replace("WORKERS", "1"))
     with pytest.raises(ConfigError, match="N8's database"):
         with_workers(load(str(path)), 2)
+
+
+# -- the outbox's vacuum (PostgreSQL) -------------------------------------------------------
+
+
+def _vacuums(store) -> int:
+    """How many times the outbox was vacuumed by hand (PostgreSQL's own count)."""
+    with store.engine.connect() as c:  # a fresh transaction: a fresh view of the statistics
+        return c.execute(sa.text("SELECT vacuum_count FROM pg_stat_user_tables"
+                                 " WHERE relname = :t"), {"t": model.n8_outbox.name}).scalar()
+
+
+def test_the_job_vacuums_the_outbox_on_postgresql_after_enough_rows(tmp_path, clock,
+                                                                      monkeypatch):
+    store = make_store("postgres+mariadb", tmp_path)
+    try:
+        seed_fixture(store)
+        ledger = Ledger(store, dict(BANKS), now=clock)
+        monkeypatch.setattr(n8outbox, "VACUUM_AFTER", 3)
+        for serial in ("V1", "V2"):
+            assert ledger.pay(pay(serial, customer="100000200", amount=1000,
+                                  bank="any")).outcome == Outcome.OK
+        assert store.outbox_applied == 2
+        job = _job(store)
+        before = _vacuums(store)
+        assert job.run() == (0, 0)
+        assert count(store, model.n8_outbox) == 0  # the job deleted what was applied
+        assert _vacuums(store) == before and store.outbox_applied == 2  # not yet: 2 < 3
+        assert ledger.pay(pay("V3", customer="100000200", amount=1000,
+                              bank="any")).outcome == Outcome.OK
+        assert store.outbox_applied == 3
+        assert job.run() == (0, 0)
+        assert _vacuums(store) == before + 1  # the dead rows of three payments gone
+        assert store.outbox_applied == 0
+        assert job.run() == (0, 0) and _vacuums(store) == before + 1  # nothing new: no vacuum
+    finally:
+        store.outbox_done.clear()
+        close_store(store)
+
+
+def test_the_outbox_is_vacuumed_on_postgresql_only_and_a_failure_is_logged(split, caplog):
+    store, ledger = split
+    assert ledger.pay(pay("V1")).outcome == Outcome.OK
+    assert store.outbox_applied == 1
+    assert n8outbox.vacuum(store, least=0) is False  # SQLite clears deleted rows itself
+    down = sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:9/none")  # nothing there
+    gone = SimpleNamespace(dialect="postgresql", engine=down, outbox_applied=5)
+    with caplog.at_level("WARNING", logger="bankgate.n8"):
+        assert n8outbox.vacuum(gone, least=5) is False
+    assert "N8 outbox not vacuumed" in caplog.text
+    assert gone.outbox_applied == 0  # the next try after as many rows again
+    down.dispose()
