@@ -517,6 +517,7 @@ class Phase:
         if cycle:
             parts = [itertools.cycle(p) if p else p for p in parts]
         ready = threading.Barrier(self.threads + 1)
+        measured = threading.Event()  # the window's CPU read: connections may close now
         clock = {}
         results = []
         lock = threading.Lock()
@@ -549,6 +550,9 @@ class Phase:
             except BaseException as e:  # noqa: BLE001
                 self.errors.append(f"{type(e).__name__}: {e}")
             finally:
+                # a server process of a connection closed before the window's end was
+                # read would be lost to "the rest" (the raw baseline's own connections)
+                measured.wait()
                 close()
             with lock:
                 results.append((ops, lat, outcomes, ran_out, last))
@@ -563,7 +567,10 @@ class Phase:
         time.sleep(max(0.0, clock["start"] - time.perf_counter()))
         cpu0, where0 = time.process_time(), cpu_where()
         time.sleep(max(0.0, clock["end"] - time.perf_counter()))
-        where1 = cpu_where()  # the window, before the workers close their connections
+        try:
+            where1 = cpu_where()  # the window, before the workers close their connections
+        finally:
+            measured.set()
         if where0 and where1:
             self.split = cpu_spent(where0, where1)
         for t in ts:
