@@ -799,7 +799,7 @@ def main(argv=None) -> int:
     split_ledger = (Ledger(split_store, ledger.banks, hooks=ledger.hooks)
                     if split_store is not None else None)
     # what the service's N8 repair job does every repair_every (5 s): the outbox vacuumed
-    # after every n8outbox.VACUUM_AFTER rows applied (on PostgreSQL)
+    # once PostgreSQL counts n8outbox.VACUUM_AFTER dead rows in it
     repair_stop = threading.Event()
     if split_store is not None:
         threading.Thread(target=_vacuum_outbox, args=(split_store, repair_stop),

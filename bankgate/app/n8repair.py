@@ -67,7 +67,7 @@ class N8Repair:
     def run(self) -> tuple[int, int]:
         """On the store's thread: one pass under the lease; (applied, waiting)."""
         n8outbox.clear_done(self.store)  # what this process saw N8 commit
-        n8outbox.vacuum(self.store)  # PostgreSQL, after every VACUUM_AFTER rows applied
+        n8outbox.vacuum(self.store)  # PostgreSQL: once it holds VACUUM_AFTER dead rows
         if not n8outbox.waiting(self.store.engine, self.min_age):
             self.waiting = 0
             return 0, 0

@@ -78,7 +78,6 @@ class Store:
         self.writer = (writer or DirectWriter)(self.n8, self.n8_row_locks)
         # outbox rows N8 has committed, deleted in batches (bankgate.store.n8outbox)
         self.outbox_done: collections.deque[int] = collections.deque()
-        self.outbox_applied = 0  # rows applied since the outbox's last vacuum (PostgreSQL)
         self.reactor = reactor
         self.retries = retries
         self.statements = HotStatements(self)

@@ -116,7 +116,6 @@ def run_split(store, conn: sa.Connection, make_tx, fn, args, kw, readonly: bool)
             # anyway (or the repair job): a row applied but not deleted yet is only
             # applied again, which changes nothing
             store.outbox_done.append(oid)
-            store.outbox_applied += 1  # (a count lost to a race only delays vacuum())
         return result
     finally:
         if "conn" in n8:
@@ -185,33 +184,38 @@ def clear_done(store) -> int:
     return len(ids or ())
 
 
-#: PostgreSQL: the repair job vacuums the outbox once this process has seen this many
-#: of its rows applied since the last time (:func:`vacuum`)
+#: PostgreSQL: the repair job vacuums the outbox once PostgreSQL counts this many dead
+#: rows in it (:func:`vacuum`)
 VACUUM_AFTER = 1000
 
 
 def vacuum(store, least: int | None = None) -> bool:
-    """On PostgreSQL, ``VACUUM`` the outbox once this process has seen ``least`` of
-    its rows applied since the last time (default :data:`VACUUM_AFTER`); True: it ran.
+    """On PostgreSQL, ``VACUUM`` the outbox once PostgreSQL's statistics count
+    ``least`` dead rows in it (default :data:`VACUUM_AFTER`); True: it ran.
 
     The outbox is a queue: every payment inserts a row and a later batch deletes
     it, so it holds a few live rows and, until a vacuum, every dead one.  Those
     make each insert, delete and count on it dearer.  Autovacuum gets to a table
     about once a minute at best (``autovacuum_naptime``), and never where a DBA
-    turned it off; at full load that is tens of thousands of dead rows.  This
-    vacuum takes a few milliseconds, does not block the payments' inserts and
-    deletes, and skips the table while another process vacuums it (PostgreSQL 12
-    and later).  Other databases clear deleted rows by themselves.  A failure is
-    logged, and the next run after ``least`` more rows tries again."""
-    if store.dialect != "postgresql" or store.outbox_applied < (
-            VACUUM_AFTER if least is None else least):
+    turned it off; at full load that is tens of thousands of dead rows.  The
+    count is the database's (``pg_stat_user_tables.n_dead_tup``), so it covers
+    every worker and node; this vacuum takes a few milliseconds, does not block
+    the payments' inserts and deletes, and skips the table while another process
+    vacuums it (PostgreSQL 12 and later).  Other databases clear deleted rows by
+    themselves.  A failure is logged, and the next run tries again."""
+    if store.dialect != "postgresql":
         return False
-    store.outbox_applied = 0
+    least = VACUUM_AFTER if least is None else least
     version = store.engine.dialect.server_version_info or (0,)
     skip = "(SKIP_LOCKED) " if version >= (12,) else ""
-    try:
+    try:  # VACUUM runs outside a transaction
         with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-            c.exec_driver_sql(f"VACUUM {skip}{model.n8_outbox.name}")  # not in a transaction
+            dead = c.execute(sa.text("SELECT n_dead_tup FROM pg_stat_user_tables"
+                                     " WHERE relid = to_regclass(:t)"),
+                             {"t": model.n8_outbox.name}).scalar()
+            if (dead or 0) < least:
+                return False
+            c.exec_driver_sql(f"VACUUM {skip}{model.n8_outbox.name}")
     except sa.exc.SQLAlchemyError as e:
         log.warning("N8 outbox not vacuumed: %s", _short(e))
         return False
