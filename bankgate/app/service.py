@@ -290,6 +290,15 @@ def prepare_database(parts: wiring.Parts, demo=None) -> str:
     done.append(f"{store.customer_count()} customers")
     if store.split:  # what a crash or an outage left for N8, before any bank is served
         done.append(repair_at_start(store))
+    off = store.autovacuum_off()
+    if off:
+        log.warn("bankgate: PostgreSQL's autovacuum is off on {where}: the rows that updates"
+                 " and deletes leave behind (the journal's, the bills') are never cleared,"
+                 " and the tables and every scan of them grow; turn it on (autovacuum = on),"
+                 " or vacuum on a schedule (docs/database.rst){outbox}",
+                 where=" and ".join(off),
+                 outbox=("; the gateway vacuums its N8 outbox itself"
+                         if store.split and "the gateway's database" in off else ""))
     return ", ".join(done)
 
 

@@ -226,6 +226,24 @@ class Store:
         insp = sa.inspect(self.n8_engine)
         return insp.has_table(self.n8["customer"].name, schema=self.mapping.schema)
 
+    def autovacuum_off(self) -> list[str]:
+        """Where PostgreSQL's autovacuum is turned off: ``"the gateway's database"``,
+        ``"N8's database"`` (N8 a PostgreSQL database of its own), both or neither.
+        Other databases clear dead rows by themselves; a setting that cannot be
+        read counts as on."""
+        where = []
+        for name, engine in (("the gateway's database", self.engine),
+                             ("N8's database", self.n8_engine if self.split else None)):
+            if engine is None or engine.dialect.name != "postgresql":
+                continue
+            try:
+                with engine.connect() as conn:
+                    if conn.exec_driver_sql("SHOW autovacuum").scalar() == "off":
+                        where.append(name)
+            except sa.exc.SQLAlchemyError:
+                continue
+        return where
+
     def customer_count(self) -> int:
         with self.n8_engine.connect() as conn:
             q = sa.select(sa.func.count()).select_from(self.n8["customer"])

@@ -1,0 +1,66 @@
+"""PostgreSQL's autovacuum turned off: the store says where, and the start warns.
+
+The outbox's own vacuum is in tests/test_n8_repair.py; this is the rest of the
+gateway's tables, which only autovacuum (or a DBA's schedule) clears.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from conftest import close_store, make_store
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+from bankgate.app import wiring
+from bankgate.app.config import default_config
+from bankgate.app.service import prepare_database
+
+
+def _setting(engine: sa.Engine) -> str:
+    """The server's autovacuum, read another way than the store does."""
+    with engine.connect() as c:
+        return c.execute(sa.text("SELECT setting FROM pg_settings"
+                                 " WHERE name = 'autovacuum'")).scalar()
+
+
+def test_the_store_says_on_which_postgresql_database_autovacuum_is_off(tmp_path):
+    lite = make_store("sqlite", tmp_path / "a")
+    assert lite.autovacuum_off() == []  # SQLite clears dead rows itself
+    close_store(lite)
+    pg = make_store("postgres", tmp_path / "b")
+    try:
+        off = _setting(pg.engine) == "off"
+        assert pg.autovacuum_off() == (["the gateway's database"] if off else [])
+    finally:
+        close_store(pg)
+    n8_apart = make_store("sqlite+postgres", tmp_path / "c")
+    try:
+        off = _setting(n8_apart.n8_engine) == "off"
+        assert n8_apart.autovacuum_off() == (["N8's database"] if off else [])
+    finally:
+        close_store(n8_apart)
+
+
+def _start_warnings(tmp_path, monkeypatch, off: list[str]) -> list[str]:
+    parts = wiring.build(default_config(str(tmp_path)))
+    monkeypatch.setattr(parts.store, "autovacuum_off", lambda: off)
+    seen: list[str] = []
+
+    def observe(event):
+        if event.get("log_level") == LogLevel.warn:
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        summary = prepare_database(parts)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        parts.store.stop()
+    assert "gateway schema up to date" in summary  # the start went on
+    return [w for w in seen if "autovacuum" in w]
+
+
+def test_the_start_warns_when_autovacuum_is_off_and_says_what_to_do(tmp_path, monkeypatch):
+    (warning,) = _start_warnings(tmp_path / "a", monkeypatch, ["the gateway's database"])
+    assert "autovacuum is off on the gateway's database" in warning
+    assert "autovacuum = on" in warning and "docs/database.rst" in warning
+    assert _start_warnings(tmp_path / "b", monkeypatch, []) == []
