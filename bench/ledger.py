@@ -697,14 +697,17 @@ def checkpoint(store: Store) -> None:
     on a PostgreSQL server whose autovacuum is off, from a vacuumed database too
     (autovacuum's work, done between the phases: otherwise every phase pays for
     the dead rows of all the phases before it)."""
-    for engine in dict.fromkeys([store.engine, store.n8_engine]):
+    off = store.autovacuum_off()
+    for where, engine in (("the gateway's database", store.engine),
+                          ("N8's database", store.n8_engine if store.split else None)):
+        if engine is None:
+            continue
         raw = engine.raw_connection()  # outside any transaction
         try:
             cur = raw.cursor()
             if engine.dialect.name == "postgresql":
                 raw.driver_connection.autocommit = True
-                cur.execute("SHOW autovacuum")
-                if cur.fetchone()[0] == "off":
+                if where in off:
                     _say_once(f"(autovacuum is off on {engine.url.database}: the benchmark"
                               " vacuums it before each write phase)")
                     cur.execute("VACUUM")

@@ -22,6 +22,7 @@ from datetime import date
 import sqlalchemy as sa
 
 from bankgate.store import model
+from bankgate.store.dialects import is_db2
 from bankgate.store.n8 import REFERENCE
 from bankgate.store.n8values import sql_date, sql_fen
 from bankgate.store.tx import Tx
@@ -401,10 +402,6 @@ def _gateway_copy(tx: Tx, n8conn, q: Query) -> tuple[sa.Table, sa.Executable]:
     return copy, drop
 
 
-def _db2(dialect_name: str) -> bool:
-    return dialect_name.startswith("ibm_db") or dialect_name == "db2"
-
-
 def copy_table(dialect_name: str, columns: list[sa.Column]) -> sa.Table:
     """The gateway's copy on N8's connection, a temporary table in the form N8's
     database takes: ``CREATE TEMPORARY TABLE`` (PostgreSQL, MariaDB/MySQL, SQLite);
@@ -414,14 +411,14 @@ def copy_table(dialect_name: str, columns: list[sa.Column]) -> sa.Table:
     user temporary table space).  Each is seen by its connection only, and dropped
     when the report is done (:func:`copy_ddl`)."""
     name = f"bgtmp_gp_{secrets.token_hex(4)}"
-    if dialect_name == "oracle" or _db2(dialect_name):
+    if dialect_name == "oracle" or is_db2(dialect_name):
         columns = [sa.Column(c.name, c.type) for c in columns]
     if dialect_name == "mssql":
         return sa.Table("#" + name, sa.MetaData(), *columns)
     if dialect_name == "oracle":
         return sa.Table("ora$ptt_" + name, sa.MetaData(), *columns,
                         prefixes=["PRIVATE TEMPORARY"], oracle_on_commit="PRESERVE DEFINITION")
-    if _db2(dialect_name):
+    if is_db2(dialect_name):
         return sa.Table(name, sa.MetaData(), *columns,
                         schema=sa.sql.quoted_name("SESSION", quote=False))
     return sa.Table(name, sa.MetaData(), *columns, prefixes=["TEMPORARY"])
@@ -429,7 +426,7 @@ def copy_table(dialect_name: str, columns: list[sa.Column]) -> sa.Table:
 
 def copy_ddl(table: sa.Table, dialect: sa.Dialect) -> tuple:
     """(create, drop) of a :func:`copy_table` table, as statements to execute."""
-    if _db2(dialect.name):
+    if is_db2(dialect.name):
         ddl = str(sa.schema.CreateTable(table).compile(dialect=dialect)).strip()
         body = ddl.removeprefix("CREATE TABLE ")
         if body == ddl:

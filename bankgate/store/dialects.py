@@ -56,6 +56,12 @@ def create_engine(url: str, *, pool_size: int = 4, echo: bool = False,
     return engine
 
 
+def is_db2(dialect_name: str) -> bool:
+    """Is this SQLAlchemy dialect name DB2's (``ibm_db_sa`` names it ``ibm_db_sa``,
+    ``ibm_db`` or ``db2`` by version)?"""
+    return dialect_name.startswith("ibm_db") or dialect_name == "db2"
+
+
 def _lazy_rollback(dbapi_conn, _record, state) -> None:
     """The pool's reset of a pymysql connection: a ROLLBACK unless the last command
     on it was one answered by an OK packet (a COMMIT, a ROLLBACK: pymysql then holds

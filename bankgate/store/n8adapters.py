@@ -36,6 +36,7 @@ from functools import partial
 
 import sqlalchemy as sa
 
+from bankgate.store.dialects import is_db2
 from bankgate.store.n8check import Check
 from bankgate.store.n8write import DirectWriter
 
@@ -197,7 +198,7 @@ class ProcedureWriter(DirectWriter):
                 sql = f"SELECT * FROM {q}({args})"
             elif d == "oracle":
                 sql = f"SELECT {q}({args}) FROM DUAL"
-            elif d.startswith("ibm_db") or d == "db2":
+            elif is_db2(d):
                 sql = f"VALUES {q}({args})"
             else:
                 sql = f"SELECT {q}({args})"
