@@ -162,3 +162,36 @@ def refusing(engine: sa.Engine, table: sa.Table,
     finally:
         with engine.begin() as c:
             c.execute(sa.text(f"ALTER TABLE {name} DROP CONSTRAINT bg_test_refuse"))
+
+
+def replanned(store: Store, payments: int = 16,
+              before: Callable[[Store], None] | None = None) -> dict[str, tuple[str, int, int]]:
+    """``payments`` small payments through a fresh ``store`` (the fixture seeded,
+    then ``before(store)``; one connection per database: the payments are sequential),
+    then every PostgreSQL statement those connections prepared that its server
+    still plans afresh at each execution: {database: (statement, generic plans,
+    custom plans)}.  PostgreSQL plans a prepared statement for its parameters
+    five times, then keeps a generic plan unless the plans for the values look
+    cheaper; a statement that always looks cheaper is planned at every
+    execution, which costs more than the execution."""
+    from conftest import BANKS, seed_fixture
+
+    seed_fixture(store)
+    if before is not None:
+        before(store)
+    ledger = Ledger(store, dict(BANKS), now=FakeClock())
+    for n in range(payments):
+        assert ledger.pay(pay(f"PLAN{n}", amount=100, bank="partial")).outcome is Outcome.OK
+    out = {}
+    for name, engine in (("gateway", store.engine), ("n8", store.n8_engine)):
+        if engine.dialect.name != "postgresql" or (name == "n8" and not store.split):
+            continue
+        with engine.connect() as c:  # the pool's one connection: the payments'
+            rows = c.exec_driver_sql(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE generic_plans + custom_plans >= 10").all()
+        assert rows, f"{name}: no statement prepared and run 10 times"
+        for text, generic, custom in rows:
+            if generic == 0:
+                out[name] = (text[:120], generic, custom)
+    return out

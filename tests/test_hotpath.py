@@ -6,7 +6,8 @@ store with ``hot_path=False``): random customers' bills and payments must leave
 exactly the same rows behind on both, and the allocations the folded statement
 writes must be exactly :func:`bankgate.domain.ledger.allocate`'s.  Also: the SQL
 follows the N8 mapping, the path is chosen by dialect, a payment that fails in its
-folded write leaves nothing behind, a dropped connection is retried.
+folded write leaves nothing behind, a dropped connection is retried, PostgreSQL
+keeps the prepared plans of a payment.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from hotpath_helpers import (
     check_payment,
     no_receipt,
     refusing,
+    replanned,
     run_payment,
     seed,
 )
@@ -208,6 +210,18 @@ def test_a_hook_failing_after_the_folded_write_undoes_it(stores):
         ledger.pay(pay("S1"))
     assert count(hot, model.journal) == count(hot, model.payment) == 0
     assert count(hot, hot.n8["payment_item"]) == 0 and bills(hot) == before
+
+
+def test_postgresql_keeps_the_prepared_plans_of_a_payment(stores):
+    """Every statement a payment prepares settles on a generic plan (the arrays go
+    in through sub-selects: pghot.ROWS)."""
+    hot, _ = stores
+    reset(hot)
+    fresh = Store(hot.url, hot.mapping, threads=1)
+    try:
+        assert replanned(fresh) == {}
+    finally:
+        fresh.stop()
 
 
 def test_a_dropped_connection_is_retried_on_a_fresh_one(stores, caplog):

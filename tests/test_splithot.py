@@ -9,8 +9,9 @@ claim locks the customer's open bills on N8; a hook's N8 operation after the
 folded post goes into the same outbox row; the batched outbox deletion; a failure
 in N8's write after the gateway's folded post leaves nothing behind; on MariaDB, N8's
 three writes go in one text (multi statements), and a failure in its last statement
-leaves nothing behind either; N8's pool on MariaDB rolls back a returned connection
-only when a transaction may be open on it.
+leaves nothing behind either; PostgreSQL keeps the prepared plans of a payment;
+N8's pool on MariaDB rolls back a returned connection only when a transaction may be
+open on it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from hotpath_helpers import (
     check_payment,
     no_receipt,
     refusing,
+    replanned,
     run_payment,
     seed,
 )
@@ -267,6 +269,36 @@ def test_applied_outbox_rows_are_deleted_in_a_batch_by_a_later_payment(stores):
         # the 33rd payment deleted the 32 rows before it, in its own transaction
         assert count(store, model.n8_outbox) == 1
         assert list(store.outbox_done) == [_outbox_ids(store)[0]]
+
+
+def _drained_outbox(store: Store, rows: int = 20_000, left: int = 300) -> None:
+    """The outbox as an N8 outage leaves it once the repair has caught up: ``rows``
+    written, all but the last ``left`` deleted, vacuumed (PostgreSQL keeps the
+    table's pages, and plans by them)."""
+    with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.exec_driver_sql(
+            "INSERT INTO bg_n8_outbox (journal_id, receipt_no, created_at, ops)"
+            " SELECT -g, 'DRAINED', now(), '[]' || repeat(' ', 400)"
+            f" FROM generate_series(1, {rows}) AS g")  # the last rows at the table's end
+        c.exec_driver_sql(f"DELETE FROM bg_n8_outbox WHERE journal_id > -{rows - left}")
+        c.exec_driver_sql("VACUUM ANALYZE bg_n8_outbox")
+
+
+def test_postgresql_keeps_the_prepared_plans_of_a_payment(stores):
+    """Every statement a payment prepares on PostgreSQL (the gateway's, or N8's)
+    settles on a generic plan.  The outbox's deletion took its ids with their
+    count in sight, and beside a drained outbox PostgreSQL planned every post
+    afresh (a third of its CPU per payment)."""
+    hot, _ = stores
+    _fresh(hot)
+    fresh = Store(hot.url, hot.mapping, threads=1, n8_url=hot.n8_url)
+    try:
+        drained = _drained_outbox if hot.dialect == "postgresql" else None
+        assert replanned(fresh, before=drained) == {}
+    finally:
+        fresh.outbox_done.clear()
+        fresh.stop()
+        _fresh(hot)
 
 
 def test_both_paths_stamp_the_outbox_row_in_utc_whatever_the_local_zone(stores, monkeypatch):
