@@ -165,12 +165,13 @@ def refusing(engine: sa.Engine, table: sa.Table,
 
 
 def replanned(store: Store, payments: int = 16,
-              before: Callable[[Store], None] | None = None) -> dict[str, tuple[str, int, int]]:
+              before: Callable[[Store], None] | None = None
+              ) -> dict[str, list[tuple[str, int, int]]]:
     """``payments`` small payments through a fresh ``store`` (the fixture seeded,
     then ``before(store)``; one connection per database: the payments are sequential),
     then every PostgreSQL statement those connections prepared that its server
-    still plans afresh at each execution: {database: (statement, generic plans,
-    custom plans)}.  PostgreSQL plans a prepared statement for its parameters
+    still plans afresh at each execution: {database: [(statement, generic plans,
+    custom plans)]}.  PostgreSQL plans a prepared statement for its parameters
     five times, then keeps a generic plan unless the plans for the values look
     cheaper; a statement that always looks cheaper is planned at every
     execution, which costs more than the execution."""
@@ -182,7 +183,7 @@ def replanned(store: Store, payments: int = 16,
     ledger = Ledger(store, dict(BANKS), now=FakeClock())
     for n in range(payments):
         assert ledger.pay(pay(f"PLAN{n}", amount=100, bank="partial")).outcome is Outcome.OK
-    out = {}
+    out: dict[str, list[tuple[str, int, int]]] = {}
     for name, engine in (("gateway", store.engine), ("n8", store.n8_engine)):
         if engine.dialect.name != "postgresql" or (name == "n8" and not store.split):
             continue
@@ -193,5 +194,5 @@ def replanned(store: Store, payments: int = 16,
         assert rows, f"{name}: no statement prepared and run 10 times"
         for text, generic, custom in rows:
             if generic == 0:
-                out[name] = (text[:120], generic, custom)
+                out.setdefault(name, []).append((text[:120], generic, custom))
     return out
