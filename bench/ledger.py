@@ -698,10 +698,7 @@ def checkpoint(store: Store) -> None:
     (autovacuum's work, done between the phases: otherwise every phase pays for
     the dead rows of all the phases before it)."""
     off = store.autovacuum_off()
-    for where, engine in (("the gateway's database", store.engine),
-                          ("N8's database", store.n8_engine if store.split else None)):
-        if engine is None:
-            continue
+    for where, engine in store.databases():
         raw = engine.raw_connection()  # outside any transaction
         try:
             cur = raw.cursor()

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import sqlalchemy as sa
-from conftest import NOW, FakeClock
+from conftest import BANKS, NOW, FakeClock, seed_fixture
 from hypothesis import event
 from hypothesis import strategies as st
 from ledger_helpers import TODAY, pay, query
@@ -175,8 +175,6 @@ def replanned(store: Store, payments: int = 16,
     five times, then keeps a generic plan unless the plans for the values look
     cheaper; a statement that always looks cheaper is planned at every
     execution, which costs more than the execution."""
-    from conftest import BANKS, seed_fixture
-
     seed_fixture(store)
     if before is not None:
         before(store)

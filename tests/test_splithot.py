@@ -290,7 +290,7 @@ def test_postgresql_keeps_the_prepared_plans_of_a_payment(stores):
     count in sight, and beside a drained outbox PostgreSQL planned every post
     afresh (a third of its CPU per payment)."""
     hot, _ = stores
-    if "postgresql" not in (hot.dialect, hot.n8_engine.dialect.name):
+    if "postgresql" not in (hot.dialect, hot.n8_dialect):
         pytest.skip("no PostgreSQL in this pair: no statement is prepared on a server")
     _fresh(hot)
     fresh = Store(hot.url, hot.mapping, threads=1, n8_url=hot.n8_url)

@@ -39,6 +39,7 @@ from bankgate.canon import messages as m
 from bankgate.domain.leases import LeaseBusy, LeaseLost, Leases, describe
 from bankgate.domain.ledger import LedgerService
 from bankgate.domain.reconcile import ReconBusy, StatementError
+from bankgate.store.db import GATEWAY_DB
 from bankgate.wire.listener import BankFactory
 
 log = Logger(namespace="bankgate")
@@ -298,7 +299,7 @@ def prepare_database(parts: wiring.Parts, demo=None) -> str:
                  " or vacuum on a schedule (docs/database.rst){outbox}",
                  where=" and ".join(off),
                  outbox=("; the gateway vacuums its N8 outbox itself"
-                         if store.split and "the gateway's database" in off else ""))
+                         if store.split and GATEWAY_DB in off else ""))
     return ", ".join(done)
 
 

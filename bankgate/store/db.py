@@ -33,6 +33,10 @@ __all__ = ["N8Unavailable", "Retry", "Store", "StoreUnavailable"]
 T = TypeVar("T")
 log = logging.getLogger("bankgate.store")
 
+#: the names :meth:`Store.databases` gives the store's databases (in messages)
+GATEWAY_DB = "the gateway's database"
+N8_DB = "N8's database"
+
 
 
 
@@ -226,15 +230,19 @@ class Store:
         insp = sa.inspect(self.n8_engine)
         return insp.has_table(self.n8["customer"].name, schema=self.mapping.schema)
 
+    def databases(self) -> list[tuple[str, sa.Engine]]:
+        """The store's databases by name: the gateway's (:data:`GATEWAY_DB`) and,
+        when N8 is a database of its own, N8's (:data:`N8_DB`)."""
+        return [(GATEWAY_DB, self.engine)] + ([(N8_DB, self.n8_engine)] if self.split else [])
+
     def autovacuum_off(self) -> list[str]:
-        """Where PostgreSQL's autovacuum is turned off: ``"the gateway's database"``,
-        ``"N8's database"`` (N8 a PostgreSQL database of its own), both or neither.
+        """Where PostgreSQL's autovacuum is turned off: the names of
+        :meth:`databases` that are PostgreSQL's with it off, both or neither.
         Other databases clear dead rows by themselves; a setting that cannot be
         read counts as on."""
         where = []
-        for name, engine in (("the gateway's database", self.engine),
-                             ("N8's database", self.n8_engine if self.split else None)):
-            if engine is None or engine.dialect.name != "postgresql":
+        for name, engine in self.databases():
+            if engine.dialect.name != "postgresql":
                 continue
             try:
                 with engine.connect() as conn:
