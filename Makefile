@@ -16,6 +16,12 @@ $(STAMP): setup.cfg pyproject.toml $(shell find bankgate plugins twisted -name '
 	# DB2's SQLAlchemy dialect, to compile the store's SQL for DB2 in the tests;
 	# without its 122 MB driver (the `db2` extra installs both for production)
 	$(PY) -m pip install -q --no-deps 'ibm-db-sa>=0.4'
+	# MariaDB's C driver (the `mysqlclient` extra), for N8 on MariaDB at speed: built
+	# only where MariaDB's client library is (Debian: libmariadb-dev, pkg-config);
+	# elsewhere its tests skip and say so
+	if pkg-config --exists libmariadb 2>/dev/null || pkg-config --exists mysqlclient 2>/dev/null; \
+	then $(PY) -m pip install -q 'mysqlclient>=2.3'; \
+	else echo "(mysqlclient not built: MariaDB's client library is missing)"; fi
 	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $(STAMP)
 

@@ -4,7 +4,9 @@ The store and ledger tests run on SQLite (plain and under a renamed N8
 mapping), PostgreSQL and MariaDB.  The server URLs come from
 ``BANKGATE_TEST_POSTGRES`` / ``BANKGATE_TEST_MARIADB`` (defaulting to the
 local servers); a server that cannot be reached skips its tests with the
-reason -- unless ``BANKGATE_REQUIRE_SERVERS=1`` (CI), where it fails them.
+reason -- unless ``BANKGATE_REQUIRE_SERVERS=1`` (CI), where it fails them.  The
+folded N8 statements also run on MariaDB through mysqlclient, its C driver
+(:func:`mysqlclient_url`): missing, it skips or fails the same way.
 """
 
 from __future__ import annotations
@@ -133,24 +135,46 @@ def _private_database(url: str, suffix: str = "") -> str:
     return u.set(database=name).render_as_string(hide_password=False)
 
 
+def _missing(msg: str, what: str = "servers are") -> None:
+    """Skip with ``msg``; fail under ``BANKGATE_REQUIRE_SERVERS=1`` (CI)."""
+    if os.environ.get("BANKGATE_REQUIRE_SERVERS") == "1":
+        pytest.fail(f"{msg} (BANKGATE_REQUIRE_SERVERS=1: {what} required here)")
+    pytest.skip(msg)
+
+
+def mysqlclient_url() -> str:
+    """The MariaDB server's URL through mysqlclient (``MySQLdb``, the C driver of the
+    ``mysqlclient`` extra), which ``make`` builds where Debian's ``libmariadb-dev`` and
+    ``pkg-config`` are installed (``.ci/run`` installs them)."""
+    try:
+        import MySQLdb  # noqa: F401
+    except ImportError:
+        _missing("mysqlclient (MySQLdb, MariaDB's C driver) is not installed: `make` builds "
+                 "it once Debian's libmariadb-dev and pkg-config are installed", "the C driver is")
+    u = sa.engine.make_url(SERVERS["mariadb"])
+    return u.set(drivername=f"{u.get_backend_name()}+mysqldb").update_query_dict(
+        {"charset": "utf8mb4"}).render_as_string(hide_password=False)
+
+
 def server_url(kind: str, suffix: str = "") -> str:
-    """This run's private database on server ``kind`` (a second one with ``suffix``)."""
-    url = SERVERS[kind]
+    """This run's private database on server ``kind`` (a second one with ``suffix``);
+    ``mysqlclient`` is the MariaDB server through the C driver, in databases of its own."""
+    if kind == "mysqlclient":
+        url, suffix = mysqlclient_url(), "c" + suffix
+    else:
+        url = SERVERS[kind]
     if (url, suffix) not in _private:
         why = _reachable(url)
         if why:
-            msg = f"{kind} server not reachable at {url}: {why}"
-            if os.environ.get("BANKGATE_REQUIRE_SERVERS") == "1":
-                pytest.fail(msg + " (BANKGATE_REQUIRE_SERVERS=1: servers are required here)")
-            pytest.skip(msg)
+            _missing(f"{kind} server not reachable at {url}: {why}")
         _private[url, suffix] = _private_database(url, suffix)
     return _private[url, suffix]
 
 
 def make_store(backend: str, tmp_path) -> Store:
     """``backend``: sqlite, sqlite-renamed, postgres, mariadb; or a pair
-    "GATEWAY+N8" (``sqlite+sqlite``, ``postgres+mariadb`` ...): N8 in a database
-    of its own ([n8.database])."""
+    "GATEWAY+N8" (``sqlite+sqlite``, ``postgres+mariadb``, ``postgres+mysqlclient``
+    ...): N8 in a database of its own ([n8.database])."""
     mapping = (RENAMED if backend.endswith("-renamed")
                else LEGACY if backend.endswith("-legacy") else N8Mapping())
     kind = backend.removesuffix("-renamed").removesuffix("-legacy")

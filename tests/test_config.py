@@ -239,7 +239,9 @@ def test_demo_and_config_together_are_refused(nowhere, tmp_path, capsys):
                             " 'sqlite://', 'postgresql+psycopg://', 'mysql+pymysql://'"),
     ("mysql://bg@db.local/n8",
      "'mysql' needs the driver 'MySQLdb', which is not installed: write 'mysql+pymysql://"),
-    ("mysql+mysqldb://bg:secret@db.local/n8", "write 'mysql+pymysql://"),
+    ("mysql+mysqldb://bg:secret@db.local/n8",
+     "write 'mysql+pymysql://user@host/database', or install MariaDB's C driver: pip install"
+     " 'bankgate[mysqlclient]' (it builds against libmariadb-dev)"),
 ])
 def test_database_url_spelling_is_checked_with_the_right_one_suggested(
         tmp_path, monkeypatch, url, expected):

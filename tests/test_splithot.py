@@ -21,7 +21,16 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import BANKS, LEGACY, NOW, FakeClock, make_store, seed_fixture, server_url
+from conftest import (
+    BANKS,
+    LEGACY,
+    NOW,
+    FakeClock,
+    make_store,
+    mysqlclient_url,
+    seed_fixture,
+    server_url,
+)
 from hotpath_helpers import (
     CUSTOMER,
     amounts,
@@ -39,12 +48,13 @@ from ledger_helpers import TODAY, bills, check_books, clear, count, pay, query, 
 
 from bankgate.canon.messages import Outcome
 from bankgate.domain.ledger import Ledger
-from bankgate.store import model, n8outbox, splithot
+from bankgate.store import dialects, model, n8outbox, splithot
 from bankgate.store.db import Store
 from bankgate.store.errors import StoreUnavailable
 from bankgate.store.n8write import decode
 
-PAIRS = ["postgres+mariadb", "mariadb+postgres", "sqlite+mariadb"]
+# (postgres+mysqlclient: N8 on MariaDB through its C driver, MySQLdb)
+PAIRS = ["postgres+mariadb", "mariadb+postgres", "sqlite+mariadb", "postgres+mysqlclient"]
 
 
 @pytest.fixture(scope="module", params=PAIRS)
@@ -67,13 +77,15 @@ def _fresh(store: Store) -> None:
 
 
 def test_the_path_is_chosen_by_dialect_driver_mapping_and_adapter(tmp_path):
-    """Folded only with N8 apart, on pymysql or psycopg, with the reference units
-    and the direct adapter; the gateway's side only on PostgreSQL (psycopg)."""
+    """Folded only with N8 apart, on pymysql, mysqlclient or psycopg, with the
+    reference units and the direct adapter; the gateway's side only on PostgreSQL
+    (psycopg)."""
     pg, my = "postgresql+psycopg://u@h/gw", "mysql+pymysql://u@h/n8"  # never connect
     s = Store(pg, n8_url=my)
     assert s.split_hot is not None and s.split_hot.gw is not None
     assert s.split_hot.n8.pg is False and s.hot_path is None
     assert "FOR UPDATE" in s.split_hot.n8.lock_sql and "n8_bill AS b" in s.split_hot.n8.lock_sql
+    s.stop()
     s = Store(my.replace("/n8", "/gw"), n8_url=pg.replace("/gw", "/n8"))
     assert s.split_hot is not None and s.split_hot.gw is None and s.split_hot.n8.pg
     assert "MATERIALIZED" in s.split_hot.n8.lock_sql
@@ -95,6 +107,17 @@ def test_the_path_is_chosen_by_dialect_driver_mapping_and_adapter(tmp_path):
     for store in off:
         assert store.split_hot is None, store.url
         store.stop()
+
+
+def test_n8_on_mariadb_through_its_c_driver_is_folded_too():
+    """mysqlclient (``MySQLdb``), under either back-end name."""
+    url = sa.engine.make_url(mysqlclient_url())  # skips (fails in CI) without the driver
+    for backend in ("mysql", "mariadb"):
+        s = Store("postgresql+psycopg://u@h/gw",  # never connects
+                  n8_url=url.set(drivername=f"{backend}+mysqldb").render_as_string())
+        assert s.split_hot is not None and s.split_hot.gw is not None
+        assert s.split_hot.n8.pg is False and s.split_hot.n8.lock_sql.endswith("FOR UPDATE")
+        s.stop()
 
 
 def test_the_folded_sql_is_built_once_per_number_of_bills():
@@ -423,16 +446,33 @@ def test_a_query_on_a_closed_date_and_with_prepaid_balance(stores):
 # -- N8 on MariaDB: the payment's writes in one text ---------------------------------------
 
 
-def _n8_flags(store: Store) -> int:
+def _n8_connection(store: Store) -> dict:
+    """What N8's connections do: take two statements in one text, count an UPDATE's
+    matched row although it changes nothing (FOUND_ROWS: SQLAlchemy relies on it)."""
+    b = store.n8["bill"]
     with store.n8_engine.connect() as c:
-        return c.connection.driver_connection.client_flag
+        scripts = dialects.takes_scripts(c)
+        cur = c.connection.driver_connection.cursor()
+        try:
+            cur.execute("SELECT 1; SELECT 2")
+            while cur.nextset():
+                pass
+            takes_two = True
+        except c.dialect.dbapi.Error:
+            takes_two = False
+        first = c.execute(sa.select(b.c.bill_id).limit(1)).scalar()
+        found = c.execute(b.update().where(b.c.bill_id == first)
+                          .values(paid_amount=b.c.paid_amount)).rowcount
+        c.rollback()
+    return {"flagged": scripts, "takes two": takes_two, "found rows": found}
 
 
 def test_n8_on_mariadb_takes_the_payments_three_writes_in_one_text(stores, monkeypatch):
     """MariaDB: the folded store's N8 connections take several statements in one
     text (FOUND_ROWS kept: SQLAlchemy's row counts rely on it), the generic store's
-    do not, and a payment's N8 writes are one text of three statements.  N8 on
-    PostgreSQL: one statement already, no text of several."""
+    do not, a payment's N8 writes are one text of three statements, and N8's
+    connection goes back to the pool without a ROLLBACK.  N8 on PostgreSQL: one
+    statement already, no text of several."""
     hot, generic = stores
     texts = []
     real = splithot.run_script
@@ -445,8 +485,14 @@ def test_n8_on_mariadb_takes_the_payments_three_writes_in_one_text(stores, monke
     _fresh(hot)
     seed_fixture(hot)
     ledger = Ledger(hot, dict(BANKS), now=FakeClock())
+    rollbacks = []
+    if hot.n8_dialect != "postgresql":  # N8's connection goes back without a ROLLBACK
+        cls = _driver_connection_class(hot.n8_engine.dialect.driver)
+        real_rollback = cls.rollback
+        monkeypatch.setattr(cls, "rollback", lambda c: rollbacks.append(c) or real_rollback(c))
     r = ledger.pay(pay("M1", customer="100000123", amount=548000, bank="fixed"))
-    assert r.outcome is Outcome.OK
+    assert r.outcome is Outcome.OK and rollbacks == []
+    monkeypatch.undo()
     with hot.n8_engine.connect() as c:
         items = c.execute(sa.select(sa.func.count()).select_from(hot.n8["payment_item"])
                           ).scalar()
@@ -454,11 +500,9 @@ def test_n8_on_mariadb_takes_the_payments_three_writes_in_one_text(stores, monke
     if hot.n8_dialect == "postgresql":
         assert texts == []
     else:
-        from pymysql.constants import CLIENT
-
-        assert _n8_flags(hot) & CLIENT.MULTI_STATEMENTS
-        assert _n8_flags(hot) & CLIENT.FOUND_ROWS and _n8_flags(generic) & CLIENT.FOUND_ROWS
-        assert not _n8_flags(generic) & CLIENT.MULTI_STATEMENTS
+        assert _n8_connection(hot) == {"flagged": True, "takes two": True, "found rows": 1}
+        assert _n8_connection(generic) == {"flagged": False, "takes two": False,
+                                           "found rows": 1}
         assert len(texts) == 1
         parts = [t.split()[0] for t in texts[0].split(";")]
         assert parts == ["INSERT", "INSERT", "UPDATE"]
@@ -496,24 +540,38 @@ def test_a_failing_last_n8_write_leaves_nothing_and_the_connection_usable(stores
     check_books(hot)
 
 
-def test_n8s_pool_on_mariadb_rolls_back_only_a_connection_with_a_transaction(monkeypatch):
-    """``lazy_reset``: no ROLLBACK for a connection returned after its commit (nor
-    after SQLAlchemy's own rollback); one for a connection whose driver ran a
-    statement the pool saw no transaction for -- and that statement's write is
-    undone.  Without the option, a ROLLBACK every time."""
-    import pymysql.connections
+def _driver_connection_class(driver: str):
+    """The DB-API connection class of a MariaDB driver (its ``rollback`` counted)."""
+    if driver == "pymysql":
+        import pymysql.connections
 
+        return pymysql.connections.Connection
+    import MySQLdb.connections
+
+    return MySQLdb.connections.Connection
+
+
+@pytest.mark.parametrize("driver", ["pymysql", "mysqldb"])
+def test_n8s_pool_on_mariadb_rolls_back_only_a_connection_with_a_transaction(driver,
+                                                                            monkeypatch):
+    """``lazy_reset``: no ROLLBACK for a connection returned right after a commit or
+    a rollback the store marks (``dialects.transaction_ended``, as
+    ``n8outbox.run_split`` does when N8's transaction ends) -- on pymysql, which can
+    tell, after any commit or rollback --; one for a connection whose driver ran a
+    statement the pool saw no transaction for, and that statement's write is undone.
+    Without the option, a ROLLBACK every time."""
     from bankgate.store.dialects import create_engine
 
-    url = server_url("mariadb")
+    url = server_url("mariadb" if driver == "pymysql" else "mysqlclient")
+    cls = _driver_connection_class(driver)
     rollbacks = []
-    real = pymysql.connections.Connection.rollback
+    real = cls.rollback
 
     def counting(self):
         rollbacks.append(self)
         return real(self)
 
-    monkeypatch.setattr(pymysql.connections.Connection, "rollback", counting)
+    monkeypatch.setattr(cls, "rollback", counting)
     lazy = create_engine(url, pool_size=1, lazy_reset=True)
     plain = create_engine(url, pool_size=1)
     t = sa.Table("bg_test_lazy", sa.MetaData(), sa.Column("n", sa.Integer, primary_key=True))
@@ -523,24 +581,31 @@ def test_n8s_pool_on_mariadb_rolls_back_only_a_connection_with_a_transaction(mon
             t.create(c)
         with plain.connect():  # (its first connection's set-up rolls back too)
             pass
-        for engine, after_commit in ((lazy, 0), (plain, 1)):
+        unmarked = 0 if driver == "pymysql" else 1  # mysqlclient cannot tell
+        for n, (engine, marked, after_commit) in enumerate(
+                ((lazy, True, 0), (lazy, False, unmarked), (plain, True, 1)), 1):
             rollbacks.clear()
             with engine.connect() as c:
-                c.execute(t.insert().values(n=1 if engine is lazy else 2))
+                c.execute(t.insert().values(n=n))
                 c.commit()
-            assert len(rollbacks) == after_commit
-        rollbacks.clear()
-        with lazy.connect() as c:  # SQLAlchemy's own rollback: no second one
-            c.execute(t.insert().values(n=3))
-            c.rollback()
-        assert len(rollbacks) == 1
+                if marked:
+                    dialects.transaction_ended(c)
+            assert len(rollbacks) == after_commit, (n, marked)
+        for marked, after_rollback in ((True, 1), (False, 1 + unmarked)):
+            rollbacks.clear()
+            with lazy.connect() as c:  # SQLAlchemy's own rollback: no second one
+                c.execute(t.insert().values(n=4))
+                c.rollback()
+                if marked:
+                    dialects.transaction_ended(c)
+            assert len(rollbacks) == after_rollback, marked
         rollbacks.clear()
         with lazy.connect() as c:  # a write on the driver, unseen by SQLAlchemy
             c.connection.driver_connection.cursor().execute(
-                "INSERT INTO bg_test_lazy (n) VALUES (4)")
+                "INSERT INTO bg_test_lazy (n) VALUES (5)")
         assert len(rollbacks) == 1
         with lazy.connect() as c:
-            assert sorted(c.execute(sa.select(t.c.n)).scalars()) == [1, 2]
+            assert sorted(c.execute(sa.select(t.c.n)).scalars()) == [1, 2, 3]
     finally:
         with lazy.begin() as c:
             t.drop(c, checkfirst=True)

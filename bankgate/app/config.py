@@ -717,8 +717,11 @@ def check_db_url(url: str) -> str | None:
         missing = getattr(e, "name", None) or str(e)
         spell, module, _ = DB_SPELLINGS.get(known, (None, None, None))
         if spell and spell != name and _importable(module):
+            # mysql:// and mysql+mysqldb:// mean mysqlclient, the C driver: an extra
+            c_driver = (", or install MariaDB's C driver: pip install 'bankgate[mysqlclient]'"
+                        " (it builds against libmariadb-dev)" if missing == "MySQLdb" else "")
             return (f"{name!r} needs the driver {missing!r}, which is not installed:"
-                    f" write {_spelling(known)}")
+                    f" write {_spelling(known)}{c_driver}")
         extra = DB_SPELLINGS.get(known, (None, None, None))[2]
         how = f" (pip install 'bankgate[{extra}]')" if extra else ""
         return f"{name!r} needs the driver {missing!r}, which is not installed{how}"

@@ -11,12 +11,14 @@ from sqlalchemy.ext.compiler import compiles
 
 def create_engine(url: str, *, pool_size: int = 4, echo: bool = False,
                   multi_statements: bool = False, lazy_reset: bool = False) -> sa.Engine:
-    """On MariaDB/MySQL through pymysql (elsewhere both are ignored):
-    ``multi_statements``, connections that take several statements in one text (N8
-    in a database of its own: N8's writes of a payment in one round trip,
-    :mod:`bankgate.store.splithot`); ``lazy_reset``, a connection going back to the
-    pool is rolled back only when a transaction may be open on it (no ROLLBACK
-    round trip after every commit)."""
+    """On MariaDB/MySQL through pymysql or mysqlclient (:data:`MYSQL_DRIVERS`;
+    elsewhere both are ignored): ``multi_statements``, connections that take
+    several statements in one text (N8 in a database of its own: N8's writes of a
+    payment in one round trip, :mod:`bankgate.store.splithot`; without it
+    mysqlclient's connections are asked not to, as pymysql's do not);
+    ``lazy_reset``, a connection going back to the pool is rolled back only when a
+    transaction may be open on it (no ROLLBACK round trip after every commit:
+    :func:`transaction_ended`)."""
     u = make_url(url)
     backend = u.get_backend_name()
     kw: dict = {"echo": echo, "future": True}
@@ -39,21 +41,57 @@ def create_engine(url: str, *, pool_size: int = 4, echo: bool = False,
         kw["pool_recycle"] = 3600
     elif backend == "postgresql":
         kw["isolation_level"] = "READ COMMITTED"
-    pymysql = backend in ("mysql", "mariadb") and u.get_driver_name() == "pymysql"
-    if lazy_reset and pymysql:
+    driver = u.get_driver_name() if backend in ("mysql", "mariadb") else None
+    mysql = driver in MYSQL_DRIVERS
+    if lazy_reset and mysql:
         kw["pool_reset_on_return"] = None  # _lazy_rollback below does it
     engine = sa.create_engine(u, **kw)
-    if multi_statements and pymysql:
+    if driver == "pymysql" and multi_statements:
         from pymysql.constants import CLIENT  # the mysql extra: only here
 
         @sa.event.listens_for(engine, "do_connect")
         def _multi(_dialect, _record, _cargs, cparams):
             # added to the dialect's flags (FOUND_ROWS), which connect_args would replace
             cparams["client_flag"] = cparams.get("client_flag", 0) | CLIENT.MULTI_STATEMENTS
+    elif driver == "mysqldb":
+        @sa.event.listens_for(engine, "do_connect")
+        def _multi(_dialect, _record, _cargs, cparams):
+            cparams["multi_statements"] = multi_statements  # mysqlclient's default: on
 
-    if lazy_reset and pymysql:
+    if multi_statements and mysql:
+        @sa.event.listens_for(engine, "connect")
+        def _mark(_dbapi_conn, record):
+            record.info[MULTI_STATEMENTS] = True
+
+    if lazy_reset and mysql:
         sa.event.listen(engine, "reset", _lazy_rollback)
     return engine
+
+
+#: the MariaDB/MySQL drivers whose connections :func:`create_engine` sets up for N8's
+#: folded statements (``splithot``): pymysql (pure Python, the default of the
+#: ``mysql`` extra) and mysqlclient (``MySQLdb``, the C driver: the ``mysqlclient``
+#: extra, built against MariaDB's client library)
+MYSQL_DRIVERS = ("pymysql", "mysqldb")
+
+#: a connection record's info key: its connection takes several statements in one text
+MULTI_STATEMENTS = "bankgate_multi_statements"
+#: a connection record's info key: its last command ended its transaction
+_ENDED = "bankgate_transaction_ended"
+
+
+def takes_scripts(conn: sa.Connection) -> bool:
+    """Does this connection take several statements in one text
+    (``create_engine(multi_statements=True)`` on MariaDB/MySQL)?"""
+    return bool(conn.connection.info.get(MULTI_STATEMENTS))
+
+
+def transaction_ended(conn: sa.Connection) -> None:
+    """Say that ``conn``'s transaction has just been committed or rolled back and that
+    nothing will run on it before it goes back to the pool: with ``lazy_reset`` the
+    pool then sends no ROLLBACK (mysqlclient cannot tell whether a transaction is
+    open; pymysql can)."""
+    conn.connection.info[_ENDED] = True
 
 
 def is_db2(dialect_name: str) -> bool:
@@ -62,17 +100,21 @@ def is_db2(dialect_name: str) -> bool:
     return dialect_name.startswith("ibm_db") or dialect_name == "db2"
 
 
-def _lazy_rollback(dbapi_conn, _record, state) -> None:
-    """The pool's reset of a pymysql connection: a ROLLBACK unless the last command
-    on it was one answered by an OK packet (a COMMIT, a ROLLBACK: pymysql then holds
-    no result) whose server status says no transaction is open."""
-    from pymysql.constants import SERVER_STATUS  # the mysql extra: only here
+def _lazy_rollback(dbapi_conn, record, state) -> None:
+    """The pool's reset of a MariaDB/MySQL connection: a ROLLBACK unless its last
+    command ended its transaction (:func:`transaction_ended`), or, on pymysql, was
+    one answered by an OK packet (a COMMIT, a ROLLBACK: pymysql then holds no
+    result) whose server status says no transaction is open."""
+    done = record is not None and record.info.pop(_ENDED, False)
+    if not state.asyncio_safe or state.transaction_was_reset or done:
+        return
+    if hasattr(dbapi_conn, "server_status"):  # pymysql
+        from pymysql.constants import SERVER_STATUS  # the mysql extra: only here
 
-    if not state.asyncio_safe or state.transaction_was_reset:
-        return
-    if (getattr(dbapi_conn, "_result", True) is None
-            and not (dbapi_conn.server_status or 0) & SERVER_STATUS.SERVER_STATUS_IN_TRANS):
-        return
+        if (getattr(dbapi_conn, "_result", True) is None
+                and not (dbapi_conn.server_status or 0)
+                & SERVER_STATUS.SERVER_STATUS_IN_TRANS):
+            return
     dbapi_conn.rollback()
 
 

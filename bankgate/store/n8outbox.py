@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from bankgate.store import model
+from bankgate.store import dialects, model
 from bankgate.store.errors import N8Unavailable
 from bankgate.store.n8write import decode, encode
 
@@ -43,10 +43,14 @@ _crash_after = int(os.environ.get(CRASH_ENV) or 0)
 _commits = itertools.count(1)
 
 
-def _close_quietly(trans) -> None:
+def _close_quietly(trans, conn: sa.Connection | None = None) -> None:
+    """Roll ``trans`` back if it is still open; ``conn``: N8's connection, which then
+    goes back to the pool without another ROLLBACK."""
     try:
         if trans is not None and trans.is_active:
             trans.rollback()
+            if conn is not None:
+                dialects.transaction_ended(conn)
     except Exception:  # noqa: BLE001 - the connection may be gone already
         pass
 
@@ -94,7 +98,7 @@ def run_split(store, conn: sa.Connection, make_tx, fn, args, kw, readonly: bool)
                 os._exit(9)
         except BaseException:
             _close_quietly(gtrans)
-            _close_quietly(n8.get("trans"))
+            _close_quietly(n8.get("trans"), n8.get("conn"))
             if cleared is None and tx.outbox_row is not None:
                 cleared = tx.outbox_row[2]
             if cleared:  # not deleted after all: the next transaction does it
@@ -103,6 +107,7 @@ def run_split(store, conn: sa.Connection, make_tx, fn, args, kw, readonly: bool)
         if "trans" in n8:
             try:
                 n8["trans"].commit()
+                dialects.transaction_ended(n8["conn"])  # nothing runs on it before it goes back
             except sa.exc.SQLAlchemyError as e:
                 # a connection whose commit failed is not trusted again
                 n8["conn"].invalidate()

@@ -39,10 +39,12 @@ from datetime import date, datetime
 import sqlalchemy as sa
 
 from bankgate.store import model, n8outbox, pghot
+from bankgate.store.dialects import takes_scripts
 from bankgate.store.n8write import encode
 
 #: N8 drivers the folded statements run on (dialect name, driver)
-N8_DRIVERS = {("mysql", "pymysql"), ("mariadb", "pymysql"), ("postgresql", "psycopg")}
+N8_DRIVERS = {("mysql", "pymysql"), ("mariadb", "pymysql"), ("mysql", "mysqldb"),
+              ("mariadb", "mysqldb"), ("postgresql", "psycopg")}
 
 
 def make(store, enabled: bool = True) -> SplitHot | None:
@@ -198,7 +200,7 @@ class N8Side:
             params[f"b{k}"], params[f"p{k}"], params[f"l{k}"] = (
                 r["bill_id"], r["principal"], r["late_fee"])
         n = len(items)
-        if _multi_statements(conn):  # the three in one text: one round trip
+        if takes_scripts(conn):  # the three in one text: one round trip
             run_script(conn, self.post_script(n), params)
             return
         pghot.run_raw(conn, self.payment_sql, params, None, rows=False)
@@ -213,15 +215,6 @@ class N8Side:
             sql = self._scripts.setdefault(
                 n, ";\n".join([self.payment_sql, self.items_sql(n), self.bills_sql(n)]))
         return sql
-
-
-def _multi_statements(conn: sa.Connection) -> bool:
-    """Does this pymysql connection take several statements in one text (the
-    store's N8 engine asks for it: ``dialects.create_engine(multi_statements=...)``)?"""
-    from pymysql.constants import CLIENT  # the mysql extra: N8 on MariaDB only
-
-    return bool(getattr(conn.connection.driver_connection, "client_flag", 0)
-                & CLIENT.MULTI_STATEMENTS)
 
 
 def run_script(conn: sa.Connection, sql: str, params: dict) -> None:
