@@ -600,7 +600,7 @@ class Phase:
         flags = " (ran out of customers: raise --pool)" if self.ran_out else ""
         errs = f"  ERRORS: {self.errors[:3]}" if self.errors else ""
         cpu = 1000 * self.cpu / self.ops if self.ops else 0.0
-        return (f"{self.label:<26} {self.ops:>8,} {self.rate:>9,.0f} {self.pct(0.5):>8.2f} "
+        return (f"{self.label:<34} {self.ops:>8,} {self.rate:>9,.0f} {self.pct(0.5):>8.2f} "
                 f"{self.pct(0.99):>8.2f} {cpu:>8.3f}  {oc}{flags}{errs}")
 
 
@@ -640,7 +640,7 @@ def cpu_line(label: str, phases: list[Phase]) -> str | None:
     wall = sum(p.seconds for p in phases if p.split)  # the CPU's window: start to end
     rest = tot["machine"] - tot["bench"] - tot["postgres"] - tot["mariadb"]
     ms = {k: 1000 * v / ops for k, v in tot.items()}
-    return (f"  {label:<26} {ms['machine']:6.2f} ms: this process {ms['bench']:.2f}, "
+    return (f"  {label:<34} {ms['machine']:6.2f} ms: this process {ms['bench']:.2f}, "
             f"PostgreSQL {ms['postgres']:.2f}, MariaDB {ms['mariadb']:.2f}, the rest "
             f"{1000 * rest / ops:.2f}   (machine {100 * tot['machine'] / wall / CPUS:.0f}% busy)")
 
@@ -722,6 +722,13 @@ def checkpoint(store: Store) -> None:
 _said: set[str] = set()
 
 
+def _database_of(url: str) -> str:
+    """A database URL without its driver: two --n8-url through two drivers to one
+    database share its customers."""
+    u = sa.engine.make_url(url)
+    return f"{u.get_backend_name()}://{u.host}:{u.port}/{u.database}"
+
+
 def _say_once(text: str) -> None:
     if text not in _said:
         _said.add(text)
@@ -765,11 +772,13 @@ def main(argv=None) -> int:
     ap.add_argument("--hooks", action="store_true",
                     help="build the ledger as the service does (bankgate.app.wiring): with "
                          "its invoice and supply-status hooks")
-    ap.add_argument("--n8-url", default=None,
+    ap.add_argument("--n8-url", action="append", default=[],
                     help="also time the two-database case: the gateway on --url, N8 in this "
                          "database ([n8.database]; e.g. mysql+pymysql://root@127.0.0.1/"
                          "bankgate_bench_n8), seeded like --url; its ledger phases run beside "
-                         "the one-database ledger's, and the ratio is printed (target >= 0.6)")
+                         "the one-database ledger's, and the ratio is printed (target >= 0.6)."
+                         " Given more than once (the same N8 through another driver, e.g. "
+                         "mysql+mysqldb://...?charset=utf8mb4), each is a phase of its own")
     a = ap.parse_args(argv)
 
     store, population = prepare(a.url, a.customers, a.threads, a.reseed)
@@ -793,16 +802,26 @@ def main(argv=None) -> int:
         ledger = Ledger(store, {"bench": BANK})
     generic_store = Store(a.url, N8Mapping(), threads=a.threads, hot_path=False) if generic \
         else None
-    # the two-database case: the same gateway database, N8 in --n8-url
-    split_store = prepare(a.url, a.customers, a.threads, a.reseed, n8_url=a.n8_url)[0] \
-        if a.n8_url else None
-    split_ledger = (Ledger(split_store, ledger.banks, hooks=ledger.hooks)
-                    if split_store is not None else None)
+    # the two-database cases: the same gateway database, N8 in each --n8-url (label ->
+    # store); a phase per URL, named by its driver when there are several
+    splits: dict[str, Store] = {}
+    seeded: set[str] = set()
+    for u in a.n8_url:
+        n8db = _database_of(u)
+        label = "two-db ledger" + (f" ({sa.engine.make_url(u).get_driver_name()})"
+                                   if len(a.n8_url) > 1 else "")
+        while label in splits:
+            label += "'"
+        splits[label] = prepare(a.url, a.customers, a.threads, a.reseed and n8db not in seeded,
+                                n8_url=u)[0]
+        seeded.add(n8db)
+    split_ledgers = {label: Ledger(s, ledger.banks, hooks=ledger.hooks)
+                     for label, s in splits.items()}
     # what the service's N8 repair job does every repair_every (5 s): the outbox vacuumed
     # once PostgreSQL counts n8outbox.VACUUM_AFTER dead rows in it
     repair_stop = threading.Event()
-    if split_store is not None:
-        threading.Thread(target=_vacuum_outbox, args=(split_store, repair_stop),
+    if splits:  # (one gateway database: one job)
+        threading.Thread(target=_vacuum_outbox, args=(next(iter(splits.values())), repair_stop),
                          daemon=True).start()
     generic_ledger = (Ledger(generic_store, ledger.banks, hooks=ledger.hooks)
                       if generic_store is not None else None)
@@ -863,14 +882,13 @@ def main(argv=None) -> int:
     if lean:
         plan.append(("lean", raw_pay_worker(store.hot_path, "N", lean_=True),
                      raw_query_worker(store.hot_path, lean_=True)))
-    if split_ledger is not None:
-        plan.append(("two-db ledger", ledger_pay_worker(split_ledger, "T"),
-                     ledger_query_worker(split_ledger)))
-    # where each phase's customers are sampled from (the two-database N8 is its own)
-    home = {label: (split_store if label == "two-db ledger" else store) for label, _, _ in plan}
+    for k, (label, led) in enumerate(split_ledgers.items()):
+        plan.append((label, ledger_pay_worker(led, f"T{k}"), ledger_query_worker(led)))
+    # where each phase's customers are sampled from (a two-database N8 is its own)
+    home = {label: splits.get(label, store) for label, _, _ in plan}
 
     runs: dict[str, list[Phase]] = {}  # label -> one Phase per round
-    header = (f"\n{'phase':<26} {'ops':>8} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+    header = (f"\n{'phase':<34} {'ops':>8} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'CPU ms':>8}  outcomes    (CPU ms: this process's CPU per operation)")
 
     def run(label: str, make, items, cycle: bool = False) -> None:
@@ -883,9 +901,11 @@ def main(argv=None) -> int:
     if a.only in ("all", "pay"):
         print(f"sampling {rounds * len(plan) * per_phase:,} customers with dues ...",
               flush=True)
-        split_taken: set[str] = set()  # N8's own customers: the same numbers, other rows
+        # each N8 database's own customers: the same numbers, other rows
+        n8_taken = {_database_of(s.n8_url): set() for s in splits.values()}
         items = [[pay_items(sample(home[label], population, per_phase, rng,
-                                   split_taken if home[label] is split_store else taken),
+                                   n8_taken[_database_of(home[label].n8_url)]
+                                   if label in splits else taken),
                             r * per_phase)
                   for label, _, _ in plan] for r in range(rounds)]
         for r in range(rounds):
@@ -897,11 +917,11 @@ def main(argv=None) -> int:
         print(f"sampling {2 * n:,} customers to query ...", flush=True)
         seen: set[str] = set()
         lq, bq = sample(store, population, n, rng, seen), sample(store, population, n, rng, seen)
-        tq = sample(split_store, population, n, rng, seen) if split_store is not None else []
+        tq = {label: sample(s, population, n, rng, seen) for label, s in splits.items()}
         for _ in range(rounds):
             for i, (label, _, query_worker) in enumerate(plan):
                 run(f"{label} queries", query_worker,
-                    tq if label == "two-db ledger" else lq if i % 2 == 0 else bq, cycle=True)
+                    tq[label] if label in splits else lq if i % 2 == 0 else bq, cycle=True)
 
     print(header)
     for ps in runs.values():
@@ -911,7 +931,7 @@ def main(argv=None) -> int:
     if rounds > 1:
         print(f"ops/s below: the median of {rounds} rounds; each round's, in order:")
         for label, ps in runs.items():
-            print(f"  {label:<26} " + "  ".join(f"{p.rate:,.0f}" for p in ps))
+            print(f"  {label:<34} " + "  ".join(f"{p.rate:,.0f}" for p in ps))
         print()
     lines = [line for label, ps in runs.items() if (line := cpu_line(label, ps))]
     if lines:
@@ -939,16 +959,19 @@ def main(argv=None) -> int:
             print(f"{'':<9} lean   {ln.rate:>8,.0f}/s   ledger/lean {lp_.rate / ln.rate:.2f}   "
                   f"baseline/lean {bp_.rate / ln.rate:.2f}")
 
-        tl, ol = phases.get(f"two-db ledger {kind}"), phases.get(f"ledger {kind}")
-        if tl and ol and ol.rate:
-            print(f"{'':<9} two databases {tl.rate:>8,.0f}/s (p99 {tl.pct(0.99):.1f} ms)   one "
-                  f"database {ol.rate:,.0f}/s (p99 {ol.pct(0.99):.1f} ms)   two/one "
-                  f"{tl.rate / ol.rate:.2f}   (target >= 0.6)")
+        ol = phases.get(f"ledger {kind}")
+        for label in splits:
+            tl = phases.get(f"{label} {kind}")
+            if tl and ol and ol.rate:
+                print(f"{'':<9} two databases{label.removeprefix('two-db ledger')} "
+                      f"{tl.rate:>8,.0f}/s (p99 {tl.pct(0.99):.1f} ms)   one database "
+                      f"{ol.rate:,.0f}/s (p99 {ol.pct(0.99):.1f} ms)   two/one "
+                      f"{tl.rate / ol.rate:.2f}   (target >= 0.6)")
 
     repair_stop.set()
     if a.profile:
         profile(ledger, store, population, rng, taken, origin, tag, a.profile_seconds)
-    for extra in (generic_store, split_store):
+    for extra in (generic_store, *splits.values()):
         if extra is not None:
             extra.stop()
     store.stop()
