@@ -149,8 +149,9 @@ def mysqlclient_url() -> str:
     try:
         import MySQLdb  # noqa: F401
     except ImportError:
-        _missing("mysqlclient (MySQLdb, MariaDB's C driver) is not installed: `make` builds "
-                 "it once Debian's libmariadb-dev and pkg-config are installed", "the C driver is")
+        _missing("mysqlclient (MySQLdb, MariaDB's C driver) is not installed: install Debian's "
+                 "libmariadb-dev and pkg-config, then `.venv/bin/pip install 'mysqlclient>=2.3'`"
+                 " (or `make clean test`)", "the C driver is")
     u = sa.engine.make_url(SERVERS["mariadb"])
     return u.set(drivername=f"{u.get_backend_name()}+mysqldb").update_query_dict(
         {"charset": "utf8mb4"}).render_as_string(hide_password=False)
