@@ -11,7 +11,8 @@ in N8's write after the gateway's folded post leaves nothing behind; on MariaDB,
 three writes go in one text (multi statements), and a failure in its last statement
 leaves nothing behind either; PostgreSQL keeps the prepared plans of a payment;
 N8's pool on MariaDB rolls back a returned connection only when a transaction may be
-open on it.
+open on it.  N8 on MariaDB is tested through pymysql and through mysqlclient, its C
+driver (the ``postgres+mysqlclient`` pair).
 """
 
 from __future__ import annotations
@@ -593,7 +594,8 @@ def test_n8s_pool_on_mariadb_rolls_back_only_a_connection_with_a_transaction(dri
             assert len(rollbacks) == after_commit, (n, marked)
         for marked, after_rollback in ((True, 1), (False, 1 + unmarked)):
             rollbacks.clear()
-            with lazy.connect() as c:  # SQLAlchemy's own rollback: no second one
+            with lazy.connect() as c:  # SQLAlchemy's own rollback: no second one, once
+                # marked (pymysql: either way)
                 c.execute(t.insert().values(n=4))
                 c.rollback()
                 if marked:

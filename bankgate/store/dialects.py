@@ -14,8 +14,8 @@ def create_engine(url: str, *, pool_size: int = 4, echo: bool = False,
     """On MariaDB/MySQL through pymysql or mysqlclient (:data:`MYSQL_DRIVERS`;
     elsewhere both are ignored): ``multi_statements``, connections that take
     several statements in one text (N8 in a database of its own: N8's writes of a
-    payment in one round trip, :mod:`bankgate.store.splithot`; without it
-    mysqlclient's connections are asked not to, as pymysql's do not);
+    payment in one round trip, :mod:`bankgate.store.splithot`; without it they take
+    one statement a text on both drivers, although mysqlclient's default is several);
     ``lazy_reset``, a connection going back to the pool is rolled back only when a
     transaction may be open on it (no ROLLBACK round trip after every commit:
     :func:`transaction_ended`)."""
