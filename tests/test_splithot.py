@@ -601,6 +601,14 @@ def test_n8s_pool_on_mariadb_rolls_back_only_a_connection_with_a_transaction(dri
                 if marked:
                     dialects.transaction_ended(c)
             assert len(rollbacks) == after_rollback, marked
+        connects = []
+        sa.event.listen(lazy, "connect", lambda *_: connects.append(1))
+        with lazy.connect() as c:  # N8 went away mid-transaction: marking it connects nothing
+            trans = c.begin()
+            c.invalidate()
+            trans.rollback()
+            dialects.transaction_ended(c)
+            assert c.invalidated and connects == []
         rollbacks.clear()
         with lazy.connect() as c:  # a write on the driver, unseen by SQLAlchemy
             c.connection.driver_connection.cursor().execute(

@@ -90,8 +90,10 @@ def transaction_ended(conn: sa.Connection) -> None:
     """Say that ``conn``'s transaction has just been committed or rolled back and that
     nothing will run on it before it goes back to the pool: with ``lazy_reset`` the
     pool then sends no ROLLBACK (mysqlclient cannot tell whether a transaction is
-    open; pymysql can)."""
-    conn.connection.info[_ENDED] = True
+    open; pymysql can).  An invalidated connection is left alone: reading its pool
+    record would connect afresh."""
+    if not (conn.invalidated or conn.closed):
+        conn.connection.info[_ENDED] = True
 
 
 def is_db2(dialect_name: str) -> bool:
