@@ -151,10 +151,13 @@ def test_pending_without_a_database_of_its_own_says_so(tmp_path, capsys):
     ('url = "sqlite:///n8.db"\nport = 1', "port"),
     ('repair_every = 5', "url"),
 ])
-def test_n8_database_configuration_errors_name_the_key(tmp_path, body, problem):
+def test_n8_database_configuration_errors_name_the_key(tmp_path, monkeypatch, body, problem):
+    import sys
+
     from bankgate.app.config import ConfigError
     from bankgate.app.config import load_config as load
 
+    monkeypatch.setitem(sys.modules, "MySQLdb", None)  # mysql:// needs it: not installed
     path = tmp_path / "bankgate.toml"
     path.write_text(f'[gateway]\ndata_dir = "{tmp_path.as_posix()}"\n[n8.database]\n{body}\n')
     with pytest.raises(ConfigError, match=problem.replace(".", r"\.")):
