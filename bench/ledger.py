@@ -72,6 +72,8 @@ from bankgate.store.n8 import N8Mapping  # noqa: E402
 
 DEFAULT_URL = "sqlite:////tmp/bankgate-bench.db"
 BANK = BankPolicy("bench", "999999", policy="any")
+#: the width of a phase's label in the printed tables
+LABEL = 34
 TARGETS = {"payments": 1500, "queries": 4000, "ratio": 0.6}
 CPUS = os.cpu_count() or 1
 
@@ -600,7 +602,7 @@ class Phase:
         flags = " (ran out of customers: raise --pool)" if self.ran_out else ""
         errs = f"  ERRORS: {self.errors[:3]}" if self.errors else ""
         cpu = 1000 * self.cpu / self.ops if self.ops else 0.0
-        return (f"{self.label:<34} {self.ops:>8,} {self.rate:>9,.0f} {self.pct(0.5):>8.2f} "
+        return (f"{self.label:<{LABEL}} {self.ops:>8,} {self.rate:>9,.0f} {self.pct(0.5):>8.2f} "
                 f"{self.pct(0.99):>8.2f} {cpu:>8.3f}  {oc}{flags}{errs}")
 
 
@@ -640,7 +642,7 @@ def cpu_line(label: str, phases: list[Phase]) -> str | None:
     wall = sum(p.seconds for p in phases if p.split)  # the CPU's window: start to end
     rest = tot["machine"] - tot["bench"] - tot["postgres"] - tot["mariadb"]
     ms = {k: 1000 * v / ops for k, v in tot.items()}
-    return (f"  {label:<34} {ms['machine']:6.2f} ms: this process {ms['bench']:.2f}, "
+    return (f"  {label:<{LABEL}} {ms['machine']:6.2f} ms: this process {ms['bench']:.2f}, "
             f"PostgreSQL {ms['postgres']:.2f}, MariaDB {ms['mariadb']:.2f}, the rest "
             f"{1000 * rest / ops:.2f}   (machine {100 * tot['machine'] / wall / CPUS:.0f}% busy)")
 
@@ -888,7 +890,7 @@ def main(argv=None) -> int:
     home = {label: splits.get(label, store) for label, _, _ in plan}
 
     runs: dict[str, list[Phase]] = {}  # label -> one Phase per round
-    header = (f"\n{'phase':<34} {'ops':>8} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+    header = (f"\n{'phase':<{LABEL}} {'ops':>8} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'CPU ms':>8}  outcomes    (CPU ms: this process's CPU per operation)")
 
     def run(label: str, make, items, cycle: bool = False) -> None:
@@ -931,7 +933,7 @@ def main(argv=None) -> int:
     if rounds > 1:
         print(f"ops/s below: the median of {rounds} rounds; each round's, in order:")
         for label, ps in runs.items():
-            print(f"  {label:<34} " + "  ".join(f"{p.rate:,.0f}" for p in ps))
+            print(f"  {label:<{LABEL}} " + "  ".join(f"{p.rate:,.0f}" for p in ps))
         print()
     lines = [line for label, ps in runs.items() if (line := cpu_line(label, ps))]
     if lines:

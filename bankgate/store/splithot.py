@@ -39,12 +39,13 @@ from datetime import date, datetime
 import sqlalchemy as sa
 
 from bankgate.store import model, n8outbox, pghot
-from bankgate.store.dialects import takes_scripts
+from bankgate.store.dialects import MYSQL_DRIVERS, takes_scripts
 from bankgate.store.n8write import encode
 
-#: N8 drivers the folded statements run on (dialect name, driver)
-N8_DRIVERS = {("mysql", "pymysql"), ("mariadb", "pymysql"), ("mysql", "mysqldb"),
-              ("mariadb", "mysqldb"), ("postgresql", "psycopg")}
+#: N8 drivers the folded statements run on (dialect name, driver): MariaDB's as
+#: ``dialects.create_engine`` sets them up, under either back-end name, and psycopg
+N8_DRIVERS = {(backend, driver) for backend in ("mysql", "mariadb") for driver in MYSQL_DRIVERS
+              } | {("postgresql", "psycopg")}
 
 
 def make(store, enabled: bool = True) -> SplitHot | None:
@@ -218,7 +219,7 @@ class N8Side:
 
 
 def run_script(conn: sa.Connection, sql: str, params: dict) -> None:
-    """Run a text of several statements (pymysql, multi statements; parameters bound
+    """Run a text of several statements (MariaDB, multi statements; parameters bound
     on the client, as for one) on the connection's driver cursor, reading every
     statement's result: the first statement that fails raises as
     :func:`bankgate.store.pghot.run_raw` does, and the ones after it do not run."""
