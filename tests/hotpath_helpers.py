@@ -151,17 +151,32 @@ def refusing(engine: sa.Engine, table: sa.Table,
              check: Callable[[Callable[[str], str]], str]) -> Iterator[None]:
     """The database on ``engine`` refuses, for the block, the rows of ``table`` that
     fail ``check(quote)`` (a CHECK constraint's condition, the column names quoted
-    by ``quote``): a write that fails half-way through a payment."""
+    by ``quote``): a write that fails half-way through a payment.  (SQLite, which
+    cannot add a constraint to a table: triggers that abort such an insert or
+    update.)"""
     prep = engine.dialect.identifier_preparer
     name = prep.format_table(table)
+    cond = check(prep.quote)
+    if engine.dialect.name == "sqlite":
+        cols = {c.name: f"NEW.{prep.quote(c.name)}" for c in table.columns}
+        new_row = check(lambda col: cols[col])
+        made = [f"bg_test_refuse_{event.lower()}" for event in ("INSERT", "UPDATE")]
+        add = [f"CREATE TRIGGER {trigger} BEFORE {event} ON {name} WHEN NOT ({new_row})"
+               " BEGIN SELECT RAISE(ABORT, 'bg_test_refuse'); END"
+               for trigger, event in zip(made, ("INSERT", "UPDATE"), strict=True)]
+        drop = [f"DROP TRIGGER {trigger}" for trigger in made]
+    else:
+        add = [f"ALTER TABLE {name} ADD CONSTRAINT bg_test_refuse CHECK ({cond})"]
+        drop = [f"ALTER TABLE {name} DROP CONSTRAINT bg_test_refuse"]
     with engine.begin() as c:
-        c.execute(sa.text(f"ALTER TABLE {name} ADD CONSTRAINT bg_test_refuse"
-                          f" CHECK ({check(prep.quote)})"))
+        for sql in add:
+            c.execute(sa.text(sql))
     try:
         yield
     finally:
         with engine.begin() as c:
-            c.execute(sa.text(f"ALTER TABLE {name} DROP CONSTRAINT bg_test_refuse"))
+            for sql in drop:
+                c.execute(sa.text(sql))
 
 
 def replanned(store: Store, payments: int = 16,

@@ -476,13 +476,13 @@ def test_n8_on_mariadb_takes_the_payments_three_writes_in_one_text(stores, monke
     statement already, no text of several."""
     hot, generic = stores
     texts = []
-    real = splithot.run_script
+    real = splithot.N8Side.post_script  # run as one text, or sent ahead (mysqlclient)
 
-    def counting(conn, sql, params):
-        texts.append(sql)
-        return real(conn, sql, params)
+    def counting(self, n):
+        texts.append(real(self, n))
+        return texts[-1]
 
-    monkeypatch.setattr(splithot, "run_script", counting)
+    monkeypatch.setattr(splithot.N8Side, "post_script", counting)
     _fresh(hot)
     seed_fixture(hot)
     ledger = Ledger(hot, dict(BANKS), now=FakeClock())
@@ -538,6 +538,54 @@ def test_a_failing_last_n8_write_leaves_nothing_and_the_connection_usable(stores
     r = ledger.pay(pay("S2"))
     assert r.outcome is Outcome.OK and not r.retry
     assert bills(hot)[first][0] > before[first][0]
+    check_books(hot)
+
+
+def test_a_failing_gateway_post_with_n8s_writes_in_flight_leaves_nothing(stores,
+                                                                          monkeypatch):
+    """Through mysqlclient N8's writes are sent before the gateway's post and their
+    answer read after it, so the two databases work at the same time (other drivers:
+    N8's writes after the gateway's post).  The gateway refusing the payment while
+    N8's writes are in flight: N8's answer is read before the rollback, nothing
+    stays on either side, no connection is thrown away, and the same request then
+    posts on the pooled connections."""
+    hot, _ = stores
+    _fresh(hot)
+    seed_fixture(hot)
+    ledger = Ledger(hot, dict(BANKS), now=FakeClock())
+    hot.initial_paid = before = bills(hot)
+    n8 = hot.split_hot.n8
+    sent, read = [], []
+    real_send = n8.send_post
+
+    def send(conn, pay_, items):
+        reader = real_send(conn, pay_, items)
+        sent.append(reader is not None)
+        if reader is None:
+            return None
+        return lambda quiet=False: read.append(quiet) or reader(quiet)
+
+    monkeypatch.setattr(n8, "send_post", send)
+    thrown = []
+    for engine in (hot.engine, hot.n8_engine):
+        sa.event.listen(engine, "invalidate", lambda *a: thrown.append(a))
+    p = model.payment
+    ahead = hot.n8_engine.dialect.driver == "mysqldb"
+    with refusing(hot.engine, p, lambda q: f"{q(p.c.serial.name)} <> 'S3'"):
+        with pytest.raises((sa.exc.DBAPIError, StoreUnavailable)):
+            ledger.pay(pay("S3"))
+        assert sent and set(sent) == {ahead}
+        assert read == ([True] * len(sent) if ahead else [])  # read, quietly, each time
+        assert count(hot, model.journal) == count(hot, model.payment) == 0
+        assert count(hot, model.n8_outbox) == 0 and not hot.outbox_done
+        assert count(hot, hot.n8["payment"]) == count(hot, hot.n8["payment_item"]) == 0
+        assert bills(hot) == before
+    read.clear()
+    r = ledger.pay(pay("S3"))
+    assert r.outcome is Outcome.OK and not r.retry
+    assert read == ([False] if ahead else [])
+    assert thrown == []
+    assert count(hot, hot.n8["payment"]) == 1
     check_books(hot)
 
 

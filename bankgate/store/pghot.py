@@ -211,11 +211,7 @@ def run_raw(conn: sa.Connection, sql: str, params: dict, setup=None,
     error comes back as SQLAlchemy's (and a dead connection is invalidated, so
     the store retries on a fresh one)."""
     dbapi_conn = conn.connection
-    cur = dbapi_conn.info.get("bankgate_pg_cursor")
-    if cur is None or getattr(cur, "closed", False) or getattr(cur, "connection", 1) is None:
-        cur = dbapi_conn.info["bankgate_pg_cursor"] = dbapi_conn.driver_connection.cursor()
-        if setup is not None:
-            setup(cur)
+    cur = driver_cursor(conn, setup)
     dialect = conn.dialect
     try:
         cur.execute(sql, params)
@@ -228,6 +224,18 @@ def run_raw(conn: sa.Connection, sql: str, params: dict, setup=None,
         raise sa.exc.DBAPIError.instance(
             sql, params, e, dialect.dbapi.Error, connection_invalidated=gone,
             dialect=dialect) from e
+
+
+def driver_cursor(conn: sa.Connection, setup=None):
+    """The connection's own driver cursor, kept with the connection (``setup(cursor)``
+    once, when it is made)."""
+    dbapi_conn = conn.connection
+    cur = dbapi_conn.info.get("bankgate_pg_cursor")
+    if cur is None or getattr(cur, "closed", False) or getattr(cur, "connection", 1) is None:
+        cur = dbapi_conn.info["bankgate_pg_cursor"] = dbapi_conn.driver_connection.cursor()
+        if setup is not None:
+            setup(cur)
+    return cur
 
 
 def int8_cursor(cur) -> None:

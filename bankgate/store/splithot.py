@@ -21,7 +21,10 @@ folds them, as :mod:`bankgate.store.pghot` does with N8 beside the gateway:
   statement on PostgreSQL, three on MariaDB (the payment, one multi-row
   ``INSERT`` of the items, one ``UPDATE`` of the bills with a ``CASE`` per
   bill) sent as one text, one round trip, when N8's connections take multi
-  statements (the store asks for it: :func:`run_script`).
+  statements (the store asks for it: :func:`run_script`).  Through mysqlclient
+  that text is sent before the gateway's post and its answer read after it, so
+  that N8 writes while the gateway posts (:meth:`N8Side.send_post`): a
+  payment waits for the slower of the two, not for both.
 
 Only with the reference units and codes (``mapping.plain``) and N8 written by
 the direct adapter: the SQL text runs on the driver's own cursor, built once
@@ -34,6 +37,7 @@ exactly as the generic path records them, and replayed by
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import date, datetime
 
 import sqlalchemy as sa
@@ -111,7 +115,7 @@ class PgGateway:
 
 class N8Side:
     """N8's reads and writes of a query and a payment, folded (MariaDB via
-    pymysql, PostgreSQL via psycopg)."""
+    pymysql or mysqlclient, PostgreSQL via psycopg)."""
 
     def __init__(self, n8: dict[str, sa.Table], engine: sa.Engine):
         prep = engine.dialect.identifier_preparer
@@ -187,19 +191,17 @@ class N8Side:
     def post(self, conn: sa.Connection, pay: dict, items: list[dict]) -> None:
         """What :meth:`bankgate.store.n8write.DirectWriter.post` writes (not a
         replay): N8's payment ``pay``, its ``items``, the bills."""
-        params = {"rec_" + c: pay[c] for c in pghot._N8_PAYMENT_COLUMNS}
         if self.pg:
+            params = {"rec_" + c: pay[c] for c in pghot._N8_PAYMENT_COLUMNS}
             params["bill_ids"] = [r["bill_id"] for r in items]
             params["principals"] = [r["principal"] for r in items]
             params["late_fees"] = [r["late_fee"] for r in items]
             pghot.run_raw(conn, self.post_sql, params, self.setup, rows=False)
             return
+        params = self._script_params(pay, items)
         if not items:
             pghot.run_raw(conn, self.payment_sql, params, None, rows=False)
             return
-        for k, r in enumerate(items):
-            params[f"b{k}"], params[f"p{k}"], params[f"l{k}"] = (
-                r["bill_id"], r["principal"], r["late_fee"])
         n = len(items)
         if takes_scripts(conn):  # the three in one text: one round trip
             run_script(conn, self.post_script(n), params)
@@ -207,6 +209,50 @@ class N8Side:
         pghot.run_raw(conn, self.payment_sql, params, None, rows=False)
         pghot.run_raw(conn, self.items_sql(n), params, None, rows=False)
         pghot.run_raw(conn, self.bills_sql(n), params, None, rows=False)
+
+    def send_post(self, conn: sa.Connection, pay: dict,
+                  items: list[dict]) -> Callable[[bool], None] | None:
+        """MariaDB through mysqlclient: send what :meth:`post` writes, as one text,
+        without waiting for N8's answer, so that N8 writes while the gateway
+        posts; the function that reads the answer (raising N8's error as
+        :meth:`post` would; ``quiet``: read it and raise nothing, before a
+        rollback).  None where the driver cannot: :meth:`post` then."""
+        if not items or self.pg or conn.dialect.driver != "mysqldb" or not takes_scripts(conn):
+            return None
+        params = self._script_params(pay, items)
+        sql = self.post_script(len(items))
+        cur = pghot.driver_cursor(conn)
+        raw = conn.connection.driver_connection
+        try:
+            raw.send_query(cur.mogrify(sql, params).encode(raw.encoding))
+        except conn.dialect.dbapi.Error as e:
+            raise _driver_error(conn, cur, sql, params, e) from e
+
+        def read(quiet: bool = False) -> None:
+            try:
+                raw.read_query_result()
+                while raw.next_result() == 0:  # (the statements return no rows)
+                    pass
+            except conn.dialect.dbapi.Error as e:
+                err = _driver_error(conn, cur, sql, params, e)
+                if not quiet:
+                    raise err from e
+            except BaseException:
+                # the answer not read to its end: the connection's next statement would
+                # read it, in the same transaction; it is not used again
+                conn.invalidate()
+                raise
+        return read
+
+    @staticmethod
+    def _script_params(pay: dict, items: list[dict]) -> dict:
+        """MariaDB: the parameters of N8's payment ``pay`` and its ``items`` (k: b{k}
+        the bill, p{k} the principal, l{k} the late fee)."""
+        params = {"rec_" + c: pay[c] for c in pghot._N8_PAYMENT_COLUMNS}
+        for k, r in enumerate(items):
+            params[f"b{k}"], params[f"p{k}"], params[f"l{k}"] = (
+                r["bill_id"], r["principal"], r["late_fee"])
+        return params
 
     def post_script(self, n: int) -> str:
         """MariaDB: N8's payment, its ``n`` items and the bills, one text of three
@@ -225,18 +271,24 @@ def run_script(conn: sa.Connection, sql: str, params: dict) -> None:
     :func:`bankgate.store.pghot.run_raw` does, and the ones after it do not run."""
     pghot.run_raw(conn, sql, params, None, rows=False)
     cur = conn.connection.info["bankgate_pg_cursor"]
-    dialect = conn.dialect
     try:
         while cur.nextset():
             pass
-    except dialect.dbapi.Error as e:
-        gone = dialect.is_disconnect(e, conn.connection, cur)
-        if gone:
-            conn.connection.info.pop("bankgate_pg_cursor", None)
-            conn.invalidate(e)
-        raise sa.exc.DBAPIError.instance(
-            sql, params, e, dialect.dbapi.Error, connection_invalidated=gone,
-            dialect=dialect) from e
+    except conn.dialect.dbapi.Error as e:
+        raise _driver_error(conn, cur, sql, params, e) from e
+
+
+def _driver_error(conn: sa.Connection, cur, sql: str, params: dict,
+                  e: Exception) -> sa.exc.DBAPIError:
+    """The driver's error ``e`` as SQLAlchemy's, as :func:`bankgate.store.pghot.run_raw`
+    gives it: a dead connection is invalidated first (the store retries on a fresh one)."""
+    dialect = conn.dialect
+    gone = dialect.is_disconnect(e, conn.connection, cur)
+    if gone:
+        conn.connection.info.pop("bankgate_pg_cursor", None)
+        conn.invalidate(e)
+    return sa.exc.DBAPIError.instance(sql, params, e, dialect.dbapi.Error,
+                                      connection_invalidated=gone, dialect=dialect)
 
 
 class SplitHot:
@@ -304,6 +356,27 @@ class SplitHot:
                   "late_fee": r["late_fee"]} for r in rows]
         tx.receipt_no = pay["pay_id"]
         tx.n8_ops.append(("post", {"pay": pay, "items": items}))
+        # N8's writes sent first where the driver can, and their answer read after
+        # the gateway's: the two databases work at the same time
+        pending = self.n8.send_post(tx.n8conn, pay, items)
+        try:
+            pid = self._post_gateway(tx, payment, rows, journal)
+        except BaseException:
+            if pending is not None:
+                pending(True)  # N8's answer read: its connection is fit to roll back
+            raise
+        if pending is not None:
+            pending(False)
+        else:
+            self.n8.post(tx.n8conn, pay, items)
+        if self.gw is None and journal is not None:
+            tx.journal_finish(journal[0], journal[1], journal[2], pid)
+        return pid
+
+    def _post_gateway(self, tx, payment: dict, rows: list[dict],
+                      journal: tuple[int, str, dict] | None) -> int:
+        """The gateway's side of :meth:`post`: the payment, its allocations and the
+        prepaid excess; on PostgreSQL the journal's answer and the outbox row too."""
         if self.gw is not None:
             done = n8outbox.take_done(self.store)
             if journal is not None:
@@ -323,7 +396,4 @@ class SplitHot:
             if payment["prepaid_in"]:
                 tx.prepaid_add(payment["customer_no"], payment["prepaid_in"],
                                payment["created_at"])
-        self.n8.post(tx.n8conn, pay, items)
-        if self.gw is None and journal is not None:
-            tx.journal_finish(journal[0], journal[1], journal[2], pid)
         return pid
