@@ -8,15 +8,20 @@ N8 unreachable, a repair applied twice; and check the books on both sides.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 import sqlalchemy as sa
 from conftest import BANKS, make_store, seed_fixture
+from hypothesis import given
+from hypothesis import strategies as st
 from ledger_helpers import bills, check_books, count, pay, query, rev
 
 from bankgate.canon.messages import Outcome
 from bankgate.domain.ledger import Ledger
 from bankgate.store import model, n8outbox
 from bankgate.store.errors import N8Unavailable, StoreUnavailable
+from bankgate.store.n8write import decode, encode
 
 PAIRS = ["sqlite+sqlite", "postgres+mariadb", "mariadb+postgres"]
 
@@ -172,3 +177,28 @@ def test_n8_unreachable_answers_busy_and_writes_nothing(split, tmp_path):
     assert count(store, model.n8_outbox) == 0
     assert ledger.pay(pay("S1")).outcome is Outcome.OK
     check_books(store)
+
+
+# -- the outbox's encoding of N8's operations ---------------------------------------------
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-10**15, 10**15), st.text(max_size=12),
+                    st.dates(), st.datetimes())
+_keys = st.text("abcxyz_", max_size=8)  # (a key of "$" is the encoding's own)
+_args = st.recursive(_values, lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(_keys, inner, max_size=4), max_leaves=12)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["post", "undo", "invoice"]),
+                          st.dictionaries(_keys, _args, max_size=4)), max_size=3))
+def test_the_outbox_keeps_n8s_operations_with_their_dates_and_times(ops):
+    """What the outbox row holds decodes to the operations written, dates as dates
+    and times as times (the repair replays them), in one text whatever the order of
+    a dict's keys."""
+    text = encode(ops)
+    assert decode(text) == [(op, args) for op, args in ops]
+    assert encode([(op, dict(reversed(list(args.items())))) for op, args in ops]) == text
+
+
+def test_an_operation_the_outbox_cannot_hold_is_refused_by_name():
+    with pytest.raises(TypeError, match="Decimal in an N8 operation"):
+        encode([("post", {"amount": Decimal("1.00")})])

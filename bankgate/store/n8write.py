@@ -214,16 +214,13 @@ class DirectWriter:
 # -- the outbox's encoding of operations ------------------------------------------------
 
 
-def _enc(v):
+def _tag(v):
+    """What JSON cannot hold itself, for :func:`encode`: a time or a date, tagged."""
     if isinstance(v, datetime):
         return {"$dt": v.isoformat()}
     if isinstance(v, date):
         return {"$d": v.isoformat()}
-    if isinstance(v, dict):
-        return {k: _enc(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_enc(x) for x in v]
-    return v
+    raise TypeError(f"{type(v).__name__} in an N8 operation cannot go into the outbox")
 
 
 def _dec(v):
@@ -240,8 +237,7 @@ def _dec(v):
 
 def encode(ops: list[tuple[str, dict]]) -> str:
     """Operations as the outbox keeps them (JSON; dates tagged)."""
-    return json.dumps([[op, _enc(args)] for op, args in ops], ensure_ascii=False,
-                      sort_keys=True)
+    return json.dumps(ops, ensure_ascii=False, sort_keys=True, default=_tag)
 
 
 def decode(text: str) -> list[tuple[str, dict]]:
