@@ -202,3 +202,84 @@ def test_the_outbox_keeps_n8s_operations_with_their_dates_and_times(ops):
 def test_an_operation_the_outbox_cannot_hold_is_refused_by_name():
     with pytest.raises(TypeError, match="Decimal in an N8 operation"):
         encode([("post", {"amount": Decimal("1.00")})])
+
+
+# -- the thread's connection to N8 ----------------------------------------------------------
+
+
+def _checkouts(engine) -> list:
+    seen: list = []
+    sa.event.listen(engine, "checkout", lambda *a: seen.append(a[0]))
+    return seen
+
+
+def test_a_thread_keeps_its_n8_connection_between_payments_and_gives_it_back(split):
+    """Each payment with N8 apart used to take a connection to N8 from the pool and
+    give it back; a thread now keeps its own between transactions (as its read
+    connections): payments in a row take none from the pool and run on one
+    connection, a failed one that ended cleanly keeps it too, and the thread gives it
+    back when it stops (``release_reader``)."""
+    store, ledger = split
+    def small(serial):
+        return pay(serial, customer="100000200", amount=100, bank="partial")
+
+    assert ledger.pay(small("K0")).outcome is Outcome.OK
+    kept = store.n8_writer()
+    before = bills(store)
+    b = store.n8["bill"]
+    took = _checkouts(store.n8_engine)
+    for k in range(1, 4):
+        assert ledger.pay(small(f"K{k}")).outcome is Outcome.OK
+    # N8 refuses a write: rolled back, the connection kept (MariaDB's refusal is an
+    # OperationalError, which the store retries, then gives up)
+    with pytest.raises((sa.exc.DBAPIError, StoreUnavailable)):
+        store.run_sync(lambda tx: tx.n8conn.execute(b.insert().values(bill_id=None)))
+    assert ledger.pay(small("K4")).outcome is Outcome.OK
+    assert took == [] and store.n8_writer() is kept and not kept.invalidated
+    after = bills(store)
+    assert sum(p for p, _ in after.values()) == sum(p for p, _ in before.values()) + 400
+    pool = store.n8_engine.pool
+    out = pool.checkedout()
+    store.release_reader()
+    assert kept.closed and pool.checkedout() == out - 1
+    assert store.n8_writer() is not kept
+    store.release_reader()
+    check_books(store)
+
+
+SERVER_PAIRS = ["postgres+mariadb", "mariadb+postgres", "postgres+mysqlclient"]
+
+
+@pytest.mark.parametrize("pair", SERVER_PAIRS)
+def test_a_kept_n8_connection_the_server_closed_is_replaced_and_the_payment_posts(
+        pair, tmp_path, clock):
+    """N8's server closes the thread's kept connection (its idle timeout over a
+    quiet night, a restart): the next payment's first statement on it fails, the
+    store retries the payment on a fresh connection, and it posts once."""
+    store = make_store(pair, tmp_path)
+    try:
+        seed_fixture(store)
+        store.initial_paid = bills(store)
+        ledger = Ledger(store, dict(BANKS), now=clock)
+        first = ledger.pay(pay("N1", customer="100000200", amount=100, bank="partial"))
+        assert first.outcome is Outcome.OK
+        kept = store.n8_writer()
+        pg = store.n8_dialect == "postgresql"
+        server_id = kept.exec_driver_sql(
+            "SELECT pg_backend_pid()" if pg else "SELECT CONNECTION_ID()").scalar()
+        kept.rollback()
+        with store.n8_engine.connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({int(server_id)})" if pg
+                                  else f"KILL {int(server_id)}")
+            other.commit()
+        r = ledger.pay(pay("N2", customer="100000200", amount=100, bank="partial"))
+        assert r.outcome is Outcome.OK and not r.retry
+        assert kept.closed and store.n8_writer() is not kept  # invalidated, given back
+        assert count(store, model.payment) == count(store, store.n8["payment"]) == 2
+        assert count(store, model.n8_outbox) <= 2  # applied; deleted in a later batch
+        check_books(store)
+        store.release_reader()
+    finally:
+        store.outbox_done.clear()
+        store.drop_all()
+        store.stop()

@@ -63,7 +63,8 @@ class Store:
         self.split = bool(n8_url) and n8_url != url
         self.n8_url = n8_url if self.split else url
         # (MariaDB: N8's writes of a payment in one text where splithot folds them, and
-        # no ROLLBACK when a committed connection goes back to the pool)
+        # no ROLLBACK when a committed connection goes back to the pool; a thread keeps
+        # its connection for transactions too: n8_writer)
         self.n8_engine = (create_engine(n8_url, pool_size=2 * threads, echo=echo,
                                         multi_statements=hot_path and self.mapping.plain,
                                         lazy_reset=True)
@@ -121,13 +122,30 @@ class Store:
             self.n8_engine.dispose()
 
     def release_reader(self) -> None:
-        """Give the calling thread's kept read connection back to the pool (a
-        thread that reads no more, e.g. a benchmark's worker at its end)."""
-        for name in ("reader", "n8_reader"):
-            reader = getattr(self._local, name, None)
-            if reader is not None:
+        """Give the calling thread's kept connections back to the pool (a thread
+        that reads and writes no more, e.g. a benchmark's worker at its end): its
+        read connections and, N8 apart, its connection to N8 for transactions."""
+        for name in ("reader", "n8_reader", "n8_writer"):
+            kept = getattr(self._local, name, None)
+            if kept is not None:
                 setattr(self._local, name, None)
-                reader.close()
+                kept.close()
+
+    def n8_writer(self) -> sa.Connection:
+        """N8 apart: the calling thread's connection to N8 for its transactions, kept
+        between them as its read connections are (no pool checkout and return
+        around every payment); a closed or invalidated one is replaced."""
+        conn = getattr(self._local, "n8_writer", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._local.n8_writer = self.n8_engine.connect()
+        return conn
+
+    def drop_n8_writer(self, conn: sa.Connection) -> None:
+        """Give ``conn``, the thread's N8 connection, back to the pool (its
+        transaction did not end cleanly); the thread's next transaction opens another."""
+        if getattr(self._local, "n8_writer", None) is conn:
+            self._local.n8_writer = None
+        conn.close()
 
     # -- running work ------------------------------------------------------
 

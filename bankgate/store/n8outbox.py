@@ -63,9 +63,10 @@ def run_split(store, conn: sa.Connection, make_tx, fn, args, kw, readonly: bool)
 
     def open_n8() -> sa.Connection:
         try:
-            c = store.n8_engine.connect()
-            if readonly:
-                c = c.execution_options(bankgate_readonly=True)
+            if readonly:  # (an option that would stay with a kept connection)
+                c = store.n8_engine.connect().execution_options(bankgate_readonly=True)
+            else:  # the thread's, kept for its next transaction
+                c = n8["kept"] = store.n8_writer()
             n8["conn"] = c
             n8["trans"] = c.begin()
         except sa.exc.SQLAlchemyError as e:
@@ -98,7 +99,7 @@ def run_split(store, conn: sa.Connection, make_tx, fn, args, kw, readonly: bool)
                 os._exit(9)
         except BaseException:
             _close_quietly(gtrans)
-            _close_quietly(n8.get("trans"), n8.get("conn"))
+            _close_quietly(n8.get("trans"), n8.get("conn") if "kept" not in n8 else None)
             if cleared is None and tx.outbox_row is not None:
                 cleared = tx.outbox_row[2]
             if cleared:  # not deleted after all: the next transaction does it
@@ -107,7 +108,8 @@ def run_split(store, conn: sa.Connection, make_tx, fn, args, kw, readonly: bool)
         if "trans" in n8:
             try:
                 n8["trans"].commit()
-                dialects.transaction_ended(n8["conn"])  # nothing runs on it before it goes back
+                if "kept" not in n8:  # nothing runs on it before it goes back to the pool
+                    dialects.transaction_ended(n8["conn"])
             except sa.exc.SQLAlchemyError as e:
                 # a connection whose commit failed is not trusted again
                 n8["conn"].invalidate()
@@ -123,8 +125,13 @@ def run_split(store, conn: sa.Connection, make_tx, fn, args, kw, readonly: bool)
             store.outbox_done.append(oid)
         return result
     finally:
-        if "conn" in n8:
-            n8["conn"].close()
+        c = n8.get("conn")
+        if c is None:
+            pass
+        elif "kept" not in n8:
+            c.close()
+        elif c.invalidated or n8.get("trans") is None or n8["trans"].is_active:
+            store.drop_n8_writer(c)  # its transaction did not end cleanly: not kept
 
 
 def utcnow() -> datetime:
