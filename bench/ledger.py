@@ -694,31 +694,64 @@ def pay_items(sampled: list[tuple[str, int]], start: int = 0) -> list[tuple[str,
             enumerate(sampled)]
 
 
-def checkpoint(store: Store) -> None:
-    """Start each write phase from a clean checkpoint, so no phase pays for another's;
-    on a PostgreSQL server whose autovacuum is off, from a vacuumed database too
-    (autovacuum's work, done between the phases: otherwise every phase pays for
-    the dead rows of all the phases before it)."""
-    off = store.autovacuum_off()
-    for where, engine in store.databases():
-        raw = engine.raw_connection()  # outside any transaction
-        try:
-            cur = raw.cursor()
-            if engine.dialect.name == "postgresql":
-                raw.driver_connection.autocommit = True
-                if where in off:
-                    _say_once(f"(autovacuum is off on {engine.url.database}: the benchmark"
-                              " vacuums it before each write phase)")
-                    cur.execute("VACUUM")
-                cur.execute("CHECKPOINT")
-                raw.driver_connection.autocommit = False
-            elif engine.dialect.name == "sqlite":
-                cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            cur.close()
-        except Exception as e:  # noqa: BLE001 - a missing checkpoint only adds noise
-            print(f"(no checkpoint: {e})")
-        finally:
-            raw.close()
+def checkpoint(*stores: Store) -> None:
+    """Start each write phase from a clean checkpoint of every database the
+    benchmark writes (each once), so no phase pays for another's; on a PostgreSQL
+    server whose autovacuum is off, from a vacuumed database too (autovacuum's
+    work, done between the phases: otherwise every phase pays for the dead rows of
+    all the phases before it); on MariaDB with InnoDB's dirty pages written out
+    (:func:`_innodb_flush`: otherwise a phase after a two-database one shares the
+    machine with MariaDB writing that phase's pages)."""
+    seen: set[str] = set()
+    for store in stores:
+        off = store.autovacuum_off()
+        for where, engine in store.databases():
+            key = _database_of(engine.url.render_as_string(hide_password=False))
+            if key in seen:
+                continue
+            seen.add(key)
+            raw = engine.raw_connection()  # outside any transaction
+            try:
+                cur = raw.cursor()
+                if engine.dialect.name == "postgresql":
+                    raw.driver_connection.autocommit = True
+                    if where in off:
+                        _say_once(f"(autovacuum is off on {engine.url.database}: the "
+                                  "benchmark vacuums it before each write phase)")
+                        cur.execute("VACUUM")
+                    cur.execute("CHECKPOINT")
+                    raw.driver_connection.autocommit = False
+                elif engine.dialect.name == "sqlite":
+                    cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                elif engine.dialect.name in ("mysql", "mariadb"):
+                    _innodb_flush(cur)
+                cur.close()
+            except Exception as e:  # noqa: BLE001 - a missing checkpoint only adds noise
+                print(f"(no checkpoint: {e})")
+            finally:
+                raw.close()
+
+
+def _innodb_flush(cur, wait: float = 60.0) -> None:
+    """InnoDB's counterpart of PostgreSQL's CHECKPOINT: the buffer pool's dirty pages
+    written out, by lowering InnoDB's dirty page limit to 0 until they are (at most
+    ``wait`` seconds), then putting it back (a global setting: SUPER or
+    SYSTEM_VARIABLES_ADMIN)."""
+    cur.execute("SELECT @@GLOBAL.innodb_max_dirty_pages_pct")
+    limit = float(cur.fetchone()[0])
+    cur.execute("SET GLOBAL innodb_max_dirty_pages_pct = 0")
+    try:
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            cur.execute("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'")
+            if int(cur.fetchone()[1]) <= 16:
+                break
+            time.sleep(0.1)
+        else:
+            _say_once(f"(InnoDB still had dirty pages after {wait:g} s: a phase may pay"
+                      " for the one before it)")
+    finally:
+        cur.execute(f"SET GLOBAL innodb_max_dirty_pages_pct = {limit!r}")
 
 
 _said: set[str] = set()
@@ -912,7 +945,7 @@ def main(argv=None) -> int:
                   for label, _, _ in plan] for r in range(rounds)]
         for r in range(rounds):
             for (label, pay_worker, _), its in zip(plan, items[r], strict=True):
-                checkpoint(home[label])
+                checkpoint(home[label], *splits.values())
                 run(f"{label} payments", pay_worker, its)
     if a.only in ("all", "query"):
         n = min(50_000, int((a.seconds + a.warmup) * 5000))
