@@ -73,7 +73,7 @@ from bankgate.store.n8 import N8Mapping  # noqa: E402
 DEFAULT_URL = "sqlite:////tmp/bankgate-bench.db"
 BANK = BankPolicy("bench", "999999", policy="any")
 #: the width of a phase's label in the printed tables
-LABEL = 34
+LABEL = 44
 TARGETS = {"payments": 1500, "queries": 4000, "ratio": 0.6}
 CPUS = os.cpu_count() or 1
 
@@ -814,6 +814,11 @@ def main(argv=None) -> int:
                          "the one-database ledger's, and the ratio is printed (target >= 0.6)."
                          " Given more than once (the same N8 through another driver, e.g. "
                          "mysql+mysqldb://...?charset=utf8mb4), each is a phase of its own")
+    ap.add_argument("--n8-serial", action="store_true",
+                    help="with --n8-url: also time each two-database case with N8's writes "
+                         "made after the gateway's post instead of sent ahead of it (what "
+                         "mysqlclient allows, splithot.N8Side.send_post): the same run's "
+                         "baseline for that overlap")
     a = ap.parse_args(argv)
 
     store, population = prepare(a.url, a.customers, a.threads, a.reseed)
@@ -850,6 +855,10 @@ def main(argv=None) -> int:
         splits[label] = prepare(a.url, a.customers, a.threads, a.reseed and n8db not in seeded,
                                 n8_url=u)[0]
         seeded.add(n8db)
+        if a.n8_serial and splits[label].split_hot is not None:
+            serial = prepare(a.url, a.customers, a.threads, n8_url=u)[0]
+            serial.split_hot.n8.send_ahead = False
+            splits[f"{label}, N8 after"] = serial
     split_ledgers = {label: Ledger(s, ledger.banks, hooks=ledger.hooks)
                      for label, s in splits.items()}
     # what the service's N8 repair job does every repair_every (5 s): the outbox vacuumed
@@ -1002,6 +1011,11 @@ def main(argv=None) -> int:
                       f"{tl.rate:>8,.0f}/s (p99 {tl.pct(0.99):.1f} ms)   one database "
                       f"{ol.rate:,.0f}/s (p99 {ol.pct(0.99):.1f} ms)   two/one "
                       f"{tl.rate / ol.rate:.2f}   (target >= 0.6)")
+            after = phases.get(f"{label}, N8 after {kind}")
+            if tl and after and after.rate:
+                print(f"{'':<9} {label.removeprefix('two-db ledger ')}: N8's writes sent ahead"
+                      f" {tl.rate:,.0f}/s, after the gateway's post {after.rate:,.0f}/s: "
+                      f"{tl.rate / after.rate:.2f}x")
 
     repair_stop.set()
     if a.profile:
