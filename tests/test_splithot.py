@@ -541,8 +541,8 @@ def test_a_failing_last_n8_write_leaves_nothing_and_the_connection_usable(stores
     check_books(hot)
 
 
-def test_a_failing_gateway_post_with_n8s_writes_in_flight_leaves_nothing(stores,
-                                                                          monkeypatch):
+def test_a_failing_gateway_post_with_n8s_writes_in_flight_leaves_nothing(stores, monkeypatch,
+                                                                          request):
     """Through mysqlclient N8's writes are sent before the gateway's post and their
     answer read after it, so the two databases work at the same time (other drivers:
     N8's writes after the gateway's post).  The gateway refusing the payment while
@@ -567,8 +567,13 @@ def test_a_failing_gateway_post_with_n8s_writes_in_flight_leaves_nothing(stores,
 
     monkeypatch.setattr(n8, "send_post", send)
     thrown = []
-    for engine in (hot.engine, hot.n8_engine):
-        sa.event.listen(engine, "invalidate", lambda *a: thrown.append(a))
+
+    def invalidated(*args):
+        thrown.append(args)
+
+    for engine in (hot.engine, hot.n8_engine):  # (the module's stores: taken off after)
+        sa.event.listen(engine, "invalidate", invalidated)
+        request.addfinalizer(lambda e=engine: sa.event.remove(e, "invalidate", invalidated))
     p = model.payment
     ahead = hot.n8_engine.dialect.driver == "mysqldb"
     with refusing(hot.engine, p, lambda q: f"{q(p.c.serial.name)} <> 'S3'"):
