@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from bankgate.app.cli import main as cli
-from bankgate.app.config import ConfigError, check_plugins, default_config, load_config
+from bankgate.app.config import (
+    ConfigError,
+    check_plugins,
+    default_config,
+    load_config,
+    with_workers,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "bankgate.toml"
 KEY = "0123456789ABCDEFFEDCBA9876543210"
@@ -329,3 +335,29 @@ def test_data_dir_from_the_file_the_flag_or_both(tmp_path, capsys, monkeypatch):
             tap.makeService(opts)
         assert seen == [want], capsys.readouterr().err
         assert "the configuration was accepted" in capsys.readouterr().err
+
+
+GATEWAY_DB = "url = 'postgresql+psycopg://db-host/bankgate'\n"
+APART = "[n8.database]\nurl = 'postgresql+psycopg://n8-host/n8'\n"
+
+
+@pytest.mark.parametrize(("database", "n8", "threads", "two_workers"), [
+    ("", "", 4, 4),
+    ("threads = 6\n", "", 6, 6),
+    # N8 apart, one process: a request holds its thread while it waits for two servers
+    ("", APART, 8, 4),
+    ("threads = 3\n", APART, 3, 3),
+    ("threads = 8\n", APART, 8, 8),
+    # the gateway's own URL again: one database, as without the section
+    ("", "[n8.database]\n" + GATEWAY_DB, 4, 4),
+])
+def test_database_threads_default_to_twice_as_many_with_n8_apart_in_one_process(
+        tmp_path, database, n8, threads, two_workers):
+    """Twice the threads with N8 apart and one worker; with several workers (in the
+    file or twistd's --workers) the processes give that, so 4 each; a number in the
+    file is kept either way.  (A worker process: tests/test_workers.py.)"""
+    text = "[database]\n" + GATEWAY_DB + database + n8
+    assert load_config(write(tmp_path, text)).db_threads == threads
+    assert with_workers(load_config(write(tmp_path, text)), 2).db_threads == two_workers
+    two = write(tmp_path, "[gateway]\nworkers = 2\n" + text)
+    assert load_config(two).db_threads == two_workers

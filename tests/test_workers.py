@@ -13,6 +13,7 @@ import errno
 import json
 import socket
 from datetime import date, datetime
+from types import SimpleNamespace
 
 import pytest
 from console_helpers import Handler, bank_factory, connect, frame
@@ -981,3 +982,23 @@ def test_a_worker_that_cannot_be_spawned_fails_the_start_or_is_tried_again_later
     failures = []
     fresh.serving.addErrback(failures.append)
     assert "worker 1 cannot be started" in str(failures[0].value)
+
+
+def test_a_worker_process_keeps_four_database_threads_with_n8_apart(monkeypatch, tmp_path):
+    """N8 apart gives one process 8 database threads; a worker is one of several
+    (the supervisor may have been given --workers while the file says nothing), so
+    it keeps 4, unless the file says how many."""
+    from bankgate.app import service, tap
+
+    n8_apart = (b"[database]\nurl = 'postgresql+psycopg://db-host/bankgate'\n"
+                b"[n8.database]\nurl = 'postgresql+psycopg://n8-host/n8'\n")
+    got = []
+    monkeypatch.setattr(w, "worker_logging", lambda channel, cfg: None)
+    monkeypatch.setattr(service, "GatewayService",
+                        lambda cfg, reactor, worker: got.append(cfg.db_threads))
+    for text in (n8_apart, n8_apart.replace(b"[n8", b"threads = 6\n[n8")):
+        monkeypatch.setattr(w.WorkerSide, "from_stdio", staticmethod(
+            lambda spec, reactor, text=text: (SimpleNamespace(channel=None), "bankgate.toml",
+                                              text)))
+        tap.worker({"worker-of": "1:", "data-dir": str(tmp_path)}, None)
+    assert got == [4, 6]

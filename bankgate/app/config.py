@@ -304,6 +304,7 @@ class Config:
     plugin_dirs: list[str] = field(default_factory=list)
     db_url: str = ""
     db_threads: int = 4
+    db_threads_given: bool = False  # [database] threads in the file
     db_echo: bool = False
     n8_create: bool = True  # create the reference N8 schema when it is missing
     demo_customers: int = 0  # seed this many demo customers into a new N8 schema
@@ -621,7 +622,19 @@ def with_workers(cfg: Config, workers: int, key: str = "(twistd --workers)") -> 
     if problem:
         raise ConfigError(cfg.source, key, problem)
     cfg.workers = workers
+    if not cfg.db_threads_given:
+        cfg.db_threads = default_db_threads(cfg)
     return cfg
+
+
+def default_db_threads(cfg: Config, one_process: bool | None = None) -> int:
+    """``[database] threads`` when the file does not say: 4; 8 when N8 is in a
+    database of its own and one process serves (``one_process``; default: one
+    worker).  A request then holds its thread while it waits for two servers, and
+    twice the threads keep both busy (docs/n8-databases.rst, "Speed"); with several
+    workers the processes give that, and each would open twice the connections."""
+    one = cfg.workers == 1 if one_process is None else one_process
+    return 8 if cfg.n8_db_url is not None and one else 4
 
 
 def load_config(path: str | Path | None, *, data_dir: str | None = None) -> Config:
@@ -777,8 +790,8 @@ def parse_config(data: dict, source: str = "<config>", *, data_dir: str | None =
     cfg.db_url = db.get("url", str, f"sqlite:///{Path(cfg.data_dir) / 'bankgate.db'}")
     if "://" not in cfg.db_url:
         raise db.err("url", "expected an SQLAlchemy URL like 'postgresql+psycopg://user@host/db'")
-    cfg.db_threads = db.get("threads", int, 4)
-    if not 1 <= cfg.db_threads <= 64:
+    threads = db.get("threads", int)  # default: once N8's database is known
+    if threads is not None and not 1 <= threads <= 64:
         raise db.err("threads", "expected 1 to 64")
     cfg.db_echo = db.get("echo", bool, False)
     db.finish()
@@ -830,6 +843,8 @@ def parse_config(data: dict, source: str = "<config>", *, data_dir: str | None =
                 raise sec.err(lg, f"expected a list of one or more codes (text), got {v!r}")
             codes[name][lg] = v
     _parse_n8_database(cfg, n8)
+    cfg.db_threads_given = threads is not None
+    cfg.db_threads = threads or default_db_threads(cfg)
     cfg.n8_post = _parse_n8_post(n8, cfg.n8_db_url or cfg.db_url)
     n8.finish()
     cfg.n8 = N8Mapping(tables=dict(tables.data), columns=colmap, schema=schema,

@@ -26,6 +26,7 @@ from bankgate.app.config import (
     MAX_WORKERS,
     ConfigError,
     config_from_bytes,
+    default_db_threads,
     find_config,
     load_config,
     with_workers,
@@ -110,6 +111,8 @@ def worker(options, reactor):
         spec = workers.WorkerSpec.parse(options["worker-of"])
         side, source, raw = workers.WorkerSide.from_stdio(spec, reactor)
         cfg = config_from_bytes(raw, source, data_dir=options["data-dir"])
+        if not cfg.db_threads_given:  # one of several, whatever the file's workers say
+            cfg.db_threads = default_db_threads(cfg, one_process=False)
         workers.worker_logging(side.channel, cfg)
         return GatewayService(cfg, reactor, worker=side)
     except (ConfigError, ValueError, startup.StartupError) as e:
