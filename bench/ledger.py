@@ -855,9 +855,8 @@ def main(argv=None) -> int:
         splits[label] = prepare(a.url, a.customers, a.threads, a.reseed and n8db not in seeded,
                                 n8_url=u)[0]
         seeded.add(n8db)
-        # (only mysqlclient sends them ahead: N8Side.send_post)
         if a.n8_serial and splits[label].split_hot is not None \
-                and splits[label].n8_engine.dialect.driver == "mysqldb":
+                and splits[label].split_hot.n8.send_ahead:  # (mysqlclient: N8Side.send_post)
             serial = prepare(a.url, a.customers, a.threads, n8_url=u)[0]
             serial.split_hot.n8.send_ahead = False
             splits[f"{label}, N8 after"] = serial

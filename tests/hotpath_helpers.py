@@ -156,7 +156,6 @@ def refusing(engine: sa.Engine, table: sa.Table,
     update.)"""
     prep = engine.dialect.identifier_preparer
     name = prep.format_table(table)
-    cond = check(prep.quote)
     if engine.dialect.name == "sqlite":
         cols = {c.name: f"NEW.{prep.quote(c.name)}" for c in table.columns}
         new_row = check(lambda col: cols[col])
@@ -166,7 +165,7 @@ def refusing(engine: sa.Engine, table: sa.Table,
                for trigger, event in zip(made, ("INSERT", "UPDATE"), strict=True)]
         drop = [f"DROP TRIGGER {trigger}" for trigger in made]
     else:
-        add = [f"ALTER TABLE {name} ADD CONSTRAINT bg_test_refuse CHECK ({cond})"]
+        add = [f"ALTER TABLE {name} ADD CONSTRAINT bg_test_refuse CHECK ({check(prep.quote)})"]
         drop = [f"ALTER TABLE {name} DROP CONSTRAINT bg_test_refuse"]
     with engine.begin() as c:
         for sql in add:

@@ -135,14 +135,11 @@ class Store:
         """N8 apart: the calling thread's connection to N8 for its transactions, kept
         between them as its read connections are (no pool checkout and return
         around every payment); a closed or invalidated one is replaced."""
-        conn = getattr(self._local, "n8_writer", None)
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self._local.n8_writer = self.n8_engine.connect()
-        return conn
+        return self._kept("n8_writer", self.n8_engine.connect)
 
     def drop_n8_writer(self, conn: sa.Connection) -> None:
-        """Give ``conn``, the thread's N8 connection, back to the pool (its
-        transaction did not end cleanly); the thread's next transaction opens another."""
+        """Give ``conn`` back to the pool; when it is the thread's N8 connection (its
+        transaction did not end cleanly), the thread's next transaction opens another."""
         if getattr(self._local, "n8_writer", None) is conn:
             self._local.n8_writer = None
         conn.close()
@@ -207,12 +204,18 @@ class Store:
             raise
 
     def _reader(self, name: str, engine: sa.Engine) -> sa.Connection:
+        if engine.dialect.name == "sqlite":
+            options = {"bankgate_readonly": True}
+        else:
+            options = {"isolation_level": "AUTOCOMMIT"}
+        return self._kept(name, lambda: engine.connect().execution_options(**options))
+
+    def _kept(self, name: str, connect: Callable[[], sa.Connection]) -> sa.Connection:
+        """The calling thread's connection kept as ``name``; a closed or invalidated
+        one is replaced by ``connect()``."""
         conn = getattr(self._local, name, None)
         if conn is None or conn.closed or conn.invalidated:
-            if engine.dialect.name == "sqlite":
-                conn = engine.connect().execution_options(bankgate_readonly=True)
-            else:
-                conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            conn = connect()
             setattr(self._local, name, conn)
         return conn
 

@@ -66,7 +66,7 @@ def run_split(store, conn: sa.Connection, make_tx, fn, args, kw, readonly: bool)
             if readonly:  # (an option that would stay with a kept connection)
                 c = store.n8_engine.connect().execution_options(bankgate_readonly=True)
             else:  # the thread's, kept for its next transaction
-                c = n8["kept"] = store.n8_writer()
+                c = store.n8_writer()
             n8["conn"] = c
             n8["trans"] = c.begin()
         except sa.exc.SQLAlchemyError as e:
@@ -99,7 +99,7 @@ def run_split(store, conn: sa.Connection, make_tx, fn, args, kw, readonly: bool)
                 os._exit(9)
         except BaseException:
             _close_quietly(gtrans)
-            _close_quietly(n8.get("trans"), n8.get("conn") if "kept" not in n8 else None)
+            _close_quietly(n8.get("trans"), n8.get("conn") if readonly else None)
             if cleared is None and tx.outbox_row is not None:
                 cleared = tx.outbox_row[2]
             if cleared:  # not deleted after all: the next transaction does it
@@ -108,7 +108,7 @@ def run_split(store, conn: sa.Connection, make_tx, fn, args, kw, readonly: bool)
         if "trans" in n8:
             try:
                 n8["trans"].commit()
-                if "kept" not in n8:  # nothing runs on it before it goes back to the pool
+                if readonly:  # nothing runs on it before it goes back to the pool
                     dialects.transaction_ended(n8["conn"])
             except sa.exc.SQLAlchemyError as e:
                 # a connection whose commit failed is not trusted again
@@ -125,13 +125,10 @@ def run_split(store, conn: sa.Connection, make_tx, fn, args, kw, readonly: bool)
             store.outbox_done.append(oid)
         return result
     finally:
-        c = n8.get("conn")
-        if c is None:
-            pass
-        elif "kept" not in n8:
-            c.close()
-        elif c.invalidated or n8.get("trans") is None or n8["trans"].is_active:
-            store.drop_n8_writer(c)  # its transaction did not end cleanly: not kept
+        c, trans = n8.get("conn"), n8.get("trans")
+        # the thread's is kept unless its transaction did not end cleanly
+        if c is not None and (readonly or c.invalidated or trans is None or trans.is_active):
+            store.drop_n8_writer(c)
 
 
 def utcnow() -> datetime:
